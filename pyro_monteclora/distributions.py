@@ -1,0 +1,317 @@
+"""Distributions behind MonteCLoRA: a Bartlett-sampled Wishart in Cholesky form, its KL, and the
+mixture noise that perturbs the LoRA factor.
+
+Why a Cholesky-form Wishart
+---------------------------
+``torch.distributions.Wishart.rsample`` warns ``Singular sample detected`` at the paper's
+``df = r`` and may resample. :class:`WishartCholesky` instead samples the Cholesky factor
+:math:`L` of :math:`\\Sigma = L L^\\top \\sim \\mathcal{W}(\\nu, V)` directly by the Bartlett
+decomposition
+
+.. math::
+
+    L = S\\,T, \\qquad V = S S^\\top,\\qquad
+    T_{jj} = \\sqrt{c_j},\\; c_j \\sim \\chi^2_{\\nu - j}\\;(j = 0, \\dots, r - 1),\\qquad
+    T_{ij} \\sim \\mathcal{N}(0, 1)\\;(i > j),
+
+which is reparameterised in :math:`S`, needs no Cholesky decomposition, and is valid for every
+:math:`\\nu > r - 1`. Its value is the factor :math:`L` (support ``lower_cholesky``, for which torch
+registers a bijection, so Pyro autoguides can handle the site), and :meth:`WishartCholesky.log_prob`
+is the density *of* :math:`L`:
+
+.. math::
+
+    \\log p(L) = \\sum_j (\\nu - j - 1) \\log L_{jj} - \\tfrac12 \\lVert S^{-1} L \\rVert_F^2
+    - \\nu \\sum_j \\log S_{jj} - \\tfrac{\\nu r}{2} \\log 2 + r \\log 2 - \\log \\Gamma_r(\\nu / 2),
+
+that is the Wishart density of :math:`\\Sigma = L L^\\top` times the Jacobian
+:math:`|\\partial \\Sigma / \\partial L| = 2^r \\prod_j L_{jj}^{r - j}`.
+:meth:`WishartCholesky.matrix_log_prob` gives the Wishart density of :math:`\\Sigma` itself.
+KL divergences do not depend on the parameterisation, so the KL between two
+:class:`WishartCholesky` equals the KL between the Wisharts they describe.
+All of this math runs in fp32 with autocast off.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import Wishart, constraints, register_kl
+
+__all__ = [
+    "WishartCholesky",
+    "wishart_kl",
+    "multivariate_digamma",
+    "StandardNormalMatrix",
+    "lora_perturbation",
+    "lora_perturbation_mixture",
+]
+
+
+class _Fp32:
+    """Autocast off (only where it is on: entering the context costs more than this check)."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.device_type = tensor.device.type
+        self.context = None
+
+    def __enter__(self):
+        if torch.is_autocast_enabled(self.device_type):
+            self.context = torch.autocast(device_type=self.device_type, enabled=False)
+            self.context.__enter__()
+
+    def __exit__(self, *exc):
+        if self.context is not None:
+            self.context.__exit__(*exc)
+
+
+def _mvlgamma(a: float, p: int) -> float:
+    """:math:`\\log \\Gamma_p(a)` of a Python number."""
+    return p * (p - 1) / 4 * math.log(math.pi) + sum(math.lgamma(a - i / 2) for i in range(p))
+
+
+def multivariate_digamma(a: torch.Tensor, p: int) -> torch.Tensor:
+    """The multivariate digamma :math:`\\psi_p(a) = \\sum_{i=0}^{p-1} \\psi(a - i / 2)`."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    offsets = torch.arange(p, dtype=a.dtype, device=a.device) / 2
+    return torch.digamma(a.unsqueeze(-1) - offsets).sum(-1)
+
+
+def _as_df(df, rank: int) -> float:
+    if isinstance(df, torch.Tensor):
+        if df.numel() != 1:
+            raise ValueError("WishartCholesky.df must be a single number (a hyper-parameter)")
+        df = df.item()
+    if not (isinstance(df, (int, float)) and not isinstance(df, bool) and math.isfinite(df)
+            and df > rank - 1):
+        raise ValueError(f"WishartCholesky.df must be a finite number > r - 1 = {rank - 1}, got {df!r}")
+    return float(df)
+
+
+class WishartCholesky(TorchDistribution):
+    """The Cholesky factor :math:`L` of a Wishart matrix :math:`L L^\\top \\sim \\mathcal{W}(\\nu, V)`.
+
+    :param float df: degrees of freedom :math:`\\nu > r - 1` (a number: it is a hyper-parameter).
+    :param torch.Tensor scale_tril: lower-triangular :math:`S` with positive diagonal,
+        :math:`V = S S^\\top`, shape ``batch_shape + (r, r)``.
+
+    >>> import torch
+    >>> d = WishartCholesky(3.0, torch.eye(3))
+    >>> L = d.rsample((2,))
+    >>> L.shape, bool((L.triu(1) == 0).all())
+    (torch.Size([2, 3, 3]), True)
+    """
+
+    arg_constraints = {"scale_tril": constraints.lower_cholesky}
+    support = constraints.lower_cholesky
+    has_rsample = True
+
+    def __init__(self, df, scale_tril: torch.Tensor, validate_args: Optional[bool] = None):
+        if scale_tril.dim() < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
+            raise ValueError(
+                f"WishartCholesky.scale_tril must have shape (..., r, r), got {tuple(scale_tril.shape)}"
+            )
+        self.rank = rank = scale_tril.shape[-1]
+        self.df = _as_df(df, rank)
+        self.scale_tril = scale_tril
+        super().__init__(scale_tril.shape[:-2], scale_tril.shape[-2:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(WishartCholesky, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.df, new.rank = self.df, self.rank
+        new.scale_tril = self.scale_tril.expand(batch_shape + self.event_shape)
+        super(WishartCholesky, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def covariance_mean(self) -> torch.Tensor:
+        """:math:`E[L L^\\top] = \\nu V`."""
+        return self.df * (self.scale_tril @ self.scale_tril.mT)
+
+    def _log_normalizer(self) -> float:
+        rank, df = self.rank, self.df
+        return -0.5 * df * rank * math.log(2.0) - _mvlgamma(0.5 * df, rank)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        rank = self.rank
+        with _Fp32(self.scale_tril):
+            scale_tril = self.scale_tril.float()
+            device = scale_tril.device
+            # Bartlett: chi-square diagonal with nu - j degrees of freedom, N(0, 1) below it.
+            half_dfs = (0.5 * self.df - 0.5 * torch.arange(rank, device=device)).expand(shape[:-1])
+            chi2 = 2.0 * torch._standard_gamma(half_dfs.contiguous())
+            diagonal = chi2.clamp_min(torch.finfo(chi2.dtype).tiny).sqrt()
+            bartlett = torch.randn(shape, device=device).tril(-1) + torch.diag_embed(diagonal)
+            return scale_tril @ bartlett
+
+    def log_abs_det_jacobian(self, value: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log |\\partial (L L^\\top) / \\partial L| = r \\log 2 + \\sum_j (r - j) \\log L_{jj}`."""
+        rank = self.rank
+        powers = torch.arange(rank, 0, -1, device=value.device, dtype=value.dtype)
+        log_diag = value.diagonal(dim1=-2, dim2=-1).log()
+        return rank * math.log(2.0) + (powers * log_diag).sum(-1)
+
+    def _log_kernel(self, value: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
+        scale_tril = self.scale_tril.float()
+        log_diag = value.diagonal(dim1=-2, dim2=-1).log()
+        whitened = torch.linalg.solve_triangular(scale_tril, value, upper=False)
+        log_det_scale = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return ((powers * log_diag).sum(-1) - 0.5 * whitened.pow(2).sum((-2, -1))
+                - self.df * log_det_scale + self._log_normalizer())
+
+    def matrix_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Wishart log density of :math:`\\Sigma = L L^\\top`, evaluated from ``value`` :math:`= L`."""
+        with _Fp32(value):
+            value = value.float()
+            powers = torch.full((self.rank,), self.df - self.rank - 1.0, device=value.device)
+            return self._log_kernel(value, powers)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        with _Fp32(value):
+            value = value.float()
+            # (nu - r - 1) from the Wishart density plus (r - j) from the Jacobian, and r log 2.
+            powers = self.df - 1.0 - torch.arange(self.rank, device=value.device, dtype=value.dtype)
+            return self._log_kernel(value, powers) + self.rank * math.log(2.0)
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy of the Wishart matrix (equal to that of ``torch.distributions.Wishart``)."""
+        return Wishart(torch.tensor(self.df), scale_tril=self.scale_tril).entropy()
+
+
+def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tensor) -> torch.Tensor:
+    """:math:`\\mathrm{KL}(\\mathcal{W}(\\nu_p, V_p) \\,\\|\\, \\mathcal{W}(\\nu_q, V_q))` in closed form.
+
+    .. math::
+
+        \\mathrm{KL} = \\frac{\\nu_q}{2}\\left(\\log|V_q| - \\log|V_p|\\right)
+        + \\frac{\\nu_p}{2}\\left(\\operatorname{tr}(V_q^{-1} V_p) - r\\right)
+        + \\log\\Gamma_r\\!\\left(\\tfrac{\\nu_q}{2}\\right) - \\log\\Gamma_r\\!\\left(\\tfrac{\\nu_p}{2}\\right)
+        + \\frac{\\nu_p - \\nu_q}{2} \\psi_r\\!\\left(\\tfrac{\\nu_p}{2}\\right)
+
+    computed from the scale factors (:math:`\\operatorname{tr}(V_q^{-1} V_p) = \\lVert S_q^{-1} S_p \\rVert_F^2`).
+    With equal degrees of freedom (numbers) the last three terms vanish and are not computed.
+    """
+    rank = scale_tril_p.shape[-1]
+    df_p, df_q = _as_df(df_p, rank), _as_df(df_q, rank)
+    with _Fp32(scale_tril_p):
+        scale_tril_p, scale_tril_q = scale_tril_p.float(), scale_tril_q.float()
+        shape = torch.broadcast_shapes(scale_tril_p.shape, scale_tril_q.shape)
+        whitened = torch.linalg.solve_triangular(
+            scale_tril_q.expand(shape), scale_tril_p.expand(shape), upper=False
+        )
+        trace = whitened.pow(2).sum((-2, -1))
+        log_det_p = 2.0 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_det_q = 2.0 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        kl = 0.5 * df_q * (log_det_q - log_det_p) + 0.5 * df_p * (trace - rank)
+        if df_p != df_q:
+            kl = kl + (_mvlgamma(0.5 * df_q, rank) - _mvlgamma(0.5 * df_p, rank)
+                       + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item())
+        return kl
+
+
+@register_kl(WishartCholesky, WishartCholesky)
+def _kl_wishart_cholesky(p: WishartCholesky, q: WishartCholesky) -> torch.Tensor:
+    return wishart_kl(p.df, p.scale_tril, q.df, q.scale_tril)
+
+
+@register_kl(Wishart, Wishart)
+def _kl_wishart(p: Wishart, q: Wishart) -> torch.Tensor:
+    if p.df.numel() != 1 or q.df.numel() != 1:
+        raise ValueError("the closed-form Wishart KL here takes one df per distribution")
+    return wishart_kl(p.df, p.scale_tril, q.df, q.scale_tril)
+
+
+class StandardNormalMatrix(TorchDistribution):
+    """I.i.d. :math:`\\mathcal{N}(0, 1)` entries of a ``(rows, columns)`` matrix, as one event.
+
+    The noise site that model and guide share. It is ``Normal(0, 1).expand(shape).to_event(2)``
+    with less Python on the hot path, and the KL between two of them is registered as the exact
+    zero it is, so ``TraceMeanField_ELBO`` spends nothing on it.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, rows: int, columns: int, device=None, validate_args: Optional[bool] = None):
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        super().__init__(torch.Size(), torch.Size((rows, columns)), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StandardNormalMatrix, _instance)
+        new.device = self.device
+        super(StandardNormalMatrix, new).__init__(torch.Size(batch_shape), self.event_shape,
+                                                  validate_args=False)
+        return new
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.zeros(self.batch_shape + self.event_shape, device=self.device)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.ones(self.batch_shape + self.event_shape, device=self.device)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return torch.randn(self._extended_shape(sample_shape), device=self.device)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        count = self.event_shape.numel()
+        return -0.5 * value.float().pow(2).sum((-2, -1)) - 0.5 * count * math.log(2 * math.pi)
+
+    def entropy(self) -> torch.Tensor:
+        count = self.event_shape.numel()
+        return torch.full(self.batch_shape, 0.5 * count * (1 + math.log(2 * math.pi)), device=self.device)
+
+
+@register_kl(StandardNormalMatrix, StandardNormalMatrix)
+def _kl_standard_normal(p: StandardNormalMatrix, q: StandardNormalMatrix) -> torch.Tensor:
+    if p.event_shape != q.event_shape:
+        raise ValueError(f"KL between noise matrices of shapes {p.event_shape} and {q.event_shape}")
+    return torch.zeros(torch.broadcast_shapes(p.batch_shape, q.batch_shape), device=p.device)
+
+
+def lora_perturbation(
+    scale_tril: torch.Tensor, weights: torch.Tensor, noise: torch.Tensor, sample_scaler: float
+) -> torch.Tensor:
+    """The MonteCLoRA perturbation of a factor from a single noise draw (the fast form).
+
+    Given :math:`\\Sigma = L L^\\top` and mixture weights :math:`\\pi`, the columns of
+    :math:`s \\sum_k \\pi_k E_k` with :math:`E_k[:, j] \\sim \\mathcal{N}(0, \\Sigma)` i.i.d. are
+    :math:`\\mathcal{N}(0, s^2 \\lVert\\pi\\rVert^2 \\Sigma)`, which is exactly the law of
+    :math:`s \\lVert\\pi\\rVert L Z` with :math:`Z` standard normal. One draw serves all components.
+
+    :param scale_tril: :math:`L`, shape ``(..., r, r)``.
+    :param weights: :math:`\\pi`, shape ``(..., N)``.
+    :param noise: :math:`Z`, shape ``(..., r, d)``.
+    :param sample_scaler: :math:`s`.
+    :returns: :math:`s \\lVert\\pi\\rVert L Z`, shape ``(..., r, d)``, in fp32.
+    """
+    with _Fp32(noise):
+        norm = weights.float().pow(2).sum(-1).sqrt()
+        return (sample_scaler * norm)[..., None, None] * (scale_tril.float() @ noise.float())
+
+
+def lora_perturbation_mixture(
+    scale_tril: torch.Tensor, weights: torch.Tensor, noises: torch.Tensor, sample_scaler: float
+) -> torch.Tensor:
+    """The paper's form :math:`s \\sum_k \\pi_k L Z_k`, with one noise draw per component.
+
+    :param noises: :math:`Z_k`, shape ``(..., N, r, d)``.
+
+    It has the same law as :func:`lora_perturbation` and costs :math:`N` times more; it is kept as
+    the reference the fast form is tested against.
+    """
+    with _Fp32(noises):
+        components = scale_tril.float().unsqueeze(-3) @ noises.float()
+        return sample_scaler * (weights.float()[..., None, None] * components).sum(-3)

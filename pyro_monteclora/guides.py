@@ -1,0 +1,158 @@
+"""``MonteCLoRAGuide``: the paper's structured variational family.
+
+For every adapted layer :math:`\\ell` (and each random factor of it):
+
+.. math::
+
+    q(\\Sigma_\\ell) = \\mathcal{W}\\big(\\nu, S_\\ell S_\\ell^\\top\\big),\\; S_\\ell = \\operatorname{diag}(e^{\\sigma_\\ell})
+    \\;(\\text{or } \\operatorname{tril}(S_\\ell) \\text{ learned with } \\texttt{scale\\_tril="full"}),
+    \\qquad q(\\pi_\\ell) = \\operatorname{Dir}(e^{\\beta_\\ell}),
+
+and :math:`A_\\ell \\mid \\Sigma_\\ell, \\pi_\\ell` follows the model's own conditional (both draw the same
+standard-normal noise site), so that
+
+.. math::
+
+    \\mathrm{ELBO} = E_q[\\log p(y \\mid x, A)]
+    - \\lambda \\sum_\\ell \\big[\\mathrm{KL}(q(\\Sigma_\\ell) \\| p(\\Sigma_\\ell))
+    + \\mathrm{KL}(q(\\pi_\\ell) \\| p(\\pi_\\ell))\\big].
+
+:math:`\\sigma` starts at 0 (the guide equals the prior on :math:`\\Sigma`) and :math:`\\beta` at
+:math:`U(0, 1)`, as the paper. ``mode="lora"`` is the MAP/LoRA baseline in the same code path: the
+guide holds nothing and switches its model to :math:`A = M`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+from torch.distributions import kl_divergence
+
+from ._params import register_parameters
+from .distributions import WishartCholesky
+from .layers import LATENT_SITE, factor_site_names, standard_noise
+from .model import MonteCLoRAModel
+
+__all__ = ["MonteCLoRAGuide", "FactorPosterior", "GUIDE_MODES"]
+
+GUIDE_MODES = ("monteclora", "lora")
+SCALE_TRIL_KINDS = ("diagonal", "full")
+
+
+class FactorPosterior(nn.Module):
+    """Variational parameters of one random factor: :math:`\\sigma \\in \\mathbb{R}^r`,
+    :math:`\\beta \\in \\mathbb{R}^N` (and a strictly lower triangle with ``scale_tril="full"``)."""
+
+    def __init__(self, rank: int, num_components: int, df: float, scale_tril: str = "diagonal",
+                 device=None):
+        super().__init__()
+        self.rank = rank
+        self.df = float(df)
+        self.log_scale = nn.Parameter(torch.zeros(rank, device=device))
+        self.log_concentration = nn.Parameter(torch.rand(num_components, device=device))
+        if scale_tril == "full":
+            self.scale_offdiag = nn.Parameter(torch.zeros(rank, rank, device=device))
+        else:
+            self.register_parameter("scale_offdiag", None)
+
+    def scale_tril(self) -> torch.Tensor:
+        """:math:`S = \\operatorname{diag}(e^{\\sigma})` plus the learned strict lower triangle."""
+        tril = torch.diag_embed(self.log_scale.exp())
+        if self.scale_offdiag is not None:
+            tril = tril + self.scale_offdiag.tril(-1)
+        return tril
+
+    def covariance(self) -> WishartCholesky:
+        """:math:`q(\\Sigma)` in Cholesky form."""
+        return WishartCholesky(self.df, self.scale_tril())
+
+    def mixture_weights(self) -> dist.Dirichlet:
+        """:math:`q(\\pi) = \\operatorname{Dir}(e^{\\beta})`."""
+        return dist.Dirichlet(self.log_concentration.exp())
+
+
+class MonteCLoRAGuide(PyroModule):
+    """The structured guide for a :class:`~pyro_monteclora.MonteCLoRAModel`.
+
+    :param MonteCLoRAModel model: the model to guide.
+    :param str mode: ``"monteclora"`` (the paper's guide) or ``"lora"`` (no latent variables, the
+        model runs with :math:`A = M`: plain LoRA through the same code).
+    :param str scale_tril: ``"diagonal"`` (the paper's) or ``"full"`` lower-triangular Wishart scale.
+    :param str name: prefix in Pyro's global parameter store (default: the model's name + ``".guide"``).
+
+    Constructing the guide sets ``model.adapter_mode`` to match ``mode``.
+    """
+
+    def __init__(self, model: MonteCLoRAModel, mode: str = "monteclora",
+                 scale_tril: str = "diagonal", name: Optional[str] = None):
+        if not isinstance(model, MonteCLoRAModel):
+            raise ValueError(f"model must be a MonteCLoRAModel, got {type(model).__name__}")
+        if mode not in GUIDE_MODES:
+            raise ValueError(f"MonteCLoRAGuide.mode must be one of {list(GUIDE_MODES)}, got {mode!r}")
+        if scale_tril not in SCALE_TRIL_KINDS:
+            raise ValueError(
+                f"MonteCLoRAGuide.scale_tril must be one of {list(SCALE_TRIL_KINDS)}, got {scale_tril!r}"
+            )
+        super().__init__(name or f"{model._pyro_name}.guide")
+        config = model.config
+        self.mode = mode
+        self.scale_tril_kind = scale_tril
+        self.config = config
+        self.posteriors = nn.ModuleDict()
+        self._sites = []  # (key, path, factor, rank, width)
+        if mode == "monteclora":
+            for path, adapter in model.adapters().items():
+                factors = [("lora_A", adapter.in_features)]
+                if config.random_B:
+                    factors.append(("lora_B", adapter.out_features))
+                for factor, width in factors:
+                    key = f"{path}.{factor}".replace(".", "__")
+                    self.posteriors[key] = FactorPosterior(
+                        config.rank, config.num_components, config.wishart_df, scale_tril,
+                        device=adapter.lora_A_mean.device,
+                    )
+                    self._sites.append((key, path, factor, config.rank, width))
+        model.set_adapter_mode("sample" if mode == "monteclora" else "mean")
+
+    def factor_posteriors(self) -> Dict[str, FactorPosterior]:
+        """The variational parameters, keyed by the factor's site stem (``<path>.lora_A``)."""
+        modules = self._modules["posteriors"]
+        return {f"{path}.{factor}": modules[key] for key, path, factor, _, _ in self._sites}
+
+    def forward(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
+        """Draw every latent site; the arguments (the model's) are ignored. Returns the draws."""
+        posteriors = self._modules["posteriors"]
+        register_parameters(self._pyro_name, posteriors.named_parameters())
+        draws = {}
+        for key, path, factor, rank, width in self._sites:
+            posterior = posteriors[key]
+            names = factor_site_names(path, factor)
+            with pyro.poutine.scale(scale=self.config.kl_weight):
+                draws[names["covariance"]] = pyro.sample(
+                    names["covariance"], posterior.covariance(), infer={LATENT_SITE: True}
+                )
+                draws[names["mixture_weights"]] = pyro.sample(
+                    names["mixture_weights"], posterior.mixture_weights(), infer={LATENT_SITE: True}
+                )
+            draws[names["noise"]] = pyro.sample(
+                names["noise"], standard_noise(rank, width, posterior.log_scale.device)
+            )
+        return draws
+
+    def kl_divergence(self) -> torch.Tensor:
+        """:math:`\\sum_\\ell \\mathrm{KL}(q(\\Sigma_\\ell) \\| p(\\Sigma_\\ell)) + \\mathrm{KL}(q(\\pi_\\ell) \\| p(\\pi_\\ell))`
+        in closed form (unweighted by ``kl_weight``); 0 in ``"lora"`` mode."""
+        cfg = self.config
+        terms = []
+        for posterior in self._modules["posteriors"].values():
+            device = posterior.log_scale.device
+            prior_cov = WishartCholesky(cfg.wishart_df, torch.eye(posterior.rank, device=device))
+            concentration = torch.full_like(posterior.log_concentration, cfg.dirichlet_concentration)
+            terms.append(kl_divergence(posterior.covariance(), prior_cov))
+            terms.append(kl_divergence(posterior.mixture_weights(), dist.Dirichlet(concentration)))
+        return torch.stack(terms).sum() if terms else torch.zeros(())

@@ -1,0 +1,169 @@
+"""The MonteCLoRA adapter layer: a frozen linear layer plus a low-rank update whose factor is random.
+
+For a frozen base weight :math:`W_0 \\in \\mathbb{R}^{d_{out} \\times d_{in}}` the layer computes
+
+.. math::
+
+    y = W_0 x + b + \\gamma\\, B A\\, \\operatorname{dropout}(x), \\qquad \\gamma = \\alpha / r,
+
+with :math:`B \\in \\mathbb{R}^{d_{out} \\times r}` a point estimate (zeros at init, as PEFT) and
+:math:`A = M + s \\lVert\\pi\\rVert L Z` drawn by :meth:`MonteCLoRALinear.sample_factors` from the
+model's Pyro sites
+
+.. code-block:: text
+
+    <path>.covariance       L    ~ WishartCholesky(nu, I_r)          (Sigma = L L^T)
+    <path>.mixture_weights  pi   ~ Dirichlet(alpha_0 1_N)
+    <path>.lora_A.noise     Z    ~ Normal(0, 1), shape (r, d_in)
+    <path>.lora_A           A    =  M + s ||pi|| L Z                  (deterministic)
+
+The noise site is shared by model and guide, so its log-density ratio is exactly zero and nothing is
+paid twice for it (see :func:`~pyro_monteclora.distributions.lora_perturbation`). With
+``random_B=True`` the same four sites exist under ``<path>.lora_B`` for :math:`B`'s rows.
+
+The low-rank branch always runs in fp32 with autocast off, so that a perturbation of relative size
+:math:`s \\ll 2^{-8}` is not rounded away when the base runs in bf16/fp16.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MonteCLoRAConfig
+from .distributions import StandardNormalMatrix, WishartCholesky, lora_perturbation
+
+__all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "standard_noise"]
+
+#: ``infer`` tag carried by the latent (KL-bearing) sites, read by :func:`~pyro_monteclora.kl_scale`.
+LATENT_SITE = "monteclora_latent"
+
+
+def factor_site_names(path: str, factor: str) -> dict:
+    """Site names of one random factor (``factor`` is ``"lora_A"`` or ``"lora_B"``).
+
+    >>> factor_site_names("encoder.query", "lora_A")["covariance"]
+    'encoder.query.covariance'
+    >>> factor_site_names("encoder.query", "lora_B")["covariance"]
+    'encoder.query.lora_B.covariance'
+    """
+    stem = path if factor == "lora_A" else f"{path}.{factor}"
+    return {
+        "covariance": f"{stem}.covariance",
+        "mixture_weights": f"{stem}.mixture_weights",
+        "noise": f"{path}.{factor}.noise",
+        "value": f"{path}.{factor}",
+    }
+
+
+class MonteCLoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` (or HF ``Conv1D``) with a MonteCLoRA adapter.
+
+    :param nn.Module base_layer: the layer to adapt; its parameters are frozen.
+    :param MonteCLoRAConfig config: rank, scaling and prior hyper-parameters.
+    :param str path: the module path inside the wrapped model; it names the Pyro sites.
+
+    Outside a Pyro model (no factors sampled) the layer uses the posterior-mean adapter
+    :math:`A = M`, so it behaves exactly like a LoRA layer.
+    """
+
+    def __init__(self, base_layer: nn.Module, config: MonteCLoRAConfig, path: str):
+        super().__init__()
+        weight = base_layer.weight
+        self.transposed = type(base_layer).__name__ == "Conv1D"  # GPT-2 style (d_in, d_out) weight
+        self.in_features, self.out_features = (
+            tuple(weight.shape) if self.transposed else tuple(weight.shape[::-1])
+        )
+        self.base_layer = base_layer
+        self.config = config
+        self.path = path
+        self.rank = config.rank
+        self.scaling = config.scaling
+        self.random_B = config.random_B
+        device = weight.device
+        # Adapter weights stay fp32 whatever the base dtype (DESIGN: small s is rounded away in bf16).
+        self.lora_A_mean = nn.Parameter(torch.empty(self.rank, self.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device))
+        nn.init.kaiming_uniform_(self.lora_A_mean, a=math.sqrt(5))  # PEFT's init for A
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self._factors: Optional[tuple] = None
+        self._priors: dict = {}
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"scaling={self.scaling:g}, random_B={self.random_B}, path={self.path!r}"
+        )
+
+    # -- the model's side of the sites -------------------------------------------------------------
+    def sample_factors(self) -> None:
+        """Emit this layer's prior sites and keep the sampled factors for the next forward passes.
+
+        Called by :class:`~pyro_monteclora.MonteCLoRAModel` once per model execution, before the
+        wrapped network runs, so that a layer called several times (generation) reuses one draw.
+        """
+        A = self._sample_factor("lora_A", self.lora_A_mean, self.in_features, transpose=False)
+        B = self.lora_B
+        if self.random_B:
+            B = self._sample_factor("lora_B", self.lora_B, self.out_features, transpose=True)
+        self._factors = (A, B)
+
+    def _sample_factor(self, factor: str, mean: torch.Tensor, width: int, transpose: bool):
+        cfg = self.config
+        names = factor_site_names(self.path, factor)
+        device = mean.device
+        covariance_prior, mixture_prior = self.priors(device)
+        with pyro.poutine.scale(scale=cfg.kl_weight):
+            scale_tril = pyro.sample(names["covariance"], covariance_prior, infer={LATENT_SITE: True})
+            weights = pyro.sample(names["mixture_weights"], mixture_prior, infer={LATENT_SITE: True})
+        noise = pyro.sample(names["noise"], standard_noise(self.rank, width, device))
+        if cfg.cooperative_weight > 0:
+            pyro.factor(f"{names['mixture_weights']}.cooperative",
+                        -cfg.cooperative_weight * weights.pow(2).sum(-1))
+        delta = lora_perturbation(scale_tril, weights, noise, cfg.sample_scaler)
+        value = mean + (delta.mT if transpose else delta)
+        return pyro.deterministic(names["value"], value)
+
+    def priors(self, device=None) -> tuple:
+        """The prior distributions :math:`\\mathcal{W}(\\nu, I_r)` (Cholesky form) and
+        :math:`\\operatorname{Dir}(\\alpha_0 \\mathbf 1_N)`, built once per device."""
+        device = self.lora_A_mean.device if device is None else torch.device(device)
+        if device not in self._priors:
+            cfg = self.config
+            eye = torch.eye(self.rank, device=device)
+            concentration = torch.full((cfg.num_components,), cfg.dirichlet_concentration, device=device)
+            self._priors[device] = (
+                WishartCholesky(cfg.wishart_df, eye, validate_args=False),
+                dist.Dirichlet(concentration, validate_args=False),
+            )
+        return self._priors[device]
+
+    def clear_factors(self) -> None:
+        """Forget the sampled factors: the layer falls back to the mean adapter."""
+        self._factors = None
+
+    def factors(self) -> tuple:
+        """The ``(A, B)`` used by the next forward: the sampled ones, or the means."""
+        if self._factors is not None:
+            return self._factors
+        return self.lora_A_mean, self.lora_B
+
+    # -- computation -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        A, B = self.factors()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            hidden = self.dropout(x).float()
+            update = F.linear(F.linear(hidden, A.float()), B.float()) * self.scaling
+        return result + update.to(result.dtype)
+
+
+def standard_noise(rank: int, width: int, device) -> StandardNormalMatrix:
+    """:math:`\\mathcal{N}(0, I)` over an ``(rank, width)`` matrix, as one event."""
+    return StandardNormalMatrix(rank, width, device)

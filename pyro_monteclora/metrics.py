@@ -1,0 +1,127 @@
+"""Classification metrics of a predictive distribution: accuracy, NLL, ECE, Brier, AUROC.
+
+All metrics are fractions (not percent) and take ``probs`` of shape ``(n, classes)`` and integer
+``labels`` of shape ``(n,)``.
+
+>>> import torch
+>>> probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+>>> labels = torch.tensor([0, 1, 1])
+>>> round(accuracy(probs, labels), 4), round(expected_calibration_error(probs, labels, bins=2), 4)
+(0.6667, 0.3333)
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+__all__ = [
+    "accuracy",
+    "negative_log_likelihood",
+    "expected_calibration_error",
+    "brier_score",
+    "auroc",
+    "reliability_curve",
+    "classification_metrics",
+]
+
+
+def _check(probs: torch.Tensor, labels: torch.Tensor) -> None:
+    if probs.dim() != 2 or labels.dim() != 1 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"probs must be (n, classes) and labels (n,), got {tuple(probs.shape)} and {tuple(labels.shape)}"
+        )
+    if probs.shape[0] == 0:
+        raise ValueError("metrics need at least one example")
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of examples whose arg-max class is the label."""
+    _check(probs, labels)
+    return (probs.argmax(-1) == labels).double().mean().item()
+
+
+def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor, eps: float = 1e-12) -> float:
+    """:math:`-\\frac1n \\sum_i \\log p_i(y_i)` (nats), with probabilities clamped at ``eps``."""
+    _check(probs, labels)
+    picked = probs.double().gather(-1, labels.long()[:, None]).squeeze(-1)
+    return (-picked.clamp_min(eps).log()).mean().item()
+
+
+def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Multi-class Brier score :math:`\\frac1n \\sum_i \\lVert p_i - e_{y_i} \\rVert^2` (in ``[0, 2]``)."""
+    _check(probs, labels)
+    onehot = torch.nn.functional.one_hot(labels.long(), probs.shape[-1]).double()
+    return (probs.double() - onehot).pow(2).sum(-1).mean().item()
+
+
+def reliability_curve(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Dict[str, list]:
+    """Per confidence bin (equal width on ``[0, 1]``): count, mean confidence, accuracy.
+
+    Bin ``b`` holds the examples with confidence in :math:`((b-1)/B, b/B]` (the first bin also
+    takes 0). Empty bins report ``None`` for confidence and accuracy.
+    """
+    _check(probs, labels)
+    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    confidence, predicted = probs.double().max(-1)
+    correct = (predicted == labels).double()
+    index = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    counts, conf, acc = [], [], []
+    for b in range(bins):
+        members = index == b
+        n = int(members.sum())
+        counts.append(n)
+        conf.append(confidence[members].mean().item() if n else None)
+        acc.append(correct[members].mean().item() if n else None)
+    edges = [b / bins for b in range(bins + 1)]
+    return {"edges": edges, "count": counts, "confidence": conf, "accuracy": acc}
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """:math:`\\sum_b \\frac{|B_b|}{n} \\lvert \\operatorname{acc}(B_b) - \\operatorname{conf}(B_b) \\rvert`."""
+    curve = reliability_curve(probs, labels, bins)
+    n = sum(curve["count"])
+    return sum(
+        count / n * abs(a - c)
+        for count, a, c in zip(curve["count"], curve["accuracy"], curve["confidence"]) if count
+    )
+
+
+def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for telling ``positives`` (bool) from the rest.
+
+    Computed as the Mann-Whitney statistic with ties counted one half; ``nan`` when one class is
+    empty. Used with ``scores`` = predictive entropy and ``positives`` = misclassified.
+    """
+    scores = scores.double().flatten()
+    positives = positives.bool().flatten()
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = scores.argsort()
+    sorted_scores = scores[order]
+    # rank 1..n in sorted order, tied scores sharing their average rank
+    unique, inverse, counts = torch.unique(sorted_scores, return_inverse=True, return_counts=True)
+    rank_sum = torch.zeros(len(unique), dtype=torch.float64).index_add_(
+        0, inverse, torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    )
+    ranks = torch.empty_like(scores)
+    ranks[order] = (rank_sum / counts)[inverse]
+    u = ranks[positives].sum() - n_pos * (n_pos + 1) / 2
+    return (u / (n_pos * n_neg)).item()
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15,
+                           uncertainty: torch.Tensor = None) -> Dict[str, float]:
+    """Accuracy, NLL, ECE, Brier and (with ``uncertainty``) the AUROC of spotting errors."""
+    result = {
+        "accuracy": accuracy(probs, labels),
+        "nll": negative_log_likelihood(probs, labels),
+        "ece": expected_calibration_error(probs, labels, bins),
+        "brier": brier_score(probs, labels),
+    }
+    if uncertainty is not None:
+        result["error_auroc"] = auroc(uncertainty, probs.argmax(-1) != labels)
+    return result

@@ -1,0 +1,196 @@
+"""``MonteCLoRAModel``: a ``PyroModule`` that turns any HF model into a MonteCLoRA Pyro model.
+
+The generative model, for a minibatch of inputs :math:`x_{1:B}` drawn from a data set of size
+:math:`D`, is
+
+.. math::
+
+    \\Sigma_\\ell \\sim \\mathcal{W}(\\nu, I_r),\\quad \\pi_\\ell \\sim \\operatorname{Dir}(\\alpha_0 \\mathbf 1_N),\\quad
+    A_\\ell = M_\\ell + s \\lVert \\pi_\\ell \\rVert L_\\ell Z_\\ell \\quad (\\text{every adapted layer } \\ell),
+
+    y_i \\mid x_i, A \\sim p(y_i \\mid f_{W_0, A, B}(x_i)), \\qquad
+    \\text{log-likelihood scaled by } D / B \\text{ under } \\texttt{pyro.plate("data")}.
+
+:class:`MonteCLoRAModel` injects :class:`~pyro_monteclora.layers.MonteCLoRALinear` adapters into the
+matching linear layers, freezes everything else except ``modules_to_save``, and its ``forward`` is
+the Pyro model above; it returns the logits, so ``pyro.infer.Predictive``, ``poutine.trace`` and
+``SVI`` work on it as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterator, Optional, Union
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ._params import register_parameters, unique_prefix
+from .config import MonteCLoRAConfig
+from .layers import MonteCLoRALinear
+from .likelihoods import Likelihood, get_likelihood
+
+__all__ = ["MonteCLoRAModel", "inject_adapters"]
+
+ADAPTER_MODES = ("sample", "mean")
+
+
+def _is_adaptable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def inject_adapters(model: nn.Module, config: MonteCLoRAConfig) -> Dict[str, MonteCLoRALinear]:
+    """Replace every matching linear layer of ``model`` in place by a :class:`MonteCLoRALinear`.
+
+    :returns: the adapters, keyed by module path.
+    :raises ValueError: if no linear layer matches ``config.target_modules``.
+    """
+    targets = [
+        (path, module) for path, module in model.named_modules()
+        if path and _is_adaptable(module) and config.matches_target(path)
+        and not config.matches_saved(path)
+    ]
+    if not targets:
+        linear_names = sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
+                               if path and _is_adaptable(module)})
+        raise ValueError(
+            f"MonteCLoRAConfig.target_modules={config.target_modules!r} matches no linear layer of "
+            f"{type(model).__name__}; its linear layers are named {linear_names}"
+        )
+    adapters = {}
+    for path, module in targets:
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        adapter = MonteCLoRALinear(module, config, path)
+        setattr(parent, child, adapter)
+        adapters[path] = adapter
+    return adapters
+
+
+class MonteCLoRAModel(PyroModule):
+    """A Pyro model over a Hugging Face model with MonteCLoRA adapters.
+
+    :param nn.Module model: a ``transformers`` model (``*ForSequenceClassification``,
+        ``*ForCausalLM``, ...); it is modified in place (adapters injected, base frozen).
+    :param MonteCLoRAConfig config: the adapters and their prior.
+    :param likelihood: ``"auto"`` (from the model's class), ``"sequence-classification"``,
+        ``"causal-lm"`` or a :class:`~pyro_monteclora.likelihoods.Likelihood`.
+    :param str name: prefix of this model's entries in Pyro's global parameter store
+        (default: ``"monteclora"``, made unique per instance).
+
+    Calling the model, ``model(input_ids=..., attention_mask=..., labels=...)``:
+
+    1. emits each adapter's latent sites (unless :attr:`adapter_mode` is ``"mean"``),
+    2. runs the wrapped network on the inputs (every key but ``labels``, ``dataset_size`` and
+       ``example_index``),
+    3. observes ``labels`` (if given) with the likelihood under ``pyro.plate("data", size=D)``, with
+       ``D`` = the ``dataset_size`` argument, else :attr:`dataset_size`, else the batch size;
+       ``example_index`` (optional) gives the minibatch's indices within the data set,
+
+    and returns the logits.
+    """
+
+    def __init__(self, model: nn.Module, config: MonteCLoRAConfig,
+                 likelihood: Union[str, Likelihood] = "auto", name: Optional[str] = None):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(config, MonteCLoRAConfig):
+            raise ValueError(f"config must be a MonteCLoRAConfig, got {type(config).__name__}")
+        likelihood = get_likelihood(likelihood, model)
+        likelihood.check_model(model)
+        if config.modules_to_save:
+            saved = [path for path, _ in model.named_modules() if path and config.matches_saved(path)]
+            if not saved:
+                raise ValueError(
+                    f"MonteCLoRAConfig.modules_to_save={list(config.modules_to_save)!r} matches no "
+                    f"module of {type(model).__name__}"
+                )
+        super().__init__(name or unique_prefix("monteclora"))
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        adapters = inject_adapters(model, config)
+        for path, module in model.named_modules():
+            if path and config.matches_saved(path):
+                for parameter in module.parameters(recurse=False):
+                    parameter.requires_grad_(True)
+        for adapter in adapters.values():
+            adapter.lora_A_mean.requires_grad_(True)
+            adapter.lora_B.requires_grad_(True)
+            bias = getattr(adapter.base_layer, "bias", None)
+            if config.bias == "all" and bias is not None:
+                bias.requires_grad_(True)
+        self.backbone = model
+        self.config = config
+        self.likelihood = likelihood
+        self._adapter_paths = list(adapters)
+        #: ``"sample"``: emit the latent sites (MonteCLoRA); ``"mean"``: :math:`A = M` (LoRA).
+        self.adapter_mode = "sample"
+        #: size :math:`D` of the training set; scales the likelihood (``None``: the batch size).
+        self.dataset_size: Optional[int] = None
+
+    # -- introspection -----------------------------------------------------------------------------
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped HF model (read without triggering ``PyroModule``'s ``pyro.module``)."""
+        return self._modules["backbone"]
+
+    def adapters(self) -> Dict[str, MonteCLoRALinear]:
+        """The adapter layers, keyed by module path inside the wrapped model."""
+        network = self.network
+        return {path: network.get_submodule(path) for path in self._adapter_paths}
+
+    def trainable_parameters(self) -> Iterator[tuple]:
+        """``(name, parameter)`` for every parameter that training updates."""
+        return ((n, p) for n, p in self.network.named_parameters() if p.requires_grad)
+
+    def num_trainable_parameters(self) -> int:
+        """How many scalars training updates (adapters, ``modules_to_save``, biases if asked)."""
+        return sum(p.numel() for _, p in self.trainable_parameters())
+
+    # -- modes -------------------------------------------------------------------------------------
+    def set_adapter_mode(self, mode: str) -> None:
+        """``"sample"`` (latent sites, MonteCLoRA) or ``"mean"`` (:math:`A = M`, plain LoRA)."""
+        if mode not in ADAPTER_MODES:
+            raise ValueError(f"adapter_mode must be one of {list(ADAPTER_MODES)}, got {mode!r}")
+        self.adapter_mode = mode
+
+    @contextlib.contextmanager
+    def mean_adapters(self):
+        """Within this context the model uses the mean adapter :math:`A = M` and emits no latent site."""
+        previous = self.adapter_mode
+        self.adapter_mode = "mean"
+        try:
+            yield self
+        finally:
+            self.adapter_mode = previous
+
+    @contextlib.contextmanager
+    def sampled_adapters(self):
+        """Draw every adapter's factors (emitting the latent sites) and hold them for the context.
+
+        Inside it the wrapped network may be called many times (for example by ``generate``) with
+        one draw. In ``"mean"`` mode it holds nothing and the layers use :math:`A = M`.
+        """
+        adapters = list(self.adapters().values())
+        try:
+            if self.adapter_mode == "sample":
+                for adapter in adapters:
+                    adapter.sample_factors()
+            yield self.network
+        finally:
+            for adapter in adapters:
+                adapter.clear_factors()
+
+    # -- the Pyro model ----------------------------------------------------------------------------
+    def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
+                example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
+        register_parameters(self._pyro_name, self.trainable_parameters())
+        with self.sampled_adapters() as network:
+            outputs = network(**inputs, return_dict=True)
+        logits = outputs.logits
+        if labels is not None:
+            size = dataset_size if dataset_size is not None else self.dataset_size
+            self.likelihood.observe(logits, labels, size, example_index)
+        return logits
