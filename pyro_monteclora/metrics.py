@@ -7,7 +7,7 @@ All metrics are fractions (not percent) and take ``probs`` of shape ``(n, classe
 >>> probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
 >>> labels = torch.tensor([0, 1, 1])
 >>> round(accuracy(probs, labels), 4), round(expected_calibration_error(probs, labels, bins=2), 4)
-(0.6667, 0.3333)
+(0.6667, 0.1)
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""MonteCLoRAConfig: defaults, matching rules, validation with messages that name the field."""
+
+import math
+
+import pytest
+
+from pyro_monteclora import MonteCLoRAConfig
+
+
+def test_defaults_follow_the_paper():
+    cfg = MonteCLoRAConfig()
+    assert cfg.num_components == 4
+    assert cfg.wishart_df == cfg.rank
+    assert cfg.sample_scaler == 5e-3
+    assert cfg.dirichlet_concentration == 1.0
+    assert cfg.random_B is False
+    assert cfg.scaling == cfg.alpha / cfg.rank
+
+
+@pytest.mark.parametrize("field,value", [
+    ("rank", 0), ("rank", -3), ("rank", 2.5), ("rank", True),
+    ("num_components", 0), ("alpha", 0), ("alpha", math.inf),
+    ("dropout", 1.0), ("dropout", -0.1),
+    ("sample_scaler", -1e-3), ("sample_scaler", math.nan),
+    ("kl_weight", -1.0), ("cooperative_weight", -0.5), ("dirichlet_concentration", 0.0),
+    ("bias", "lora_only"), ("target_modules", []), ("target_modules", "query("),
+    ("target_modules", [""]), ("modules_to_save", [3]), ("random_B", "yes"),
+])
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        MonteCLoRAConfig(**{field: value})
+
+
+def test_df_must_exceed_rank_minus_one():
+    MonteCLoRAConfig(rank=4, wishart_df=3.01)
+    with pytest.raises(ValueError, match=r"wishart_df must be a finite number > rank - 1 = 3"):
+        MonteCLoRAConfig(rank=4, wishart_df=3.0)
+
+
+def test_target_matching_follows_peft():
+    cfg = MonteCLoRAConfig(target_modules=["query", "value"])
+    assert cfg.matches_target("bert.encoder.layer.0.attention.self.query")
+    assert not cfg.matches_target("bert.encoder.layer.0.attention.self.query_proj")
+    regex = MonteCLoRAConfig(target_modules=r".*layer\.1\..*(query|value)")
+    assert regex.matches_target("bert.encoder.layer.1.attention.self.value")
+    assert not regex.matches_target("bert.encoder.layer.0.attention.self.value")
+    saved = MonteCLoRAConfig(modules_to_save=["classifier"])
+    assert saved.matches_saved("classifier.dense") and not saved.matches_saved("bert.pooler.dense")
+
+
+def test_round_trip_through_a_dict():
+    cfg = MonteCLoRAConfig(rank=4, target_modules=["q_proj"], modules_to_save=["score"], random_B=True)
+    assert MonteCLoRAConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown fields"):
+        MonteCLoRAConfig.from_dict({"rank": 4, "ranq": 2})

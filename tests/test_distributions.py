@@ -1,0 +1,147 @@
+"""The Bartlett Wishart, its KL and the LoRA perturbation, against closed forms and Monte Carlo."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch.distributions import Dirichlet, Wishart, kl_divergence
+
+from pyro_monteclora.distributions import (
+    StandardNormalMatrix,
+    WishartCholesky,
+    lora_perturbation,
+    lora_perturbation_mixture,
+    wishart_kl,
+)
+
+
+def random_scale_tril(rank, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tril = torch.randn(rank, rank, generator=g).tril(-1) * 0.5
+    return tril + torch.diag(torch.rand(rank, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("df_offset", [0.0, 2.5])
+def test_bartlett_moments_match_closed_form(df_offset):
+    torch.manual_seed(0)
+    rank = 3
+    df = rank + df_offset  # df = r is the case torch's Wishart warns about
+    scale_tril = random_scale_tril(rank)
+    V = scale_tril @ scale_tril.T
+    n = 40_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L = WishartCholesky(df, scale_tril).rsample((n,))
+    sigma = L @ L.mT
+    mean = sigma.mean(0)
+    var = sigma.var(0)
+    expected_mean = df * V
+    expected_var = df * (V**2 + torch.outer(V.diagonal(), V.diagonal()))
+    # standard error of the mean of each element is sqrt(var / n)
+    assert torch.all((mean - expected_mean).abs() < 5 * (expected_var / n).sqrt())
+    # the sample variance of a Wishart element: allow 6% relative error at 40k draws
+    assert torch.allclose(var, expected_var, rtol=0.06)
+
+
+def test_samples_are_valid_cholesky_factors_at_df_equal_rank():
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L = WishartCholesky(8.0, torch.eye(8)).rsample((20_000,))
+    assert torch.isfinite(L).all()
+    assert (L.diagonal(dim1=-2, dim2=-1) > 0).all()
+    assert (L.triu(1) == 0).all()
+
+
+def test_log_prob_matches_torch_wishart():
+    torch.manual_seed(2)
+    rank = 4
+    scale_tril = random_scale_tril(rank, seed=3)
+    d = WishartCholesky(5.5, scale_tril)
+    reference = Wishart(torch.tensor(5.5), scale_tril=scale_tril)
+    L = d.rsample((16,))
+    torch.testing.assert_close(d.matrix_log_prob(L), reference.log_prob(L @ L.mT), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        d.log_prob(L) - d.log_abs_det_jacobian(L), reference.log_prob(L @ L.mT), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_jacobian_of_cholesky_map_matches_formula():
+    rank = 3
+    L = random_scale_tril(rank, seed=4).double()
+    rows, cols = torch.tril_indices(rank, rank)
+
+    def sigma_lower(entries):
+        M = torch.zeros(rank, rank, dtype=entries.dtype)
+        M[rows, cols] = entries
+        return (M @ M.T)[rows, cols]
+
+    jacobian = torch.autograd.functional.jacobian(sigma_lower, L[rows, cols])
+    expected = WishartCholesky(3.0, torch.eye(rank, dtype=torch.float64)).log_abs_det_jacobian(L)
+    assert math.isclose(torch.linalg.slogdet(jacobian).logabsdet.item(), expected.item(), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("df_p,df_q", [(4.0, 4.0), (6.0, 4.0)])
+def test_kl_closed_form_matches_monte_carlo(df_p, df_q):
+    torch.manual_seed(5)
+    rank = 4
+    p = WishartCholesky(df_p, random_scale_tril(rank, seed=6))
+    q = WishartCholesky(df_q, torch.eye(rank))
+    L = p.rsample((50_000,))
+    log_ratio = p.log_prob(L) - q.log_prob(L)
+    mc, stderr = log_ratio.mean(), log_ratio.std() / math.sqrt(len(log_ratio))
+    closed = kl_divergence(p, q)
+    assert abs(closed - mc) < 5 * stderr
+    assert closed > 0
+    # the same KL is registered for torch's own Wishart
+    torch_kl = kl_divergence(Wishart(torch.tensor(df_p), scale_tril=p.scale_tril),
+                             Wishart(torch.tensor(df_q), scale_tril=q.scale_tril))
+    torch.testing.assert_close(torch_kl, closed, rtol=1e-5, atol=1e-5)
+
+
+def test_kl_is_zero_between_equal_distributions():
+    S = random_scale_tril(5, seed=7)
+    assert abs(wishart_kl(5.0, S, 5.0, S).item()) < 1e-5
+
+
+def test_gradients_reach_the_log_scale():
+    sigma = torch.zeros(4, requires_grad=True)
+    d = WishartCholesky(4.0, torch.diag_embed(sigma.exp()))
+    L = d.rsample((8,))
+    (L @ L.mT).diagonal(dim1=-2, dim2=-1).sum().backward()
+    assert sigma.grad is not None and torch.all(sigma.grad != 0)
+    sigma.grad = None
+    kl_divergence(WishartCholesky(4.0, torch.diag_embed(sigma.exp()) * 2), WishartCholesky(4.0, torch.eye(4))).backward()
+    assert torch.all(sigma.grad != 0)
+
+
+def test_bad_degrees_of_freedom_are_rejected():
+    with pytest.raises(ValueError, match="df"):
+        WishartCholesky(2.0, torch.eye(4))
+    with pytest.raises(ValueError, match="scale_tril"):
+        WishartCholesky(4.0, torch.ones(3))
+
+
+def test_standard_normal_matrix_matches_normal_and_has_zero_kl():
+    d = StandardNormalMatrix(3, 5)
+    z = d.rsample((4,))
+    reference = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum((-2, -1))
+    torch.testing.assert_close(d.log_prob(z), reference)
+    assert kl_divergence(d, StandardNormalMatrix(3, 5)).item() == 0.0
+    assert d.expand((2,)).rsample().shape == (2, 3, 5)
+
+
+def test_single_noise_and_mixture_forms_agree_in_distribution():
+    torch.manual_seed(8)
+    rank, width, components, scaler, n = 3, 4, 4, 0.7, 60_000
+    L = random_scale_tril(rank, seed=9)
+    weights = Dirichlet(torch.ones(components)).sample()
+    fast = lora_perturbation(L, weights, torch.randn(n, rank, width), scaler)
+    paper = lora_perturbation_mixture(L, weights, torch.randn(n, components, rank, width), scaler)
+    expected = scaler**2 * weights.pow(2).sum() * (L @ L.T)
+    for sample in (fast, paper):
+        columns = sample.transpose(-1, -2).reshape(-1, rank)
+        torch.testing.assert_close(columns.mean(0), torch.zeros(rank), atol=0.02, rtol=0)
+        covariance = columns.T @ columns / len(columns)
+        torch.testing.assert_close(covariance, expected, atol=0.03 * expected.abs().max().item(), rtol=0)

@@ -1,0 +1,192 @@
+"""MonteCLoRAModel and MonteCLoRAGuide as Pyro objects: sites, the ELBO's KL, SVI, Predictive, isolation."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+
+from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, WishartCholesky, kl_scale
+from pyro_monteclora.train import fit
+
+from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
+
+QUERY = "bert.encoder.layer.0.attention.self.query"
+
+
+def make(rank=4, **config):
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=rank, **config))
+    return model, MonteCLoRAGuide(model)
+
+
+def test_traces_list_the_three_sites_of_every_adapted_layer():
+    model, guide = make(modules_to_save=["classifier"])
+    batch = classification_batch()
+    model_trace = poutine.trace(model).get_trace(**batch)
+    guide_trace = poutine.trace(guide).get_trace(**batch)
+    assert len(model.adapters()) == 4  # query and value of 2 layers
+    for path, adapter in model.adapters().items():
+        cov = model_trace.nodes[f"{path}.covariance"]
+        assert isinstance(cov["fn"], WishartCholesky) and cov["value"].shape == (4, 4)
+        mix = model_trace.nodes[f"{path}.mixture_weights"]
+        assert isinstance(mix["fn"], dist.Dirichlet) and mix["value"].shape == (4,)
+        assert model_trace.nodes[f"{path}.lora_A"]["value"].shape == (4, adapter.in_features)
+        assert isinstance(guide_trace.nodes[f"{path}.covariance"]["fn"], WishartCholesky)
+        assert f"{path}.mixture_weights" in guide_trace.nodes
+    obs = model_trace.nodes["obs"]
+    assert obs["is_observed"] and obs["value"].shape == (8,)
+
+
+def test_likelihood_is_scaled_to_the_dataset_size():
+    model, _ = make()
+    trace = poutine.trace(model).get_trace(**classification_batch(batch_size=8), dataset_size=800)
+    assert trace.nodes["obs"]["scale"] == pytest.approx(100.0)
+
+
+def test_elbo_kl_part_equals_the_closed_form_kls():
+    model, guide = make(rank=3)
+    with torch.no_grad():
+        for posterior in guide.factor_posteriors().values():
+            posterior.log_scale.normal_(std=0.3)
+    inputs = without_labels(classification_batch())  # no likelihood: the loss is the KL alone
+    closed = guide.kl_divergence()
+    assert closed > 0
+    analytic = TraceMeanField_ELBO().differentiable_loss(model, guide, **inputs)
+    torch.testing.assert_close(analytic, closed, rtol=1e-5, atol=1e-5)
+    pyro.set_rng_seed(0)
+    monte_carlo = Trace_ELBO(num_particles=400, vectorize_particles=False).loss(model, guide, **inputs)
+    assert monte_carlo == pytest.approx(closed.item(), rel=0.1)
+    # the KL weight scales exactly the latent sites, statically or through the handler
+    with kl_scale(0.25):
+        quarter = TraceMeanField_ELBO().differentiable_loss(model, guide, **inputs)
+    torch.testing.assert_close(quarter, 0.25 * closed, rtol=1e-5, atol=1e-5)
+
+
+def test_static_kl_weight_scales_the_kl():
+    model, guide = make(rank=3, kl_weight=0.5)
+    inputs = without_labels(classification_batch())
+    loss = TraceMeanField_ELBO().differentiable_loss(model, guide, **inputs)
+    torch.testing.assert_close(loss, 0.5 * guide.kl_divergence(), rtol=1e-5, atol=1e-5)
+
+
+def test_pyro_svi_with_pyro_optim_trains_the_model():
+    model, guide = make(modules_to_save=["classifier"], sample_scaler=0.01)
+    batch = classification_batch(batch_size=16)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    losses = [svi.step(**batch) for _ in range(40)]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    names = set(pyro.get_param_store().keys())
+    assert f"{model._pyro_name}.{QUERY}.lora_A_mean" in names
+    assert any(name.startswith(f"{model._pyro_name}.guide.") for name in names)
+
+
+def test_predictive_returns_posterior_samples_of_A():
+    model, guide = make()
+    inputs = without_labels(classification_batch())
+    samples = Predictive(model, guide=guide, num_samples=5,
+                         return_sites=[f"{QUERY}.lora_A", "_RETURN"])(**inputs)
+    assert samples[f"{QUERY}.lora_A"].shape == (5, 4, 32)
+    assert samples["_RETURN"].shape == (5, 8, 2)
+
+
+def test_two_models_in_one_process_do_not_share_parameters():
+    first, first_guide = make(modules_to_save=["classifier"])
+    second, second_guide = make(modules_to_save=["classifier"])
+    assert first._pyro_name != second._pyro_name
+    before = {n: p.detach().clone() for n, p in second.network.named_parameters()}
+    before_guide = {n: p.detach().clone() for n, p in second_guide.named_parameters()}
+    batch = classification_batch(batch_size=16)
+    svi = SVI(first, first_guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(3):
+        svi.step(**batch)
+    for name, parameter in second.network.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    for name, parameter in second_guide.named_parameters():
+        assert torch.equal(parameter, before_guide[name]), name
+    trained = dict(first.network.named_parameters())
+    assert not torch.equal(trained["classifier.weight"], before["classifier.weight"])
+
+
+def test_module_local_params_mode_works_with_fit():
+    pyro.settings.set(module_local_params=True)
+    model, guide = make(modules_to_save=["classifier"])
+    other, _ = make(modules_to_save=["classifier"])
+    snapshot = {n: p.detach().clone() for n, p in other.network.named_parameters()}
+    batch = classification_batch(batch_size=16)
+    loader = [batch] * 4
+    model.dataset_size = 64
+    result = fit(model, guide, loader, epochs=2, learning_rate=0.02, progress=False)
+    assert result.steps[-1]["loss"] < result.steps[0]["loss"]
+    assert len(pyro.get_param_store()) == 0
+    for name, parameter in other.network.named_parameters():
+        assert torch.equal(parameter, snapshot[name])
+
+
+def test_a_stale_param_store_entry_is_reported():
+    model, guide = make()
+    batch = classification_batch()
+    pyro.param(f"{model._pyro_name}.{QUERY}.lora_A_mean", torch.zeros(4, 32))
+    with pytest.raises(ValueError, match="clear_param_store"):
+        poutine.trace(model).get_trace(**batch)
+
+
+def test_lora_mode_has_no_latent_sites_and_uses_the_mean():
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4))
+    guide = MonteCLoRAGuide(model, mode="lora")
+    assert model.adapter_mode == "mean" and len(list(guide.parameters())) == 0
+    batch = classification_batch()
+    trace = poutine.trace(model).get_trace(**batch)
+    assert not any(name.endswith(".covariance") for name in trace.nodes)
+    assert guide.kl_divergence().item() == 0.0
+
+
+def test_generation_reuses_one_draw_per_model_execution():
+    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj", "v_proj"],
+                                                            sample_scaler=0.5))
+    MonteCLoRAGuide(model)
+    ids = torch.randint(1, 64, (1, 4))
+    with poutine.trace() as tracer:
+        with model.sampled_adapters() as network:
+            out = network.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 7)
+    covariance_sites = [n for n in tracer.trace.nodes if n.endswith(".covariance")]
+    assert len(covariance_sites) == 4  # one per adapted layer, not one per generated token
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(target_modules=["no_such_layer"]), "target_modules"),
+    (dict(modules_to_save=["no_such_head"]), "modules_to_save"),
+])
+def test_configs_that_match_nothing_are_rejected(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2, **kwargs))
+
+
+def test_likelihood_and_model_mismatch_is_rejected():
+    with pytest.raises(ValueError, match="causal-lm"):
+        MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2), likelihood="causal-lm")
+    with pytest.raises(ValueError, match="sequence-classification"):
+        MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj"]),
+                        likelihood="sequence-classification")
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2), likelihood="regression")
+
+
+def test_guide_arguments_are_validated():
+    model, _ = make()
+    with pytest.raises(ValueError, match="mode"):
+        MonteCLoRAGuide(model, mode="laplace")
+    with pytest.raises(ValueError, match="scale_tril"):
+        MonteCLoRAGuide(model, scale_tril="banded")
+
+
+def test_full_scale_tril_guide_learns_off_diagonal_terms():
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=3))
+    guide = MonteCLoRAGuide(model, scale_tril="full")
+    with torch.no_grad():
+        for adapter in model.adapters().values():
+            adapter.lora_B.normal_(std=0.1)
+    Trace_ELBO().differentiable_loss(model, guide, **classification_batch()).backward()
+    posterior = next(iter(guide.factor_posteriors().values()))
+    assert posterior.scale_offdiag.grad.tril(-1).abs().sum() > 0
