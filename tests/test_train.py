@@ -1,0 +1,123 @@
+"""fit(): the loss falls, a learnable task is learnt, runs are reproducible, bad settings fail early."""
+
+import math
+
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora.predictive import predict
+from pyro_monteclora.train import fit, linear_schedule
+
+from conftest import classification_batch, tiny_bert_classifier
+
+
+class TokenSetTask(Dataset):
+    """Label 1: every token drawn from [10, 30); label 0: from [30, 50). Learnable, not trivial."""
+
+    def __init__(self, size: int, length: int = 8, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 2, (size,), generator=g)
+        low = torch.where(self.labels == 1, 10, 30)
+        self.input_ids = low[:, None] + torch.randint(0, 20, (size, length), generator=g)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.input_ids[i], "attention_mask": torch.ones_like(self.input_ids[i]),
+                "labels": self.labels[i], "example_index": torch.tensor(i)}
+
+
+def loaders(train_size=256, test_size=128, batch_size=16):
+    train = DataLoader(TokenSetTask(train_size, seed=0), batch_size=batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(0))
+    test = DataLoader(TokenSetTask(test_size, seed=1), batch_size=64)
+    return train, test
+
+
+def make(mode="monteclora", **config):
+    model = MonteCLoRAModel(tiny_bert_classifier(),
+                            MonteCLoRAConfig(rank=4, modules_to_save=["classifier"], **config))
+    return model, MonteCLoRAGuide(model, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["monteclora", "lora"])
+def test_fit_learns_a_synthetic_task(mode):
+    model, guide = make(mode, sample_scaler=0.05)
+    train, test = loaders()
+    result = fit(model, guide, train, epochs=8, learning_rate=5e-3, seed=0, progress=False,
+                 eval_loader=test, eval_num_samples=4)
+    losses = [s["loss"] for s in result.steps]
+    assert len(losses) == 128
+    assert sum(losses[-16:]) / 16 < 0.5 * sum(losses[:16]) / 16
+    assert result.epochs[-1]["accuracy"] > 0.9
+    assert model.dataset_size == 256
+
+
+def test_lora_mode_loss_is_the_mean_cross_entropy():
+    model, guide = make("lora")
+    batch = classification_batch(batch_size=16)
+    with torch.no_grad():
+        expected = F.cross_entropy(model.network(**{k: v for k, v in batch.items() if k != "labels"}).logits,
+                                   batch["labels"])
+    model.dataset_size = 1000
+    result = fit(model, guide, [batch], epochs=1, learning_rate=1e-9, max_grad_norm=None, progress=False)
+    assert result.steps[0]["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert result.steps[0]["kl"] == 0.0
+
+
+def test_fit_is_reproducible_with_a_seed():
+    params = []
+    for _ in range(2):
+        model, guide = make(sample_scaler=0.1)
+        train, _ = loaders(train_size=64)
+        fit(model, guide, train, epochs=1, learning_rate=1e-2, seed=3, progress=False)
+        params.append(torch.cat([p.detach().flatten() for p in list(model.parameters()) + list(guide.parameters())]))
+    assert torch.equal(params[0], params[1])
+
+
+def test_kl_annealing_and_schedule_are_recorded():
+    model, guide = make()
+    train, _ = loaders(train_size=64)
+    result = fit(model, guide, train, epochs=1, kl_anneal_steps=2, warmup_ratio=0.5, log_every=1,
+                 learning_rate=1e-3, progress=False)
+    assert [s["kl_factor"] for s in result.steps] == [0.0, 0.5, 1.0, 1.0]
+    assert [round(s["lr"] / 1e-3, 6) for s in result.steps] == [1.0, 1.0, 0.5, 0.0]
+    assert all(math.isfinite(s["kl"]) and s["kl"] >= 0 for s in result.steps)
+    schedule = linear_schedule(10, 2)
+    assert [schedule(i) for i in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_max_steps_stops_early():
+    model, guide = make()
+    train, _ = loaders(train_size=64)
+    assert len(fit(model, guide, train, epochs=3, max_steps=5, progress=False).steps) == 5
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_a_non_finite_loss_stops_with_the_step():
+    model, guide = make()
+    with torch.no_grad():
+        next(iter(model.adapters().values())).lora_B.fill_(float("nan"))
+    train, _ = loaders(train_size=64)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        fit(model, guide, train, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(learning_rate=-1.0), "learning_rate"), (dict(learning_rate=float("nan")), "learning_rate"),
+    (dict(epochs=0), "epochs"), (dict(warmup_ratio=1.0), "warmup_ratio"),
+    (dict(loss="elbo"), "loss"), (dict(max_grad_norm=0), "max_grad_norm"),
+    (dict(eval_num_samples=-1), "eval_num_samples"), (dict(weight_decay=-0.1), "weight_decay"),
+])
+def test_bad_settings_fail_before_any_step(kwargs, field):
+    model, guide = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    train, _ = loaders(train_size=32)
+    with pytest.raises(ValueError, match=field):
+        fit(model, guide, train, progress=False, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
