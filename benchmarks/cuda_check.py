@@ -1,0 +1,142 @@
+"""CUDA check of the core: SVI and the predictive on a GPU, fp32 and bf16 autocast, step-time ratios.
+
+Runs on a MiniLM-shaped BERT (the packaged config when installed, random weights: the GPU machine
+cannot fetch the pretrained ones) and a synthetic learnable task, so it needs no network or data.
+
+    python benchmarks/cuda_check.py --json cuda_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import pyro
+import torch
+import transformers
+
+from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
+from pyro_monteclora.train import ELBO_KINDS
+
+MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+              intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+
+
+def minilm_shaped(num_labels=2):
+    try:
+        from pyro_monteclora.data import default_encoder_path
+
+        config = transformers.AutoConfig.from_pretrained(default_encoder_path(), num_labels=num_labels)
+    except (FileNotFoundError, OSError):
+        config = transformers.BertConfig(num_labels=num_labels, **MINILM)
+    return transformers.BertForSequenceClassification(config)
+
+
+def make(mode, device):
+    model = MonteCLoRAModel(minilm_shaped().to(device),
+                            MonteCLoRAConfig(rank=8, target_modules=["query", "value"],
+                                             modules_to_save=["classifier"]))
+    return model, MonteCLoRAGuide(model, mode=mode)
+
+
+def step_times(device, dtype, batch_size, tokens, steps=20, warmup=5):
+    batch = {"input_ids": torch.randint(1000, 20000, (batch_size, tokens), device=device),
+             "attention_mask": torch.ones(batch_size, tokens, dtype=torch.long, device=device),
+             "labels": torch.randint(0, 2, (batch_size,), device=device)}
+    runners = {}
+    for mode in ("monteclora", "lora"):
+        model, guide = make(mode, device)
+        model.dataset_size = 10_000
+        loss_module = ELBO_KINDS["meanfield"]()(model, guide)
+        params = [p for p in loss_module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+        def run(loss_module=loss_module, params=params, optimizer=optimizer):
+            sync(device)
+            started = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                value = loss_module(**batch) / 10_000
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            sync(device)
+            return time.perf_counter() - started
+
+        runners[mode] = run
+    times = {mode: [] for mode in runners}
+    for i in range(warmup + steps):
+        for mode, run in runners.items():
+            elapsed = run()
+            if i >= warmup:
+                times[mode].append(elapsed)
+    peaks = {}
+    for mode, run in runners.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            run()
+            peaks[mode] = torch.cuda.max_memory_allocated() / 2**20
+    med = {mode: statistics.median(v) for mode, v in times.items()}
+    return {"batch": [batch_size, tokens], "dtype": str(dtype), "median_ms": {k: v * 1e3 for k, v in med.items()},
+            "ratio": med["monteclora"] / med["lora"], "peak_MiB_incl_both_models": peaks}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def learnable_task(device, size=512, length=16):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (size,), generator=g)
+    ids = torch.where(labels == 1, 1000, 3000)[:, None] + torch.randint(0, 1000, (size, length), generator=g)
+    batches = [{"input_ids": ids[i:i + 32], "attention_mask": torch.ones_like(ids[i:i + 32]),
+                "labels": labels[i:i + 32]} for i in range(0, size, 32)]
+    return batches
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--device", default="cuda", help="cuda (the point) or cpu (a dry run)")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("cuda_check.py needs a CUDA device")
+    transformers.logging.set_verbosity_error()
+    device = torch.device(args.device)
+    pyro.set_rng_seed(0)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    report = {"device": name, "torch": torch.__version__,
+              "transformers": transformers.__version__, "pyro": pyro.__version__}
+    # 1. SVI learns on the GPU, fp32 and under bf16 autocast; the predictive runs there.
+    for dtype in (torch.float32, torch.bfloat16):
+        model, guide = make("monteclora", device)
+        batches = learnable_task(device)[: 4 if device.type == "cpu" else None]
+        model.dataset_size = 32 * len(batches)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            result = fit(model, guide, batches, epochs=3, learning_rate=3e-3, seed=0, progress=False)
+            output = predict(model, guide, batches[:4], num_samples=4)
+        accuracy = (output.probs.argmax(-1) == output.labels).float().mean().item()
+        devices = {str(p.device) for p in list(model.parameters()) + list(guide.parameters())}
+        report[f"fit_{dtype}"] = {
+            "first_loss": result.steps[0]["loss"], "last_loss": result.steps[-1]["loss"],
+            "train_accuracy_S4": accuracy, "mean_mutual_information": output.mutual_information.mean().item(),
+            "parameter_devices": sorted(devices),
+            "adapter_dtype": str(next(iter(model.adapters().values())).lora_A_mean.dtype),
+        }
+        print(dtype, report[f"fit_{dtype}"], flush=True)
+    # 2. Step time and memory, MonteCLoRA against the LoRA mode of the same code.
+    report["step_time"] = [step_times(device, dtype, b, t, steps=args.steps) for dtype in (torch.float32, torch.bfloat16)
+                           for b, t in ((16, 64), (32, 128))]
+    for row in report["step_time"]:
+        print(row, flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
