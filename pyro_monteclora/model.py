@@ -125,6 +125,7 @@ class MonteCLoRAModel(PyroModule):
         self.config = config
         self.likelihood = likelihood
         self._adapter_paths = list(adapters)
+        self._candidate_parameters = list(model.named_parameters())
         #: ``"sample"``: emit the latent sites (MonteCLoRA); ``"mean"``: :math:`A = M` (LoRA).
         self.adapter_mode = "sample"
         #: size :math:`D` of the training set; scales the likelihood (``None``: the batch size).
@@ -144,6 +145,11 @@ class MonteCLoRAModel(PyroModule):
     def trainable_parameters(self) -> Iterator[tuple]:
         """``(name, parameter)`` for every parameter that training updates."""
         return ((n, p) for n, p in self.network.named_parameters() if p.requires_grad)
+
+    def _registered_parameters(self) -> Iterator[tuple]:
+        # The hot path: the candidates were listed once at construction (walking every module of a
+        # large network on each call costs milliseconds); requires_grad is read on each call.
+        return ((n, p) for n, p in self._candidate_parameters if p.requires_grad)
 
     def num_trainable_parameters(self) -> int:
         """How many scalars training updates (adapters, ``modules_to_save``, biases if asked)."""
@@ -186,7 +192,8 @@ class MonteCLoRAModel(PyroModule):
     # -- the Pyro model ----------------------------------------------------------------------------
     def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
                 example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
-        register_parameters(self._pyro_name, self.trainable_parameters())
+        if not pyro.settings.get("module_local_params"):
+            register_parameters(self._pyro_name, self._registered_parameters())
         with self.sampled_adapters() as network:
             outputs = network(**inputs, return_dict=True)
         logits = outputs.logits

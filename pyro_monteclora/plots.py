@@ -47,7 +47,8 @@ def _check_curve(label: str, curve) -> int:
 
 
 def curve_ece(curve: Mapping) -> float:
-    """ECE of a reliability curve: :math:`\\sum_b \\frac{n_b}{n} \\lvert \\operatorname{acc}_b - \\operatorname{conf}_b \\rvert`."""
+    """ECE of a reliability curve,
+    :math:`\\sum_b \\frac{n_b}{n} \\lvert \\operatorname{acc}_b - \\operatorname{conf}_b \\rvert`."""
     n = sum(curve["count"])
     return sum(count / n * abs(acc - conf)
                for count, conf, acc in zip(curve["count"], curve["confidence"], curve["accuracy"])
@@ -85,6 +86,8 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
     figure = Figure(figsize=(4.2 * columns, 5.4 if title else 5.0), layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.add_gridspec(2, columns, height_ratios=(3.2, 1.0))
+    # one y-scale for every histogram, so that the panels compare at a glance
+    top_fraction = max(count / totals[label] for label, curve in curves.items() for count in curve["count"])
     for column, (label, curve) in enumerate(curves.items()):
         edges = [float(e) for e in curve["edges"]]
         lefts, widths = edges[:-1], [b - a for a, b in zip(edges[:-1], edges[1:])]
@@ -117,7 +120,7 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
                    linewidth=0.5)
         bottom.set_xlabel("confidence (max probability)")
         bottom.set_ylabel("fraction")
-        bottom.set_ylim(0, max(0.05, max(fractions) * 1.1))
+        bottom.set_ylim(0, max(0.05, top_fraction * 1.1))
         bottom.grid(True, alpha=0.25)
         if math.isclose(edges[0], 0.0) and math.isclose(edges[-1], 1.0):
             bottom.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
