@@ -118,6 +118,7 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("cuda_check.py needs a CUDA device")
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     device = torch.device(args.device)
     pyro.set_rng_seed(0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

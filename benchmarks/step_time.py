@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     pyro.set_rng_seed(0)
     batch = {
         "input_ids": torch.randint(1000, 20000, (args.batch_size, args.tokens)),

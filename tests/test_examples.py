@@ -1,0 +1,40 @@
+"""Every script in examples/ runs in its fast mode, so no example rots."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+pytestmark = pytest.mark.integration
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rotten_tomatoes_demo_fast(tmp_path):
+    demo = load("rotten_tomatoes_demo")
+    record = demo.main(["--fast", "--output", str(tmp_path)])
+    assert set(record["models"]) == {"monteclora", "lora"}
+    for name in ("report.md", "metrics.json", "reliability.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for model in metrics["models"].values():
+        assert 0 <= model["accuracy"] <= 1 and 0 <= model["ece"] <= 1
+    assert metrics["models"]["lora"]["mean_mutual_information"] == 0
+    assert "| accuracy" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_rejects_bad_arguments(capsys):
+    demo = load("rotten_tomatoes_demo")
+    with pytest.raises(SystemExit) as raised:
+        demo.parse_args(["--learning-rate", "-1"])
+    assert raised.value.code == 2
+    assert "--learning-rate" in capsys.readouterr().err
