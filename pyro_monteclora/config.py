@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 __all__ = ["MonteCLoRAConfig"]
@@ -78,7 +78,6 @@ class MonteCLoRAConfig:
     kl_weight: float = 1.0
     random_B: bool = False
     bias: str = "none"
-    init_lora_weights: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
         _require(

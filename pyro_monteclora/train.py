@@ -40,7 +40,8 @@ class FitResult:
 
     :ivar steps: one dict per optimiser step: ``step``, ``loss`` (negative ELBO per example),
         ``kl`` (closed-form KL of the guide, unweighted; ``None`` between ``log_every`` steps),
-        ``kl_factor`` and ``lr``.
+        ``nll`` (the data term per example, ``loss - kl_factor * kl_weight * kl / D``, on the
+        steps that have ``kl``), ``kl_factor`` and ``lr``.
     :ivar epochs: one dict per epoch: ``epoch``, ``loss`` (mean over the epoch) and, with an
         ``eval_loader``, the evaluation metrics.
     :ivar train_seconds: wall time spent in optimiser steps (evaluation excluded).
@@ -100,7 +101,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     :param int ece_bins: bins of the evaluation's ECE.
     :param int seed: seeds Pyro, torch, numpy and random (``pyro.set_rng_seed``).
     :param device: move model and guide there first.
-    :param bool progress: show a tqdm bar with the loss and the KL.
+    :param bool progress: show a tqdm bar with the loss and its two parts (data term and KL).
     :param str desc: the progress bar's label.
     :param int log_every: compute the guide's closed-form KL for the log every this many steps
         (and at the last step); other steps record ``kl`` as ``None``.
@@ -199,8 +200,11 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                 if callable(kl_of) and (step % log_every == 0 or step == total_steps - 1):
                     with torch.no_grad():
                         kl = float(kl_of())
-                record = {"step": step, "loss": value.item(), "kl": kl, "kl_factor": kl_factor,
-                          "lr": scheduler.get_last_lr()[0]}
+                record = {"step": step, "loss": value.item(), "kl": kl, "nll": None,
+                          "kl_factor": kl_factor, "lr": scheduler.get_last_lr()[0]}
+                if kl is not None:  # the data term: loss - lambda_t KL / D
+                    weight = kl_factor * getattr(getattr(model, "config", None), "kl_weight", 1.0)
+                    record["nll"] = record["loss"] - weight * kl / dataset_size
                 result.steps.append(record)
                 epoch_losses.append(record["loss"])
                 step += 1
@@ -208,6 +212,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                     bar.update(1)
                     postfix = {"epoch": epoch, "loss": f"{record['loss']:.4f}"}
                     if kl is not None:
+                        postfix["nll"] = f"{record['nll']:.4f}"
                         postfix["kl"] = f"{kl:.3g}"
                     bar.set_postfix(postfix)
             summary = {"epoch": epoch, "loss": sum(epoch_losses) / max(1, len(epoch_losses))}

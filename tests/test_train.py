@@ -67,7 +67,7 @@ def test_lora_mode_loss_is_the_mean_cross_entropy():
     model.dataset_size = 1000
     result = fit(model, guide, [batch], epochs=1, learning_rate=1e-9, max_grad_norm=None, progress=False)
     assert result.steps[0]["loss"] == pytest.approx(expected.item(), rel=1e-5)
-    assert result.steps[0]["kl"] == 0.0
+    assert result.steps[0]["kl"] == 0.0 and result.steps[0]["nll"] == result.steps[0]["loss"]
 
 
 def test_fit_is_reproducible_with_a_seed():
