@@ -98,6 +98,10 @@ class WishartCholesky(TorchDistribution):
     :param torch.Tensor scale_tril: lower-triangular :math:`S` with positive diagonal,
         :math:`V = S S^\\top`, shape ``batch_shape + (r, r)``.
 
+    :meth:`from_log_diagonal` builds the common case :math:`S = \\operatorname{diag}(e^{\\sigma})`
+    (the paper's guide, and the prior with :math:`\\sigma = 0`), whose sampling, density and KL
+    need no triangular solve and a fraction of the operations.
+
     >>> import torch
     >>> d = WishartCholesky(3.0, torch.eye(3))
     >>> L = d.rsample((2,))
@@ -109,21 +113,49 @@ class WishartCholesky(TorchDistribution):
     support = constraints.lower_cholesky
     has_rsample = True
 
-    def __init__(self, df, scale_tril: torch.Tensor, validate_args: Optional[bool] = None):
-        if scale_tril.dim() < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
-            raise ValueError(
-                f"WishartCholesky.scale_tril must have shape (..., r, r), got {tuple(scale_tril.shape)}"
-            )
-        self.rank = rank = scale_tril.shape[-1]
+    def __init__(self, df, scale_tril: Optional[torch.Tensor] = None,
+                 validate_args: Optional[bool] = None, *, log_scale_diagonal: Optional[torch.Tensor] = None):
+        if (scale_tril is None) == (log_scale_diagonal is None):
+            raise ValueError("WishartCholesky needs exactly one of scale_tril and log_scale_diagonal")
+        if scale_tril is not None:
+            if scale_tril.dim() < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
+                raise ValueError(
+                    f"WishartCholesky.scale_tril must have shape (..., r, r), got {tuple(scale_tril.shape)}"
+                )
+            batch_shape, rank = scale_tril.shape[:-2], scale_tril.shape[-1]
+        else:
+            if log_scale_diagonal.dim() < 1:
+                raise ValueError("WishartCholesky.log_scale_diagonal must have shape (..., r)")
+            batch_shape, rank = log_scale_diagonal.shape[:-1], log_scale_diagonal.shape[-1]
+        self.rank = rank
         self.df = _as_df(df, rank)
-        self.scale_tril = scale_tril
-        super().__init__(scale_tril.shape[:-2], scale_tril.shape[-2:], validate_args=validate_args)
+        self._scale_tril = scale_tril
+        self.log_scale_diagonal = log_scale_diagonal
+        super().__init__(batch_shape, torch.Size((rank, rank)), validate_args=validate_args)
+
+    @classmethod
+    def from_log_diagonal(cls, df, log_scale: torch.Tensor,
+                          validate_args: Optional[bool] = None) -> "WishartCholesky":
+        """The Wishart with :math:`S = \\operatorname{diag}(e^{\\sigma})`, ``log_scale`` :math:`= \\sigma`."""
+        return cls(df, None, validate_args, log_scale_diagonal=log_scale)
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """:math:`S` (built from :math:`\\sigma` on first use for a diagonal scale)."""
+        if self._scale_tril is None:
+            self._scale_tril = torch.diag_embed(self.log_scale_diagonal.exp())
+        return self._scale_tril
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(WishartCholesky, _instance)
         batch_shape = torch.Size(batch_shape)
         new.df, new.rank = self.df, self.rank
-        new.scale_tril = self.scale_tril.expand(batch_shape + self.event_shape)
+        if self.log_scale_diagonal is not None:
+            new.log_scale_diagonal = self.log_scale_diagonal.expand(batch_shape + (self.rank,))
+            new._scale_tril = None
+        else:
+            new.log_scale_diagonal = None
+            new._scale_tril = self._scale_tril.expand(batch_shape + self.event_shape)
         super(WishartCholesky, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -137,18 +169,22 @@ class WishartCholesky(TorchDistribution):
         rank, df = self.rank, self.df
         return -0.5 * df * rank * math.log(2.0) - _mvlgamma(0.5 * df, rank)
 
+    def _reference(self) -> torch.Tensor:
+        return self.log_scale_diagonal if self.log_scale_diagonal is not None else self._scale_tril
+
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         rank = self.rank
-        with _Fp32(self.scale_tril):
-            scale_tril = self.scale_tril.float()
-            device = scale_tril.device
+        with _Fp32(self._reference()):
+            device = self._reference().device
             # Bartlett: chi-square diagonal with nu - j degrees of freedom, N(0, 1) below it.
             half_dfs = (0.5 * self.df - 0.5 * torch.arange(rank, device=device)).expand(shape[:-1])
             chi2 = 2.0 * torch._standard_gamma(half_dfs.contiguous())
             diagonal = chi2.clamp_min(torch.finfo(chi2.dtype).tiny).sqrt()
             bartlett = torch.randn(shape, device=device).tril(-1) + torch.diag_embed(diagonal)
-            return scale_tril @ bartlett
+            if self.log_scale_diagonal is not None:  # diag(e^sigma) T scales the rows of T
+                return self.log_scale_diagonal.float().exp().unsqueeze(-1) * bartlett
+            return self._scale_tril.float() @ bartlett
 
     def log_abs_det_jacobian(self, value: torch.Tensor) -> torch.Tensor:
         """:math:`\\log |\\partial (L L^\\top) / \\partial L| = r \\log 2 + \\sum_j (r - j) \\log L_{jj}`."""
@@ -158,10 +194,15 @@ class WishartCholesky(TorchDistribution):
         return rank * math.log(2.0) + (powers * log_diag).sum(-1)
 
     def _log_kernel(self, value: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
-        scale_tril = self.scale_tril.float()
         log_diag = value.diagonal(dim1=-2, dim2=-1).log()
-        whitened = torch.linalg.solve_triangular(scale_tril, value, upper=False)
-        log_det_scale = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        if self.log_scale_diagonal is not None:
+            log_scale = self.log_scale_diagonal.float()
+            whitened = value * (-log_scale).exp().unsqueeze(-1)
+            log_det_scale = log_scale.sum(-1)
+        else:
+            scale_tril = self._scale_tril.float()
+            whitened = torch.linalg.solve_triangular(scale_tril, value, upper=False)
+            log_det_scale = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         return ((powers * log_diag).sum(-1) - 0.5 * whitened.pow(2).sum((-2, -1))
                 - self.df * log_det_scale + self._log_normalizer())
 
@@ -184,6 +225,13 @@ class WishartCholesky(TorchDistribution):
     def entropy(self) -> torch.Tensor:
         """Entropy of the Wishart matrix (equal to that of ``torch.distributions.Wishart``)."""
         return Wishart(torch.tensor(self.df), scale_tril=self.scale_tril).entropy()
+
+
+def _df_terms(df_p: float, df_q: float, rank: int) -> float:
+    if df_p == df_q:
+        return 0.0
+    return (_mvlgamma(0.5 * df_q, rank) - _mvlgamma(0.5 * df_p, rank)
+            + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item())
 
 
 def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tensor) -> torch.Tensor:
@@ -211,14 +259,18 @@ def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tenso
         log_det_p = 2.0 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         log_det_q = 2.0 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         kl = 0.5 * df_q * (log_det_q - log_det_p) + 0.5 * df_p * (trace - rank)
-        if df_p != df_q:
-            kl = kl + (_mvlgamma(0.5 * df_q, rank) - _mvlgamma(0.5 * df_p, rank)
-                       + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item())
-        return kl
+        return kl + _df_terms(df_p, df_q, rank)
 
 
 @register_kl(WishartCholesky, WishartCholesky)
 def _kl_wishart_cholesky(p: WishartCholesky, q: WishartCholesky) -> torch.Tensor:
+    if p.log_scale_diagonal is not None and q.log_scale_diagonal is not None:
+        # diagonal scales: log|V| = 2 sum sigma, tr(V_q^-1 V_p) = sum exp(2 (sigma_p - sigma_q))
+        with _Fp32(p.log_scale_diagonal):
+            sigma_p, sigma_q = p.log_scale_diagonal.float(), q.log_scale_diagonal.float()
+            kl = (q.df * (sigma_q.sum(-1) - sigma_p.sum(-1))
+                  + 0.5 * p.df * ((2.0 * (sigma_p - sigma_q)).exp().sum(-1) - p.rank))
+            return kl + _df_terms(p.df, q.df, p.rank)
     return wishart_kl(p.df, p.scale_tril, q.df, q.scale_tril)
 
 
@@ -298,7 +350,7 @@ def lora_perturbation(
     :returns: :math:`s \\lVert\\pi\\rVert L Z`, shape ``(..., r, d)``, in fp32.
     """
     with _Fp32(noise):
-        norm = weights.float().pow(2).sum(-1).sqrt()
+        norm = torch.linalg.vector_norm(weights.float(), dim=-1)
         return (sample_scaler * norm)[..., None, None] * (scale_tril.float() @ noise.float())
 
 

@@ -35,7 +35,7 @@ from torch.distributions import kl_divergence
 
 from ._params import register_parameters
 from .distributions import WishartCholesky
-from .layers import LATENT_SITE, factor_site_names, standard_noise
+from .layers import LATENT_SITE, factor_site_names, latent_scale, standard_noise
 from .model import MonteCLoRAModel
 
 __all__ = ["MonteCLoRAGuide", "FactorPosterior", "GUIDE_MODES"]
@@ -69,6 +69,8 @@ class FactorPosterior(nn.Module):
 
     def covariance(self) -> WishartCholesky:
         """:math:`q(\\Sigma)` in Cholesky form."""
+        if self.scale_offdiag is None:
+            return WishartCholesky.from_log_diagonal(self.df, self.log_scale)
         return WishartCholesky(self.df, self.scale_tril())
 
     def mixture_weights(self) -> dist.Dirichlet:
@@ -132,7 +134,7 @@ class MonteCLoRAGuide(PyroModule):
         for key, path, factor, rank, width in self._sites:
             posterior = posteriors[key]
             names = factor_site_names(path, factor)
-            with pyro.poutine.scale(scale=self.config.kl_weight):
+            with latent_scale(self.config.kl_weight):
                 draws[names["covariance"]] = pyro.sample(
                     names["covariance"], posterior.covariance(), infer={LATENT_SITE: True}
                 )
@@ -151,7 +153,8 @@ class MonteCLoRAGuide(PyroModule):
         terms = []
         for posterior in self._modules["posteriors"].values():
             device = posterior.log_scale.device
-            prior_cov = WishartCholesky(cfg.wishart_df, torch.eye(posterior.rank, device=device))
+            prior_cov = WishartCholesky.from_log_diagonal(
+                cfg.wishart_df, torch.zeros(posterior.rank, device=device))
             concentration = torch.full_like(posterior.log_concentration, cfg.dirichlet_concentration)
             terms.append(kl_divergence(posterior.covariance(), prior_cov))
             terms.append(kl_divergence(posterior.mixture_weights(), dist.Dirichlet(concentration)))

@@ -27,6 +27,7 @@ The low-rank branch always runs in fp32 with autocast off, so that a perturbatio
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -39,7 +40,7 @@ from torch import nn
 from .config import MonteCLoRAConfig
 from .distributions import StandardNormalMatrix, WishartCholesky, lora_perturbation
 
-__all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "standard_noise"]
+__all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "standard_noise", "latent_scale"]
 
 #: ``infer`` tag carried by the latent (KL-bearing) sites, read by :func:`~pyro_monteclora.kl_scale`.
 LATENT_SITE = "monteclora_latent"
@@ -119,7 +120,7 @@ class MonteCLoRALinear(nn.Module):
         names = factor_site_names(self.path, factor)
         device = mean.device
         covariance_prior, mixture_prior = self.priors(device)
-        with pyro.poutine.scale(scale=cfg.kl_weight):
+        with latent_scale(cfg.kl_weight):
             scale_tril = pyro.sample(names["covariance"], covariance_prior, infer={LATENT_SITE: True})
             weights = pyro.sample(names["mixture_weights"], mixture_prior, infer={LATENT_SITE: True})
         noise = pyro.sample(names["noise"], standard_noise(self.rank, width, device))
@@ -136,10 +137,10 @@ class MonteCLoRALinear(nn.Module):
         device = self.lora_A_mean.device if device is None else torch.device(device)
         if device not in self._priors:
             cfg = self.config
-            eye = torch.eye(self.rank, device=device)
+            zeros = torch.zeros(self.rank, device=device)  # log of the identity scale's diagonal
             concentration = torch.full((cfg.num_components,), cfg.dirichlet_concentration, device=device)
             self._priors[device] = (
-                WishartCholesky(cfg.wishart_df, eye, validate_args=False),
+                WishartCholesky.from_log_diagonal(cfg.wishart_df, zeros, validate_args=False),
                 dist.Dirichlet(concentration, validate_args=False),
             )
         return self._priors[device]
@@ -162,6 +163,11 @@ class MonteCLoRALinear(nn.Module):
             hidden = self.dropout(x).float()
             update = F.linear(F.linear(hidden, A.float()), B.float()) * self.scaling
         return result + update.to(result.dtype)
+
+
+def latent_scale(weight: float):
+    """``poutine.scale(weight)`` for the latent sites; no handler at all for the usual weight 1."""
+    return contextlib.nullcontext() if weight == 1.0 else pyro.poutine.scale(scale=weight)
 
 
 def standard_noise(rank: int, width: int, device) -> StandardNormalMatrix:

@@ -145,3 +145,22 @@ def test_single_noise_and_mixture_forms_agree_in_distribution():
         torch.testing.assert_close(columns.mean(0), torch.zeros(rank), atol=0.02, rtol=0)
         covariance = columns.T @ columns / len(columns)
         torch.testing.assert_close(covariance, expected, atol=0.03 * expected.abs().max().item(), rtol=0)
+
+
+def test_diagonal_fast_path_equals_the_general_form():
+    sigma = torch.randn(2, 4) * 0.3
+    fast = WishartCholesky.from_log_diagonal(5.0, sigma)
+    general = WishartCholesky(5.0, torch.diag_embed(sigma.exp()))
+    torch.manual_seed(11)
+    a = fast.rsample((3,))
+    torch.manual_seed(11)
+    b = general.rsample((3,))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(fast.log_prob(a), general.log_prob(a))
+    prior_fast = WishartCholesky.from_log_diagonal(4.0, torch.zeros(4))
+    prior_general = WishartCholesky(4.0, torch.eye(4))
+    torch.testing.assert_close(kl_divergence(fast, prior_fast), kl_divergence(general, prior_general))
+    torch.testing.assert_close(fast.scale_tril, general.scale_tril)
+    assert fast.expand((5, 2)).rsample().shape == (5, 2, 4, 4)
+    with pytest.raises(ValueError, match="exactly one"):
+        WishartCholesky(4.0)
