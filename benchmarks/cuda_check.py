@@ -20,6 +20,7 @@ import transformers
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
 from pyro_monteclora.train import ELBO_KINDS
 
+LOSS = "monteclora"  # what fit() uses by default
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
               intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
 
@@ -41,31 +42,34 @@ def make(mode, device):
     return model, MonteCLoRAGuide(model, mode=mode)
 
 
-def step_times(device, dtype, batch_size, tokens, steps=20, warmup=5):
+def step_runner(mode, device, dtype, batch_size, tokens):
+    """One optimiser step of ``mode`` on a fixed random batch, returning its wall time."""
     batch = {"input_ids": torch.randint(1000, 20000, (batch_size, tokens), device=device),
              "attention_mask": torch.ones(batch_size, tokens, dtype=torch.long, device=device),
              "labels": torch.randint(0, 2, (batch_size,), device=device)}
-    runners = {}
-    for mode in ("monteclora", "lora"):
-        model, guide = make(mode, device)
-        model.dataset_size = 10_000
-        loss_module = ELBO_KINDS["meanfield"]()(model, guide)
-        params = [p for p in loss_module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model, guide = make(mode, device)
+    model.dataset_size = 10_000
+    loss_module = ELBO_KINDS[LOSS]()(model, guide)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
 
-        def run(loss_module=loss_module, params=params, optimizer=optimizer):
-            sync(device)
-            started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                value = loss_module(**batch) / 10_000
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            sync(device)
-            return time.perf_counter() - started
+    def run():
+        sync(device)
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            value = loss_module(**batch) / 10_000
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        sync(device)
+        return time.perf_counter() - started
 
-        runners[mode] = run
+    return run
+
+
+def step_times(device, dtype, batch_size, tokens, steps=20, warmup=5):
+    runners = {mode: step_runner(mode, device, dtype, batch_size, tokens) for mode in ("monteclora", "lora")}
     syncs = {}
     if device.type == "cuda":
         import warnings
@@ -114,6 +118,7 @@ def main():
     parser.add_argument("--json", default=None)
     parser.add_argument("--device", default="cuda", help="cuda (the point) or cpu (a dry run)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--profile", action="store_true", help="cProfile 10 MonteCLoRA steps (host side)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("cuda_check.py needs a CUDA device")
@@ -145,9 +150,26 @@ def main():
     #    validation off as fit() runs its steps.
     pyro.enable_validation(False)
     report["step_time"] = [step_times(device, dtype, b, t, steps=args.steps) for dtype in (torch.float32, torch.bfloat16)
-                           for b, t in ((16, 64), (32, 128))]
+                           for b, t in ((16, 64), (32, 128), (64, 256))]
     for row in report["step_time"]:
         print(row, flush=True)
+    if args.profile:
+        import cProfile
+        import io
+        import pstats
+
+        runner = step_runner("monteclora", device, torch.bfloat16, 32, 128)
+        for _ in range(5):
+            runner()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(10):
+            runner()
+        profiler.disable()
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(25)
+        report["profile_monteclora_bf16_32x128_10_steps"] = stream.getvalue()
+        print(stream.getvalue(), flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)

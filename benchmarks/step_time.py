@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--loss", choices=sorted(ELBO_KINDS), default="meanfield")
+    parser.add_argument("--loss", choices=sorted(ELBO_KINDS), default="monteclora")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()

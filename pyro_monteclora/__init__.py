@@ -11,6 +11,7 @@ The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
 """
 
 from .config import MonteCLoRAConfig
+from .elbo import MonteCLoRAELBO
 from .distributions import StandardNormalMatrix, WishartCholesky, wishart_kl
 from .guides import FactorPosterior, MonteCLoRAGuide
 from .handlers import kl_scale
@@ -26,6 +27,7 @@ __all__ = [
     "MonteCLoRAConfig",
     "MonteCLoRAModel",
     "MonteCLoRAGuide",
+    "MonteCLoRAELBO",
     "FactorPosterior",
     "MonteCLoRALinear",
     "WishartCholesky",

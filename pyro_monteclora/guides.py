@@ -146,16 +146,39 @@ class MonteCLoRAGuide(PyroModule):
             )
         return draws
 
+    def kl_terms(self) -> Dict[str, torch.Tensor]:
+        """Closed-form KLs of every latent site, computed for all factors at once (batched).
+
+        :returns: ``{site name: KL}`` for the covariance and mixture-weight sites, unweighted by
+            ``kl_weight``; empty in ``"lora"`` mode. The shared noise sites have KL exactly 0.
+        """
+        if not self._sites:
+            return {}
+        cfg = self.config
+        posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
+        log_scale = torch.stack([p.log_scale for p in posteriors])
+        if self.scale_tril_kind == "diagonal":
+            q_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, log_scale)
+        else:
+            q_cov = WishartCholesky(cfg.wishart_df, torch.stack([p.scale_tril() for p in posteriors]))
+        prior_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, torch.zeros_like(log_scale))
+        concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
+        prior_mix = dist.Dirichlet(torch.full_like(concentration, cfg.dirichlet_concentration))
+        cov_kl = kl_divergence(q_cov, prior_cov)
+        mix_kl = kl_divergence(dist.Dirichlet(concentration), prior_mix)
+        terms = {}
+        for index, (_, path, factor, _, _) in enumerate(self._sites):
+            names = factor_site_names(path, factor)
+            terms[names["covariance"]] = cov_kl[index]
+            terms[names["mixture_weights"]] = mix_kl[index]
+        return terms
+
+    def zero_kl_sites(self) -> set:
+        """Latent sites whose model and guide distributions are identical (the shared noise)."""
+        return {factor_site_names(path, factor)["noise"] for _, path, factor, _, _ in self._sites}
+
     def kl_divergence(self) -> torch.Tensor:
         """:math:`\\sum_\\ell \\mathrm{KL}(q(\\Sigma_\\ell) \\| p(\\Sigma_\\ell)) + \\mathrm{KL}(q(\\pi_\\ell) \\| p(\\pi_\\ell))`
         in closed form (unweighted by ``kl_weight``); 0 in ``"lora"`` mode."""
-        cfg = self.config
-        terms = []
-        for posterior in self._modules["posteriors"].values():
-            device = posterior.log_scale.device
-            prior_cov = WishartCholesky.from_log_diagonal(
-                cfg.wishart_df, torch.zeros(posterior.rank, device=device))
-            concentration = torch.full_like(posterior.log_concentration, cfg.dirichlet_concentration)
-            terms.append(kl_divergence(posterior.covariance(), prior_cov))
-            terms.append(kl_divergence(posterior.mixture_weights(), dist.Dirichlet(concentration)))
-        return torch.stack(terms).sum() if terms else torch.zeros(())
+        terms = self.kl_terms()
+        return torch.stack(list(terms.values())).sum() if terms else torch.zeros(())

@@ -25,13 +25,14 @@ import pyro
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from .elbo import MonteCLoRAELBO
 from .handlers import kl_scale
 from .model import MonteCLoRAModel
 from .predictive import move_batch, predict
 
 __all__ = ["fit", "FitResult", "linear_schedule"]
 
-ELBO_KINDS = {"meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
+ELBO_KINDS = {"monteclora": MonteCLoRAELBO, "meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _positive(name: str, value, integer: bool = False, allow_zero: bool = False)
 def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: int = 1,
         max_steps: Optional[int] = None, learning_rate: float = 1e-3, weight_decay: float = 0.0,
         warmup_ratio: float = 0.0, max_grad_norm: Optional[float] = 1.0,
-        loss: Union[str, ELBO] = "meanfield", num_particles: int = 1, kl_anneal_steps: int = 0,
+        loss: Union[str, ELBO] = "monteclora", num_particles: int = 1, kl_anneal_steps: int = 0,
         eval_loader: Optional[Iterable[dict]] = None, eval_num_samples: int = 0,
         ece_bins: int = 15, seed: Optional[int] = None, device=None,
         progress: bool = True, desc: str = "SVI", log_every: int = 10,
@@ -92,8 +93,9 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     :param float weight_decay: AdamW's decoupled weight decay.
     :param float warmup_ratio: fraction of the steps spent warming up, in ``[0, 1)``.
     :param float max_grad_norm: clip the global gradient norm (``None``: no clipping).
-    :param loss: ``"meanfield"`` (``TraceMeanField_ELBO``: analytic KLs, the default), ``"trace"``
-        (``Trace_ELBO``) or any Pyro ``ELBO`` instance.
+    :param loss: ``"monteclora"`` (:class:`~pyro_monteclora.elbo.MonteCLoRAELBO`: the mean-field
+        estimate with batched closed-form KLs, the default), ``"meanfield"``
+        (``TraceMeanField_ELBO``, the same estimate), ``"trace"`` (``Trace_ELBO``) or any Pyro ``ELBO``.
     :param int num_particles: ELBO particles per step (ignored for an ``ELBO`` instance).
     :param int kl_anneal_steps: ramp the KL weight linearly from 0 to 1 over this many steps.
     :param eval_loader: if given, :func:`~pyro_monteclora.predict` runs on it after every epoch.
@@ -126,7 +128,8 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     if isinstance(loss, str):
         if loss not in ELBO_KINDS:
             raise ValueError(f"fit(): loss must be one of {sorted(ELBO_KINDS)} or a pyro ELBO, got {loss!r}")
-        elbo = ELBO_KINDS[loss](num_particles=num_particles, vectorize_particles=False)
+        elbo = ELBO_KINDS[loss](num_particles=num_particles) if loss == "monteclora" else ELBO_KINDS[loss](
+            num_particles=num_particles, vectorize_particles=False)
     elif isinstance(loss, ELBO):
         elbo = loss
     else:

@@ -190,3 +190,37 @@ def test_full_scale_tril_guide_learns_off_diagonal_terms():
     Trace_ELBO().differentiable_loss(model, guide, **classification_batch()).backward()
     posterior = next(iter(guide.factor_posteriors().values()))
     assert posterior.scale_offdiag.grad.tril(-1).abs().sum() > 0
+
+
+def test_monteclora_elbo_equals_trace_mean_field_elbo_on_the_same_draws():
+    from pyro_monteclora import MonteCLoRAELBO
+
+    model, guide = make(rank=3, modules_to_save=["classifier"], kl_weight=0.7, sample_scaler=0.2)
+    with torch.no_grad():
+        for posterior in guide.factor_posteriors().values():
+            posterior.log_scale.normal_(std=0.3)
+        for adapter in model.adapters().values():
+            adapter.lora_B.normal_(std=0.1)
+    batch = classification_batch()
+    for handler in (poutine.block(hide=[]), kl_scale(0.3)):  # block(hide=[]) changes nothing
+        with handler:
+            pyro.set_rng_seed(4)
+            ours = MonteCLoRAELBO().differentiable_loss(model, guide, dataset_size=80, **batch)
+            pyro.set_rng_seed(4)
+            reference = TraceMeanField_ELBO().differentiable_loss(model, guide, dataset_size=80, **batch)
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+    grads = torch.autograd.grad(ours, [next(iter(guide.factor_posteriors().values())).log_scale])
+    assert grads[0].abs().sum() > 0
+
+
+def test_monteclora_elbo_drives_pyro_svi():
+    from pyro_monteclora import MonteCLoRAELBO
+
+    model, guide = make(modules_to_save=["classifier"], sample_scaler=0.01)
+    batch = classification_batch(batch_size=16)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), MonteCLoRAELBO())
+    losses = [svi.step(**batch) for _ in range(40)]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    lora_model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2))
+    lora_guide = MonteCLoRAGuide(lora_model, mode="lora")
+    assert MonteCLoRAELBO().loss(lora_model, lora_guide, **batch) > 0
