@@ -167,6 +167,35 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     )
     kl_of = getattr(guide, "kl_divergence", None)
     result = FitResult()
+    kl_weight = getattr(getattr(model, "config", None), "kl_weight", 1.0)
+
+    def take_step(batch: dict, step: int, epoch: int) -> Dict[str, float]:
+        started = time.perf_counter()
+        batch = move_batch(batch, device)
+        kl_factor = min(1.0, step / kl_anneal_steps) if kl_anneal_steps else 1.0
+        optimizer.zero_grad(set_to_none=True)
+        with kl_scale(kl_factor):
+            value = loss_module(**batch) / dataset_size
+        if not torch.isfinite(value):
+            raise FloatingPointError(
+                f"fit(): the loss is {value.item()} at step {step} (epoch {epoch}); "
+                f"lower the learning rate or check the data"
+            )
+        value.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        result.train_seconds += time.perf_counter() - started
+        record = {"step": step, "loss": value.item(), "kl": None, "nll": None,
+                  "kl_factor": kl_factor, "lr": scheduler.get_last_lr()[0]}
+        if callable(kl_of) and (step % log_every == 0 or step == total_steps - 1):
+            with torch.no_grad():
+                record["kl"] = float(kl_of())
+            # the data term: loss - lambda_t KL / D
+            record["nll"] = record["loss"] - kl_factor * kl_weight * record["kl"] / dataset_size
+        return record
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -174,63 +203,35 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         bar = tqdm(total=total_steps, desc=desc, dynamic_ncols=True)
     step = 0
     model.train()
-    validation = pyro.validation_enabled(validate_args)
-    validation.__enter__()
     try:
-        for epoch in range(epochs):
-            epoch_losses = []
-            for batch in train_loader:
+        with pyro.validation_enabled(validate_args):
+            for epoch in range(epochs):
+                epoch_losses = []
+                for batch in train_loader:
+                    if step >= total_steps:
+                        break
+                    record = take_step(batch, step, epoch)
+                    result.steps.append(record)
+                    epoch_losses.append(record["loss"])
+                    step += 1
+                    if bar is not None:
+                        bar.update(1)
+                        postfix = {"epoch": epoch, "loss": f"{record['loss']:.4f}"}
+                        if record["kl"] is not None:
+                            postfix.update(nll=f"{record['nll']:.4f}", kl=f"{record['kl']:.3g}")
+                        bar.set_postfix(postfix)
+                summary = {"epoch": epoch, "loss": sum(epoch_losses) / max(1, len(epoch_losses))}
+                if eval_loader is not None:
+                    output = predict(model, guide, eval_loader, num_samples=eval_num_samples)
+                    summary.update(classification_metrics(output.probs, output.labels, ece_bins))
+                    model.train()
+                    if bar is not None:
+                        bar.write(f"epoch {epoch}: " + ", ".join(
+                            f"{k}={v:.4f}" for k, v in summary.items() if k != "epoch"))
+                result.epochs.append(summary)
                 if step >= total_steps:
                     break
-                started = time.perf_counter()
-                batch = move_batch(batch, device)
-                kl_factor = min(1.0, step / kl_anneal_steps) if kl_anneal_steps else 1.0
-                optimizer.zero_grad(set_to_none=True)
-                with kl_scale(kl_factor):
-                    value = loss_module(**batch) / dataset_size
-                if not torch.isfinite(value):
-                    raise FloatingPointError(
-                        f"fit(): the loss is {value.item()} at step {step} (epoch {epoch}); "
-                        f"lower the learning rate or check the data"
-                    )
-                value.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                result.train_seconds += time.perf_counter() - started
-                kl = None
-                if callable(kl_of) and (step % log_every == 0 or step == total_steps - 1):
-                    with torch.no_grad():
-                        kl = float(kl_of())
-                record = {"step": step, "loss": value.item(), "kl": kl, "nll": None,
-                          "kl_factor": kl_factor, "lr": scheduler.get_last_lr()[0]}
-                if kl is not None:  # the data term: loss - lambda_t KL / D
-                    weight = kl_factor * getattr(getattr(model, "config", None), "kl_weight", 1.0)
-                    record["nll"] = record["loss"] - weight * kl / dataset_size
-                result.steps.append(record)
-                epoch_losses.append(record["loss"])
-                step += 1
-                if bar is not None:
-                    bar.update(1)
-                    postfix = {"epoch": epoch, "loss": f"{record['loss']:.4f}"}
-                    if kl is not None:
-                        postfix["nll"] = f"{record['nll']:.4f}"
-                        postfix["kl"] = f"{kl:.3g}"
-                    bar.set_postfix(postfix)
-            summary = {"epoch": epoch, "loss": sum(epoch_losses) / max(1, len(epoch_losses))}
-            if eval_loader is not None:
-                output = predict(model, guide, eval_loader, num_samples=eval_num_samples)
-                summary.update(classification_metrics(output.probs, output.labels, ece_bins))
-                model.train()
-            result.epochs.append(summary)
-            if bar is not None and eval_loader is not None:
-                bar.write(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()
-                                                          if k != "epoch"))
-            if step >= total_steps:
-                break
     finally:
-        validation.__exit__(None, None, None)
         if bar is not None:
             bar.close()
     return result
