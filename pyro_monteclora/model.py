@@ -192,8 +192,7 @@ class MonteCLoRAModel(PyroModule):
     # -- the Pyro model ----------------------------------------------------------------------------
     def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
                 example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
-        if not pyro.settings.get("module_local_params"):
-            register_parameters(self._pyro_name, self._registered_parameters())
+        register_parameters(self._pyro_name, self._registered_parameters())
         with self.sampled_adapters() as network:
             outputs = network(**inputs, return_dict=True)
         logits = outputs.logits
