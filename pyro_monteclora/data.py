@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = [
     "TextClassificationData",
@@ -29,6 +29,7 @@ __all__ = [
     "packaged_model_path",
     "default_encoder_path",
     "classification_loader",
+    "EpochShuffleSampler",
     "ROTTEN_TOMATOES_LABELS",
 ]
 
@@ -140,13 +141,42 @@ class _Collator:
         return batch
 
 
+class EpochShuffleSampler(Sampler):
+    """A random order that depends on ``(seed, epoch)`` only, as ``DistributedSampler``'s.
+
+    :func:`~pyro_monteclora.fit` calls :meth:`set_epoch` before each epoch, so a run resumed at
+    epoch ``k`` sees the same order as one that never stopped.
+
+    >>> sampler = EpochShuffleSampler(5, seed=0)
+    >>> order = list(sampler); sampler.set_epoch(1)
+    >>> sorted(order) == list(range(5)) and list(sampler) != order
+    True
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 def classification_loader(data: TextClassificationData, tokenizer, batch_size: int = 16,
                           max_length: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A ``DataLoader`` of tokenised batches; shuffling uses its own seeded generator."""
+    """A ``DataLoader`` of tokenised batches; shuffled by an :class:`EpochShuffleSampler`."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    sampler = EpochShuffleSampler(len(data), seed) if shuffle else None
+    return DataLoader(data, batch_size=batch_size, sampler=sampler,
+                      generator=torch.Generator().manual_seed(seed),
                       collate_fn=_Collator(tokenizer, max_length))

@@ -36,7 +36,7 @@ from torch.distributions import kl_divergence
 from ._params import register_parameters
 from .distributions import WishartCholesky
 from .layers import LATENT_SITE, factor_site_names, latent_scale, standard_noise
-from .model import MonteCLoRAModel
+from .model import HFPyroModel, MonteCLoRAModel
 
 __all__ = ["MonteCLoRAGuide", "FactorPosterior", "GUIDE_MODES"]
 
@@ -81,21 +81,26 @@ class FactorPosterior(nn.Module):
 class MonteCLoRAGuide(PyroModule):
     """The structured guide for a :class:`~pyro_monteclora.MonteCLoRAModel`.
 
-    :param MonteCLoRAModel model: the model to guide.
+    :param model: the :class:`~pyro_monteclora.MonteCLoRAModel` to guide (in ``"lora"`` mode any
+        :class:`~pyro_monteclora.model.HFPyroModel`, for example a
+        :class:`~pyro_monteclora.baselines.FullFineTuneModel`).
     :param str mode: ``"monteclora"`` (the paper's guide) or ``"lora"`` (no latent variables, the
         model runs with :math:`A = M`: plain LoRA through the same code).
     :param str scale_tril: ``"diagonal"`` (the paper's) or ``"full"`` lower-triangular Wishart scale.
     :param str name: prefix in Pyro's global parameter store (default: the model's name + ``".guide"``).
 
-    Constructing the guide sets ``model.adapter_mode`` to match ``mode``.
+    Constructing the guide sets ``model.adapter_mode`` to match ``mode`` and makes the guide
+    ``model.guide`` (what ``model.save_pretrained`` saves).
     """
 
     def __init__(self, model: MonteCLoRAModel, mode: str = "monteclora",
                  scale_tril: str = "diagonal", name: Optional[str] = None):
-        if not isinstance(model, MonteCLoRAModel):
-            raise ValueError(f"model must be a MonteCLoRAModel, got {type(model).__name__}")
         if mode not in GUIDE_MODES:
             raise ValueError(f"MonteCLoRAGuide.mode must be one of {list(GUIDE_MODES)}, got {mode!r}")
+        allowed = MonteCLoRAModel if mode == "monteclora" else HFPyroModel
+        if not isinstance(model, allowed):
+            raise ValueError(f"MonteCLoRAGuide(mode={mode!r}) needs a {allowed.__name__}, "
+                             f"got {type(model).__name__}")
         if scale_tril not in SCALE_TRIL_KINDS:
             raise ValueError(
                 f"MonteCLoRAGuide.scale_tril must be one of {list(SCALE_TRIL_KINDS)}, got {scale_tril!r}"
@@ -120,6 +125,7 @@ class MonteCLoRAGuide(PyroModule):
                     )
                     self._sites.append((key, path, factor, config.rank, width))
         model.set_adapter_mode("sample" if mode == "monteclora" else "mean")
+        model.attach_guide(self)
 
     def factor_posteriors(self) -> Dict[str, FactorPosterior]:
         """The variational parameters, keyed by the factor's site stem (``<path>.lora_A``)."""

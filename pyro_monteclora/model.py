@@ -32,7 +32,7 @@ from .config import MonteCLoRAConfig
 from .layers import MonteCLoRALinear
 from .likelihoods import Likelihood, get_likelihood
 
-__all__ = ["MonteCLoRAModel", "inject_adapters"]
+__all__ = ["HFPyroModel", "MonteCLoRAModel", "inject_adapters"]
 
 ADAPTER_MODES = ("sample", "mean")
 
@@ -69,7 +69,127 @@ def inject_adapters(model: nn.Module, config: MonteCLoRAConfig) -> Dict[str, Mon
     return adapters
 
 
-class MonteCLoRAModel(PyroModule):
+class HFPyroModel(PyroModule):
+    """What every Pyro model over a Hugging Face network shares (the base of
+    :class:`MonteCLoRAModel` and :class:`~pyro_monteclora.baselines.FullFineTuneModel`).
+
+    ``forward(labels=None, dataset_size=None, example_index=None, **inputs)``:
+
+    1. announces the trainable parameters to Pyro's parameter store,
+    2. runs the wrapped network on ``inputs`` inside :meth:`sampled_adapters` (which emits the
+       latent sites of a Bayesian subclass),
+    3. observes ``labels`` (if given) with the likelihood under ``pyro.plate("data", size=D)``, with
+       ``D`` = the ``dataset_size`` argument, else :attr:`dataset_size`, else the batch size;
+       ``example_index`` (optional) gives the minibatch's indices within the data set,
+
+    and returns the logits.
+    """
+
+    def __init__(self, model: nn.Module, likelihood: Union[str, Likelihood], name: str):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        likelihood = get_likelihood(likelihood, model)
+        likelihood.check_model(model)
+        super().__init__(name)
+        self.backbone = model
+        self.likelihood = likelihood
+        self._candidate_parameters = list(model.named_parameters())
+        #: ``"sample"``: emit the latent sites; ``"mean"``: point estimates only.
+        self.adapter_mode = "mean"
+        #: size :math:`D` of the training set; scales the likelihood (``None``: the batch size).
+        self.dataset_size: Optional[int] = None
+        self.__dict__["_guide"] = None  # a plain attribute, not a submodule (see ``guide``)
+
+    # -- introspection -----------------------------------------------------------------------------
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped HF model (read without triggering ``PyroModule``'s ``pyro.module``)."""
+        return self._modules["backbone"]
+
+    @property
+    def guide(self):
+        """The guide most recently built for this model (``None`` before one is built).
+
+        :meth:`save_pretrained` saves it with the model and :meth:`from_pretrained` restores it.
+        """
+        return self.__dict__["_guide"]
+
+    def attach_guide(self, guide) -> None:
+        """Remember ``guide`` as :attr:`guide` (done by the guide's constructor)."""
+        self.__dict__["_guide"] = guide
+
+    def adapters(self) -> Dict[str, MonteCLoRALinear]:
+        """The adapter layers, keyed by module path inside the wrapped model."""
+        return {}
+
+    def trainable_parameters(self) -> Iterator[tuple]:
+        """``(name, parameter)`` for every parameter that training updates."""
+        return ((n, p) for n, p in self.network.named_parameters() if p.requires_grad)
+
+    def _registered_parameters(self) -> Iterator[tuple]:
+        # The hot path: the candidates were listed once at construction (walking every module of a
+        # large network on each call costs milliseconds); requires_grad is read on each call.
+        return ((n, p) for n, p in self._candidate_parameters if p.requires_grad)
+
+    def num_trainable_parameters(self) -> int:
+        """How many scalars training updates."""
+        return sum(p.numel() for _, p in self.trainable_parameters())
+
+    # -- modes -------------------------------------------------------------------------------------
+    def set_adapter_mode(self, mode: str) -> None:
+        """``"sample"`` (latent sites, MonteCLoRA) or ``"mean"`` (point estimates)."""
+        if mode not in ADAPTER_MODES:
+            raise ValueError(f"adapter_mode must be one of {list(ADAPTER_MODES)}, got {mode!r}")
+        self.adapter_mode = mode
+
+    @contextlib.contextmanager
+    def mean_adapters(self):
+        """Within this context the model uses its mean adapters and emits no latent site."""
+        previous = self.adapter_mode
+        self.adapter_mode = "mean"
+        try:
+            yield self
+        finally:
+            self.adapter_mode = previous
+
+    @contextlib.contextmanager
+    def sampled_adapters(self):
+        """Draw and hold random adapters for the context (none here); yields the network."""
+        yield self.network
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save_pretrained(self, directory, guide=None, metadata: Optional[dict] = None) -> None:
+        """Save the trained tensors and the guide (safetensors + JSON); see
+        :func:`pyro_monteclora.serialization.save_pretrained`."""
+        from .serialization import save_pretrained
+
+        save_pretrained(self, directory, guide=guide, metadata=metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory, base_model=None, **kwargs) -> "HFPyroModel":
+        """Rebuild a saved model (and its guide, as :attr:`guide`); see
+        :func:`pyro_monteclora.serialization.load_pretrained`."""
+        from .serialization import load_pretrained
+
+        model = load_pretrained(directory, base_model=base_model, **kwargs)
+        if not isinstance(model, cls):
+            raise ValueError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    # -- the Pyro model ----------------------------------------------------------------------------
+    def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
+                example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
+        register_parameters(self._pyro_name, self._registered_parameters())
+        with self.sampled_adapters() as network:
+            outputs = network(**inputs, return_dict=True)
+        logits = outputs.logits
+        if labels is not None:
+            size = dataset_size if dataset_size is not None else self.dataset_size
+            self.likelihood.observe(logits, labels, size, example_index)
+        return logits
+
+
+class MonteCLoRAModel(HFPyroModel):
     """A Pyro model over a Hugging Face model with MonteCLoRA adapters.
 
     :param nn.Module model: a ``transformers`` model (``*ForSequenceClassification``,
@@ -80,16 +200,9 @@ class MonteCLoRAModel(PyroModule):
     :param str name: prefix of this model's entries in Pyro's global parameter store
         (default: ``"monteclora"``, made unique per instance).
 
-    Calling the model, ``model(input_ids=..., attention_mask=..., labels=...)``:
-
-    1. emits each adapter's latent sites (unless :attr:`adapter_mode` is ``"mean"``),
-    2. runs the wrapped network on the inputs (every key but ``labels``, ``dataset_size`` and
-       ``example_index``),
-    3. observes ``labels`` (if given) with the likelihood under ``pyro.plate("data", size=D)``, with
-       ``D`` = the ``dataset_size`` argument, else :attr:`dataset_size`, else the batch size;
-       ``example_index`` (optional) gives the minibatch's indices within the data set,
-
-    and returns the logits.
+    Calling the model, ``model(input_ids=..., attention_mask=..., labels=...)``, emits each
+    adapter's latent sites (unless :attr:`adapter_mode` is ``"mean"``), runs the network and observes
+    the labels, as described in :class:`HFPyroModel`; it returns the logits.
     """
 
     def __init__(self, model: nn.Module, config: MonteCLoRAConfig,
@@ -98,8 +211,7 @@ class MonteCLoRAModel(PyroModule):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, MonteCLoRAConfig):
             raise ValueError(f"config must be a MonteCLoRAConfig, got {type(config).__name__}")
-        likelihood = get_likelihood(likelihood, model)
-        likelihood.check_model(model)
+        get_likelihood(likelihood, model).check_model(model)  # fail before touching the model
         if config.modules_to_save:
             saved = [path for path, _ in model.named_modules() if path and config.matches_saved(path)]
             if not saved:
@@ -107,7 +219,6 @@ class MonteCLoRAModel(PyroModule):
                     f"MonteCLoRAConfig.modules_to_save={list(config.modules_to_save)!r} matches no "
                     f"module of {type(model).__name__}"
                 )
-        super().__init__(name or unique_prefix("monteclora"))
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         adapters = inject_adapters(model, config)
@@ -121,56 +232,16 @@ class MonteCLoRAModel(PyroModule):
             bias = getattr(adapter.base_layer, "bias", None)
             if config.bias == "all" and bias is not None:
                 bias.requires_grad_(True)
-        self.backbone = model
+        super().__init__(model, likelihood, name or unique_prefix("monteclora"))
         self.config = config
-        self.likelihood = likelihood
         self._adapter_paths = list(adapters)
-        self._candidate_parameters = list(model.named_parameters())
         #: ``"sample"``: emit the latent sites (MonteCLoRA); ``"mean"``: :math:`A = M` (LoRA).
         self.adapter_mode = "sample"
-        #: size :math:`D` of the training set; scales the likelihood (``None``: the batch size).
-        self.dataset_size: Optional[int] = None
-
-    # -- introspection -----------------------------------------------------------------------------
-    @property
-    def network(self) -> nn.Module:
-        """The wrapped HF model (read without triggering ``PyroModule``'s ``pyro.module``)."""
-        return self._modules["backbone"]
 
     def adapters(self) -> Dict[str, MonteCLoRALinear]:
         """The adapter layers, keyed by module path inside the wrapped model."""
         network = self.network
         return {path: network.get_submodule(path) for path in self._adapter_paths}
-
-    def trainable_parameters(self) -> Iterator[tuple]:
-        """``(name, parameter)`` for every parameter that training updates."""
-        return ((n, p) for n, p in self.network.named_parameters() if p.requires_grad)
-
-    def _registered_parameters(self) -> Iterator[tuple]:
-        # The hot path: the candidates were listed once at construction (walking every module of a
-        # large network on each call costs milliseconds); requires_grad is read on each call.
-        return ((n, p) for n, p in self._candidate_parameters if p.requires_grad)
-
-    def num_trainable_parameters(self) -> int:
-        """How many scalars training updates (adapters, ``modules_to_save``, biases if asked)."""
-        return sum(p.numel() for _, p in self.trainable_parameters())
-
-    # -- modes -------------------------------------------------------------------------------------
-    def set_adapter_mode(self, mode: str) -> None:
-        """``"sample"`` (latent sites, MonteCLoRA) or ``"mean"`` (:math:`A = M`, plain LoRA)."""
-        if mode not in ADAPTER_MODES:
-            raise ValueError(f"adapter_mode must be one of {list(ADAPTER_MODES)}, got {mode!r}")
-        self.adapter_mode = mode
-
-    @contextlib.contextmanager
-    def mean_adapters(self):
-        """Within this context the model uses the mean adapter :math:`A = M` and emits no latent site."""
-        previous = self.adapter_mode
-        self.adapter_mode = "mean"
-        try:
-            yield self
-        finally:
-            self.adapter_mode = previous
 
     @contextlib.contextmanager
     def sampled_adapters(self):
@@ -189,14 +260,9 @@ class MonteCLoRAModel(PyroModule):
             for adapter in adapters:
                 adapter.clear_factors()
 
-    # -- the Pyro model ----------------------------------------------------------------------------
-    def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
-                example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
-        register_parameters(self._pyro_name, self._registered_parameters())
-        with self.sampled_adapters() as network:
-            outputs = network(**inputs, return_dict=True)
-        logits = outputs.logits
-        if labels is not None:
-            size = dataset_size if dataset_size is not None else self.dataset_size
-            self.likelihood.observe(logits, labels, size, example_index)
-        return logits
+    def export_peft(self, directory, base_model_name_or_path: Optional[str] = None) -> None:
+        """Write the posterior-mean adapter in PEFT's LoRA format; see
+        :func:`pyro_monteclora.serialization.export_peft`."""
+        from .serialization import export_peft
+
+        export_peft(self, directory, base_model_name_or_path=base_model_name_or_path)

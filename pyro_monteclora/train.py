@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import pyro
@@ -29,6 +29,7 @@ from .elbo import MonteCLoRAELBO
 from .handlers import kl_scale
 from .model import MonteCLoRAModel
 from .predictive import move_batch, predict
+from .training_state import TrainingState, capture_rng_state, restore_rng_state
 
 __all__ = ["fit", "FitResult", "linear_schedule"]
 
@@ -80,7 +81,9 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         eval_loader: Optional[Iterable[dict]] = None, eval_num_samples: int = 0,
         ece_bins: int = 15, seed: Optional[int] = None, device=None,
         progress: bool = True, desc: str = "SVI", log_every: int = 10,
-        validate_args: bool = False) -> FitResult:
+        validate_args: bool = False,
+        on_epoch_end: Optional[Callable[[TrainingState], None]] = None,
+        resume: Optional[TrainingState] = None) -> FitResult:
     """Train ``model`` and ``guide`` with SVI (AdamW, linear warm-up and decay, clipping).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel`.
@@ -109,6 +112,15 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         (and at the last step); other steps record ``kl`` as ``None``.
     :param bool validate_args: keep Pyro's argument and support validation on during the steps
         (off by default: it costs about 10% of a step here and the sites are valid by construction).
+    :param on_epoch_end: called with a :class:`~pyro_monteclora.training_state.TrainingState` after
+        every epoch (after its evaluation), for example to write a checkpoint.
+    :param resume: a :class:`~pyro_monteclora.training_state.TrainingState` from an earlier call
+        with the same arguments: training continues after its epoch with the same optimiser
+        moments, schedule, random state and history, and ends where an uninterrupted run ends.
+
+    If ``train_loader.sampler`` has ``set_epoch`` (as :func:`~pyro_monteclora.data.classification_loader`'s
+    and ``DistributedSampler`` do), it is called at the start of every epoch, so the data order
+    depends on the seed and the epoch only.
     """
     from .metrics import classification_metrics
 
@@ -167,6 +179,19 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     )
     kl_of = getattr(guide, "kl_divergence", None)
     result = FitResult()
+    start_epoch = step = 0
+    if resume is not None:
+        if resume.step > total_steps or resume.epoch > epochs:
+            raise ValueError(f"fit(): the resumed state is at epoch {resume.epoch}, step {resume.step}, "
+                             f"past this run's {epochs} epochs / {total_steps} steps")
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        restore_rng_state(resume.rng)
+        start_epoch, step = resume.epoch, resume.step
+        result = FitResult(steps=list(resume.history.get("steps", [])),
+                           epochs=list(resume.history.get("epochs", [])),
+                           train_seconds=resume.history.get("train_seconds", 0.0))
+    sampler = getattr(train_loader, "sampler", None)
     kl_weight = getattr(getattr(model, "config", None), "kl_weight", 1.0)
 
     def take_step(batch: dict, step: int, epoch: int) -> Dict[str, float]:
@@ -200,12 +225,15 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc=desc, dynamic_ncols=True)
-    step = 0
+        bar = tqdm(total=total_steps, initial=step, desc=desc, dynamic_ncols=True)
     model.train()
     try:
         with pyro.validation_enabled(validate_args):
-            for epoch in range(epochs):
+            for epoch in range(start_epoch, epochs):
+                if step >= total_steps:
+                    break
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
                 epoch_losses = []
                 for batch in train_loader:
                     if step >= total_steps:
@@ -229,8 +257,11 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                         bar.write(f"epoch {epoch}: " + ", ".join(
                             f"{k}={v:.4f}" for k, v in summary.items() if k != "epoch"))
                 result.epochs.append(summary)
-                if step >= total_steps:
-                    break
+                if on_epoch_end is not None:
+                    on_epoch_end(TrainingState(
+                        epoch=epoch + 1, step=step, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), rng=capture_rng_state(),
+                        history=asdict(result)))
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,72 @@
+"""The ``pyro-monteclora`` command: ``train``, ``evaluate`` and ``predict``.
+
+.. code-block:: bash
+
+    pyro-monteclora train --method monteclora --output runs/rt        # offline MiniLM + Rotten Tomatoes
+    pyro-monteclora evaluate --checkpoint runs/rt --num-samples 10    # metrics.json, reliability.png
+    echo "a tender, funny film" | pyro-monteclora predict --checkpoint runs/rt
+
+Bad input (a missing file or column, a label outside the label set, an empty text, an unknown
+method, an existing ``--output`` without ``--overwrite``) is reported as one line on stderr with exit
+status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+from .options import OneLineParser, UsageError
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+def build_parser() -> OneLineParser:
+    from .evaluate import add_evaluate_parser
+    from .predict import add_predict_parser
+    from .train import add_train_parser
+
+    parser = OneLineParser(prog="pyro-monteclora",
+                           description="MonteCLoRA (Bayesian LoRA) fine-tuning with Pyro")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    add_train_parser(subparsers)
+    add_evaluate_parser(subparsers)
+    add_predict_parser(subparsers)
+    return parser
+
+
+def _defaults(parser: OneLineParser, command: str) -> dict:
+    for action in parser._subparsers._group_actions:  # the sub-command's own defaults
+        if command in action.choices:
+            sub = action.choices[command]
+            return {a.dest: a.default for a in sub._actions}
+    return {}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        return args.handler(args, _defaults(parser, args.command))
+    except UsageError as error:
+        message = str(error)
+        if not message.startswith("pyro-monteclora"):
+            command = getattr(locals().get("args"), "command", None)
+            message = f"pyro-monteclora{' ' + command if command else ''}: error: {message}"
+        print(message, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-monteclora: interrupted; `train --resume --output DIR` continues from the last "
+              "finished epoch", file=sys.stderr)
+        return 130
+
+
+def console_main() -> None:  # the console-script entry point
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""``pyro-monteclora evaluate``: the posterior predictive of a checkpoint on labelled data.
+
+Writes ``metrics.json`` (accuracy, NLL, ECE, Brier, error AUROC of the predictive entropy, mean
+entropy and mutual information), ``reliability.png`` and ``predictions.jsonl`` (one line per example:
+the probabilities, the predictive entropy and the mutual information).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .options import (UsageError, add_data_options, check_number, existing_output, resolve_data,
+                      resolve_device)
+
+__all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
+           "prediction_rows", "UNITS"]
+
+UNITS = ("accuracy, ece and error_auroc are fractions in [0, 1], not percent; nll, entropies and "
+         "mutual information are in nats; brier is in [0, 2]")
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate", help="posterior-predictive metrics, a reliability diagram and per-example output",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_inference_options(parser)
+    add_data_options(parser, ("test",))
+    parser.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins of the ECE")
+    parser.add_argument("--output", default=None,
+                        help="folder for the results (default: <run>/evaluation)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    parser.set_defaults(handler=run_evaluate)
+    return parser
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run folder from `train`, or a folder written by save_pretrained")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="S posterior samples per example (default: 10 for monteclora, else 0; "
+                             "0 = the mean adapter)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the posterior samples")
+    parser.add_argument("--model", default=None,
+                        help="the base model (default: the one the checkpoint was trained on)")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def find_checkpoint(path: str) -> Path:
+    """The saved-model folder: ``path`` itself, or the ``checkpoint`` folder of a run."""
+    from ..serialization import CONFIG_NAME
+
+    base = Path(path)
+    for candidate in (base, base / "checkpoint", base / "checkpoint.old"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise UsageError(f"--checkpoint {path}: no saved model there ({CONFIG_NAME} is missing)")
+
+
+def load_for_inference(args):
+    """``(model, guide, tokenizer, record)`` of ``--checkpoint``, after validating the options."""
+    from ..serialization import CheckpointError, read_saved_config
+
+    check_number("--num-samples", args.num_samples, minimum=0, integer=True)
+    check_number("--batch-size", args.batch_size, minimum=1, integer=True)
+    check_number("--seed", args.seed, minimum=0, integer=True)
+    directory = find_checkpoint(args.checkpoint)
+    try:
+        record = read_saved_config(directory)
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
+    if record["likelihood"] != "sequence-classification":
+        raise UsageError(f"--checkpoint {args.checkpoint}: a {record['likelihood']} model; "
+                         f"this command evaluates classifiers")
+    device = resolve_device(args.device)
+    return directory, record, device
+
+
+def open_model(directory: Path, record: dict, args, device):
+    from transformers import AutoTokenizer
+
+    from ..serialization import CheckpointError, load_pretrained
+
+    metadata = record.get("metadata", {})
+    base = args.model or metadata.get("model_path") or record["base_model"]["name_or_path"]
+    tokenizer_source = directory if (directory / "tokenizer_config.json").is_file() else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=args.trust_remote_code)
+        model = load_pretrained(directory, base_model=base, trust_remote_code=args.trust_remote_code,
+                                device=device)
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        raise UsageError(f"--model {base}: {error}".splitlines()[0]) from None
+    return model, model.guide, tokenizer
+
+
+def prediction_rows(data, output, label_names):
+    """One JSON-able dict per example of ``data`` with the predictive's outputs."""
+    for index in range(len(data)):
+        probs = output.probs[index].tolist()
+        row = {"index": index, "text": data.texts[index]}
+        if data.text_pairs is not None:
+            row["text_pair"] = data.text_pairs[index]
+        predicted = max(range(len(probs)), key=probs.__getitem__)
+        row.update({
+            "predicted": label_names[predicted],
+            "probabilities": {name: p for name, p in zip(label_names, probs)},
+            "predictive_entropy": output.predictive_entropy[index].item(),
+            "expected_entropy": output.expected_entropy[index].item(),
+            "mutual_information": output.mutual_information[index].item(),
+        })
+        if output.labels is not None:
+            row["label"] = label_names[int(output.labels[index])]
+            row["correct"] = predicted == int(output.labels[index])
+        yield row
+
+
+def default_samples(record: dict, requested):
+    if requested is not None:
+        return requested
+    guide = record.get("guide") or {}
+    return 10 if guide.get("mode") == "monteclora" else 0
+
+
+def run_evaluate(args, parser_defaults: dict) -> int:
+    check_number("--ece-bins", args.ece_bins, minimum=1, maximum=1000, integer=True)
+    directory, record, device = load_for_inference(args)
+    run_folder = directory.parent if directory.name.startswith("checkpoint") else directory
+    output = Path(args.output) if args.output else run_folder / "evaluation"
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} exists and is not a folder")
+    if existing_output(output) and not args.overwrite:
+        raise UsageError(f"--output {output} already exists; pass --overwrite to replace its results")
+    metadata = record.get("metadata", {})
+    label_names = (metadata.get("data") or {}).get("label_names")
+    if label_names is None:
+        label_names = [str(i) for i in range(record["base_model"]["num_labels"])]
+    splits, data_spec = resolve_data(args, ("test",), label_names=label_names,
+                                     recorded=metadata.get("data"))
+    model, guide, tokenizer = open_model(directory, record, args, device)
+
+    import pyro
+
+    from ..atomic import atomic_write_json, atomic_write_text
+    from ..data import classification_loader
+    from ..metrics import classification_metrics, reliability_curve
+    from ..predictive import predict
+
+    data = splits["test"]
+    num_samples = default_samples(record, args.num_samples)
+    loader = classification_loader(data, tokenizer, args.batch_size, metadata.get("max_length", 128))
+    pyro.set_rng_seed(args.seed)
+    started = time.perf_counter()
+    result = predict(model, guide, loader, num_samples=num_samples, progress=True)
+    seconds = time.perf_counter() - started
+    metrics = classification_metrics(result.probs, result.labels, args.ece_bins,
+                                     uncertainty=result.predictive_entropy)
+    metrics.update({"mean_predictive_entropy": result.predictive_entropy.mean().item(),
+                    "mean_mutual_information": result.mutual_information.mean().item()})
+    curve = reliability_curve(result.probs, result.labels, args.ece_bins)
+    output.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(row) + "\n" for row in prediction_rows(data, result, label_names))
+    atomic_write_text(output / "predictions.jsonl", lines)
+    method = metadata.get("method", record["model_class"])
+    try:
+        from ..plots import plot_reliability_diagram
+
+        plot_reliability_diagram({f"{method} (S={num_samples})": curve}, output / "reliability.png",
+                                 title=f"{len(data):,} examples")
+    except ImportError:
+        print("reliability.png skipped: matplotlib is not installed (pip install matplotlib)",
+              file=sys.stderr)
+    atomic_write_json(output / "metrics.json", {
+        "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
+        "ece_bins": args.ece_bins, "examples": len(data), "seed": args.seed,
+        "checkpoint": str(directory), "data": data_spec, "eval_seconds": seconds,
+        "reliability": curve})
+    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+    print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)
+    return 0

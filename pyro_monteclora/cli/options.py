@@ -1,0 +1,217 @@
+"""Options shared by the commands, their validation, and where the data and the model come from.
+
+Everything here runs before any work: a bad option or bad data raises :class:`UsageError`, which
+``main`` prints as one line on stderr before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
+           "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
+           "default_target_modules", "default_modules_to_save", "resolve_device", "TASKS",
+           "METHODS"]
+
+TASKS = ("rotten-tomatoes",)
+METHODS = ("monteclora", "lora", "full")
+#: default adapted layers per ``model_type`` (the paper's query/value choice for encoders)
+TARGETS_BY_MODEL_TYPE = {
+    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"], "deberta": ["in_proj"], "deberta-v2": ["query_proj", "value_proj"],
+    "distilbert": ["q_lin", "v_lin"], "gpt2": ["c_attn"], "llama": ["q_proj", "k_proj", "v_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj"], "qwen2": ["q_proj", "k_proj", "v_proj"],
+}
+HEAD_NAMES = ("pre_classifier", "classifier", "score")
+
+
+class UsageError(Exception):
+    """A bad command line or bad input: printed as one line, exit status 2, nothing written."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage dump) and raise :class:`UsageError`."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def check_number(name: str, value, minimum=None, maximum=None, integer: bool = False,
+                 exclusive_minimum: bool = False) -> None:
+    """Raise :class:`UsageError` unless ``value`` is finite and in range; ``name`` is the option."""
+    if value is None:
+        return
+    ok = math.isfinite(value) and (not integer or float(value).is_integer())
+    if ok and minimum is not None:
+        ok = value > minimum if exclusive_minimum else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        bounds = []
+        if minimum is not None:
+            bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
+        if maximum is not None:
+            bounds.append(f"<= {maximum}")
+        kind = "an integer" if integer else "a finite number"
+        raise UsageError(f"{name} must be {kind} {' and '.join(bounds)}, got {value}")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None,
+                       help="HF model folder or hub name (default: the packaged all-MiniLM-L6-v2)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow model code from the hub (off by default)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="where to run (auto: CUDA when available)")
+
+
+def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> None:
+    group = parser.add_argument_group("data (default: --task rotten-tomatoes)")
+    group.add_argument("--task", default=None, choices=TASKS,
+                       help="a built-in offline task: the 12,808 Rotten Tomatoes critic sentences, "
+                            "split 80/10/10 with --split-seed")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the built-in task's split")
+    for split in splits:
+        group.add_argument(f"--{split}-file", default=None,
+                           help=f"{split} data: csv, tsv, json, jsonl or parquet")
+    group.add_argument("--text-column", action="append", default=None,
+                       help="text column; give it twice for sentence pairs (default: text)")
+    group.add_argument("--label-column", default=None, help="label column (default: label)")
+    group.add_argument("--dataset", default=None, help="a Hugging Face hub data set (needs network)")
+    group.add_argument("--dataset-config", default=None, help="its configuration (e.g. mrpc)")
+    group.add_argument("--max-length", type=int, default=None,
+                       help="tokens per example, longer texts are truncated (default 128)")
+
+
+def add_adapter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("method and adapters")
+    group.add_argument("--method", default="monteclora", choices=METHODS,
+                       help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning")
+    group.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    group.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scaling alpha/r)")
+    group.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter input")
+    group.add_argument("--target-modules", default=None,
+                       help="comma-separated layer names to adapt (default: by model type, "
+                            "query,value for BERT)")
+    group.add_argument("--num-components", type=int, default=4, help="mixture components N")
+    group.add_argument("--sample-scaler", type=float, default=5e-3, help="sample scaler s")
+    group.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL term")
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine (use cpu or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_model_path(name: Optional[str]) -> str:
+    """A local model folder (checked) or a hub name; ``None`` is the packaged MiniLM."""
+    if name is None:
+        from ..data import default_encoder_path
+
+        try:
+            return str(default_encoder_path())
+        except FileNotFoundError as error:
+            raise UsageError(f"--model: no default model ({error}); pass --model") from None
+    path = Path(name)
+    if path.exists() or name.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--model {name}: not a Hugging Face model folder (no config.json)")
+        return str(path.resolve())
+    return name
+
+
+def default_target_modules(network) -> List[str]:
+    model_type = getattr(getattr(network, "config", None), "model_type", None)
+    if model_type not in TARGETS_BY_MODEL_TYPE:
+        raise UsageError(f"--target-modules: no default for model type {model_type!r}; "
+                         f"pass layer names, e.g. --target-modules query,value")
+    return TARGETS_BY_MODEL_TYPE[model_type]
+
+
+def default_modules_to_save(network) -> List[str]:
+    """The classification head's modules (``classifier``, ``score``, ``pre_classifier``)."""
+    names = {path.rsplit(".", 1)[-1] for path, _ in network.named_modules() if path}
+    return [name for name in HEAD_NAMES if name in names]
+
+
+def _data_mode(args) -> str:
+    files = [getattr(args, f"{split}_file", None) for split in ("train", "validation", "test")]
+    given = [mode for mode, present in (("task", args.task is not None),
+                                         ("files", any(files)), ("dataset", args.dataset is not None))
+             if present]
+    if len(given) > 1:
+        raise UsageError(f"choose one data source: --task, --*-file or --dataset (got {' and '.join(given)})")
+    return given[0] if given else None
+
+
+def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str]] = None,
+                 recorded: Optional[dict] = None) -> Tuple[Dict[str, object], dict]:
+    """Load and validate the splits in ``needed`` (the first one is required).
+
+    :param recorded: the data specification saved with a checkpoint, used when the command line
+        names no data source.
+    :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
+    """
+    from ..data import load_rotten_tomatoes
+    from ..datafiles import DataError, load_classification_file, load_hub_records, records_to_classification
+
+    mode = _data_mode(args)
+    if mode is None and recorded is not None:
+        spec = dict(recorded)
+    elif mode in (None, "task"):
+        spec = {"source": "task", "task": args.task or TASKS[0], "split_seed": args.split_seed}
+    elif mode == "files":
+        spec = {"source": "files", "files": {
+            split: str(Path(getattr(args, f"{split}_file")).resolve())
+            for split in ("train", "validation", "test") if getattr(args, f"{split}_file", None)}}
+    else:
+        spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
+    if spec["source"] != "task":
+        spec["text_columns"] = args.text_column or (recorded or {}).get("text_columns") or ["text"]
+        spec["label_column"] = args.label_column or (recorded or {}).get("label_column") or "label"
+        if len(spec["text_columns"]) > 2:
+            raise UsageError(f"--text-column: give one, or two for sentence pairs; got {spec['text_columns']}")
+    elif args.text_column or args.label_column:
+        raise UsageError("--text-column/--label-column apply to --*-file and --dataset data only")
+    splits = {}
+    try:
+        if spec["source"] == "task":
+            check_number("--split-seed", spec["split_seed"], minimum=0, integer=True)
+            everything = load_rotten_tomatoes(seed=spec["split_seed"])
+            splits = {split: everything[split] for split in needed}
+        else:
+            for split in needed:
+                if spec["source"] == "files":
+                    path = spec["files"].get(split)
+                    if path is None:
+                        continue
+                    data = load_classification_file(path, spec["text_columns"], spec["label_column"],
+                                                    label_names)
+                else:
+                    rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
+                    data = records_to_classification(rows, f"{spec['dataset']}[{split}]",
+                                                     spec["text_columns"], spec["label_column"],
+                                                     label_names)
+                splits[split] = data
+                label_names = data.label_names
+    except (DataError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    if needed[0] not in splits:
+        raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --task / --dataset)")
+    spec["label_names"] = list(splits[needed[0]].label_names)
+    return splits, spec
+
+
+def existing_output(path: Path) -> bool:
+    """Whether ``path`` exists and is not an empty folder."""
+    return path.exists() and (not path.is_dir() or any(os.scandir(path)))

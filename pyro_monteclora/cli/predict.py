@@ -1,0 +1,100 @@
+"""``pyro-monteclora predict``: labels and uncertainty for new texts, as JSON lines.
+
+Reads one text per line from ``--input FILE.txt`` or stdin, or a column of a csv/tsv/json/jsonl/
+parquet file (``--text-column``, twice for sentence pairs), and writes one JSON object per text:
+the predicted label, the probability of every label, the predictive entropy and the mutual
+information (the epistemic part) under ``--num-samples`` posterior samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .evaluate import add_inference_options, default_samples, load_for_inference, open_model, prediction_rows
+from .options import UsageError
+
+__all__ = ["add_predict_parser", "run_predict"]
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "predict", help="predict labels and uncertainty for new texts (JSON lines)",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_inference_options(parser)
+    parser.add_argument("--input", default="-",
+                        help="a .txt file (one text per line), a csv/tsv/json/jsonl/parquet file, "
+                             "or - for stdin")
+    parser.add_argument("--text-column", action="append", default=None,
+                        help="the text column of a table file (twice for sentence pairs)")
+    parser.add_argument("--output", default="-", help="JSONL file, or - for stdout")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.set_defaults(handler=run_predict)
+    return parser
+
+
+def _read_texts(args):
+    from ..data import TextClassificationData
+    from ..datafiles import DataError, records_to_classification, read_records
+
+    if args.input == "-" or Path(args.input).suffix.lower() in ("", ".txt"):
+        if args.input == "-":
+            text = sys.stdin.read()
+        else:
+            path = Path(args.input)
+            if not path.is_file():
+                raise UsageError(f"--input {path}: no such file")
+            try:
+                text = path.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise UsageError(f"--input {path} is not UTF-8 text") from None
+        texts = [line.strip() for line in text.splitlines() if line.strip()]
+        if not texts:
+            raise UsageError(f"--input {args.input}: no text (one text per line)")
+        return TextClassificationData(texts, [0] * len(texts), ["0"])
+    try:
+        rows = read_records(args.input)
+        return records_to_classification(rows, args.input, args.text_column or ["text"], None)
+    except DataError as error:
+        raise UsageError(str(error)) from None
+
+
+def run_predict(args, parser_defaults: dict) -> int:
+    directory, record, device = load_for_inference(args)
+    if args.output != "-":
+        output = Path(args.output)
+        if output.is_dir():
+            raise UsageError(f"--output {output} is a folder; give a file name")
+        if output.exists() and not args.overwrite:
+            raise UsageError(f"--output {output} already exists; pass --overwrite to replace it")
+    metadata = record.get("metadata", {})
+    data = _read_texts(args)
+    label_names = (metadata.get("data") or {}).get("label_names") or [
+        str(i) for i in range(record["base_model"]["num_labels"])]
+    model, guide, tokenizer = open_model(directory, record, args, device)
+
+    import pyro
+
+    from ..atomic import atomic_write_text
+    from ..data import classification_loader
+    from ..predictive import predict
+
+    loader = classification_loader(data, tokenizer, args.batch_size, metadata.get("max_length", 128))
+    pyro.set_rng_seed(args.seed)
+    result = predict(model, guide, loader, num_samples=default_samples(record, args.num_samples),
+                     progress=args.output != "-")
+    result.labels = None  # the placeholder labels of unlabelled text
+    rows = []
+    for row in prediction_rows(data, result, label_names):
+        row["label"] = row.pop("predicted")
+        rows.append(json.dumps(row))
+    text = "\n".join(rows) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(args.output, text)
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,238 @@
+"""``pyro-monteclora train``: fine-tune with MonteCLoRA, LoRA or full fine-tuning, checkpointing
+every epoch.
+
+The output folder holds ``run.json`` (the arguments, the data and the versions), ``checkpoint/``
+(the model after the last finished epoch: ``monteclora_config.json`` + ``model.safetensors``, and
+the optimiser, schedule and random state in ``training_state.*``; replaced atomically each epoch)
+and, once training ends, ``train_summary.json``. ``--resume`` continues from ``checkpoint/`` with
+the arguments in ``run.json`` and ends with exactly the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .options import (UsageError, add_adapter_options, add_data_options, add_model_options,
+                      check_number, default_modules_to_save, default_target_modules,
+                      existing_output, resolve_data, resolve_device, resolve_model_path)
+
+__all__ = ["add_train_parser", "run_train", "TRAIN_DEFAULTS"]
+
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoint"
+#: options that define a run; ``--resume`` refuses a command line that changes one of them
+RUN_OPTIONS = ("method", "model", "task", "split_seed", "train_file", "validation_file", "test_file",
+               "text_column", "label_column", "dataset", "dataset_config", "max_length", "rank",
+               "alpha", "lora_dropout", "target_modules", "num_components", "sample_scaler",
+               "kl_weight", "learning_rate", "batch_size", "epochs", "weight_decay", "warmup_ratio",
+               "max_train_samples", "seed", "eval_num_samples", "no_validation")
+TRAIN_DEFAULTS = {"learning_rate": 1e-3, "batch_size": 16, "epochs": 3, "max_length": 128}
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="fine-tune a model (MonteCLoRA, LoRA or full) and checkpoint every epoch",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_options(parser)
+    add_data_options(parser, ("train", "validation", "test"))
+    add_adapter_options(parser)
+    group = parser.add_argument_group("training")
+    group.add_argument("--learning-rate", type=float, default=TRAIN_DEFAULTS["learning_rate"])
+    group.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
+    group.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
+    group.add_argument("--weight-decay", type=float, default=0.0)
+    group.add_argument("--warmup-ratio", type=float, default=0.1)
+    group.add_argument("--max-train-samples", type=int, default=None,
+                       help="use the first N training examples")
+    group.add_argument("--seed", type=int, default=0, help="seeds the inits, SVI and data order")
+    group.add_argument("--eval-num-samples", type=int, default=0,
+                       help="posterior samples for the per-epoch validation (0: mean adapter)")
+    group.add_argument("--no-validation", action="store_true", help="skip the per-epoch validation")
+    group = parser.add_argument_group("output")
+    group.add_argument("--output", required=True, help="run folder")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    group.add_argument("--resume", action="store_true", help="continue the run in --output")
+    parser.set_defaults(handler=run_train)
+    return parser
+
+
+def _check_arguments(args) -> None:
+    check_number("--learning-rate", args.learning_rate, minimum=0, exclusive_minimum=True)
+    check_number("--batch-size", args.batch_size, minimum=1, integer=True)
+    check_number("--epochs", args.epochs, minimum=1, integer=True)
+    check_number("--weight-decay", args.weight_decay, minimum=0)
+    check_number("--warmup-ratio", args.warmup_ratio, minimum=0, maximum=0.99)
+    check_number("--max-train-samples", args.max_train_samples, minimum=1, integer=True)
+    check_number("--seed", args.seed, minimum=0, integer=True)
+    check_number("--eval-num-samples", args.eval_num_samples, minimum=0, integer=True)
+    check_number("--max-length", args.max_length, minimum=2, integer=True)
+    check_number("--rank", args.rank, minimum=1, integer=True)
+    check_number("--alpha", args.alpha, minimum=0, exclusive_minimum=True)
+    check_number("--lora-dropout", args.lora_dropout, minimum=0, maximum=0.99)
+    check_number("--num-components", args.num_components, minimum=1, integer=True)
+    check_number("--sample-scaler", args.sample_scaler, minimum=0)
+    check_number("--kl-weight", args.kl_weight, minimum=0)
+
+
+def _prepare_output(args, parser_defaults: dict):
+    """Check the output folder against --overwrite/--resume.
+
+    :returns: ``(arguments, recorded data specification or None)``; with --resume both are the
+        saved run's.
+    """
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} exists and is not a folder")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if args.resume:
+        run_file = output / RUN_FILE
+        if not run_file.is_file():
+            raise UsageError(f"--resume: {output} holds no run ({RUN_FILE} is missing)")
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        saved = run["arguments"]
+        changed = [name for name in RUN_OPTIONS
+                   if getattr(args, name) != parser_defaults.get(name) and getattr(args, name) != saved.get(name)]
+        if changed:
+            raise UsageError("--resume continues the saved run and cannot change "
+                             + ", ".join("--" + name.replace("_", "-") for name in changed))
+        return saved, run["data"]
+    if existing_output(output):
+        if not args.overwrite:
+            raise UsageError(f"--output {output} already exists; pass --overwrite to replace it "
+                             f"or --resume to continue it")
+        if not (output / RUN_FILE).is_file():
+            raise UsageError(f"--overwrite: {output} is not a pyro-monteclora run folder "
+                             f"(no {RUN_FILE}); refusing to delete it")
+    return {name: getattr(args, name) for name in RUN_OPTIONS}, None
+
+
+def _latest_checkpoint(output: Path):
+    for candidate in (output / CHECKPOINT_DIR, output / (CHECKPOINT_DIR + ".old")):
+        if (candidate / "training_state.json").is_file():
+            return candidate
+    return None
+
+
+def build_model(method: str, network, arguments: dict):
+    """The Pyro model and guide of ``method`` over ``network`` (a fresh HF model)."""
+    from .. import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+    from ..baselines import FullFineTuneModel
+
+    if method == "full":
+        model = FullFineTuneModel(network)
+        return model, MonteCLoRAGuide(model, mode="lora")
+    targets = arguments["target_modules"]
+    targets = targets.split(",") if targets else default_target_modules(network)
+    try:
+        config = MonteCLoRAConfig(
+            rank=arguments["rank"], alpha=arguments["alpha"], dropout=arguments["lora_dropout"],
+            target_modules=[t.strip() for t in targets if t.strip()],
+            modules_to_save=default_modules_to_save(network),
+            num_components=arguments["num_components"], sample_scaler=arguments["sample_scaler"],
+            kl_weight=arguments["kl_weight"])
+        model = MonteCLoRAModel(network, config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return model, MonteCLoRAGuide(model, mode="monteclora" if method == "monteclora" else "lora")
+
+
+def run_train(args, parser_defaults: dict) -> int:
+    _check_arguments(args)
+    arguments, recorded_data = _prepare_output(args, parser_defaults)
+    data_args = argparse.Namespace(**{**vars(args), **arguments})
+    if recorded_data is not None:  # resume: the data exactly as recorded (absolute paths)
+        for name in ("task", "train_file", "validation_file", "test_file", "dataset", "text_column",
+                     "label_column"):
+            setattr(data_args, name, None)
+    output = Path(args.output)
+    checkpoint = _latest_checkpoint(output) if args.resume else None
+    if args.resume and checkpoint is None:
+        raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again "
+                         f"with --overwrite")
+    device = resolve_device(args.device)
+    splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data)
+    if arguments["max_train_samples"]:
+        splits["train"] = splits["train"].subset(arguments["max_train_samples"])
+    model_path = resolve_model_path(arguments["model"])
+
+    import pyro
+    import torch
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..data import classification_loader
+    from ..serialization import load_pretrained, save_pretrained
+    from ..train import fit
+    from ..training_state import load_training_state, save_training_state
+    from ..atomic import atomic_directory, atomic_write_json
+
+    max_length = arguments["max_length"] or TRAIN_DEFAULTS["max_length"]
+    label_names = data_spec["label_names"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
+        pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
+        network = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=len(label_names), trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--model {arguments['model'] or model_path}: {error}".splitlines()[0]) from None
+    network.config.id2label = dict(enumerate(label_names))
+    network.config.label2id = {name: i for i, name in enumerate(label_names)}
+    if getattr(tokenizer, "pad_token", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        network.config.pad_token_id = tokenizer.pad_token_id
+    resume_state = None
+    if checkpoint is not None:
+        model = load_pretrained(checkpoint, base_model=network)
+        guide = model.guide
+        resume_state = load_training_state(checkpoint)
+    else:
+        model, guide = build_model(arguments["method"], network, arguments)
+    # everything is validated: from here on the output folder is written
+    if not args.resume and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    metadata = {"method": arguments["method"], "model_path": model_path, "data": data_spec,
+                "max_length": max_length, "arguments": arguments}
+    atomic_write_json(output / RUN_FILE, {
+        "arguments": arguments, "data": data_spec, "model_path": model_path,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "pyro": pyro.__version__, "transformers": transformers.__version__},
+        "command": " ".join(["pyro-monteclora"] + sys.argv[1:])})
+
+    batch_size, seed = arguments["batch_size"], arguments["seed"]
+    train_loader = classification_loader(splits["train"], tokenizer, batch_size, max_length,
+                                         shuffle=True, seed=seed)
+    eval_loader = None
+    if "validation" in splits and not arguments["no_validation"]:
+        eval_loader = classification_loader(splits["validation"], tokenizer, 64, max_length)
+
+    def on_epoch_end(state) -> None:
+        with atomic_directory(output / CHECKPOINT_DIR) as staging:
+            save_pretrained(model, staging, guide=guide, metadata=dict(metadata, epoch=state.epoch))
+            save_training_state(staging, state)
+            tokenizer.save_pretrained(staging)
+
+    print(f"{arguments['method']}: {type(network).__name__} from {model_path}, {len(splits['train']):,} training "
+          f"examples, {len(label_names)} labels, {model.num_trainable_parameters():,} trainable "
+          f"parameters, device {device}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    result = fit(model, guide, train_loader, epochs=arguments["epochs"],
+                 learning_rate=arguments["learning_rate"], weight_decay=arguments["weight_decay"],
+                 warmup_ratio=arguments["warmup_ratio"], eval_loader=eval_loader,
+                 eval_num_samples=arguments["eval_num_samples"], seed=seed, device=device,
+                 desc=arguments["method"], on_epoch_end=on_epoch_end, resume=resume_state)
+    atomic_write_json(output / "train_summary.json", {
+        "method": arguments["method"], "epochs": result.epochs, "train_seconds": result.train_seconds,
+        "wall_seconds_this_session": time.perf_counter() - started,
+        "trainable_parameters": model.num_trainable_parameters(),
+        "train_examples": len(splits["train"]), "steps": len(result.steps),
+        "final_loss": result.epochs[-1]["loss"] if result.epochs else None})
+    print(f"wrote {output / CHECKPOINT_DIR}", file=sys.stderr)
+    return 0

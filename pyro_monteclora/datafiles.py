@@ -1,0 +1,202 @@
+"""Labelled text from your own files (csv, tsv, json, jsonl, parquet) or from the Hugging Face hub.
+
+Every check runs while the file is read, before any model is loaded, and a failure raises
+:class:`DataError` naming the file, the row and the column: a missing file or column, a file that
+is not UTF-8, an empty text, a label outside the label set.
+
+Labels may be integers (``0 .. K-1``; also as digit strings in csv) or names (``"positive"``). The
+label set comes from the training file (integers: ``0 .. max``; names: sorted) unless given, and the
+validation and test files must stay inside it.
+
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "train.jsonl"
+>>> _ = path.write_text('{"text": "fine", "label": "pos"}\\n{"text": "dull", "label": "neg"}\\n')
+>>> data = load_classification_file(path, ["text"], "label")
+>>> data.label_names, data.labels
+(['neg', 'pos'], [1, 0])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from .data import TextClassificationData
+
+__all__ = ["DataError", "read_records", "load_classification_file", "infer_label_names",
+           "records_to_classification", "load_hub_records", "hub_split_names", "SUPPORTED_SUFFIXES"]
+
+SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+PathLike = Union[str, os.PathLike]
+
+
+class DataError(ValueError):
+    """Bad data: the message names the file (or data set), the row and the column at fault."""
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (invalid byte at line {line}); "
+                        f"convert it with iconv or re-save it as UTF-8") from None
+
+
+def read_records(path: PathLike) -> List[dict]:
+    """The rows of a csv/tsv (header row), json (a list of objects, or an object of columns),
+    jsonl (one object per line) or parquet file, as dictionaries."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {list(SUPPORTED_SUFFIXES)}")
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as parquet
+        except ImportError:
+            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+        try:
+            rows = parquet.read_table(path).to_pylist()
+        except Exception as error:  # pyarrow raises its own error types
+            raise DataError(f"{path} is not a readable parquet file ({error})") from None
+    elif suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""),
+                                delimiter="\t" if suffix == ".tsv" else ",")
+        rows = [dict(row) for row in reader]
+    elif suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number} is not a JSON object")
+            rows.append(row)
+    else:
+        try:
+            value = json.loads(_read_text(path))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+        if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+            lengths = {len(v) for v in value.values()}
+            if len(lengths) != 1:
+                raise DataError(f"{path}: its columns have different lengths {sorted(lengths)}")
+            keys = list(value)
+            rows = [dict(zip(keys, items)) for items in zip(*value.values())]
+        elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
+            rows = value
+        else:
+            raise DataError(f"{path}: expected a list of objects or an object of equal-length lists")
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
+
+
+def _is_integer_label(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
+
+
+def infer_label_names(values: Sequence, source: str) -> List[str]:
+    """The label set of a training file: ``["0", ..., str(max)]`` for integers, else sorted names."""
+    if all(_is_integer_label(v) for v in values):
+        numbers = [int(v) for v in values]
+        if min(numbers) < 0:
+            raise DataError(f"{source}: integer labels must be >= 0, found {min(numbers)}")
+        return [str(i) for i in range(max(numbers) + 1)]
+    return sorted({str(v) for v in values})
+
+
+def records_to_classification(rows: List[dict], source: str, text_columns: Sequence[str],
+                              label_column: Optional[str],
+                              label_names: Optional[Sequence[str]] = None) -> TextClassificationData:
+    """Validate ``rows`` and turn them into :class:`~pyro_monteclora.data.TextClassificationData`.
+
+    :param source: the file or data set name, for error messages.
+    :param text_columns: one column, or two for sentence pairs.
+    :param label_column: ``None`` for unlabelled text (the ``predict`` command): every label is 0.
+    :param label_names: the label set (default: inferred from these rows).
+    """
+    if not 1 <= len(text_columns) <= 2:
+        raise DataError(f"give one text column, or two for sentence pairs; got {list(text_columns)}")
+    columns = list(rows[0])
+    wanted = list(text_columns) + ([label_column] if label_column is not None else [])
+    for column in wanted:
+        if column not in columns:
+            raise DataError(f"{source}: no column {column!r}; its columns are {columns}")
+    texts: List[List[str]] = [[] for _ in text_columns]
+    for number, row in enumerate(rows, start=1):
+        for index, column in enumerate(text_columns):
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                shown = "missing" if value is None else repr(value)[:40]
+                raise DataError(f"{source} row {number}: the text in column {column!r} is empty "
+                                f"or not a string ({shown})")
+            texts[index].append(value.strip())
+    if label_column is None:
+        names = list(label_names) if label_names is not None else ["0"]
+        labels = [0] * len(rows)
+    else:
+        values = [row.get(label_column) for row in rows]
+        for number, value in enumerate(values, start=1):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(f"{source} row {number}: no label in column {label_column!r}")
+        names = list(label_names) if label_names is not None else infer_label_names(values, source)
+        index_of = {name: i for i, name in enumerate(names)}
+        labels = []
+        for number, value in enumerate(values, start=1):
+            key = str(int(value)) if _is_integer_label(value) else str(value)
+            if key not in index_of:
+                raise DataError(f"{source} row {number}: label {value!r} in column {label_column!r} "
+                                f"is outside the label set {names}")
+            labels.append(index_of[key])
+    pairs = texts[1] if len(text_columns) == 2 else None
+    return TextClassificationData(texts[0], labels, names, pairs)
+
+
+def load_classification_file(path: PathLike, text_columns: Sequence[str],
+                             label_column: Optional[str] = "label",
+                             label_names: Optional[Sequence[str]] = None) -> TextClassificationData:
+    """Read and validate one labelled file (see :func:`records_to_classification`)."""
+    return records_to_classification(read_records(path), str(path), text_columns, label_column,
+                                     label_names)
+
+
+def load_hub_records(name: str, config: Optional[str], split: str) -> List[dict]:
+    """Rows of a Hugging Face hub data set split (needs ``datasets`` and, for the hub, network)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("--dataset needs the datasets package: pip install 'pyro-monteclora[data]'") from None
+    try:
+        loaded = datasets.load_dataset(name, config, split=split)
+    except Exception as error:  # datasets raises many types (network, missing split, ...)
+        raise DataError(f"dataset {name!r} (config {config!r}), split {split!r}: {error}") from None
+    rows = loaded.to_list()
+    if not rows:
+        raise DataError(f"dataset {name!r} split {split!r} has no rows")
+    return rows
+
+
+def hub_split_names(name: str, config: Optional[str]) -> Dict[str, str]:
+    """The split names of a hub data set (``train``/``validation``/``test`` where present)."""
+    import datasets
+
+    try:
+        available = datasets.get_dataset_split_names(name, config)
+    except Exception as error:
+        raise DataError(f"dataset {name!r} (config {config!r}): {error}") from None
+    return {split: split for split in ("train", "validation", "test") if split in available}

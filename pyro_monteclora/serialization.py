@@ -1,0 +1,277 @@
+"""Saving and loading trained models: safetensors for tensors, JSON for everything else.
+
+A saved model is a folder with two files:
+
+``monteclora_config.json``
+    the format tag and version, the model class (``MonteCLoRAModel`` or ``FullFineTuneModel``), the
+    :class:`~pyro_monteclora.MonteCLoRAConfig`, the guide's mode, the likelihood, a description of
+    the base model (its ``name_or_path``, class, ``model_type`` and a fingerprint of its frozen
+    weights), the name and shape of every saved tensor, and free-form ``metadata``;
+``model.safetensors``
+    the trained tensors only: ``network.<parameter name>`` (adapter means :math:`M`, :math:`B`,
+    ``modules_to_save``, trained biases; every weight for full fine-tuning) and ``guide.<name>``
+    (the variational parameters :math:`\\sigma, \\beta`).
+
+Nothing is ever unpickled: the loader reads JSON and safetensors only, and a file that is not
+valid safetensors (a pickle renamed, a truncated download) is refused with an error naming it.
+:func:`export_peft` writes the posterior-mean adapter :math:`E_q[A] = M` in PEFT's LoRA format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_write_json
+
+__all__ = ["save_pretrained", "load_pretrained", "read_saved_config", "export_peft",
+           "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError"]
+
+FORMAT = "pyro-monteclora"
+FORMAT_VERSION = 1
+CONFIG_NAME = "monteclora_config.json"
+WEIGHTS_NAME = "model.safetensors"
+PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+
+
+class CheckpointError(ValueError):
+    """A saved model that cannot be read or does not fit the base model it is loaded onto."""
+
+
+def _base_fingerprint(model) -> Optional[List[float]]:
+    """The first 32 entries of the first adapted layer's frozen weight: they tell two same-shaped
+    bases apart, and survive loading the base in bf16/fp16 (compared with a tolerance)."""
+    adapters = model.adapters()
+    if not adapters:
+        return None
+    weight = next(iter(adapters.values())).base_layer.weight.detach()
+    return [round(float(v), 6) for v in weight.flatten()[:32].float().cpu()]
+
+
+def _same_base(recorded: Optional[List[float]], model) -> bool:
+    current = _base_fingerprint(model)
+    if recorded is None or current is None:
+        return True
+    return len(recorded) == len(current) and torch.allclose(
+        torch.tensor(recorded), torch.tensor(current), rtol=1e-2, atol=1e-3)
+
+
+def _describe_base(network) -> dict:
+    config = getattr(network, "config", None)
+    return {
+        "name_or_path": str(getattr(config, "_name_or_path", "") or ""),
+        "architecture": type(network).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "num_labels": getattr(config, "num_labels", None),
+    }
+
+
+def _tensors_to_save(model, guide) -> Dict[str, torch.Tensor]:
+    # clone: tied weights share storage, which safetensors refuses
+    tensors = {f"network.{name}": p.detach().to("cpu", copy=True).contiguous()
+               for name, p in model.trainable_parameters()}
+    if guide is not None:
+        tensors.update({f"guide.{name}": p.detach().to("cpu", copy=True).contiguous()
+                        for name, p in guide.named_parameters()})
+    return tensors
+
+
+def save_pretrained(model, directory: Union[str, os.PathLike], guide=None,
+                    metadata: Optional[dict] = None) -> Path:
+    """Write ``model``'s trained tensors and ``guide`` (default: ``model.guide``) to ``directory``.
+
+    Each file is written to a temporary name and renamed; the JSON goes last. Other files in
+    ``directory`` (a tokenizer, say) are left alone.
+    """
+    from . import __version__
+
+    guide = guide if guide is not None else model.guide
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"save_pretrained: {directory} exists and is not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = _tensors_to_save(model, guide)
+    config = getattr(model, "config", None)
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "model_class": type(model).__name__,
+        "config": config.to_dict() if config is not None else None,
+        "guide": None if guide is None else {
+            "mode": guide.mode, "scale_tril": guide.scale_tril_kind},
+        "likelihood": model.likelihood.task,
+        "base_model": dict(_describe_base(model.network), fingerprint=_base_fingerprint(model)),
+        "tensors": {name: list(t.shape) for name, t in tensors.items()},
+        "metadata": metadata or {},
+    }
+    temporary = directory / f".{WEIGHTS_NAME}.tmp"
+    save_file(tensors, str(temporary), metadata={"format": "pt"})
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, directory / WEIGHTS_NAME)
+    atomic_write_json(directory / CONFIG_NAME, record)
+    return directory
+
+
+def read_saved_config(directory: Union[str, os.PathLike]) -> dict:
+    """The JSON record of a saved model, validated (format tag and version)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a saved pyro_monteclora model: no {CONFIG_NAME}")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pyro_monteclora config (format is not {FORMAT!r})")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {record.get('format_version')!r}; "
+                              f"this library reads version {FORMAT_VERSION}")
+    return record
+
+
+def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"missing tensor file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:  # never falls back to torch.load
+        raise CheckpointError(f"{path} is not a valid safetensors file ({error})") from None
+
+
+def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    described = record["base_model"]
+    if base_model is None:
+        base_model = described.get("name_or_path")
+        if not base_model:
+            raise CheckpointError("the checkpoint does not record its base model; pass base_model=")
+    if isinstance(base_model, torch.nn.Module):
+        return base_model
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if record["likelihood"] == "sequence-classification":
+        return AutoModelForSequenceClassification.from_pretrained(
+            base_model, num_labels=described["num_labels"], **kwargs)
+    return AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+
+
+def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
+                    trust_remote_code: bool = False, torch_dtype=None, device=None,
+                    check_base: bool = True):
+    """Rebuild a model saved by :func:`save_pretrained`, with its guide as ``model.guide``.
+
+    :param base_model: a freshly loaded HF model (``nn.Module``), a folder or hub name, or ``None``
+        for the ``name_or_path`` the checkpoint records.
+    :param bool trust_remote_code: passed to ``from_pretrained`` (off unless you ask).
+    :param bool check_base: refuse a base whose frozen weights differ from the training base's
+        (compares the recorded fingerprint).
+    :raises CheckpointError: unreadable files, or a base model the checkpoint was not made for.
+    """
+    from .baselines import FullFineTuneModel
+    from .config import MonteCLoRAConfig
+    from .guides import MonteCLoRAGuide
+    from .model import MonteCLoRAModel
+
+    directory = Path(directory)
+    record = read_saved_config(directory)
+    tensors = _read_tensors(directory / WEIGHTS_NAME)
+    if {k: list(v.shape) for k, v in tensors.items()} != record["tensors"]:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME} does not hold the tensors that "
+                              f"{CONFIG_NAME} lists (a partial or mixed checkpoint)")
+    network = _load_base(record, base_model, trust_remote_code, torch_dtype)
+    described = record["base_model"]
+    if type(network).__name__ != described["architecture"]:
+        raise CheckpointError(f"the checkpoint in {directory} was made for a "
+                              f"{described['architecture']}, got a {type(network).__name__}")
+    if record["model_class"] == "MonteCLoRAModel":
+        model = MonteCLoRAModel(network, MonteCLoRAConfig.from_dict(record["config"]),
+                                likelihood=record["likelihood"])
+    elif record["model_class"] == "FullFineTuneModel":
+        model = FullFineTuneModel(network, likelihood=record["likelihood"])
+    else:
+        raise CheckpointError(f"unknown model_class {record['model_class']!r} in {directory}")
+    if check_base and not _same_base(described.get("fingerprint"), model):
+        raise CheckpointError(
+            f"the checkpoint in {directory} was made for base model "
+            f"{described.get('name_or_path')!r}; the given base has other frozen weights "
+            f"(pass check_base=False to load it anyway)")
+    guide = None
+    if record["guide"] is not None:
+        guide = MonteCLoRAGuide(model, mode=record["guide"]["mode"],
+                                scale_tril=record["guide"]["scale_tril"])
+    targets = dict(("network." + n, p) for n, p in model.trainable_parameters())
+    if guide is not None:
+        targets.update(("guide." + n, p) for n, p in guide.named_parameters())
+    if set(targets) != set(tensors):
+        missing, extra = sorted(set(targets) - set(tensors)), sorted(set(tensors) - set(targets))
+        raise CheckpointError(f"the checkpoint in {directory} does not fit this base model: "
+                              f"missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, parameter in targets.items():
+            if parameter.shape != tensors[name].shape:
+                raise CheckpointError(
+                    f"the checkpoint in {directory} does not fit this base model: {name} has shape "
+                    f"{tuple(tensors[name].shape)} there and {tuple(parameter.shape)} here")
+            parameter.copy_(tensors[name])
+    if device is not None:
+        model.to(device)
+        if guide is not None:
+            guide.to(device)
+    model.pretrained_metadata = record.get("metadata", {})
+    return model
+
+
+def export_peft(model, directory: Union[str, os.PathLike],
+                base_model_name_or_path: Optional[str] = None) -> Path:
+    """Write the posterior-mean adapter (:math:`A = M`, :math:`B`) as a PEFT LoRA adapter.
+
+    The folder gets ``adapter_config.json`` and ``adapter_model.safetensors``, loadable with
+    ``peft.PeftModel.from_pretrained(base, directory)``; its logits are the mean adapter's
+    (``model.mean_adapters()``). ``modules_to_save`` and trained biases are included.
+    """
+    from .model import MonteCLoRAModel
+
+    if not isinstance(model, MonteCLoRAModel):
+        raise ValueError(f"export_peft needs a MonteCLoRAModel (adapters), got {type(model).__name__}")
+    config = model.config
+    adapters = model.adapters()
+    tensors = {}
+    for name, parameter in model.trainable_parameters():
+        if name.endswith(".lora_A_mean"):
+            name = name[: -len(".lora_A_mean")] + ".lora_A.weight"
+        elif name.endswith(".lora_B"):
+            name = name + ".weight"
+        tensors[f"base_model.model.{name}"] = parameter.detach().to("cpu", copy=True).contiguous()
+    peft_config = {
+        "peft_type": "LORA",
+        "task_type": PEFT_TASK_TYPES.get(model.likelihood.task),
+        "base_model_name_or_path": base_model_name_or_path or _describe_base(model.network)["name_or_path"],
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": sorted(adapters),
+        "modules_to_save": list(config.modules_to_save) or None,
+        "bias": "lora_only" if config.bias == "all" else "none",
+        "fan_in_fan_out": any(adapter.transposed for adapter in adapters.values()),
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / ".adapter_model.safetensors.tmp"
+    save_file(tensors, str(temporary), metadata={"format": "pt"})
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, directory / "adapter_model.safetensors")
+    atomic_write_json(directory / "adapter_config.json", peft_config)
+    return directory
