@@ -6,10 +6,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pyro-monteclora-installed
+DOCS_STAMP := $(VENV)/.pyro-monteclora-docs-installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-fast bench clean
+.PHONY: setup test test-fast demo demo-fast bench docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,16 @@ demo-fast: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/step_time.py --json benchmarks/step_time.json
+
+# The documentation site (docs/_build/html), then the code of its pages run by the doctest builder.
+# Warnings are errors. The docs extra goes into .venv once, after the main setup.
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m sphinx -W -b doctest docs docs/_build/doctest
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -34,8 +34,10 @@ STATE_JSON = "training_state.json"
 class TrainingState:
     """The state of :func:`~pyro_monteclora.fit` at the end of an epoch.
 
-    :ivar epoch: epochs completed. :ivar step: optimiser steps taken.
-    :ivar optimizer: ``optimizer.state_dict()``. :ivar scheduler: ``scheduler.state_dict()``.
+    :ivar epoch: epochs completed.
+    :ivar step: optimiser steps taken.
+    :ivar optimizer: ``optimizer.state_dict()``.
+    :ivar scheduler: ``scheduler.state_dict()``.
     :ivar rng: :func:`capture_rng_state` at the end of the epoch (after any evaluation).
     :ivar history: :class:`~pyro_monteclora.FitResult` as a dict.
     """
