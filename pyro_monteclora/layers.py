@@ -166,8 +166,11 @@ class MonteCLoRALinear(nn.Module):
 
 
 def latent_scale(weight: float):
-    """``poutine.scale(weight)`` for the latent sites; no handler at all for the usual weight 1."""
-    return contextlib.nullcontext() if weight == 1.0 else pyro.poutine.scale(scale=weight)
+    """Scale the latent sites' log-densities by ``weight`` (``kl_weight``; 0 is allowed, unlike
+    ``poutine.scale``); no handler at all for the usual weight 1."""
+    from .handlers import kl_scale
+
+    return contextlib.nullcontext() if weight == 1.0 else kl_scale(weight)
 
 
 def standard_noise(rank: int, width: int, device) -> StandardNormalMatrix:
