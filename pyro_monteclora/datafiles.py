@@ -193,8 +193,10 @@ def load_hub_records(name: str, config: Optional[str], split: str) -> List[dict]
 
 def hub_split_names(name: str, config: Optional[str]) -> Dict[str, str]:
     """The split names of a hub data set (``train``/``validation``/``test`` where present)."""
-    import datasets
-
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("--dataset needs the datasets package: pip install 'pyro-monteclora[data]'") from None
     try:
         available = datasets.get_dataset_split_names(name, config)
     except Exception as error:

@@ -100,6 +100,13 @@ def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
     assert [line["text"] for line in lines] == ["a very good film", "a dull boring plot"]
     assert all(line["label"] in ("neg", "pos") and set(line["probabilities"]) == {"neg", "pos"}
                for line in lines)
+    # a table file in, a JSONL file out (refused the second time without --overwrite)
+    out = tmp_path / "predictions.jsonl"
+    argv = ["predict", "--checkpoint", str(run), "--input", str(data_dir / "validation.csv"),
+            "--output", str(out), "--num-samples", "0"]
+    assert main(argv) == 0
+    assert len(out.read_text().splitlines()) == 16
+    assert main(argv) == 2 and main(argv + ["--overwrite"]) == 0
 
 
 def _stop_after_first_checkpoint(monkeypatch):
@@ -208,6 +215,8 @@ def bad_inputs(model_dir, data_dir, tmp_path):
         ("evaluate without checkpoint", ["evaluate", "--checkpoint", str(tmp_path / "existing")]),
         ("model folder without config", base + ["--train-file", str(good), "--model", str(tmp_path)]),
         ("two data sources", base + ["--train-file", str(good), "--task", "rotten-tomatoes"]),
+        ("longer than the model's positions", base + ["--train-file", str(good), "--max-length", "100"]),
+        ("evaluate with a bad bin count", ["evaluate", "--checkpoint", str(tmp_path), "--ece-bins", "0"]),
     ]
 
 
@@ -238,3 +247,27 @@ def test_console_script_runs_as_a_module(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(
         "pyro-monteclora train: error: argument --method: invalid choice: 'x'"), lines
     assert "monteclora" in lines[0] and "full" in lines[0]
+
+
+def test_hub_dataset_reads_the_splits_it_has(model_dir, tmp_path, monkeypatch):
+    """--dataset goes through datasets.load_dataset; here the hub is replaced by local rows."""
+    import pyro_monteclora.datafiles as datafiles
+
+    rows = {"train": sentences(16, 0), "test": sentences(8, 1)}  # no validation split
+    calls = []
+
+    def load(name, config, split):
+        calls.append((name, config, split))
+        return [{"sentence": r["text"], "label": int(r["label"] == "pos")} for r in rows[split]]
+
+    monkeypatch.setattr(datafiles, "hub_split_names", lambda name, config: {s: s for s in rows})
+    monkeypatch.setattr(datafiles, "load_hub_records", load)
+    run = tmp_path / "hub"
+    assert main(["train", "--model", str(model_dir), "--dataset", "glue", "--dataset-config", "sst2",
+                 "--text-column", "sentence", "--epochs", "1", "--max-length", "16",
+                 "--output", str(run)]) == 0
+    assert calls == [("glue", "sst2", "train"), ("glue", "sst2", "test")]
+    data = json.loads((run / "run.json").read_text())["data"]
+    assert data["source"] == "dataset" and data["label_names"] == ["0", "1"]
+    assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "0"]) == 0
+    assert calls[-1] == ("glue", "sst2", "test")  # evaluate re-reads the recorded test split

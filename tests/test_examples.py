@@ -24,6 +24,12 @@ def test_rotten_tomatoes_demo_fast(tmp_path):
     assert set(record["models"]) == {"monteclora", "lora"}
     for name in ("report.md", "metrics.json", "reliability.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+    for method in ("monteclora", "lora"):  # the two runs of the command line, kept for inspection
+        assert (tmp_path / method / "checkpoint" / "model.safetensors").is_file()
+        assert len((tmp_path / method / "evaluation" / "predictions.jsonl").read_text().splitlines()) == 48
+    # running it again replaces the runs (they are its own) instead of refusing
+    demo.main(["--fast", "--output", str(tmp_path), "--num-samples", "1"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["settings"]["num_samples"] == 1
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for model in metrics["models"].values():
         assert 0 <= model["accuracy"] <= 1 and 0 <= model["ece"] <= 1
@@ -32,9 +38,10 @@ def test_rotten_tomatoes_demo_fast(tmp_path):
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_rejects_bad_arguments(capsys):
+def test_demo_rejects_bad_arguments(tmp_path, capsys):
     demo = load("rotten_tomatoes_demo")
     with pytest.raises(SystemExit) as raised:
-        demo.parse_args(["--learning-rate", "-1"])
+        demo.main(["--learning-rate", "-1", "--output", str(tmp_path / "demo")])
     assert raised.value.code == 2
     assert "--learning-rate" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

@@ -14,9 +14,9 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
-def test_readme_examples_run():
+def test_readme_examples_run(tmp_path):
     blocks = python_blocks()
-    assert len(blocks) >= 2
+    assert len(blocks) >= 3
     first = blocks[0]
     assert len(first.strip().splitlines()) <= 22, "the README promises a short example"
     fast = first.replace("subset(1000)", "subset(48)").replace("subset(300)", "subset(32)")
@@ -27,3 +27,8 @@ def test_readme_examples_run():
     loop = blocks[1].replace("for batch in train:", "for batch in list(train)[:2]:")
     exec(compile(loop, str(README), "exec"), namespace)
     assert namespace["out"].probs.shape == (32, 2)
+    save = blocks[2].replace('"runs/', f'"{tmp_path}/')
+    assert save != blocks[2]
+    exec(compile(save, str(README), "exec"), namespace)
+    again = namespace["again"]
+    assert again.guide is not None and (tmp_path / "my-adapter-peft" / "adapter_config.json").is_file()

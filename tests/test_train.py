@@ -94,6 +94,17 @@ def test_kl_annealing_and_schedule_are_recorded():
     assert [schedule(i) for i in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
 
 
+@pytest.mark.parametrize("loss", ["monteclora", "meanfield"])
+def test_kl_weight_zero_drops_the_kl_from_the_loss(loss):
+    model, guide = make(kl_weight=0.0, sample_scaler=0.1)
+    batch = classification_batch(batch_size=16)
+    model.dataset_size = 16
+    result = fit(model, guide, [batch], epochs=1, learning_rate=1e-9, loss=loss, progress=False)
+    record = result.steps[0]
+    assert record["kl"] > 0  # the guide differs from the prior ...
+    assert record["nll"] == pytest.approx(record["loss"])  # ... but the loss carries no KL
+
+
 def test_max_steps_stops_early():
     model, guide = make()
     train, _ = loaders(train_size=64)

@@ -30,6 +30,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     add_inference_options(parser)
     add_data_options(parser, ("test",))
     parser.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins of the ECE")
+    parser.add_argument("--max-samples", type=int, default=None,
+                        help="evaluate on the first N examples only (default: all)")
     parser.add_argument("--output", default=None,
                         help="folder for the results (default: <run>/evaluation)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
@@ -130,6 +132,7 @@ def default_samples(record: dict, requested):
 
 def run_evaluate(args, parser_defaults: dict) -> int:
     check_number("--ece-bins", args.ece_bins, minimum=1, maximum=1000, integer=True)
+    check_number("--max-samples", args.max_samples, minimum=1, integer=True)
     directory, record, device = load_for_inference(args)
     run_folder = directory.parent if directory.name.startswith("checkpoint") else directory
     output = Path(args.output) if args.output else run_folder / "evaluation"
@@ -153,6 +156,8 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     from ..predictive import predict
 
     data = splits["test"]
+    if args.max_samples:
+        data = data.subset(args.max_samples)
     num_samples = default_samples(record, args.num_samples)
     loader = classification_loader(data, tokenizer, args.batch_size, metadata.get("max_length", 128))
     pyro.set_rng_seed(args.seed)

@@ -163,7 +163,8 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
     from ..data import load_rotten_tomatoes
-    from ..datafiles import DataError, load_classification_file, load_hub_records, records_to_classification
+    from ..datafiles import (DataError, hub_split_names, load_classification_file, load_hub_records,
+                            records_to_classification)
 
     mode = _data_mode(args)
     if mode is None and recorded is not None:
@@ -185,6 +186,8 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
         raise UsageError("--text-column/--label-column apply to --*-file and --dataset data only")
     splits = {}
     try:
+        if spec["source"] == "dataset":
+            available = hub_split_names(spec["dataset"], spec["dataset_config"])
         if spec["source"] == "task":
             check_number("--split-seed", spec["split_seed"], minimum=0, integer=True)
             everything = load_rotten_tomatoes(seed=spec["split_seed"])
@@ -198,6 +201,8 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                     data = load_classification_file(path, spec["text_columns"], spec["label_column"],
                                                     label_names)
                 else:
+                    if split not in available:
+                        continue
                     rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
                     data = records_to_classification(rows, f"{spec['dataset']}[{split}]",
                                                      spec["text_columns"], spec["label_column"],

@@ -32,7 +32,8 @@ RUN_OPTIONS = ("method", "model", "task", "split_seed", "train_file", "validatio
                "alpha", "lora_dropout", "target_modules", "num_components", "sample_scaler",
                "kl_weight", "learning_rate", "batch_size", "epochs", "weight_decay", "warmup_ratio",
                "max_train_samples", "seed", "eval_num_samples", "no_validation")
-TRAIN_DEFAULTS = {"learning_rate": 1e-3, "batch_size": 16, "epochs": 3, "max_length": 128}
+TRAIN_DEFAULTS = {"learning_rate": 1e-3, "full_learning_rate": 5e-5, "batch_size": 16, "epochs": 3,
+                  "max_length": 128}
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,7 +44,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     add_data_options(parser, ("train", "validation", "test"))
     add_adapter_options(parser)
     group = parser.add_argument_group("training")
-    group.add_argument("--learning-rate", type=float, default=TRAIN_DEFAULTS["learning_rate"])
+    group.add_argument("--learning-rate", type=float, default=None,
+                       help="peak AdamW learning rate (default: 1e-3 for the adapters, 5e-5 for "
+                            "full fine-tuning)")
     group.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
     group.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
     group.add_argument("--weight-decay", type=float, default=0.0)
@@ -95,8 +98,11 @@ def _prepare_output(args, parser_defaults: dict):
         run_file = output / RUN_FILE
         if not run_file.is_file():
             raise UsageError(f"--resume: {output} holds no run ({RUN_FILE} is missing)")
-        run = json.loads(run_file.read_text(encoding="utf-8"))
-        saved = run["arguments"]
+        try:
+            run = json.loads(run_file.read_text(encoding="utf-8"))
+            saved = run["arguments"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            raise UsageError(f"--resume: {run_file} is not a readable run record") from None
         changed = [name for name in RUN_OPTIONS
                    if getattr(args, name) != parser_defaults.get(name) and getattr(args, name) != saved.get(name)]
         if changed:
@@ -168,12 +174,14 @@ def run_train(args, parser_defaults: dict) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ..data import classification_loader
-    from ..serialization import load_pretrained, save_pretrained
+    from ..serialization import CheckpointError, load_pretrained, save_pretrained
     from ..train import fit
     from ..training_state import load_training_state, save_training_state
     from ..atomic import atomic_directory, atomic_write_json
 
     max_length = arguments["max_length"] or TRAIN_DEFAULTS["max_length"]
+    learning_rate = arguments["learning_rate"] or TRAIN_DEFAULTS[
+        "full_learning_rate" if arguments["method"] == "full" else "learning_rate"]
     label_names = data_spec["label_names"]
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
@@ -182,6 +190,9 @@ def run_train(args, parser_defaults: dict) -> int:
             model_path, num_labels=len(label_names), trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {arguments['model'] or model_path}: {error}".splitlines()[0]) from None
+    limit = getattr(network.config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
     network.config.id2label = dict(enumerate(label_names))
     network.config.label2id = {name: i for i, name in enumerate(label_names)}
     if getattr(tokenizer, "pad_token", None) is None:
@@ -189,9 +200,12 @@ def run_train(args, parser_defaults: dict) -> int:
         network.config.pad_token_id = tokenizer.pad_token_id
     resume_state = None
     if checkpoint is not None:
-        model = load_pretrained(checkpoint, base_model=network)
+        try:
+            model = load_pretrained(checkpoint, base_model=network)
+            resume_state = load_training_state(checkpoint)
+        except CheckpointError as error:
+            raise UsageError(f"--resume: {error}") from None
         guide = model.guide
-        resume_state = load_training_state(checkpoint)
     else:
         model, guide = build_model(arguments["method"], network, arguments)
     # everything is validated: from here on the output folder is written
@@ -200,11 +214,12 @@ def run_train(args, parser_defaults: dict) -> int:
     output.mkdir(parents=True, exist_ok=True)
     metadata = {"method": arguments["method"], "model_path": model_path, "data": data_spec,
                 "max_length": max_length, "arguments": arguments}
-    atomic_write_json(output / RUN_FILE, {
-        "arguments": arguments, "data": data_spec, "model_path": model_path,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "pyro": pyro.__version__, "transformers": transformers.__version__},
-        "command": " ".join(["pyro-monteclora"] + sys.argv[1:])})
+    if not args.resume:
+        atomic_write_json(output / RUN_FILE, {
+            "arguments": arguments, "data": data_spec, "model_path": model_path,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "pyro": pyro.__version__, "transformers": transformers.__version__},
+            "command": " ".join(["pyro-monteclora"] + sys.argv[1:])})
 
     batch_size, seed = arguments["batch_size"], arguments["seed"]
     train_loader = classification_loader(splits["train"], tokenizer, batch_size, max_length,
@@ -224,12 +239,13 @@ def run_train(args, parser_defaults: dict) -> int:
           f"parameters, device {device}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     result = fit(model, guide, train_loader, epochs=arguments["epochs"],
-                 learning_rate=arguments["learning_rate"], weight_decay=arguments["weight_decay"],
+                 learning_rate=learning_rate, weight_decay=arguments["weight_decay"],
                  warmup_ratio=arguments["warmup_ratio"], eval_loader=eval_loader,
                  eval_num_samples=arguments["eval_num_samples"], seed=seed, device=device,
                  desc=arguments["method"], on_epoch_end=on_epoch_end, resume=resume_state)
     atomic_write_json(output / "train_summary.json", {
-        "method": arguments["method"], "epochs": result.epochs, "train_seconds": result.train_seconds,
+        "method": arguments["method"], "learning_rate": learning_rate, "epochs": result.epochs,
+        "train_seconds": result.train_seconds,
         "wall_seconds_this_session": time.perf_counter() - started,
         "trainable_parameters": model.num_trainable_parameters(),
         "train_examples": len(splits["train"]), "steps": len(result.steps),
