@@ -77,10 +77,12 @@ def replace_directory(staging: Path, target: Path) -> None:
     instant one complete folder exists (a loader looks at ``<target>.old`` if ``target`` is missing).
     """
     previous = target.with_name(target.name + ".old")
-    if previous.exists():
-        shutil.rmtree(previous)
     if target.exists():
+        if previous.exists():
+            shutil.rmtree(previous)
         os.replace(target, previous)
+    # if only <target>.old exists (a crash between the two renames) it is kept until the new
+    # folder is in place
     os.replace(staging, target)
     if previous.exists():
         shutil.rmtree(previous)
@@ -94,6 +96,8 @@ def atomic_directory(target: PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed earlier write
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(staging, 0o755)
     try:

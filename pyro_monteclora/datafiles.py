@@ -32,6 +32,8 @@ __all__ = ["DataError", "read_records", "load_classification_file", "infer_label
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 PathLike = Union[str, os.PathLike]
+#: more integer classes than this is taken for a mistake (an id column given as the label)
+MAX_LABELS = 10_000
 
 
 class DataError(ValueError):
@@ -39,7 +41,10 @@ class DataError(ValueError):
 
 
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error.strerror})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -69,7 +74,10 @@ def read_records(path: PathLike) -> List[dict]:
     elif suffix in (".csv", ".tsv"):
         reader = csv.DictReader(io.StringIO(_read_text(path), newline=""),
                                 delimiter="\t" if suffix == ".tsv" else ",")
-        rows = [dict(row) for row in reader]
+        try:
+            rows = [dict(row) for row in reader]
+        except csv.Error as error:
+            raise DataError(f"{path} line {reader.line_num} is not valid {suffix[1:]}: {error}") from None
     elif suffix == ".jsonl":
         rows = []
         for number, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -116,6 +124,9 @@ def infer_label_names(values: Sequence, source: str) -> List[str]:
         numbers = [int(v) for v in values]
         if min(numbers) < 0:
             raise DataError(f"{source}: integer labels must be >= 0, found {min(numbers)}")
+        if max(numbers) >= MAX_LABELS:
+            raise DataError(f"{source}: integer label {max(numbers)} would make more than "
+                            f"{MAX_LABELS} classes; use label names, or labels 0..K-1")
         return [str(i) for i in range(max(numbers) + 1)]
     return sorted({str(v) for v in values})
 

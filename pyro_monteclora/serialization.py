@@ -69,6 +69,7 @@ def _describe_base(network) -> dict:
         "architecture": type(network).__name__,
         "model_type": getattr(config, "model_type", None),
         "num_labels": getattr(config, "num_labels", None),
+        "pad_token_id": getattr(config, "pad_token_id", None),
     }
 
 
@@ -155,9 +156,12 @@ def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):
             raise CheckpointError("the checkpoint does not record its base model; pass base_model=")
     if isinstance(base_model, torch.nn.Module):
         return base_model
-    kwargs = {"trust_remote_code": trust_remote_code}
+    # safetensors only: a base folder with nothing but pytorch_model.bin is refused, not unpickled
+    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
+    if described.get("pad_token_id") is not None:
+        kwargs["pad_token_id"] = described["pad_token_id"]
     if record["likelihood"] == "sequence-classification":
         return AutoModelForSequenceClassification.from_pretrained(
             base_model, num_labels=described["num_labels"], **kwargs)

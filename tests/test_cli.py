@@ -91,6 +91,10 @@ def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
     assert all(r["mutual_information"] >= 0 for r in rows)
     assert sum(r["mutual_information"] for r in rows) > 0  # S = 3 draws really differ
     assert (run / "evaluation" / "reliability.png").stat().st_size > 1000
+    # another split of the recorded data, into another folder
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "validation", "--num-samples", "0",
+                 "--output", str(tmp_path / "val")]) == 0
+    assert json.loads((tmp_path / "val" / "metrics.json").read_text())["examples"] == 16
 
     texts = tmp_path / "new.txt"
     texts.write_text("a very good film\n\na dull boring plot\n")
@@ -271,3 +275,27 @@ def test_hub_dataset_reads_the_splits_it_has(model_dir, tmp_path, monkeypatch):
     assert data["source"] == "dataset" and data["label_names"] == ["0", "1"]
     assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "0"]) == 0
     assert calls[-1] == ("glue", "sst2", "test")  # evaluate re-reads the recorded test split
+
+
+def test_resume_refuses_changed_data(model_dir, data_dir, tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text((data_dir / "train.jsonl").read_text())
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(model_dir), "--train-file", str(train), "--epochs", "1",
+                 "--max-length", "16", "--output", str(run)]) == 0
+    assert main(["train", "--output", str(run), "--resume"]) == 0  # unchanged: nothing to do
+    write_jsonl(train, sentences(48, 7))
+    assert main(["train", "--output", str(run), "--resume"]) == 2
+
+
+def test_newly_initialised_weights_are_trained_and_saved(tmp_path, data_dir, model_dir):
+    """A base saved without a pooler: the pooler is new, so it is trained and saved with the head."""
+    folder = tmp_path / "no-pooler"
+    tiny_bert_classifier().bert.__class__(tiny_bert_classifier().config,
+                                          add_pooling_layer=False).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((model_dir / name).read_bytes())
+    run = tmp_path / "run"
+    assert main(train_args(folder, data_dir, run, "--epochs", "1", "--no-validation")) == 0
+    saved = load_file(str(run / "checkpoint" / "model.safetensors"))
+    assert "network.bert.pooler.dense.weight" in saved and "network.classifier.weight" in saved

@@ -12,7 +12,7 @@ from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, 
 from pyro_monteclora.baselines import FullFineTuneModel
 from pyro_monteclora.serialization import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained
 
-from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
+from conftest import classification_batch, tiny_bert_classifier, tiny_gpt2, tiny_llama, without_labels
 
 CONFIG = dict(rank=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"],
               sample_scaler=0.3)
@@ -124,3 +124,20 @@ def test_export_peft_loads_in_peft_with_the_mean_adapter_logits(tmp_path):
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     # a zero B would make this test pass trivially
     assert any(a.lora_B.abs().max() > 0.1 for a in model.adapters().values())
+
+
+def test_export_peft_of_gpt2_conv1d_layers(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = MonteCLoRAModel(tiny_gpt2(), MonteCLoRAConfig(rank=4, alpha=8, target_modules=["c_attn"]))
+    guide = MonteCLoRAGuide(model)
+    trained_like(model, guide)
+    model.export_peft(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    input_ids = classification_batch()["input_ids"]
+    model.eval()
+    with torch.no_grad(), model.mean_adapters():
+        expected = model(input_ids=input_ids)
+    peft_model = peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()
+    with torch.no_grad():
+        got = peft_model(input_ids=input_ids).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()

@@ -50,7 +50,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.command_line = list(sys.argv[1:] if argv is None else argv)
+        import pyro
         import transformers
+
+        pyro.clear_param_store()  # each command starts clean, also when called in-process
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()

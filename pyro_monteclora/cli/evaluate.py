@@ -30,6 +30,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     add_inference_options(parser)
     add_data_options(parser, ("test",))
     parser.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins of the ECE")
+    parser.add_argument("--split", default="test", choices=["test", "validation", "train"],
+                        help="which split of the checkpoint's data (or of --task/--dataset) to use")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="evaluate on the first N examples only (default: all)")
     parser.add_argument("--output", default=None,
@@ -97,8 +99,12 @@ def open_model(directory: Path, record: dict, args, device):
                                 device=device)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
-    except OSError as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise UsageError(f"--model {base}: {error}".splitlines()[0]) from None
+    if getattr(tokenizer, "pad_token", None) is None:  # decoder tokenizers: pad with end-of-text
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.network.config, "pad_token_id", None) is None:
+        model.network.config.pad_token_id = tokenizer.pad_token_id
     return model, model.guide, tokenizer
 
 
@@ -138,24 +144,31 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     output = Path(args.output) if args.output else run_folder / "evaluation"
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} exists and is not a folder")
-    if existing_output(output) and not args.overwrite:
-        raise UsageError(f"--output {output} already exists; pass --overwrite to replace its results")
+    if existing_output(output):
+        if not args.overwrite:
+            raise UsageError(f"--output {output} already exists; pass --overwrite to replace its results")
+        if not (output / "metrics.json").is_file():
+            raise UsageError(f"--overwrite: {output} holds no earlier evaluation (no metrics.json); "
+                             f"refusing to replace it")
     metadata = record.get("metadata", {})
     label_names = (metadata.get("data") or {}).get("label_names")
     if label_names is None:
         label_names = [str(i) for i in range(record["base_model"]["num_labels"])]
-    splits, data_spec = resolve_data(args, ("test",), label_names=label_names,
+    if args.split != "test" and args.test_file:
+        raise UsageError("--split names a split of the recorded data, --task or --dataset; "
+                         "with --test-file leave it out")
+    splits, data_spec = resolve_data(args, (args.split,), label_names=label_names,
                                      recorded=metadata.get("data"))
     model, guide, tokenizer = open_model(directory, record, args, device)
 
     import pyro
 
-    from ..atomic import atomic_write_json, atomic_write_text
+    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
     from ..data import classification_loader
     from ..metrics import classification_metrics, reliability_curve
     from ..predictive import predict
 
-    data = splits["test"]
+    data = splits[args.split]
     if args.max_samples:
         data = data.subset(args.max_samples)
     num_samples = default_samples(record, args.num_samples)
@@ -169,23 +182,23 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     metrics.update({"mean_predictive_entropy": result.predictive_entropy.mean().item(),
                     "mean_mutual_information": result.mutual_information.mean().item()})
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
-    output.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(row) + "\n" for row in prediction_rows(data, result, label_names))
-    atomic_write_text(output / "predictions.jsonl", lines)
     method = metadata.get("method", record["model_class"])
-    try:
-        from ..plots import plot_reliability_diagram
+    with atomic_directory(output) as staging:  # the three files appear together, or not at all
+        lines = "".join(json.dumps(row) + "\n" for row in prediction_rows(data, result, label_names))
+        atomic_write_text(staging / "predictions.jsonl", lines)
+        try:
+            from ..plots import plot_reliability_diagram
 
-        plot_reliability_diagram({f"{method} (S={num_samples})": curve}, output / "reliability.png",
-                                 title=f"{len(data):,} examples")
-    except ImportError:
-        print("reliability.png skipped: matplotlib is not installed (pip install matplotlib)",
-              file=sys.stderr)
-    atomic_write_json(output / "metrics.json", {
-        "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
-        "ece_bins": args.ece_bins, "examples": len(data), "seed": args.seed,
-        "checkpoint": str(directory), "data": data_spec, "eval_seconds": seconds,
-        "reliability": curve})
+            plot_reliability_diagram({f"{method} (S={num_samples})": curve},
+                                     staging / "reliability.png", title=f"{len(data):,} examples")
+        except ImportError:
+            print("reliability.png skipped: matplotlib is not installed (pip install matplotlib)",
+                  file=sys.stderr)
+        atomic_write_json(staging / "metrics.json", {
+            "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
+            "ece_bins": args.ece_bins, "examples": len(data), "split": args.split,
+            "seed": args.seed, "checkpoint": str(directory), "data": data_spec,
+            "eval_seconds": seconds, "reliability": curve})
     print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
     print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)
     return 0

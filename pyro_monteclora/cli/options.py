@@ -7,6 +7,7 @@ Everything here runs before any work: a bad option or bad data raises :class:`Us
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -154,12 +155,23 @@ def _data_mode(args) -> str:
     return given[0] if given else None
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str]] = None,
-                 recorded: Optional[dict] = None) -> Tuple[Dict[str, object], dict]:
+                 recorded: Optional[dict] = None,
+                 optional_unlabelled: Sequence[str] = ()) -> Tuple[Dict[str, object], dict]:
     """Load and validate the splits in ``needed`` (the first one is required).
 
     :param recorded: the data specification saved with a checkpoint, used when the command line
-        names no data source.
+        names no data source; its files must be unchanged (their SHA-256 is recorded).
+    :param optional_unlabelled: hub splits skipped when every label is missing or ``-1`` (GLUE's
+        test splits) instead of failing.
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
     from ..data import load_rotten_tomatoes
@@ -198,18 +210,26 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                     path = spec["files"].get(split)
                     if path is None:
                         continue
+                    digest = _sha256(path) if Path(path).is_file() else None
+                    expected = spec.setdefault("sha256", {}).get(split)
+                    if expected is not None and digest is not None and digest != expected:
+                        raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")
+                    spec["sha256"][split] = digest
                     data = load_classification_file(path, spec["text_columns"], spec["label_column"],
                                                     label_names)
                 else:
                     if split not in available:
                         continue
                     rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
+                    if split in optional_unlabelled and all(
+                            row.get(spec["label_column"]) in (None, -1) for row in rows):
+                        continue
                     data = records_to_classification(rows, f"{spec['dataset']}[{split}]",
                                                      spec["text_columns"], spec["label_column"],
                                                      label_names)
                 splits[split] = data
                 label_names = data.label_names
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, OSError) as error:
         raise UsageError(str(error)) from None
     if needed[0] not in splits:
         raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --task / --dataset)")

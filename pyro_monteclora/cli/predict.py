@@ -41,7 +41,10 @@ def _read_texts(args):
 
     if args.input == "-" or Path(args.input).suffix.lower() in ("", ".txt"):
         if args.input == "-":
-            text = sys.stdin.read()
+            try:
+                text = sys.stdin.buffer.read().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise UsageError("standard input is not UTF-8 text") from None
         else:
             path = Path(args.input)
             if not path.is_file():

@@ -100,15 +100,16 @@ def _prepare_output(args, parser_defaults: dict):
             raise UsageError(f"--resume: {output} holds no run ({RUN_FILE} is missing)")
         try:
             run = json.loads(run_file.read_text(encoding="utf-8"))
-            saved = run["arguments"]
+            saved, recorded = run["arguments"], run["data"]
+            saved["model"] = run["model_path"]  # as resolved when the run started
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             raise UsageError(f"--resume: {run_file} is not a readable run record") from None
-        changed = [name for name in RUN_OPTIONS
-                   if getattr(args, name) != parser_defaults.get(name) and getattr(args, name) != saved.get(name)]
+        changed = [name for name in RUN_OPTIONS if name != "model"
+                   and getattr(args, name) != parser_defaults.get(name) and getattr(args, name) != saved.get(name)]
         if changed:
             raise UsageError("--resume continues the saved run and cannot change "
                              + ", ".join("--" + name.replace("_", "-") for name in changed))
-        return saved, run["data"]
+        return saved, recorded
     if existing_output(output):
         if not args.overwrite:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace it "
@@ -126,8 +127,12 @@ def _latest_checkpoint(output: Path):
     return None
 
 
-def build_model(method: str, network, arguments: dict):
-    """The Pyro model and guide of ``method`` over ``network`` (a fresh HF model)."""
+def build_model(method: str, network, arguments: dict, fresh_modules=()):
+    """The Pyro model and guide of ``method`` over ``network`` (a fresh HF model).
+
+    ``fresh_modules`` (newly initialised by ``from_pretrained``) are trained as point estimates
+    with the classification head, so nothing random and frozen stays in the model.
+    """
     from .. import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
     from ..baselines import FullFineTuneModel
 
@@ -140,7 +145,7 @@ def build_model(method: str, network, arguments: dict):
         config = MonteCLoRAConfig(
             rank=arguments["rank"], alpha=arguments["alpha"], dropout=arguments["lora_dropout"],
             target_modules=[t.strip() for t in targets if t.strip()],
-            modules_to_save=default_modules_to_save(network),
+            modules_to_save=sorted(set(default_modules_to_save(network)) | set(fresh_modules)),
             num_components=arguments["num_components"], sample_scaler=arguments["sample_scaler"],
             kl_weight=arguments["kl_weight"])
         model = MonteCLoRAModel(network, config)
@@ -163,7 +168,8 @@ def run_train(args, parser_defaults: dict) -> int:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again "
                          f"with --overwrite")
     device = resolve_device(args.device)
-    splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data)
+    splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data,
+                                     optional_unlabelled=("test",))
     if arguments["max_train_samples"]:
         splits["train"] = splits["train"].subset(arguments["max_train_samples"])
     model_path = resolve_model_path(arguments["model"])
@@ -186,10 +192,13 @@ def run_train(args, parser_defaults: dict) -> int:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
         pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
-        network = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=len(label_names), trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as error:
+        network, loading = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=len(label_names), trust_remote_code=args.trust_remote_code,
+            use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as error:
         raise UsageError(f"--model {arguments['model'] or model_path}: {error}".splitlines()[0]) from None
+    # weights the checkpoint lacks are newly initialised: train (and save) them with the head
+    fresh_modules = sorted({key.rsplit(".", 1)[0] for key in loading.get("missing_keys", [])})
     limit = getattr(network.config, "max_position_embeddings", None)
     if limit and max_length > limit:
         raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
@@ -207,7 +216,7 @@ def run_train(args, parser_defaults: dict) -> int:
             raise UsageError(f"--resume: {error}") from None
         guide = model.guide
     else:
-        model, guide = build_model(arguments["method"], network, arguments)
+        model, guide = build_model(arguments["method"], network, arguments, fresh_modules)
     # everything is validated: from here on the output folder is written
     if not args.resume and output.exists():
         shutil.rmtree(output)
@@ -219,7 +228,7 @@ def run_train(args, parser_defaults: dict) -> int:
             "arguments": arguments, "data": data_spec, "model_path": model_path,
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "pyro": pyro.__version__, "transformers": transformers.__version__},
-            "command": " ".join(["pyro-monteclora"] + sys.argv[1:])})
+            "command": " ".join(["pyro-monteclora"] + args.command_line)})
 
     batch_size, seed = arguments["batch_size"], arguments["seed"]
     train_loader = classification_loader(splits["train"], tokenizer, batch_size, max_length,
