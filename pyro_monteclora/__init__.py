@@ -6,10 +6,14 @@ The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
 * :class:`MonteCLoRAModel` -- a ``PyroModule`` whose ``forward`` is the Pyro model;
 * :class:`MonteCLoRAGuide` -- the paper's structured variational family (or ``mode="lora"``);
 * :class:`SequenceClassification`, :class:`CausalLM` -- likelihoods;
+* :class:`FullFineTuneModel` -- the full fine-tuning baseline through the same code;
 * :func:`fit` and :func:`predict` -- SVI and the streaming posterior predictive, conveniences over
-  ``pyro.infer`` objects that work on the model and guide as they are.
+  ``pyro.infer`` objects that work on the model and guide as they are;
+* ``save_pretrained`` / ``from_pretrained`` / ``export_peft`` on the model (safetensors + JSON),
+  and the ``pyro-monteclora`` command (:mod:`pyro_monteclora.cli`).
 """
 
+from .baselines import FullFineTuneModel
 from .config import MonteCLoRAConfig
 from .elbo import MonteCLoRAELBO
 from .distributions import StandardNormalMatrix, WishartCholesky, wishart_kl
@@ -27,6 +31,7 @@ __all__ = [
     "MonteCLoRAConfig",
     "MonteCLoRAModel",
     "MonteCLoRAGuide",
+    "FullFineTuneModel",
     "MonteCLoRAELBO",
     "FactorPosterior",
     "MonteCLoRALinear",

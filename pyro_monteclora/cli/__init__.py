@@ -23,6 +23,8 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 
 def build_parser() -> OneLineParser:
+    """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate`` and ``predict``
+    sub-commands (the CLI reference in the docs is generated from it)."""
     from .evaluate import add_evaluate_parser
     from .predict import add_predict_parser
     from .train import add_train_parser
@@ -72,5 +74,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
-def console_main() -> None:  # the console-script entry point
+def console_main() -> None:
+    """The console-script entry point: :func:`main` with ``sys.argv``, then exit with its status."""
     sys.exit(main())

@@ -24,6 +24,7 @@ UNITS = ("accuracy, ece and error_auroc are fractions in [0, 1], not percent; nl
 
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` sub-command and its options."""
     parser = subparsers.add_parser(
         "evaluate", help="posterior-predictive metrics, a reliability diagram and per-example output",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -42,6 +43,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``evaluate`` and ``predict``: the checkpoint, S, batch size, seed, device."""
     parser.add_argument("--checkpoint", required=True,
                         help="a run folder from `train`, or a folder written by save_pretrained")
     parser.add_argument("--num-samples", type=int, default=None,
@@ -86,6 +88,7 @@ def load_for_inference(args):
 
 
 def open_model(directory: Path, record: dict, args, device):
+    """Load the checkpoint's model (with ``model.guide``) and tokenizer; errors become exit 2."""
     from transformers import AutoTokenizer
 
     from ..serialization import CheckpointError, load_pretrained
@@ -130,6 +133,7 @@ def prediction_rows(data, output, label_names):
 
 
 def default_samples(record: dict, requested):
+    """``requested``, else 10 for a MonteCLoRA guide and 0 (the mean adapter) otherwise."""
     if requested is not None:
         return requested
     guide = record.get("guide") or {}
@@ -137,6 +141,7 @@ def default_samples(record: dict, requested):
 
 
 def run_evaluate(args, parser_defaults: dict) -> int:
+    """Validate, run the posterior predictive, write the three result files; returns 0."""
     check_number("--ece-bins", args.ece_bins, minimum=1, maximum=1000, integer=True)
     check_number("--max-samples", args.max_samples, minimum=1, integer=True)
     directory, record, device = load_for_inference(args)

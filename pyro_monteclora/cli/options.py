@@ -62,6 +62,7 @@ def check_number(name: str, value, minimum=None, maximum=None, integer: bool = F
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--trust-remote-code`` and ``--device``."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None,
                        help="HF model folder or hub name (default: the packaged all-MiniLM-L6-v2)")
@@ -72,6 +73,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> None:
+    """The data source options, with a ``--<split>-file`` for each of ``splits``."""
     group = parser.add_argument_group("data (default: --task rotten-tomatoes)")
     group.add_argument("--task", default=None, choices=TASKS,
                        help="a built-in offline task: the 12,808 Rotten Tomatoes critic sentences, "
@@ -90,6 +92,7 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
 
 
 def add_adapter_options(parser: argparse.ArgumentParser) -> None:
+    """``--method`` and the adapter and prior hyper-parameters."""
     group = parser.add_argument_group("method and adapters")
     group.add_argument("--method", default="monteclora", choices=METHODS,
                        help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning")
@@ -105,6 +108,7 @@ def add_adapter_options(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str):
+    """``auto``/``cpu``/``cuda`` as a ``torch.device``; ``cuda`` without CUDA is a usage error."""
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
@@ -132,6 +136,7 @@ def resolve_model_path(name: Optional[str]) -> str:
 
 
 def default_target_modules(network) -> List[str]:
+    """The layers adapted by default for the network's ``model_type`` (query/value for BERT)."""
     model_type = getattr(getattr(network, "config", None), "model_type", None)
     if model_type not in TARGETS_BY_MODEL_TYPE:
         raise UsageError(f"--target-modules: no default for model type {model_type!r}; "

@@ -20,6 +20,7 @@ __all__ = ["add_predict_parser", "run_predict"]
 
 
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``predict`` sub-command and its options."""
     parser = subparsers.add_parser(
         "predict", help="predict labels and uncertainty for new texts (JSON lines)",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -65,6 +66,7 @@ def _read_texts(args):
 
 
 def run_predict(args, parser_defaults: dict) -> int:
+    """Validate, predict, and write one JSON line per text; returns 0."""
     directory, record, device = load_for_inference(args)
     if args.output != "-":
         output = Path(args.output)

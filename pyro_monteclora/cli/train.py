@@ -37,6 +37,7 @@ TRAIN_DEFAULTS = {"learning_rate": 1e-3, "full_learning_rate": 5e-5, "batch_size
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` sub-command and its options."""
     parser = subparsers.add_parser(
         "train", help="fine-tune a model (MonteCLoRA, LoRA or full) and checkpoint every epoch",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -155,6 +156,7 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
 
 
 def run_train(args, parser_defaults: dict) -> int:
+    """Validate everything, then train (or resume) and checkpoint every epoch; returns 0."""
     _check_arguments(args)
     arguments, recorded_data = _prepare_output(args, parser_defaults)
     data_args = argparse.Namespace(**{**vars(args), **arguments})
