@@ -83,7 +83,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         progress: bool = True, desc: str = "SVI", log_every: int = 10,
         validate_args: bool = False,
         on_epoch_end: Optional[Callable[[TrainingState], None]] = None,
-        resume: Optional[TrainingState] = None) -> FitResult:
+        resume: Optional[TrainingState] = None, skip_nonfinite: bool = False) -> FitResult:
     """Train ``model`` and ``guide`` with SVI (AdamW, linear warm-up and decay, clipping).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel`.
@@ -117,6 +117,9 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     :param resume: a :class:`~pyro_monteclora.training_state.TrainingState` from an earlier call
         with the same arguments: training continues after its epoch with the same optimiser
         moments, schedule, random state and history, and ends where an uninterrupted run ends.
+
+    :param bool skip_nonfinite: on a NaN or infinite loss, skip that step (no update; recorded with
+        ``"skipped": True`` and a NaN loss) instead of raising :class:`FloatingPointError`.
 
     If ``train_loader.sampler`` has ``set_epoch`` (as :func:`~pyro_monteclora.data.classification_loader`'s
     and ``DistributedSampler`` do), it is called at the start of every epoch, so the data order
@@ -202,10 +205,14 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         with kl_scale(kl_factor):
             value = loss_module(**batch) / dataset_size
         if not torch.isfinite(value):
-            raise FloatingPointError(
-                f"fit(): the loss is {value.item()} at step {step} (epoch {epoch}); "
-                f"lower the learning rate or check the data"
-            )
+            if not skip_nonfinite:
+                raise FloatingPointError(
+                    f"fit(): the loss is {value.item()} at step {step} (epoch {epoch}); "
+                    f"lower the learning rate or check the data"
+                )
+            scheduler.step()  # the step is skipped, the schedule goes on
+            return {"step": step, "loss": float("nan"), "kl": None, "nll": None,
+                    "kl_factor": kl_factor, "lr": scheduler.get_last_lr()[0], "skipped": True}
         value.backward()
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
@@ -240,7 +247,8 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                         break
                     record = take_step(batch, step, epoch)
                     result.steps.append(record)
-                    epoch_losses.append(record["loss"])
+                    if not record.get("skipped"):
+                        epoch_losses.append(record["loss"])
                     step += 1
                     if bar is not None:
                         bar.update(1)

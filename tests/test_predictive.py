@@ -72,3 +72,26 @@ def test_predict_restores_training_mode_and_validates_input():
     lm = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="sequence-classification"):
         predict(lm, MonteCLoRAGuide(lm), loader(1))
+
+
+@pytest.mark.parametrize("scaler", [0.0, 1e4])
+def test_extreme_sample_scalers_behave_as_documented(scaler):
+    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+    from conftest import classification_batch, tiny_bert_classifier
+
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, sample_scaler=scaler))
+    guide = MonteCLoRAGuide(model)
+    with torch.no_grad():
+        for adapter in model.adapters().values():
+            adapter.lora_B.normal_()
+    batches = [classification_batch()]
+    sampled = predict(model, guide, batches, num_samples=4)
+    mean = predict(model, guide, batches, num_samples=0)
+    assert torch.isfinite(sampled.probs).all()
+    if scaler == 0:
+        assert torch.allclose(sampled.probs, mean.probs, atol=1e-6)
+        assert sampled.mutual_information.max() < 1e-6
+    else:  # noise swamps M: still proper distributions with finite uncertainties
+        assert torch.allclose(sampled.probs.sum(-1), torch.ones(8, dtype=sampled.probs.dtype))
+        assert torch.isfinite(sampled.predictive_entropy).all()
+        assert torch.isfinite(sampled.mutual_information).all()

@@ -134,3 +134,22 @@ def test_bad_settings_fail_before_any_step(kwargs, field):
     with pytest.raises(ValueError, match=field):
         fit(model, guide, train, progress=False, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def _poison_after_first_epoch(model):
+    def poison(state):
+        with torch.no_grad():
+            model.network.classifier.weight.fill_(float("inf"))
+    return poison
+
+
+def test_a_non_finite_loss_names_the_step_or_is_skipped_when_asked():
+    model, guide = make()
+    train, _ = loaders(train_size=32)
+    with pytest.raises(FloatingPointError, match=r"at step 2 \(epoch 1\)"):
+        fit(model, guide, train, epochs=2, progress=False, on_epoch_end=_poison_after_first_epoch(model))
+    model, guide = make()
+    result = fit(model, guide, train, epochs=2, progress=False, skip_nonfinite=True,
+                 on_epoch_end=_poison_after_first_epoch(model))
+    assert [bool(s.get("skipped")) for s in result.steps] == [False, False, True, True]
+    assert result.steps[-1]["lr"] == 0.0  # the schedule went on through the skipped steps

@@ -18,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from .options import OneLineParser, UsageError
+from .train import TrainingFault
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -68,6 +69,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             message = f"pyro-monteclora{' ' + command if command else ''}: error: {message}"
         print(message, file=sys.stderr)
         return 2
+    except TrainingFault as error:
+        print(f"pyro-monteclora train: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pyro-monteclora: interrupted; `train --resume --output DIR` continues from the last "
               "finished epoch", file=sys.stderr)

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (UsageError, add_data_options, check_number, existing_output, resolve_data,
-                      resolve_device)
+from .options import (UsageError, add_data_options, check_number, check_writable, existing_output,
+                      resolve_data, resolve_device)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
            "prediction_rows", "UNITS"]
@@ -149,6 +149,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     output = Path(args.output) if args.output else run_folder / "evaluation"
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} exists and is not a folder")
+    check_writable(output, "--output")
     if existing_output(output):
         if not args.overwrite:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace its results")

@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
-           "default_target_modules", "default_modules_to_save", "resolve_device", "TASKS",
+           "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
+           "existing_output", "TASKS",
            "METHODS"]
 
 TASKS = ("rotten-tomatoes",)
@@ -240,6 +241,18 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
         raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --task / --dataset)")
     spec["label_names"] = list(splits[needed[0]].label_names)
     return splits, spec
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Raise :class:`UsageError` unless ``path`` could be created: its nearest existing ancestor
+    must be a writable folder."""
+    ancestor = Path(os.path.abspath(path))
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if ancestor != Path(os.path.abspath(path)) and not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is a file, so no folder can be made there")
+    if not os.access(ancestor, os.W_OK):
+        raise UsageError(f"{option} {path}: {ancestor} is not writable")
 
 
 def existing_output(path: Path) -> bool:

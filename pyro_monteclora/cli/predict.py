@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .evaluate import add_inference_options, default_samples, load_for_inference, open_model, prediction_rows
-from .options import UsageError
+from .options import UsageError, check_writable
 
 __all__ = ["add_predict_parser", "run_predict"]
 
@@ -74,6 +74,7 @@ def run_predict(args, parser_defaults: dict) -> int:
             raise UsageError(f"--output {output} is a folder; give a file name")
         if output.exists() and not args.overwrite:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace it")
+        check_writable(output, "--output")
     metadata = record.get("metadata", {})
     data = _read_texts(args)
     label_names = (metadata.get("data") or {}).get("label_names") or [

@@ -19,12 +19,18 @@ import time
 from pathlib import Path
 
 from .options import (UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_number, default_modules_to_save, default_target_modules,
+                      check_number, check_writable, default_modules_to_save, default_target_modules,
                       existing_output, resolve_data, resolve_device, resolve_model_path)
 
-__all__ = ["add_train_parser", "run_train", "TRAIN_DEFAULTS"]
+__all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
 RUN_FILE = "run.json"
+
+
+class TrainingFault(Exception):
+    """Training stopped on a numerical fault (exit status 1, one line naming the step and the
+    last good checkpoint)."""
+
 CHECKPOINT_DIR = "checkpoint"
 #: options that define a run; ``--resume`` refuses a command line that changes one of them
 RUN_OPTIONS = ("method", "model", "task", "split_seed", "train_file", "validation_file", "test_file",
@@ -58,6 +64,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--eval-num-samples", type=int, default=0,
                        help="posterior samples for the per-epoch validation (0: mean adapter)")
     group.add_argument("--no-validation", action="store_true", help="skip the per-epoch validation")
+    group.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip a step whose loss is NaN or infinite instead of stopping")
     group = parser.add_argument_group("output")
     group.add_argument("--output", required=True, help="run folder")
     group.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -93,6 +101,7 @@ def _prepare_output(args, parser_defaults: dict):
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} exists and is not a folder")
+    check_writable(output, "--output")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if args.resume:
@@ -249,11 +258,20 @@ def run_train(args, parser_defaults: dict) -> int:
           f"examples, {len(label_names)} labels, {model.num_trainable_parameters():,} trainable "
           f"parameters, device {device}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    result = fit(model, guide, train_loader, epochs=arguments["epochs"],
-                 learning_rate=learning_rate, weight_decay=arguments["weight_decay"],
-                 warmup_ratio=arguments["warmup_ratio"], eval_loader=eval_loader,
-                 eval_num_samples=arguments["eval_num_samples"], seed=seed, device=device,
-                 desc=arguments["method"], on_epoch_end=on_epoch_end, resume=resume_state)
+    try:
+        result = fit(model, guide, train_loader, epochs=arguments["epochs"],
+                     learning_rate=learning_rate, weight_decay=arguments["weight_decay"],
+                     warmup_ratio=arguments["warmup_ratio"], eval_loader=eval_loader,
+                     eval_num_samples=arguments["eval_num_samples"], seed=seed, device=device,
+                     desc=arguments["method"], on_epoch_end=on_epoch_end, resume=resume_state,
+                     skip_nonfinite=args.skip_nonfinite)
+    except FloatingPointError as error:
+        last = _latest_checkpoint(output)
+        where = (f"the last good checkpoint is {last} (epoch "
+                 f"{json.loads((last / 'training_state.json').read_text())['epoch']}); "
+                 f"continue from it with --resume --skip-nonfinite" if last
+                 else "no epoch finished, so there is no checkpoint yet")
+        raise TrainingFault(f"{error}; {where}") from None
     atomic_write_json(output / "train_summary.json", {
         "method": arguments["method"], "learning_rate": learning_rate, "epochs": result.epochs,
         "train_seconds": result.train_seconds,
