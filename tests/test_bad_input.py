@@ -160,3 +160,37 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(model_dir, data_dir,
         assert err.startswith("pyro-monteclora") and "\n" not in err, (name, err)
         assert snapshot(tmp_path) == before, name
     assert not (tmp_path / "out").exists()
+
+
+def test_paths_inside_a_checkpoint_never_become_places_to_write(model_dir, data_dir, tmp_path):
+    """A checkpoint whose JSON points its model and data elsewhere: the run reads what it names,
+    and writes only into --output."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
+                 "--test-file", str(data_dir / "test.jsonl"), "--epochs", "1", "--max-length", "16",
+                 "--output", str(run)]) == 0
+    config_path = run / "checkpoint" / "monteclora_config.json"
+    record = json.loads(config_path.read_text())
+    record["metadata"]["data"]["files"]["test"] = str(tmp_path / ".." / "elsewhere" / "test.jsonl")
+    record["metadata"]["model_path"] = str(tmp_path / "evil-model")
+    config_path.write_text(json.dumps(record))
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--checkpoint", str(run), "--output", str(out)]) == 2  # no such data
+    assert main(["evaluate", "--checkpoint", str(run), "--output", str(out),
+                 "--test-file", str(data_dir / "test.jsonl")]) == 2  # no such model folder
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path.parent / "elsewhere").exists() and not (tmp_path / "evil-model").exists()
+
+
+def test_remote_code_is_off_unless_asked_for():
+    import inspect
+
+    from pyro_monteclora.cli import build_parser
+
+    parser = build_parser()
+    for command in ("train", "evaluate", "predict"):
+        args = parser.parse_args([command, "--output", "x"] if command == "train"
+                                 else [command, "--checkpoint", "x"])
+        assert args.trust_remote_code is False, command
+    assert inspect.signature(load_pretrained).parameters["trust_remote_code"].default is False
