@@ -10,7 +10,9 @@ For each example, with :math:`S` adapters :math:`A^{(s)} \\sim q` drawn from the
     + \\underbrace{I(y; A \\mid x)}_{\\text{mutual information (epistemic)}}.
 
 The sums are accumulated batch by batch and sample by sample, so memory does not grow with
-:math:`S`. :math:`S = 0` uses the mean adapter :math:`A = M` (plain LoRA cost); then the mutual
+:math:`S`, and in float64: the mutual information is a small difference of two entropies
+(often :math:`10^{-4}` nats or less), which float32 arithmetic would round away; the results are
+returned as float32. :math:`S = 0` uses the mean adapter :math:`A = M` (plain LoRA cost); then the mutual
 information is 0. Each draw is a full forward pass of the network under
 ``poutine.replay(model, guide_trace)``, the same mechanism as ``pyro.infer.Predictive``.
 """
@@ -97,13 +99,13 @@ def predict(model: MonteCLoRAModel, guide, loader: Iterable[dict], num_samples: 
             batch.pop("example_index", None)
             if use_mean:
                 with model.mean_adapters():
-                    probs = model(**batch).float().softmax(-1)
+                    probs = model(**batch).double().softmax(-1)
                 mean_probs, expected = probs, entropy(probs)
             else:
                 mean_probs = expected = 0.0
                 for _ in range(num_samples):
                     guide_trace = poutine.trace(guide).get_trace(**batch)
-                    probs = poutine.replay(model, trace=guide_trace)(**batch).float().softmax(-1)
+                    probs = poutine.replay(model, trace=guide_trace)(**batch).double().softmax(-1)
                     mean_probs = mean_probs + probs / num_samples
                     expected = expected + entropy(probs) / num_samples
             rows["probs"].append(mean_probs.cpu())
@@ -117,8 +119,8 @@ def predict(model: MonteCLoRAModel, guide, loader: Iterable[dict], num_samples: 
         raise ValueError("predict() got an empty loader")
     out = {k: torch.cat(v) for k, v in rows.items() if v}
     mutual_information = (out["predictive_entropy"] - out["expected_entropy"]).clamp_min(0.0)
-    return PredictiveOutput(
-        probs=out["probs"], predictive_entropy=out["predictive_entropy"],
-        expected_entropy=out["expected_entropy"], mutual_information=mutual_information,
+    return PredictiveOutput(  # float32 out, as the model's logits; the differences were taken in float64
+        probs=out["probs"].float(), predictive_entropy=out["predictive_entropy"].float(),
+        expected_entropy=out["expected_entropy"].float(), mutual_information=mutual_information.float(),
         labels=out.get("labels"),
     )

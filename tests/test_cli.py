@@ -66,7 +66,7 @@ def train_args(model_dir, data_dir, output, *extra):
 
 def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(train_args(model_dir, data_dir, run, "--epochs", "2")) == 0
+    assert main(train_args(model_dir, data_dir, run, "--epochs", "2", "--sample-scaler", "0.2")) == 0
     recorded = json.loads((run / "run.json").read_text())
     assert recorded["data"]["label_names"] == ["neg", "pos"]
     summary = json.loads((run / "train_summary.json").read_text())
