@@ -26,28 +26,40 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_directory", "finite_or_none",
+__all__ = ["atomic_file", "atomic_write_text", "atomic_write_json", "atomic_directory", "finite_or_none",
            "replace_directory"]
 
 PathLike = Union[str, os.PathLike]
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``."""
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; when the block ends without an exception the
+    file there is made readable (0644) and renamed to ``path``, otherwise it is deleted.
+
+    Every file this library writes goes through here (JSON, PNG, safetensors).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
+        yield Path(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600 files
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_file`, flushed to disk."""
+    with atomic_file(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
 
 
 def finite_or_none(value):

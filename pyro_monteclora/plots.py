@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Union
+
+from .atomic import atomic_file
 
 __all__ = ["plot_reliability_diagram"]
 
@@ -127,16 +128,6 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
     if title:
         figure.suptitle(title)
 
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=120)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600 files
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
     return path

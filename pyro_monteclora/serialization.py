@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write_json
+from .atomic import atomic_file, atomic_write_json
 
 __all__ = ["save_pretrained", "load_pretrained", "read_saved_config", "export_peft",
            "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError"]
@@ -112,10 +112,8 @@ def save_pretrained(model, directory: Union[str, os.PathLike], guide=None,
         "tensors": {name: list(t.shape) for name, t in tensors.items()},
         "metadata": metadata or {},
     }
-    temporary = directory / f".{WEIGHTS_NAME}.tmp"
-    save_file(tensors, str(temporary), metadata={"format": "pt"})
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, directory / WEIGHTS_NAME)
+    with atomic_file(directory / WEIGHTS_NAME) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
     atomic_write_json(directory / CONFIG_NAME, record)
     return directory
 
@@ -273,9 +271,7 @@ def export_peft(model, directory: Union[str, os.PathLike],
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / ".adapter_model.safetensors.tmp"
-    save_file(tensors, str(temporary), metadata={"format": "pt"})
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, directory / "adapter_model.safetensors")
+    with atomic_file(directory / "adapter_model.safetensors") as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
     atomic_write_json(directory / "adapter_config.json", peft_config)
     return directory

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .atomic import atomic_write_json
+from .atomic import atomic_file, atomic_write_json
 
 __all__ = ["TrainingState", "save_training_state", "load_training_state", "capture_rng_state",
            "restore_rng_state", "STATE_TENSORS", "STATE_JSON"]
@@ -110,10 +110,8 @@ def save_training_state(directory: Union[str, os.PathLike], state: TrainingState
                 "cuda_devices": len(state.rng.get("cuda", []))},
         "history": state.history,
     }
-    temporary = directory / f".{STATE_TENSORS}.tmp"
-    save_file(tensors, str(temporary))
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, directory / STATE_TENSORS)
+    with atomic_file(directory / STATE_TENSORS) as temporary:
+        save_file(tensors, str(temporary))
     atomic_write_json(directory / STATE_JSON, record)
 
 

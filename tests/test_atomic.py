@@ -2,7 +2,8 @@
 
 import pytest
 
-from pyro_monteclora.atomic import atomic_directory, atomic_write_json, finite_or_none, replace_directory
+from pyro_monteclora.atomic import (atomic_directory, atomic_file, atomic_write_json, finite_or_none,
+                                    replace_directory)
 
 
 def test_a_failed_directory_write_leaves_the_old_one(tmp_path):
@@ -43,3 +44,16 @@ def test_json_is_strict(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"auroc": float("nan")})
     assert (tmp_path / "m.json").read_text() == '{\n  "auroc": null\n}\n'
     assert finite_or_none([float("-inf"), 1.5]) == [None, 1.5]
+
+
+def test_a_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as temporary:
+            temporary.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [target.name]
+    with atomic_file(target) as temporary:
+        temporary.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and oct(target.stat().st_mode & 0o777) == "0o644"

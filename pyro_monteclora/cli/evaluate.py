@@ -17,7 +17,7 @@ from .options import (UsageError, add_data_options, check_number, check_writable
                       resolve_data, resolve_device)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
-           "prediction_rows", "UNITS"]
+           "prediction_rows", "recorded_label_names", "UNITS"]
 
 UNITS = ("accuracy, ece and error_auroc are fractions in [0, 1], not percent; nll, entropies and "
          "mutual information are in nats; brier is in [0, 2]")
@@ -69,7 +69,10 @@ def find_checkpoint(path: str) -> Path:
 
 
 def load_for_inference(args):
-    """``(model, guide, tokenizer, record)`` of ``--checkpoint``, after validating the options."""
+    """Validate the inference options and read ``--checkpoint``'s JSON record (no weights yet).
+
+    :returns: ``(checkpoint folder, record, torch device)``; :func:`open_model` loads the weights.
+    """
     from ..serialization import CheckpointError, read_saved_config
 
     check_number("--num-samples", args.num_samples, minimum=0, integer=True)
@@ -132,6 +135,12 @@ def prediction_rows(data, output, label_names):
         yield row
 
 
+def recorded_label_names(record: dict) -> list:
+    """The label set the checkpoint was trained with (``"0"`` .. ``"K-1"`` if it has none)."""
+    names = ((record.get("metadata") or {}).get("data") or {}).get("label_names")
+    return list(names) if names else [str(i) for i in range(record["base_model"]["num_labels"])]
+
+
 def default_samples(record: dict, requested):
     """``requested``, else 10 for a MonteCLoRA guide and 0 (the mean adapter) otherwise."""
     if requested is not None:
@@ -157,9 +166,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
             raise UsageError(f"--overwrite: {output} holds no earlier evaluation (no metrics.json); "
                              f"refusing to replace it")
     metadata = record.get("metadata", {})
-    label_names = (metadata.get("data") or {}).get("label_names")
-    if label_names is None:
-        label_names = [str(i) for i in range(record["base_model"]["num_labels"])]
+    label_names = recorded_label_names(record)
     if args.split != "test" and args.test_file:
         raise UsageError("--split names a split of the recorded data, --task or --dataset; "
                          "with --test-file leave it out")

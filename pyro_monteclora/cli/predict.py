@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from .evaluate import add_inference_options, default_samples, load_for_inference, open_model, prediction_rows
+from .evaluate import (add_inference_options, default_samples, load_for_inference, open_model,
+                       prediction_rows, recorded_label_names)
 from .options import UsageError, check_writable
 
 __all__ = ["add_predict_parser", "run_predict"]
@@ -77,8 +78,7 @@ def run_predict(args, parser_defaults: dict) -> int:
         check_writable(output, "--output")
     metadata = record.get("metadata", {})
     data = _read_texts(args)
-    label_names = (metadata.get("data") or {}).get("label_names") or [
-        str(i) for i in range(record["base_model"]["num_labels"])]
+    label_names = recorded_label_names(record)
     model, guide, tokenizer = open_model(directory, record, args, device)
 
     import pyro
