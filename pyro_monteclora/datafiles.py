@@ -23,11 +23,11 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .data import TextClassificationData
 
-__all__ = ["DataError", "read_records", "load_classification_file", "infer_label_names",
+__all__ = ["DataError", "read_records", "read_located_records", "load_classification_file", "infer_label_names",
            "records_to_classification", "load_hub_records", "hub_split_names", "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
@@ -56,6 +56,13 @@ def _read_text(path: Path) -> str:
 def read_records(path: PathLike) -> List[dict]:
     """The rows of a csv/tsv (header row), json (a list of objects, or an object of columns),
     jsonl (one object per line) or parquet file, as dictionaries."""
+    return [row for _, row in read_located_records(path)]
+
+
+def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
+    """:func:`read_records` with each row's place in the file, for error messages:
+    ``"line N"`` in jsonl, csv and tsv files (for csv, the line where the row ends), ``"record N"``
+    in json and parquet files."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -71,15 +78,19 @@ def read_records(path: PathLike) -> List[dict]:
             rows = parquet.read_table(path).to_pylist()
         except Exception as error:  # pyarrow raises its own error types
             raise DataError(f"{path} is not a readable parquet file ({error})") from None
+        places = [f"record {i}" for i in range(1, len(rows) + 1)]
     elif suffix in (".csv", ".tsv"):
         reader = csv.DictReader(io.StringIO(_read_text(path), newline=""),
                                 delimiter="\t" if suffix == ".tsv" else ",")
         try:
-            rows = [dict(row) for row in reader]
+            rows, places = [], []
+            for row in reader:
+                places.append(f"line {reader.line_num}")
+                rows.append(dict(row))
         except csv.Error as error:
             raise DataError(f"{path} line {reader.line_num} is not valid {suffix[1:]}: {error}") from None
     elif suffix == ".jsonl":
-        rows = []
+        rows, places = [], []
         for number, line in enumerate(_read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
@@ -90,6 +101,7 @@ def read_records(path: PathLike) -> List[dict]:
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {number} is not a JSON object")
             rows.append(row)
+            places.append(f"line {number}")
     else:
         try:
             value = json.loads(_read_text(path))
@@ -105,9 +117,10 @@ def read_records(path: PathLike) -> List[dict]:
             rows = value
         else:
             raise DataError(f"{path}: expected a list of objects or an object of equal-length lists")
+        places = [f"record {i}" for i in range(1, len(rows) + 1)]
     if not rows:
         raise DataError(f"{path} has no rows")
-    return rows
+    return list(zip(places, rows))
 
 
 def _is_integer_label(value) -> bool:

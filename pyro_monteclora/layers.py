@@ -156,12 +156,31 @@ class MonteCLoRALinear(nn.Module):
         return self.lora_A_mean, self.lora_B
 
     # -- computation -------------------------------------------------------------------------------
+    def hold_factors(self, A: torch.Tensor, B: torch.Tensor) -> None:
+        """Use ``(A, B)`` for the next forward passes (until :meth:`clear_factors`).
+
+        ``A`` may be a stack ``(S, r, d_in)`` of :math:`S` draws (and ``B`` ``(S, d_out, r)`` or
+        shared): the input's leading (batch) dimension is then read as :math:`S` equal groups of
+        rows, sample-major, and group :math:`k` uses draw :math:`k`. This is how
+        :meth:`~pyro_monteclora.MonteCLoRAModel.stacked_adapters` runs :math:`S` adapters in one
+        batched pass (generation).
+        """
+        self._factors = (A, B)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         A, B = self.factors()
         with torch.autocast(device_type=x.device.type, enabled=False):
             hidden = self.dropout(x).float()
-            update = F.linear(F.linear(hidden, A.float()), B.float()) * self.scaling
+            if A.dim() == 3:  # S stacked draws: rows of x in S sample-major groups
+                if hidden.shape[0] % A.shape[0]:
+                    raise ValueError(f"{self.path}: a batch of {hidden.shape[0]} rows cannot be split "
+                                     f"among {A.shape[0]} stacked adapter samples")
+                grouped = hidden.reshape(A.shape[0], -1, hidden.shape[-1])
+                update = (grouped @ A.float().mT @ B.float().mT).reshape(*hidden.shape[:-1], -1)
+                update = update * self.scaling
+            else:
+                update = F.linear(F.linear(hidden, A.float()), B.float()) * self.scaling
         return result + update.to(result.dtype)
 
 

@@ -23,6 +23,8 @@ __all__ = [
     "brier_score",
     "auroc",
     "reliability_curve",
+    "confidence_reliability_curve",
+    "confidence_metrics",
     "classification_metrics",
 ]
 
@@ -63,10 +65,20 @@ def reliability_curve(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15)
     takes 0). Empty bins report ``None`` for confidence and accuracy.
     """
     _check(probs, labels)
+    confidence, predicted = probs.double().max(-1)
+    return confidence_reliability_curve(confidence, predicted == labels, bins)
+
+
+def confidence_reliability_curve(confidence: torch.Tensor, correct: torch.Tensor,
+                                 bins: int = 15) -> Dict[str, list]:
+    """:func:`reliability_curve` for any confidence in ``[0, 1]`` attached to a right/wrong
+    outcome (for example the agreement rate of sampled generations)."""
     if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
         raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
-    confidence, predicted = probs.double().max(-1)
-    correct = (predicted == labels).double()
+    confidence, correct = confidence.double().flatten(), correct.double().flatten()
+    if confidence.shape != correct.shape or confidence.numel() == 0:
+        raise ValueError(f"confidence and correct must be non-empty and of one length, got "
+                         f"{tuple(confidence.shape)} and {tuple(correct.shape)}")
     index = (confidence * bins).ceil().long().clamp(1, bins) - 1
     counts, conf, acc = [], [], []
     for b in range(bins):
@@ -79,14 +91,34 @@ def reliability_curve(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15)
     return {"edges": edges, "count": counts, "confidence": conf, "accuracy": acc}
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """:math:`\\sum_b \\frac{|B_b|}{n} \\lvert \\operatorname{acc}(B_b) - \\operatorname{conf}(B_b) \\rvert`."""
-    curve = reliability_curve(probs, labels, bins)
+def _curve_error(curve: Dict[str, list]) -> float:
     n = sum(curve["count"])
     return sum(
         count / n * abs(a - c)
         for count, a, c in zip(curve["count"], curve["accuracy"], curve["confidence"]) if count
     )
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """:math:`\\sum_b \\frac{|B_b|}{n} \\lvert \\operatorname{acc}(B_b) - \\operatorname{conf}(B_b) \\rvert`."""
+    return _curve_error(reliability_curve(probs, labels, bins))
+
+
+def confidence_metrics(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> Dict[str, float]:
+    """How well a confidence in ``[0, 1]`` predicts being right: ``accuracy`` (fraction right),
+    ``mean_confidence``, ``ece``, ``brier`` (:math:`\\frac1n\\sum_i (c_i - [\\text{right}_i])^2`, in
+    ``[0, 1]``) and ``auroc`` (of the confidence for telling right from wrong; ``nan`` if all
+    are right or all wrong).
+
+    >>> m = confidence_metrics(torch.tensor([1.0, 0.5, 0.5, 1.0]), torch.tensor([True, False, True, True]))
+    >>> m["accuracy"], m["brier"], round(m["ece"], 4), m["auroc"]
+    (0.75, 0.125, 0.0, 0.8333333333333334)
+    """
+    curve = confidence_reliability_curve(confidence, correct, bins)
+    confidence, right = confidence.double().flatten(), correct.double().flatten()
+    return {"accuracy": right.mean().item(), "mean_confidence": confidence.mean().item(),
+            "ece": _curve_error(curve), "brier": (confidence - right).pow(2).mean().item(),
+            "auroc": auroc(confidence, correct.bool())}
 
 
 def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:

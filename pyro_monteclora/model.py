@@ -24,6 +24,7 @@ from typing import Dict, Iterator, Optional, Union
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
@@ -257,6 +258,42 @@ class MonteCLoRAModel(HFPyroModel):
                     adapter.sample_factors()
             yield self.network
         finally:
+            for adapter in adapters:
+                adapter.clear_factors()
+
+    @contextlib.contextmanager
+    def stacked_adapters(self, guide, num_samples: int):
+        """Draw ``num_samples`` adapters from ``guide`` and hold them stacked for the context.
+
+        Inside it the wrapped network takes a batch of ``num_samples * b`` rows, sample-major
+        (``input_ids.repeat(num_samples, 1)``), and rows ``[k b, (k + 1) b)`` run with draw ``k``:
+        :math:`S` posterior samples in one batched pass, for example one ``generate`` call.
+        Yields the network.
+        """
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        if getattr(guide, "mode", None) == "lora":
+            raise ValueError("a guide in 'lora' mode holds no posterior to sample; use the mean "
+                             "adapter (mean_adapters(), or num_samples=0 in generate/predict)")
+        adapters = list(self.adapters().values())
+        draws = [[] for _ in adapters]
+        previous = self.adapter_mode
+        self.adapter_mode = "sample"
+        try:
+            for _ in range(num_samples):
+                guide_trace = poutine.trace(guide).get_trace()
+                with poutine.replay(trace=guide_trace):
+                    for adapter, sink in zip(adapters, draws):
+                        adapter.sample_factors()
+                        sink.append(adapter.factors())
+                        adapter.clear_factors()
+            for adapter, sink in zip(adapters, draws):
+                A = torch.stack([a for a, _ in sink])
+                B = torch.stack([b for _, b in sink]) if self.config.random_B else sink[0][1]
+                adapter.hold_factors(A, B)
+            yield self.network
+        finally:
+            self.adapter_mode = previous
             for adapter in adapters:
                 adapter.clear_factors()
 

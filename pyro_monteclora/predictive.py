@@ -20,14 +20,14 @@ information is 0. Each draw is a full forward pass of the network under
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from pyro import poutine
 
-from .model import MonteCLoRAModel
+from .model import HFPyroModel
 
-__all__ = ["predict", "PredictiveOutput", "entropy", "move_batch"]
+__all__ = ["predict", "posterior_predictive", "PredictiveOutput", "entropy", "move_batch"]
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -63,24 +63,28 @@ class PredictiveOutput:
         return self.probs.argmax(-1)
 
 
-@torch.no_grad()
-def predict(model: MonteCLoRAModel, guide, loader: Iterable[dict], num_samples: int = 10,
-            device=None, progress: bool = False) -> PredictiveOutput:
-    """Posterior predictive of a sequence classifier over every batch of ``loader``.
+ClassLogProbs = Callable[[Callable[..., torch.Tensor], dict], torch.Tensor]
 
-    :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` with a classification likelihood.
-    :param guide: its :class:`~pyro_monteclora.MonteCLoRAGuide` (or any guide of the same sites).
-    :param loader: batches as dictionaries of tensors (``labels`` optional).
+
+def _classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -> torch.Tensor:
+    return run_model(**batch).double().log_softmax(-1)
+
+
+@torch.no_grad()
+def posterior_predictive(model: HFPyroModel, guide, loader: Iterable[dict], class_log_probs: ClassLogProbs,
+                         num_samples: int = 10, device=None, progress: bool = False,
+                         desc: str = "predict") -> PredictiveOutput:
+    """The streaming posterior predictive over any discrete outcome.
+
+    :param class_log_probs: ``class_log_probs(run_model, batch)`` returns ``(n, K)`` log-probabilities
+        of the batch's ``n`` outcomes; ``run_model(**inputs)`` runs the model under the current
+        adapter draw and returns its logits. ``batch`` is the loader's batch without ``labels``.
+        Classes a row does not have get ``-inf``. :func:`predict` (classifiers) and
+        :func:`~pyro_monteclora.multiple_choice.predict_multiple_choice` are built on it.
     :param int num_samples: :math:`S \\ge 0` adapters per batch; 0 is the mean adapter.
-    :param device: where to run (default: where the model's parameters are).
-    :param bool progress: show a tqdm bar.
     """
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
         raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
-    if model.likelihood.task != "sequence-classification":
-        raise ValueError(
-            f"predict() needs a sequence-classification likelihood, got {model.likelihood.task!r}"
-        )
     if device is None:
         device = next(model.parameters()).device
     use_mean = num_samples == 0 or model.adapter_mode == "mean" or getattr(guide, "mode", "") == "lora"
@@ -91,7 +95,7 @@ def predict(model: MonteCLoRAModel, guide, loader: Iterable[dict], num_samples: 
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(loader, desc=f"predict S={num_samples}", leave=False)
+        iterator = tqdm(loader, desc=f"{desc} S={num_samples}", leave=False)
     try:
         for batch in iterator:
             batch = move_batch(batch, device)
@@ -99,13 +103,13 @@ def predict(model: MonteCLoRAModel, guide, loader: Iterable[dict], num_samples: 
             batch.pop("example_index", None)
             if use_mean:
                 with model.mean_adapters():
-                    probs = model(**batch).double().softmax(-1)
+                    probs = class_log_probs(model, batch).double().exp()
                 mean_probs, expected = probs, entropy(probs)
             else:
                 mean_probs = expected = 0.0
                 for _ in range(num_samples):
                     guide_trace = poutine.trace(guide).get_trace(**batch)
-                    probs = poutine.replay(model, trace=guide_trace)(**batch).double().softmax(-1)
+                    probs = class_log_probs(poutine.replay(model, trace=guide_trace), batch).double().exp()
                     mean_probs = mean_probs + probs / num_samples
                     expected = expected + entropy(probs) / num_samples
             rows["probs"].append(mean_probs.cpu())
@@ -116,7 +120,7 @@ def predict(model: MonteCLoRAModel, guide, loader: Iterable[dict], num_samples: 
     finally:
         model.train(was_training)
     if not rows["probs"]:
-        raise ValueError("predict() got an empty loader")
+        raise ValueError("the posterior predictive got an empty loader")
     out = {k: torch.cat(v) for k, v in rows.items() if v}
     mutual_information = (out["predictive_entropy"] - out["expected_entropy"]).clamp_min(0.0)
     return PredictiveOutput(  # float32 out, as the model's logits; the differences were taken in float64
@@ -124,3 +128,21 @@ def predict(model: MonteCLoRAModel, guide, loader: Iterable[dict], num_samples: 
         expected_entropy=out["expected_entropy"].float(), mutual_information=mutual_information.float(),
         labels=out.get("labels"),
     )
+
+
+def predict(model: HFPyroModel, guide, loader: Iterable[dict], num_samples: int = 10,
+            device=None, progress: bool = False) -> PredictiveOutput:
+    """Posterior predictive of a sequence classifier over every batch of ``loader``.
+
+    :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` with a classification likelihood.
+    :param guide: its :class:`~pyro_monteclora.MonteCLoRAGuide` (or any guide of the same sites).
+    :param loader: batches as dictionaries of tensors (``labels`` optional).
+    :param int num_samples: :math:`S \\ge 0` adapters per batch; 0 is the mean adapter.
+    :param device: where to run (default: where the model's parameters are).
+    :param bool progress: show a tqdm bar.
+    """
+    if model.likelihood.task != "sequence-classification":
+        raise ValueError(
+            f"predict() needs a sequence-classification likelihood, got {model.likelihood.task!r}"
+        )
+    return posterior_predictive(model, guide, loader, _classifier_log_probs, num_samples, device, progress)

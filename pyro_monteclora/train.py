@@ -31,7 +31,7 @@ from .model import MonteCLoRAModel
 from .predictive import move_batch, predict
 from .training_state import TrainingState, capture_rng_state, restore_rng_state
 
-__all__ = ["fit", "FitResult", "linear_schedule"]
+__all__ = ["fit", "FitResult", "linear_schedule", "evaluate_loader"]
 
 ELBO_KINDS = {"monteclora": MonteCLoRAELBO, "meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
 
@@ -62,6 +62,19 @@ def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
         remaining = max(1, total_steps - warmup_steps)
         return max(0.0, (total_steps - step) / remaining)
     return factor
+
+
+def evaluate_loader(model, guide, loader, num_samples: int = 0, ece_bins: int = 15) -> Dict[str, float]:
+    """The per-epoch evaluation of :func:`fit`: accuracy, NLL, ECE and Brier of the posterior
+    predictive for a classifier; response-token NLL and perplexity for a causal LM."""
+    if model.likelihood.task == "causal-lm":
+        from .causal_lm import language_model_metrics
+
+        return language_model_metrics(model, guide, loader, num_samples)
+    from .metrics import classification_metrics
+
+    output = predict(model, guide, loader, num_samples=num_samples)
+    return classification_metrics(output.probs, output.labels, ece_bins)
 
 
 def _positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
@@ -101,7 +114,8 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         (``TraceMeanField_ELBO``, the same estimate), ``"trace"`` (``Trace_ELBO``) or any Pyro ``ELBO``.
     :param int num_particles: ELBO particles per step (ignored for an ``ELBO`` instance).
     :param int kl_anneal_steps: ramp the KL weight linearly from 0 to 1 over this many steps.
-    :param eval_loader: if given, :func:`~pyro_monteclora.predict` runs on it after every epoch.
+    :param eval_loader: if given, :func:`evaluate_loader` runs on it after every epoch
+        (the posterior predictive's metrics; token NLL and perplexity for a causal LM).
     :param int eval_num_samples: :math:`S` for that evaluation (0: mean adapter).
     :param int ece_bins: bins of the evaluation's ECE.
     :param int seed: seeds Pyro, torch, numpy and random (``pyro.set_rng_seed``).
@@ -125,8 +139,6 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     and ``DistributedSampler`` do), it is called at the start of every epoch, so the data order
     depends on the seed and the epoch only.
     """
-    from .metrics import classification_metrics
-
     _positive("epochs", epochs, integer=True)
     if max_steps is not None:
         _positive("max_steps", max_steps, integer=True)
@@ -258,8 +270,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                         bar.set_postfix(postfix)
                 summary = {"epoch": epoch, "loss": sum(epoch_losses) / max(1, len(epoch_losses))}
                 if eval_loader is not None:
-                    output = predict(model, guide, eval_loader, num_samples=eval_num_samples)
-                    summary.update(classification_metrics(output.probs, output.labels, ece_bins))
+                    summary.update(evaluate_loader(model, guide, eval_loader, eval_num_samples, ece_bins))
                     model.train()
                     if bar is not None:
                         bar.write(f"epoch {epoch}: " + ", ".join(

@@ -1,10 +1,15 @@
-"""The ``pyro-monteclora`` command: ``train``, ``evaluate`` and ``predict``.
+"""The ``pyro-monteclora`` command: ``train``, ``evaluate``, ``predict`` and ``generate``.
 
 .. code-block:: bash
 
     pyro-monteclora train --method monteclora --output runs/rt        # offline MiniLM + Rotten Tomatoes
     pyro-monteclora evaluate --checkpoint runs/rt --num-samples 10    # metrics.json, reliability.png
     echo "a tender, funny film" | pyro-monteclora predict --checkpoint runs/rt
+
+    # decoders (offline SmolLM2-135M-Instruct): instruction tuning, multiple choice, generation
+    pyro-monteclora train --task-type causal-lm --train-file qa.jsonl --output runs/qa
+    pyro-monteclora evaluate --checkpoint runs/qa --multiple-choice --test-file mc.jsonl
+    pyro-monteclora generate --checkpoint runs/qa --prompt "What is the capital of Peru?" --num-samples 5
 
 Bad input (a missing file or column, a label outside the label set, an empty text, an unknown
 method, an existing ``--output`` without ``--overwrite``) is reported as one line on stderr with exit
@@ -24,9 +29,10 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 
 def build_parser() -> OneLineParser:
-    """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate`` and ``predict``
-    sub-commands (the CLI reference in the docs is generated from it)."""
+    """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict`` and
+    ``generate`` sub-commands (the CLI reference in the docs is generated from it)."""
     from .evaluate import add_evaluate_parser
+    from .generate import add_generate_parser
     from .predict import add_predict_parser
     from .train import add_train_parser
 
@@ -36,6 +42,7 @@ def build_parser() -> OneLineParser:
     add_train_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_predict_parser(subparsers)
+    add_generate_parser(subparsers)
     return parser
 
 

@@ -17,8 +17,11 @@ from .options import (UsageError, add_data_options, check_number, check_writable
                       resolve_data, resolve_device)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
+           "evaluation_output", "open_model", "default_samples",
            "prediction_rows", "recorded_label_names", "UNITS"]
 
+#: default examples per batch for a classifier
+CLASSIFIER_BATCH_SIZE = 64
 UNITS = ("accuracy, ece and error_auroc are fractions in [0, 1], not percent; nll, entropies and "
          "mutual information are in nats; brier is in [0, 2]")
 
@@ -35,6 +38,11 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                         help="which split of the checkpoint's data (or of --task/--dataset) to use")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="evaluate on the first N examples only (default: all)")
+    parser.add_argument("--multiple-choice", action="store_true",
+                        help="causal-lm: score each option of question/choices/answer records by its "
+                             "log-likelihood (accuracy, NLL, ECE, Brier over the options)")
+    parser.add_argument("--length-normalize", action="store_true",
+                        help="with --multiple-choice: divide each option's log-likelihood by its tokens")
     parser.add_argument("--output", default=None,
                         help="folder for the results (default: <run>/evaluation)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
@@ -49,7 +57,9 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=None,
                         help="S posterior samples per example (default: 10 for monteclora, else 0; "
                              "0 = the mean adapter)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="examples per batch (default: 64 for a classifier, 16 sequences for a "
+                             "causal LM)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior samples")
     parser.add_argument("--model", default=None,
                         help="the base model (default: the one the checkpoint was trained on)")
@@ -68,9 +78,10 @@ def find_checkpoint(path: str) -> Path:
     raise UsageError(f"--checkpoint {path}: no saved model there ({CONFIG_NAME} is missing)")
 
 
-def load_for_inference(args):
+def load_for_inference(args, likelihoods=("sequence-classification",)):
     """Validate the inference options and read ``--checkpoint``'s JSON record (no weights yet).
 
+    :param likelihoods: the kinds of model the command takes.
     :returns: ``(checkpoint folder, record, torch device)``; :func:`open_model` loads the weights.
     """
     from ..serialization import CheckpointError, read_saved_config
@@ -83,9 +94,10 @@ def load_for_inference(args):
         record = read_saved_config(directory)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
-    if record["likelihood"] != "sequence-classification":
+    if record["likelihood"] not in likelihoods:
+        kinds = " or ".join(likelihoods)
         raise UsageError(f"--checkpoint {args.checkpoint}: a {record['likelihood']} model; "
-                         f"this command evaluates classifiers")
+                         f"this command takes {kinds} models")
     device = resolve_device(args.device)
     return directory, record, device
 
@@ -98,6 +110,13 @@ def open_model(directory: Path, record: dict, args, device):
 
     metadata = record.get("metadata", {})
     base = args.model or metadata.get("model_path") or record["base_model"]["name_or_path"]
+    if args.model is None and not Path(base).exists() and "arguments" in metadata:
+        # a converted GGUF folder from another machine's cache: convert the recorded source again
+        from .options import resolve_model_path
+
+        given = metadata["arguments"].get("model")
+        if given is None or given.lower().endswith(".gguf"):
+            base = resolve_model_path(given, record["likelihood"])
     tokenizer_source = directory if (directory / "tokenizer_config.json").is_file() else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=args.trust_remote_code)
@@ -149,11 +168,8 @@ def default_samples(record: dict, requested):
     return 10 if guide.get("mode") == "monteclora" else 0
 
 
-def run_evaluate(args, parser_defaults: dict) -> int:
-    """Validate, run the posterior predictive, write the three result files; returns 0."""
-    check_number("--ece-bins", args.ece_bins, minimum=1, maximum=1000, integer=True)
-    check_number("--max-samples", args.max_samples, minimum=1, integer=True)
-    directory, record, device = load_for_inference(args)
+def evaluation_output(args, directory: Path) -> Path:
+    """``--output`` (default ``<run>/evaluation``), checked against ``--overwrite``."""
     run_folder = directory.parent if directory.name.startswith("checkpoint") else directory
     output = Path(args.output) if args.output else run_folder / "evaluation"
     if output.exists() and not output.is_dir():
@@ -165,6 +181,22 @@ def run_evaluate(args, parser_defaults: dict) -> int:
         if not (output / "metrics.json").is_file():
             raise UsageError(f"--overwrite: {output} holds no earlier evaluation (no metrics.json); "
                              f"refusing to replace it")
+    return output
+
+
+def run_evaluate(args, parser_defaults: dict) -> int:
+    """Validate, run the posterior predictive, write the three result files; returns 0."""
+    check_number("--ece-bins", args.ece_bins, minimum=1, maximum=1000, integer=True)
+    check_number("--max-samples", args.max_samples, minimum=1, integer=True)
+    directory, record, device = load_for_inference(args, ("sequence-classification", "causal-lm"))
+    output = evaluation_output(args, directory)
+    if record["likelihood"] == "causal-lm":
+        from .evaluate_lm import run_evaluate_causal_lm
+
+        return run_evaluate_causal_lm(args, directory, record, device, output)
+    if args.multiple_choice:
+        raise UsageError("--multiple-choice scores the options with a causal-lm checkpoint; "
+                         f"{args.checkpoint} holds a classifier")
     metadata = record.get("metadata", {})
     label_names = recorded_label_names(record)
     if args.split != "test" and args.test_file:
@@ -185,7 +217,8 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     if args.max_samples:
         data = data.subset(args.max_samples)
     num_samples = default_samples(record, args.num_samples)
-    loader = classification_loader(data, tokenizer, args.batch_size, metadata.get("max_length", 128))
+    loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE,
+                                   metadata.get("max_length", 128))
     pyro.set_rng_seed(args.seed)
     started = time.perf_counter()
     result = predict(model, guide, loader, num_samples=num_samples, progress=True)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
-           "existing_output", "TASKS",
+           "existing_output", "data_mode", "file_sha256", "TASKS",
            "METHODS"]
 
 TASKS = ("rotten-tomatoes",)
@@ -66,7 +66,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--trust-remote-code`` and ``--device``."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None,
-                       help="HF model folder or hub name (default: the packaged all-MiniLM-L6-v2)")
+                       help="HF model folder, hub name or .gguf file (default: the packaged "
+                            "all-MiniLM-L6-v2; SmolLM2-135M-Instruct with --task-type causal-lm)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow model code from the hub (off by default)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -86,10 +87,16 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
     group.add_argument("--text-column", action="append", default=None,
                        help="text column; give it twice for sentence pairs (default: text)")
     group.add_argument("--label-column", default=None, help="label column (default: label)")
+    group.add_argument("--prompt-column", default=None,
+                       help="causal-lm: the prompt field (default: instruction [+ input], question "
+                            "or prompt, whichever the records have)")
+    group.add_argument("--response-column", default=None,
+                       help="causal-lm: the response field (default: output, answer or response)")
     group.add_argument("--dataset", default=None, help="a Hugging Face hub data set (needs network)")
     group.add_argument("--dataset-config", default=None, help="its configuration (e.g. mrpc)")
     group.add_argument("--max-length", type=int, default=None,
-                       help="tokens per example, longer texts are truncated (default 128)")
+                       help="tokens per example, longer texts are truncated (default 128; 256 for "
+                            "causal-lm, whose prompts are cut from the left)")
 
 
 def add_adapter_options(parser: argparse.ArgumentParser) -> None:
@@ -119,16 +126,25 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def resolve_model_path(name: Optional[str]) -> str:
-    """A local model folder (checked) or a hub name; ``None`` is the packaged MiniLM."""
+def resolve_model_path(name: Optional[str], task_type: str = "sequence-classification") -> str:
+    """A local model folder (checked), a ``.gguf`` file (converted once, see
+    :mod:`pyro_monteclora.pretrained`) or a hub name; ``None`` is the packaged default: MiniLM for
+    classification, SmolLM2-135M-Instruct for ``causal-lm``."""
+    from ..pretrained import default_decoder_path, is_gguf, materialize_gguf
+
     if name is None:
         from ..data import default_encoder_path
 
         try:
-            return str(default_encoder_path())
-        except FileNotFoundError as error:
+            return str(default_decoder_path() if task_type == "causal-lm" else default_encoder_path())
+        except (FileNotFoundError, ImportError) as error:
             raise UsageError(f"--model: no default model ({error}); pass --model") from None
-    path = Path(name)
+    path = Path(name).expanduser()
+    if is_gguf(name):
+        try:
+            return str(materialize_gguf(path))
+        except (FileNotFoundError, ImportError, OSError, ValueError) as error:
+            raise UsageError(f"--model {name}: {error}".splitlines()[0]) from None
     if path.exists() or name.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
             raise UsageError(f"--model {name}: not a Hugging Face model folder (no config.json)")
@@ -151,7 +167,8 @@ def default_modules_to_save(network) -> List[str]:
     return [name for name in HEAD_NAMES if name in names]
 
 
-def _data_mode(args) -> str:
+def data_mode(args) -> Optional[str]:
+    """Which data source the command line names: ``"task"``, ``"files"``, ``"dataset"`` or ``None``."""
     files = [getattr(args, f"{split}_file", None) for split in ("train", "validation", "test")]
     given = [mode for mode, present in (("task", args.task is not None),
                                          ("files", any(files)), ("dataset", args.dataset is not None))
@@ -161,7 +178,8 @@ def _data_mode(args) -> str:
     return given[0] if given else None
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, recorded with a run so that a changed data file is noticed."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -184,7 +202,10 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
     from ..datafiles import (DataError, hub_split_names, load_classification_file, load_hub_records,
                             records_to_classification)
 
-    mode = _data_mode(args)
+    if getattr(args, "prompt_column", None) or getattr(args, "response_column", None):
+        raise UsageError("--prompt-column/--response-column apply to causal-lm data only "
+                         "(train --task-type causal-lm)")
+    mode = data_mode(args)
     if mode is None and recorded is not None:
         spec = dict(recorded)
     elif mode in (None, "task"):
@@ -216,7 +237,7 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                     path = spec["files"].get(split)
                     if path is None:
                         continue
-                    digest = _sha256(path) if Path(path).is_file() else None
+                    digest = file_sha256(path) if Path(path).is_file() else None
                     expected = spec.setdefault("sha256", {}).get(split)
                     if expected is not None and digest is not None and digest != expected:
                         raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .evaluate import (add_inference_options, default_samples, load_for_inference, open_model,
+from .evaluate import (CLASSIFIER_BATCH_SIZE, add_inference_options, default_samples, load_for_inference, open_model,
                        prediction_rows, recorded_label_names)
 from .options import UsageError, check_writable
 
@@ -87,7 +87,8 @@ def run_predict(args, parser_defaults: dict) -> int:
     from ..data import classification_loader
     from ..predictive import predict
 
-    loader = classification_loader(data, tokenizer, args.batch_size, metadata.get("max_length", 128))
+    loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE,
+                                   metadata.get("max_length", 128))
     pyro.set_rng_seed(args.seed)
     result = predict(model, guide, loader, num_samples=default_samples(record, args.num_samples),
                      progress=args.output != "-")

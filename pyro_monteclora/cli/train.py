@@ -33,13 +33,14 @@ class TrainingFault(Exception):
 
 CHECKPOINT_DIR = "checkpoint"
 #: options that define a run; ``--resume`` refuses a command line that changes one of them
-RUN_OPTIONS = ("method", "model", "task", "split_seed", "train_file", "validation_file", "test_file",
-               "text_column", "label_column", "dataset", "dataset_config", "max_length", "rank",
+RUN_OPTIONS = ("method", "task_type", "model", "task", "split_seed", "train_file", "validation_file", "test_file",
+               "text_column", "label_column", "prompt_column", "response_column", "dataset", "dataset_config", "max_length", "rank",
                "alpha", "lora_dropout", "target_modules", "num_components", "sample_scaler",
                "kl_weight", "learning_rate", "batch_size", "epochs", "weight_decay", "warmup_ratio",
                "max_train_samples", "seed", "eval_num_samples", "no_validation")
 TRAIN_DEFAULTS = {"learning_rate": 1e-3, "full_learning_rate": 5e-5, "batch_size": 16, "epochs": 3,
-                  "max_length": 128}
+                  "max_length": 128, "causal_lm_max_length": 256}
+TASK_TYPES = ("sequence-classification", "causal-lm")
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,6 +49,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "train", help="fine-tune a model (MonteCLoRA, LoRA or full) and checkpoint every epoch",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_options(parser)
+    parser.add_argument("--task-type", default="sequence-classification", choices=TASK_TYPES,
+                        help="sequence-classification (a classifier head on --model) or causal-lm "
+                             "(instruction tuning of a decoder on prompt/response records; the loss "
+                             "is on the response tokens only)")
     add_data_options(parser, ("train", "validation", "test"))
     add_adapter_options(parser)
     group = parser.add_argument_group("training")
@@ -164,6 +169,36 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
     return model, MonteCLoRAGuide(model, mode="monteclora" if method == "monteclora" else "lora")
 
 
+def _load_network(model_path: str, arguments: dict, label_names, trust_remote_code: bool):
+    """The tokenizer, the HF network (a classifier with ``len(label_names)`` labels, or a causal LM)
+    and the modules ``from_pretrained`` initialised afresh; loading errors become exit 2."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    causal = arguments.get("task_type") == "causal-lm"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        if causal:
+            network, loading = AutoModelForCausalLM.from_pretrained(
+                model_path, trust_remote_code=trust_remote_code, use_safetensors=True,
+                output_loading_info=True)
+        else:
+            network, loading = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=len(label_names), trust_remote_code=trust_remote_code,
+                use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UsageError(f"--model {arguments['model'] or model_path}: {error}".splitlines()[0]) from None
+    # weights the checkpoint lacks are newly initialised: train (and save) them with the head
+    fresh_modules = sorted({key.rsplit(".", 1)[0] for key in loading.get("missing_keys", [])})
+    if not causal:
+        network.config.id2label = dict(enumerate(label_names))
+        network.config.label2id = {name: i for i, name in enumerate(label_names)}
+    if getattr(tokenizer, "pad_token", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(network.config, "pad_token_id", None) is None:
+        network.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, network, fresh_modules
+
+
 def run_train(args, parser_defaults: dict) -> int:
     """Validate everything, then train (or resume) and checkpoint every epoch; returns 0."""
     _check_arguments(args)
@@ -179,45 +214,60 @@ def run_train(args, parser_defaults: dict) -> int:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again "
                          f"with --overwrite")
     device = resolve_device(args.device)
-    splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data,
-                                     optional_unlabelled=("test",))
+    causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
+    if causal:
+        from .lm_data import resolve_instruction_data
+
+        splits, data_spec = resolve_instruction_data(data_args, ("train", "validation", "test"),
+                                                     recorded=recorded_data)
+    else:
+        splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data,
+                                         optional_unlabelled=("test",))
     if arguments["max_train_samples"]:
         splits["train"] = splits["train"].subset(arguments["max_train_samples"])
-    model_path = resolve_model_path(arguments["model"])
+    model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
 
     import pyro
     import torch
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..data import classification_loader
     from ..serialization import CheckpointError, load_pretrained, save_pretrained
     from ..train import fit
     from ..training_state import load_training_state, save_training_state
     from ..atomic import atomic_directory, atomic_write_json
 
-    max_length = arguments["max_length"] or TRAIN_DEFAULTS["max_length"]
+    max_length = arguments["max_length"] or TRAIN_DEFAULTS["causal_lm_max_length" if causal else "max_length"]
     learning_rate = arguments["learning_rate"] or TRAIN_DEFAULTS[
         "full_learning_rate" if arguments["method"] == "full" else "learning_rate"]
-    label_names = data_spec["label_names"]
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=args.trust_remote_code)
-        pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
-        network, loading = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=len(label_names), trust_remote_code=args.trust_remote_code,
-            use_safetensors=True, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise UsageError(f"--model {arguments['model'] or model_path}: {error}".splitlines()[0]) from None
-    # weights the checkpoint lacks are newly initialised: train (and save) them with the head
-    fresh_modules = sorted({key.rsplit(".", 1)[0] for key in loading.get("missing_keys", [])})
+    label_names = data_spec.get("label_names")
+    pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
+    tokenizer, network, fresh_modules = _load_network(model_path, arguments, label_names, args.trust_remote_code)
     limit = getattr(network.config, "max_position_embeddings", None)
     if limit and max_length > limit:
         raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
-    network.config.id2label = dict(enumerate(label_names))
-    network.config.label2id = {name: i for i, name in enumerate(label_names)}
-    if getattr(tokenizer, "pad_token", None) is None:
-        tokenizer.pad_token = tokenizer.eos_token
-        network.config.pad_token_id = tokenizer.pad_token_id
+    batch_size, seed = arguments["batch_size"], arguments["seed"]
+    eval_loader = None
+    if causal:
+        import warnings
+
+        from ..causal_lm import causal_lm_loader
+
+        with warnings.catch_warnings(record=True) as caught:  # shown as plain lines
+            warnings.simplefilter("always")
+            train_loader = causal_lm_loader(splits["train"], tokenizer, batch_size, max_length,
+                                            shuffle=True, seed=seed)
+            if "validation" in splits and not arguments["no_validation"]:
+                eval_loader = causal_lm_loader(splits["validation"], tokenizer, batch_size, max_length)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+    else:
+        from ..data import classification_loader
+
+        train_loader = classification_loader(splits["train"], tokenizer, batch_size, max_length,
+                                             shuffle=True, seed=seed)
+        if "validation" in splits and not arguments["no_validation"]:
+            eval_loader = classification_loader(splits["validation"], tokenizer, 64, max_length)
+
     resume_state = None
     if checkpoint is not None:
         try:
@@ -241,21 +291,15 @@ def run_train(args, parser_defaults: dict) -> int:
                          "pyro": pyro.__version__, "transformers": transformers.__version__},
             "command": " ".join(["pyro-monteclora"] + args.command_line)})
 
-    batch_size, seed = arguments["batch_size"], arguments["seed"]
-    train_loader = classification_loader(splits["train"], tokenizer, batch_size, max_length,
-                                         shuffle=True, seed=seed)
-    eval_loader = None
-    if "validation" in splits and not arguments["no_validation"]:
-        eval_loader = classification_loader(splits["validation"], tokenizer, 64, max_length)
-
     def on_epoch_end(state) -> None:
         with atomic_directory(output / CHECKPOINT_DIR) as staging:
             save_pretrained(model, staging, guide=guide, metadata=dict(metadata, epoch=state.epoch))
             save_training_state(staging, state)
             tokenizer.save_pretrained(staging)
 
+    labels_note = "" if causal else f"{len(label_names)} labels, "
     print(f"{arguments['method']}: {type(network).__name__} from {model_path}, {len(splits['train']):,} training "
-          f"examples, {len(label_names)} labels, {model.num_trainable_parameters():,} trainable "
+          f"examples, {labels_note}{model.num_trainable_parameters():,} trainable "
           f"parameters, device {device}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:

@@ -1,0 +1,118 @@
+"""``pyro-monteclora evaluate`` for causal-lm checkpoints.
+
+* ``--multiple-choice``: every option of each question is scored by its log-likelihood under
+  :math:`S` posterior samples (:func:`~pyro_monteclora.multiple_choice.predict_multiple_choice`);
+  writes ``metrics.json`` (accuracy, NLL, ECE, Brier, error AUROC), ``reliability.png`` and
+  ``predictions.jsonl``.
+* otherwise: the posterior predictive's response-token NLL and perplexity on (prompt, response)
+  data (``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from .options import UsageError
+
+__all__ = ["run_evaluate_causal_lm", "CAUSAL_LM_BATCH_SIZE"]
+
+#: default sequences per batch for a decoder (its logits span the whole vocabulary)
+CAUSAL_LM_BATCH_SIZE = 16
+
+
+def _choice_rows(data, output):
+    for index in range(len(data)):
+        choices = data.choices[index]
+        probs = output.probs[index, : len(choices)].tolist()
+        predicted = max(range(len(probs)), key=probs.__getitem__)
+        row = {"index": index, "question": data.questions[index], "choices": choices,
+               "predicted": predicted, "probabilities": probs,
+               "predictive_entropy": output.predictive_entropy[index].item(),
+               "mutual_information": output.mutual_information[index].item()}
+        if data.answers is not None:
+            row.update(answer=data.answers[index], correct=predicted == data.answers[index])
+        yield row
+
+
+def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
+    """Validate the data, load the checkpoint, evaluate and write the results; returns 0."""
+    import pyro
+
+    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from .evaluate import UNITS, default_samples, open_model
+
+    metadata = record.get("metadata", {})
+    if args.split != "test" and args.test_file:
+        raise UsageError("--split names a split of the recorded data or --dataset; with --test-file "
+                         "leave it out")
+    batch_size = args.batch_size or CAUSAL_LM_BATCH_SIZE
+    if args.multiple_choice:
+        from .lm_data import load_multiple_choice_split
+
+        data, data_spec = load_multiple_choice_split(args, args.split)
+    else:
+        from .lm_data import resolve_instruction_data
+
+        if args.length_normalize:
+            raise UsageError("--length-normalize applies to --multiple-choice only")
+        splits, data_spec = resolve_instruction_data(args, (args.split,), recorded=metadata.get("data"))
+        data = splits[args.split]
+    if args.max_samples:
+        data = data.subset(args.max_samples)
+    model, guide, tokenizer = open_model(directory, record, args, device)
+    num_samples = default_samples(record, args.num_samples)
+    max_length = args.max_length or metadata.get("max_length", 256)
+    method = metadata.get("method", record["model_class"])
+    pyro.set_rng_seed(args.seed)
+    started = time.perf_counter()
+    if not args.multiple_choice:
+        from ..causal_lm import causal_lm_loader, language_model_metrics
+
+        loader = causal_lm_loader(data, tokenizer, batch_size, max_length)
+        metrics = language_model_metrics(model, guide, loader, num_samples)
+        with atomic_directory(output) as staging:
+            atomic_write_json(staging / "metrics.json", {
+                "units": "token_nll is in nats per response token", "metrics": metrics,
+                "method": method, "num_samples": num_samples, "examples": len(data),
+                "split": args.split, "seed": args.seed, "checkpoint": str(directory), "data": data_spec,
+                "eval_seconds": time.perf_counter() - started})
+        print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+        print(f"wrote {output}/metrics.json", file=sys.stderr)
+        return 0
+
+    from ..metrics import classification_metrics, reliability_curve
+    from ..multiple_choice import multiple_choice_loader, predict_multiple_choice
+
+    widest = max(len(choices) for choices in data.choices)
+    loader = multiple_choice_loader(data, tokenizer, max(1, batch_size // widest), max_length)
+    result = predict_multiple_choice(model, guide, loader, num_samples, progress=True,
+                                     length_normalize=args.length_normalize)
+    seconds = time.perf_counter() - started
+    if result.labels is None:
+        raise UsageError("--multiple-choice: the questions have no answer field to score against")
+    metrics = classification_metrics(result.probs, result.labels, args.ece_bins,
+                                     uncertainty=result.predictive_entropy)
+    metrics.update({"mean_predictive_entropy": result.predictive_entropy.mean().item(),
+                    "mean_mutual_information": result.mutual_information.mean().item()})
+    curve = reliability_curve(result.probs, result.labels, args.ece_bins)
+    with atomic_directory(output) as staging:
+        lines = "".join(json.dumps(row) + "\n" for row in _choice_rows(data, result))
+        atomic_write_text(staging / "predictions.jsonl", lines)
+        try:
+            from ..plots import plot_reliability_diagram
+
+            plot_reliability_diagram({f"{method} (S={num_samples})": curve}, staging / "reliability.png",
+                                     title=f"{len(data):,} questions")
+        except ImportError:
+            print("reliability.png skipped: matplotlib is not installed", file=sys.stderr)
+        atomic_write_json(staging / "metrics.json", {
+            "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
+            "ece_bins": args.ece_bins, "examples": len(data), "split": args.split,
+            "length_normalize": args.length_normalize, "seed": args.seed,
+            "checkpoint": str(directory), "data": data_spec, "eval_seconds": seconds,
+            "reliability": curve})
+    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+    print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)
+    return 0

@@ -1,0 +1,106 @@
+"""Where a decoder's data comes from on the command line: (prompt, response) files and
+multiple-choice files, local or from the hub, validated before any model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+from .options import UsageError, data_mode, file_sha256
+
+__all__ = ["resolve_instruction_data", "load_multiple_choice_split"]
+
+
+def _check_source(args) -> str:
+    mode = data_mode(args)
+    if mode == "task":
+        raise UsageError("--task names a classification task; causal-lm data comes from "
+                         "--train-file/--validation-file/--test-file or --dataset")
+    if getattr(args, "text_column", None) or getattr(args, "label_column", None):
+        raise UsageError("--text-column/--label-column apply to classification data; for causal-lm "
+                         "use --prompt-column/--response-column")
+    return mode
+
+
+def _located_rows(spec: dict, split: str, available: Optional[dict]):
+    from ..datafiles import load_hub_records, read_located_records
+
+    if spec["source"] == "files":
+        path = spec["files"].get(split)
+        if path is None:
+            return None, None
+        digest = file_sha256(path) if Path(path).is_file() else None
+        expected = spec.setdefault("sha256", {}).get(split)
+        if expected is not None and digest is not None and digest != expected:
+            raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")
+        spec["sha256"][split] = digest
+        return read_located_records(path), path
+    if split not in available:
+        return None, None
+    rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
+    return [(f"record {i}", row) for i, row in enumerate(rows, start=1)], f"{spec['dataset']}[{split}]"
+
+
+def _spec(args, recorded: Optional[dict]) -> dict:
+    mode = _check_source(args)
+    if mode is None and recorded is not None:
+        return dict(recorded)
+    if mode == "files":
+        spec = {"source": "files", "files": {
+            split: str(Path(getattr(args, f"{split}_file")).resolve())
+            for split in ("train", "validation", "test") if getattr(args, f"{split}_file", None)}}
+    elif mode == "dataset":
+        spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
+    else:
+        raise UsageError("no data: pass --train-file (json/jsonl/csv/tsv/parquet of prompt and "
+                         "response records) or --dataset")
+    spec["task_type"] = "causal-lm"
+    spec["prompt_column"] = getattr(args, "prompt_column", None) or (recorded or {}).get("prompt_column")
+    spec["response_column"] = getattr(args, "response_column", None) or (recorded or {}).get("response_column")
+    return spec
+
+
+def resolve_instruction_data(args, needed: Sequence[str], recorded: Optional[dict] = None,
+                             require_response: bool = True) -> Tuple[Dict[str, object], dict]:
+    """Load and validate the (prompt, response) splits in ``needed`` (the first is required).
+
+    :returns: ``({split: InstructionData}, spec)``; ``spec`` is JSON-able and reproduces them.
+    """
+    from ..datafiles import DataError, hub_split_names
+    from ..instructions import records_to_instructions
+
+    spec = _spec(args, recorded)
+    splits = {}
+    try:
+        available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None
+        for split in needed:
+            rows, source = _located_rows(spec, split, available)
+            if rows is not None:
+                splits[split] = records_to_instructions(rows, source, spec["prompt_column"],
+                                                        spec["response_column"], require_response)
+    except (DataError, OSError) as error:
+        raise UsageError(str(error)) from None
+    if needed[0] not in splits:
+        raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --dataset)")
+    return splits, spec
+
+
+def load_multiple_choice_split(args, split: str = "test"):
+    """The multiple-choice questions of ``--<split>-file`` or ``--dataset``'s split.
+
+    :returns: ``(MultipleChoiceData, spec)``.
+    """
+    from ..datafiles import DataError, hub_split_names
+    from ..multiple_choice import records_to_multiple_choice
+
+    spec = _spec(args, None)
+    spec["task_type"] = "multiple-choice"
+    try:
+        available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None
+        rows, source = _located_rows(spec, split, available)
+        if rows is None:
+            raise UsageError(f"--multiple-choice: no {split} data; pass --{split}-file F.jsonl with "
+                             f"question, choices and answer fields")
+        return records_to_multiple_choice(rows, source), spec
+    except (DataError, OSError) as error:
+        raise UsageError(str(error)) from None

@@ -1,0 +1,206 @@
+"""Generation with posterior sampling, answer extraction and agreement as confidence.
+
+For a prompt :math:`x`, :math:`S` adapters :math:`A^{(1)}, \\dots, A^{(S)} \\sim q` are drawn and each
+decodes greedily, giving answers :math:`a_1, \\dots, a_S` (after :func:`extract_answer`). The
+posterior-predictive answer is the most frequent one and its confidence the **agreement rate**
+
+.. math::
+
+    \\hat a = \\arg\\max_a \\#\\{s : a_s = a\\}, \\qquad
+    \\operatorname{conf}(x) = \\#\\{s : a_s = \\hat a\\} / S,
+
+a Monte Carlo estimate of :math:`\\bar p(\\hat a \\mid x)` under the posterior predictive of greedy
+answers. :math:`S = 0` decodes once with the mean adapter :math:`A = M` (plain LoRA cost), and its
+confidence is 1.
+
+The prompts are tokenised once; the :math:`S` draws run as one batch of :math:`S \\times b` rows
+(``samples_per_pass`` at a time) through
+:meth:`~pyro_monteclora.MonteCLoRAModel.stacked_adapters`, so the decoding loop's per-token cost is
+paid once for all samples.
+
+>>> extract_answer("She had 3 + 4 = 7 apples.\\n#### 1,204", "number")
+'1204'
+>>> extract_answer("The capital is Paris.", "short"), normalize_answer("The Eiffel  Tower!")
+('capital is paris', 'eiffel tower')
+>>> majority_vote(["7", "7", "8", None])
+('7', 0.5)
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from .causal_lm import encode_prompt, end_token_id, pad_batch
+
+__all__ = ["GenerationResult", "generate_answers", "extract_answer", "normalize_answer", "final_number",
+           "majority_vote", "is_correct", "ANSWER_TYPES"]
+
+ANSWER_TYPES = ("short", "number", "text")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, without punctuation, articles (a, an, the) or extra spaces (SQuAD's rule),
+    except that an answer made only of an article (a letter answer ``"A"``) is kept."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    without_articles = " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+    return without_articles or " ".join(text.split())  # "A" alone (a letter answer) stays "a"
+
+
+def final_number(text: str) -> Optional[str]:
+    """The number after GSM8k's ``####`` if there is one, else the last number in ``text``;
+    commas dropped and ``7.0`` written ``7``. ``None`` if there is no number."""
+    tail = text.split("####")[-1] if "####" in text else text
+    found = _NUMBER.findall(tail) or _NUMBER.findall(text)
+    if not found:
+        return None
+    value = found[-1].replace(",", "").rstrip(".")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value or None
+
+
+def extract_answer(text: str, answer_type: str = "short") -> Optional[str]:
+    """The answer in a generation: ``"number"`` -> :func:`final_number`; ``"short"`` -> the first
+    non-empty line, normalised (:func:`normalize_answer`); ``"text"`` -> the stripped text."""
+    if answer_type == "number":
+        return final_number(text)
+    if answer_type == "short":
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        answer = normalize_answer(lines[0]) if lines else ""
+        return answer or None
+    if answer_type == "text":
+        return text.strip() or None
+    raise ValueError(f"answer_type must be one of {list(ANSWER_TYPES)}, got {answer_type!r}")
+
+
+def majority_vote(answers: Sequence[Optional[str]]) -> Tuple[Optional[str], float]:
+    """The most frequent non-empty answer (ties: the one seen first) and the fraction of all
+    samples that gave it; ``(None, 0.0)`` when no sample gave an answer."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None, 0.0
+    best = max(counts.values())
+    winner = next(a for a in answers if a is not None and counts[a] == best)
+    return winner, best / len(answers)
+
+
+def is_correct(answer: Optional[str], references: Iterable[str], answer_type: str) -> bool:
+    """Exact match of an extracted answer against any reference (extracted the same way)."""
+    if answer is None:
+        return False
+    return any(answer == extract_answer(reference, answer_type) for reference in references)
+
+
+@dataclass
+class GenerationResult:
+    """One prompt's generations and the posterior-predictive answer."""
+
+    prompt: str
+    generations: List[str]
+    answers: List[Optional[str]]
+    answer: Optional[str]
+    agreement: float
+    num_samples: int
+    references: Optional[List[str]] = None
+    correct: Optional[bool] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _decode(tokenizer, rows: torch.Tensor) -> List[str]:
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int = 0, guide=None, *,
+                     inputs: Optional[Sequence[str]] = None, references=None, answer_type: str = "short",
+                     max_new_tokens: int = 32, max_length: int = 512, batch_size: int = 8,
+                     samples_per_pass: Optional[int] = None, progress: bool = False) -> List[GenerationResult]:
+    """Generate for every prompt with ``num_samples`` posterior draws (0: the mean adapter, greedy).
+
+    :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` (or any ``HFPyroModel``) over a
+        causal LM; with a guide in ``"lora"`` mode, or none, ``num_samples`` > 0 acts as 0.
+    :param prompts: the questions or instructions (formatted by
+        :func:`~pyro_monteclora.instructions.format_prompt`).
+    :param references: accepted answers per prompt (optional): fills ``correct``.
+    :param str answer_type: how answers are extracted: ``"short"``, ``"number"`` or ``"text"``.
+    :param int max_length: prompts longer than ``max_length - max_new_tokens`` tokens are cut from
+        the left (with a warning saying how many).
+    :param int samples_per_pass: draws decoded together (default: all ``num_samples``; lower it
+        when memory is short).
+    """
+    if answer_type not in ANSWER_TYPES:
+        raise ValueError(f"answer_type must be one of {list(ANSWER_TYPES)}, got {answer_type!r}")
+    for name, value, low in (("num_samples", num_samples, 0), ("max_new_tokens", max_new_tokens, 1),
+                             ("batch_size", batch_size, 1), ("max_length", max_length, max_new_tokens + 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    guide = guide if guide is not None else getattr(model, "guide", None)
+    sampling = num_samples > 0 and guide is not None and getattr(guide, "mode", "") != "lora"
+    per_pass = min(samples_per_pass or num_samples, num_samples) if sampling else 1
+    inputs = list(inputs) if inputs is not None else [""] * len(prompts)
+    room = max_length - max_new_tokens
+    encoded, cut = [], 0
+    for prompt, extra in zip(prompts, inputs):
+        ids = encode_prompt(tokenizer, prompt, extra)
+        cut += len(ids) > room
+        encoded.append(ids[-room:])
+    if cut:
+        import warnings
+
+        warnings.warn(f"{cut} of {len(prompts)} prompts were longer than max_length - max_new_tokens = "
+                      f"{room} tokens and were cut from the left", stacklevel=2)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
+                    eos_token_id=end_token_id(tokenizer), temperature=None, top_p=None, top_k=None)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results: List[GenerationResult] = []
+    starts = range(0, len(encoded), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"generate S={num_samples}", leave=False)
+    try:
+        for start in starts:
+            batch = pad_batch(encoded[start:start + batch_size], pad_id, side="left")
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            width, rows = ids.shape[1], ids.shape[0]
+            texts: List[List[str]] = [[] for _ in range(rows)]
+            if not sampling:
+                with model.mean_adapters():
+                    out = model.network.generate(input_ids=ids, attention_mask=mask, **settings)
+                for row, text in enumerate(_decode(tokenizer, out[:, width:])):
+                    texts[row].append(text)
+            else:
+                done = 0
+                while done < num_samples:
+                    k = min(per_pass, num_samples - done)
+                    with model.stacked_adapters(guide, k) as network:
+                        out = network.generate(input_ids=ids.repeat(k, 1), attention_mask=mask.repeat(k, 1),
+                                               **settings)
+                    decoded = _decode(tokenizer, out[:, width:])
+                    for position, text in enumerate(decoded):  # sample-major: row = s * b + i
+                        texts[position % rows].append(text)
+                    done += k
+            for row, generations in enumerate(texts):
+                index = start + row
+                answers = [extract_answer(text, answer_type) for text in generations]
+                answer, agreement = majority_vote(answers)
+                refs = None if references is None or references[index] is None else list(references[index])
+                results.append(GenerationResult(
+                    prompt=prompts[index], generations=generations, answers=answers, answer=answer,
+                    agreement=agreement, num_samples=num_samples if sampling else 0, references=refs,
+                    correct=None if refs is None else is_correct(answer, refs, answer_type)))
+    finally:
+        model.train(was_training)
+    return results
