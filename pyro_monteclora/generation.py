@@ -54,13 +54,13 @@ def normalize_answer(text: str) -> str:
 
 
 def final_number(text: str) -> Optional[str]:
-    """The number after GSM8k's ``####`` if there is one, else the last number in ``text``;
+    """The first number after GSM8k's ``####`` if there is one, else the last number in ``text``;
     commas dropped and ``7.0`` written ``7``. ``None`` if there is no number."""
-    tail = text.split("####")[-1] if "####" in text else text
-    found = _NUMBER.findall(tail) or _NUMBER.findall(text)
+    marked = _NUMBER.findall(text.split("####", 1)[1]) if "####" in text else []
+    found = marked[:1] or _NUMBER.findall(text)[-1:]
     if not found:
         return None
-    value = found[-1].replace(",", "").rstrip(".")
+    value = found[0].replace(",", "").rstrip(".")
     if "." in value:
         value = value.rstrip("0").rstrip(".")
     return value or None

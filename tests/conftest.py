@@ -42,12 +42,14 @@ def tiny_bert_classifier(num_labels: int = 2, seed: int = 0):
     return transformers.BertForSequenceClassification(config)
 
 
-def tiny_llama(seed: int = 0):
-    """A 2-layer, 32-wide random Llama causal LM."""
+def tiny_llama(seed: int = 0, initializer_range: float = 0.02):
+    """A 2-layer, 32-wide random Llama causal LM. Its frozen random ``lm_head`` bounds the logits
+    by about ``initializer_range * hidden_size``: tests that must learn a mapping raise it."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        initializer_range=initializer_range,
     )
     return transformers.LlamaForCausalLM(config)
 
@@ -70,3 +72,34 @@ def classification_batch(batch_size: int = 8, length: int = 10, seed: int = 1, n
 
 def without_labels(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
+
+
+# -- decoders: a word-level tokenizer over a tiny capital-city vocabulary ---------------------------
+COUNTRIES = ["france", "peru", "japan", "kenya", "chile", "spain", "egypt", "india"]
+CAPITALS = ["paris", "lima", "tokyo", "nairobi", "santiago", "madrid", "cairo", "delhi"]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, as LlamaConfig's bos=1 / eos=2
+QUESTION_WORDS = ["what", "is", "the", "capital", "of", "?", "a", "b", "c", "yes", "no", "answer"]
+CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}"
+                 "{% if add_generation_prompt %} answer{% endif %}")
+
+
+def word_tokenizer(chat_template: bool = False):
+    """A whitespace word-level fast tokenizer over the words above (fewer than 64 ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = SPECIAL_TOKENS + QUESTION_WORDS + COUNTRIES + CAPITALS
+    assert len(vocab) <= VOCAB
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def capital_rows():
+    """(question, answer) records in the question-answer schema, one per country."""
+    return [{"question": f"what is the capital of {country} ?", "answer": capital}
+            for country, capital in zip(COUNTRIES, CAPITALS)]
