@@ -123,7 +123,8 @@ def _decode(tokenizer, rows: torch.Tensor) -> List[str]:
 def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int = 0, guide=None, *,
                      inputs: Optional[Sequence[str]] = None, references=None, answer_type: str = "short",
                      max_new_tokens: int = 32, max_length: int = 512, batch_size: int = 8,
-                     samples_per_pass: Optional[int] = None, progress: bool = False) -> List[GenerationResult]:
+                     samples_per_pass: Optional[int] = None, progress: bool = False,
+                     **generate_kwargs) -> List[GenerationResult]:
     """Generate for every prompt with ``num_samples`` posterior draws (0: the mean adapter, greedy).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` (or any ``HFPyroModel``) over a
@@ -136,6 +137,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
         the left (with a warning saying how many).
     :param int samples_per_pass: draws decoded together (default: all ``num_samples``; lower it
         when memory is short).
+    :param generate_kwargs: passed on to ``generate`` (for example ``repetition_penalty`` or
+        ``min_new_tokens``); decoding stays greedy for every draw.
     """
     if answer_type not in ANSWER_TYPES:
         raise ValueError(f"answer_type must be one of {list(ANSWER_TYPES)}, got {answer_type!r}")
@@ -161,6 +164,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
                     eos_token_id=end_token_id(tokenizer), temperature=None, top_p=None, top_k=None)
+    settings.update(generate_kwargs)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -38,6 +38,10 @@ class Likelihood:
                 subsample: Optional[torch.Tensor] = None) -> None:
         raise TypeError(f"{type(self).__name__} does not define observe()")
 
+    def logits_to_keep(self, labels: torch.Tensor) -> Optional[int]:
+        """How many final sequence positions the likelihood needs logits for (``None``: all)."""
+        return None
+
     @staticmethod
     def _plate(batch_size: int, dataset_size: Optional[int], subsample: Optional[torch.Tensor], device):
         size = batch_size if dataset_size is None else int(dataset_size)
@@ -87,6 +91,16 @@ class CausalLM(Likelihood):
                 f"likelihood 'causal-lm' needs a *ForCausalLM (or *LMHeadModel) model, got {name}; "
                 f"use likelihood='sequence-classification' for a classifier"
             )
+
+    def logits_to_keep(self, labels: torch.Tensor) -> Optional[int]:
+        """How many final positions need logits: from the one before the first labelled token of
+        any row to the end (``None``: all of them). The prompt's other positions carry no loss,
+        so a model that accepts HF's ``logits_to_keep`` skips its vocabulary projection there."""
+        labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+        if len(labelled) == 0:
+            return 1
+        keep = labels.shape[1] - max(int(labelled[0]) - 1, 0)
+        return None if keep >= labels.shape[1] else keep
 
     def observe(self, logits, labels, dataset_size=None, subsample=None) -> None:
         if labels.shape != logits.shape[:2]:

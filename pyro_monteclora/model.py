@@ -20,6 +20,7 @@ the Pyro model above; it returns the logits, so ``pyro.infer.Predictive``, ``pou
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Dict, Iterator, Optional, Union
 
 import pyro
@@ -83,7 +84,9 @@ class HFPyroModel(PyroModule):
        ``D`` = the ``dataset_size`` argument, else :attr:`dataset_size`, else the batch size;
        ``example_index`` (optional) gives the minibatch's indices within the data set,
 
-    and returns the logits.
+    and returns the logits. With ``labels`` and a causal LM that accepts HF's ``logits_to_keep``,
+    the logits (and the labels observed) start one position before the first labelled token of the
+    batch: the vocabulary projection of prompt positions, which carry no loss, is skipped.
     """
 
     def __init__(self, model: nn.Module, likelihood: Union[str, Likelihood], name: str):
@@ -100,6 +103,7 @@ class HFPyroModel(PyroModule):
         #: size :math:`D` of the training set; scales the likelihood (``None``: the batch size).
         self.dataset_size: Optional[int] = None
         self.__dict__["_guide"] = None  # a plain attribute, not a submodule (see ``guide``)
+        self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     # -- introspection -----------------------------------------------------------------------------
     @property
@@ -181,6 +185,11 @@ class HFPyroModel(PyroModule):
     def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
                 example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
         register_parameters(self._pyro_name, self._registered_parameters())
+        if labels is not None and self._accepts_logits_to_keep and "logits_to_keep" not in inputs:
+            keep = self.likelihood.logits_to_keep(labels)
+            if keep is not None:  # positions before the first labelled token carry no loss
+                inputs = dict(inputs, logits_to_keep=keep)
+                labels = labels[:, -keep:]
         with self.sampled_adapters() as network:
             outputs = network(**inputs, return_dict=True)
         logits = outputs.logits

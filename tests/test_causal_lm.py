@@ -84,6 +84,9 @@ def test_the_data_plate_scales_the_response_likelihood_to_the_data_set():
     trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(dataset_size=20, **batch)
     trace.compute_log_prob()
     observed = trace.nodes["obs"]
+    # the vocabulary projection skipped the prompt positions that carry no loss (logits_to_keep)
+    first = int((batch["labels"] != -100).any(0).nonzero()[0])
+    assert trace.nodes["_RETURN"]["value"].shape[1] == batch["input_ids"].shape[1] - first + 1
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     logits = poutine.replay(model, trace=guide_trace)(**inputs)
     by_hand, _ = sequence_log_likelihood(logits, batch["labels"])
