@@ -16,7 +16,6 @@ seeds. It uses the library API only (``fit``/``predict``), so it runs on CPU or 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time

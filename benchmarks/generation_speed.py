@@ -12,7 +12,6 @@ compare like with like. Writes ``benchmarks/results/generation_speed.{json,md,pn
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -83,7 +82,6 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (run, _) in cases.items():
             times[name].append(run())
-    tokens = args.prompts * args.new_tokens
     rows = {"pretrained generate (no adapters)": {"seconds": statistics.median(plain_times), "sequences": args.prompts}}
     for name, (_, samples) in cases.items():
         rows[name] = {"seconds": statistics.median(times[name]), "sequences": args.prompts * samples}

@@ -33,8 +33,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from example_support import apply_presets, markdown_table, run_command  # noqa: E402
 from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from pyro_monteclora.cli import main as cli  # noqa: E402
 
 #: settings at the defaults and with ``--fast``; an option given on the command line wins
 PRESETS = {
@@ -42,7 +42,6 @@ PRESETS = {
     "fast": {"train_samples": 48, "epochs": 1, "num_samples": 2, "test_samples": 48},
 }
 METHODS = {"monteclora": "MonteCLoRA", "lora": "LoRA"}
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 ROWS = [  # (label, key, format)
     ("accuracy ↑", "accuracy", "{:.4f}"),
     ("NLL (nats) ↓", "nll", "{:.4f}"),
@@ -75,29 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seeds the inits, SVI and sampling")
     parser.add_argument("--fast", action="store_true", help="tiny smoke-test settings")
-    args = parser.parse_args(argv)
-    env = os.environ.get("PYRO_MONTECLORA_FAST", "").strip().lower()
-    if env not in TRUE_WORDS + FALSE_WORDS:
-        parser.error(f"PYRO_MONTECLORA_FAST must be one of 1/true/yes/on or 0/false/no/off, got {env!r}")
-    args.fast = args.fast or env in TRUE_WORDS
-    for key, value in PRESETS["fast" if args.fast else "default"].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
-def run(argv) -> None:
-    """One ``pyro-monteclora`` command; a bad option stops the demo with the command's status."""
-    print("$ pyro-monteclora " + " ".join(argv), flush=True)
-    status = cli(argv)
-    if status != 0:
-        raise SystemExit(status)
+    return apply_presets(parser, parser.parse_args(argv), PRESETS)
 
 
 def train_and_evaluate(method: str, args, output: Path) -> dict:
     folder = output / method
     common = ["--seed", str(args.seed)]
-    run(["train", "--method", method, "--max-train-samples", str(args.train_samples),
+    run_command(["train", "--method", method, "--max-train-samples", str(args.train_samples),
          "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
          "--sample-scaler", str(args.sample_scaler), "--batch-size", str(args.batch_size),
          "--max-length", str(args.max_length), "--no-validation", "--output", str(folder),
@@ -107,23 +90,13 @@ def train_and_evaluate(method: str, args, output: Path) -> dict:
                 "--output", str(folder / "evaluation"), "--overwrite", *common]
     if args.test_samples:
         evaluate += ["--max-samples", str(args.test_samples)]
-    run(evaluate)
+    run_command(evaluate)
     results = json.loads((folder / "evaluation" / "metrics.json").read_text())
     summary = json.loads((folder / "train_summary.json").read_text())
     results["metrics"].update(train_seconds=summary["train_seconds"],
                               eval_seconds=results["eval_seconds"],
                               trainable_parameters=summary["trainable_parameters"])
     return results
-
-
-def markdown_table(results: dict) -> str:
-    header = ["metric"] + [f"{METHODS[m]} (S={r['num_samples']})" for m, r in results.items()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(results)) + "|"]
-    for label, key, fmt in ROWS:
-        values = [r["metrics"].get(key) for r in results.values()]
-        lines.append("| " + " | ".join([label] + ["n/a" if v is None else fmt.format(v)
-                                                    for v in values]) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -134,7 +107,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     results = {method: train_and_evaluate(method, args, output) for method in METHODS}
     total_seconds = time.perf_counter() - started
-    table = markdown_table(results)
+    table = markdown_table({f"{METHODS[m]} (S={r['num_samples']})": r["metrics"] for m, r in results.items()},
+                           ROWS)
     print("\n" + table, flush=True)
 
     import pyro

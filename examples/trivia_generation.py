@@ -37,14 +37,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from example_support import apply_presets, markdown_table, run_command  # noqa: E402
 from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from pyro_monteclora.cli import main as cli  # noqa: E402
 
 PRESETS = {
     "default": {"train_samples": 320, "test_samples": 150, "epochs": 2, "num_samples": 5},
     "fast": {"train_samples": 16, "test_samples": 8, "epochs": 1, "num_samples": 2},
 }
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 INSTRUCTION = " Reply with the answer only."
 ROWS = [  # (label, key, format)
     ("exact match ↑", "exact_match", "{:.3f}"),
@@ -73,15 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, the inits, SVI and sampling")
+    parser.add_argument("--with-lora", action="store_true",
+                        help="also train the LoRA baseline (same budget and seed) and generate with it")
     parser.add_argument("--fast", action="store_true", help="tiny smoke-test settings")
-    args = parser.parse_args(argv)
-    env = os.environ.get("PYRO_MONTECLORA_FAST", "").strip().lower()
-    if env not in TRUE_WORDS + FALSE_WORDS:
-        parser.error(f"PYRO_MONTECLORA_FAST must be one of 1/true/yes/on or 0/false/no/off, got {env!r}")
-    args.fast = args.fast or env in TRUE_WORDS
-    for key, value in PRESETS["fast" if args.fast else "default"].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = apply_presets(parser, parser.parse_args(argv), PRESETS)
     for name in ("train_samples", "test_samples", "epochs", "num_samples", "batch_size", "rank",
                  "max_new_tokens"):
         if getattr(args, name) < 1:
@@ -89,14 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.learning_rate > 0 or not args.sample_scaler >= 0:
         parser.error("--learning-rate must be > 0 and --sample-scaler >= 0")
     return args
-
-
-def run(argv) -> None:
-    """One ``pyro-monteclora`` command; a failure stops the example with the command's status."""
-    print("$ pyro-monteclora " + " ".join(argv), flush=True)
-    status = cli(argv)
-    if status != 0:
-        raise SystemExit(status)
 
 
 def write_data(args, folder: Path) -> dict:
@@ -118,21 +104,13 @@ def generate(label: str, source: list, samples: int, args, output: Path) -> dict
     name = label.replace(" ", "_").replace("=", "")
     metrics = output / f"{name}.metrics.json"
     started = time.perf_counter()
-    run(["generate", *source, "--prompt-file", str(output / "data" / "test.jsonl"),
+    run_command(["generate", *source, "--prompt-file", str(output / "data" / "test.jsonl"),
          "--num-samples", str(samples), "--max-new-tokens", str(args.max_new_tokens),
          "--batch-size", "16", "--seed", str(args.seed), "--output", str(output / f"{name}.jsonl"),
          "--metrics", str(metrics), "--overwrite"])
     record = json.loads(metrics.read_text())
     record["metrics"]["seconds"] = time.perf_counter() - started
     return record
-
-
-def markdown_table(results: dict) -> str:
-    lines = ["| | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
-    for label, key, fmt in ROWS:
-        values = [r["metrics"].get(key) for r in results.values()]
-        lines.append(f"| {label} | " + " | ".join("n/a" if v is None else fmt.format(v) for v in values) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -147,15 +125,18 @@ def main(argv=None) -> dict:
 
     base = str(default_decoder_path())  # the converted GGUF (once; cached)
     results = {"pretrained (S=0)": generate("pretrained S=0", ["--model", base], 0, args, output)}
-    run(["train", "--task-type", "causal-lm", "--train-file", str(output / "data" / "train.jsonl"),
-         "--method", "monteclora", "--rank", str(args.rank), "--epochs", str(args.epochs),
-         "--learning-rate", str(args.learning_rate), "--sample-scaler", str(args.sample_scaler),
-         "--batch-size", str(args.batch_size), "--max-length", "96", "--seed", str(args.seed),
-         "--output", str(run_folder), "--overwrite"])
+    for method in ("lora", "monteclora") if args.with_lora else ("monteclora",):
+        run_command(["train", "--task-type", "causal-lm", "--train-file", str(output / "data" / "train.jsonl"),
+             "--method", method, "--rank", str(args.rank), "--epochs", str(args.epochs),
+             "--learning-rate", str(args.learning_rate), "--sample-scaler", str(args.sample_scaler),
+             "--batch-size", str(args.batch_size), "--max-length", "96", "--seed", str(args.seed),
+             "--output", str(output / method), "--overwrite"])
+    if args.with_lora:
+        results["LoRA (S=0)"] = generate("lora S=0", ["--checkpoint", str(output / "lora")], 0, args, output)
     results["MonteCLoRA (S=0)"] = generate("monteclora S=0", ["--checkpoint", str(run_folder)], 0, args, output)
     results[f"MonteCLoRA (S={args.num_samples})"] = generate(
         f"monteclora S={args.num_samples}", ["--checkpoint", str(run_folder)], args.num_samples, args, output)
-    table = markdown_table(results)
+    table = markdown_table({label: r["metrics"] for label, r in results.items()}, ROWS, corner="")
     print("\n" + table, flush=True)
 
     import pyro
@@ -166,11 +147,12 @@ def main(argv=None) -> dict:
 
     figure = plot_reliability_diagram({label: r["reliability"] for label, r in results.items()},
                                       output / "reliability.png",
-                                      title=f"agreement rate as confidence, {sizes['test']} trivia questions")
+                                      title=f"agreement rate as confidence, {sizes['test']} trivia questions",
+                                      confidence_label="agreement rate of the samples' answers")
     train_summary = json.loads((run_folder / "train_summary.json").read_text())
     settings = {key: getattr(args, key) for key in (
         "train_samples", "test_samples", "epochs", "num_samples", "learning_rate", "sample_scaler",
-        "rank", "batch_size", "max_new_tokens", "seed", "fast")}
+        "rank", "batch_size", "max_new_tokens", "seed", "with_lora", "fast")}
     settings.update(target_modules=["q_proj", "k_proj", "v_proj"], answer_type="short",
                     prompt_suffix=INSTRUCTION.strip(), lists=sizes["lists"])
     environment = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -193,7 +175,9 @@ line of a generation, lower-cased, without punctuation or articles, and is right
 of the question's accepted answers normalised the same way. With S > 0 each of S adapters drawn from
 the guide decodes greedily; the majority answer is scored and the fraction of samples that gave it
 (the agreement rate) is the confidence. With S = 0 there is one greedy answer and its confidence is 1,
-so its ECE is 1 − exact match and its AUROC is undefined (n/a). All numbers are fractions in [0, 1].
+so its ECE is 1 − exact match and its AUROC is 0.5 (one confidence for every question tells right
+from wrong no better than chance). All numbers are fractions in [0, 1]. LoRA (with `--with-lora`)
+is trained with the same data, steps, learning rate and seed.
 
 ![reliability of the agreement rate]({figure.name})
 

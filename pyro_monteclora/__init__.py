@@ -9,6 +9,8 @@ The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
 * :class:`FullFineTuneModel` -- the full fine-tuning baseline through the same code;
 * :func:`fit` and :func:`predict` -- SVI and the streaming posterior predictive, conveniences over
   ``pyro.infer`` objects that work on the model and guide as they are;
+* decoders: :func:`predict_multiple_choice` (options scored through the posterior predictive) and
+  :func:`generate_answers` (generation with posterior sampling, majority answer and agreement);
 * ``save_pretrained`` / ``from_pretrained`` / ``export_peft`` on the model (safetensors + JSON),
   and the ``pyro-monteclora`` command (:mod:`pyro_monteclora.cli`).
 """
@@ -22,6 +24,8 @@ from .handlers import kl_scale
 from .layers import MonteCLoRALinear
 from .likelihoods import CausalLM, Likelihood, SequenceClassification
 from .model import MonteCLoRAModel
+from .generation import GenerationResult, generate_answers
+from .multiple_choice import predict_multiple_choice
 from .predictive import PredictiveOutput, predict
 from .train import FitResult, fit
 
@@ -46,4 +50,7 @@ __all__ = [
     "FitResult",
     "predict",
     "PredictiveOutput",
+    "predict_multiple_choice",
+    "generate_answers",
+    "GenerationResult",
 ]

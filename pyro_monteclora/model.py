@@ -23,7 +23,6 @@ import contextlib
 import inspect
 from typing import Dict, Iterator, Optional, Union
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule

@@ -57,7 +57,8 @@ def curve_ece(curve: Mapping) -> float:
 
 
 def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.PathLike],
-                             title: Optional[str] = None) -> Path:
+                             title: Optional[str] = None,
+                             confidence_label: str = "confidence (max probability)") -> Path:
     """Save reliability diagrams, one panel per curve, side by side, as a PNG.
 
     Each panel shows the accuracy of every confidence bin (bars), the gap to the bin's mean
@@ -67,6 +68,7 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
     :param curves: ``{label: reliability_curve(probs, labels, bins)}`` (empty bins hold ``None``).
     :param path: the PNG to write; written to a temporary file in the same folder, then renamed.
     :param str title: optional title over all panels.
+    :param str confidence_label: the x axis's name (for example ``"agreement rate"``).
     :returns: ``path`` as a :class:`~pathlib.Path`.
     :raises ImportError: if matplotlib is not installed.
     :raises ValueError: if ``curves`` is empty or a curve is malformed.
@@ -119,7 +121,7 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
         fractions = [count / totals[label] for count in curve["count"]]
         bottom.bar(lefts, fractions, width=widths, align="edge", color="0.55", edgecolor="0.3",
                    linewidth=0.5)
-        bottom.set_xlabel("confidence (max probability)")
+        bottom.set_xlabel(confidence_label)
         bottom.set_ylabel("fraction")
         bottom.set_ylim(0, max(0.05, top_fraction * 1.1))
         bottom.grid(True, alpha=0.25)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 def load(name):
+    if str(EXAMPLES) not in sys.path:  # as `python examples/x.py` has it: example_support imports
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -45,3 +48,19 @@ def test_demo_rejects_bad_arguments(tmp_path, capsys):
     assert raised.value.code == 2
     assert "--learning-rate" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def test_trivia_generation_fast(tmp_path):
+    example = load("trivia_generation")
+    record = example.main(["--fast", "--output", str(tmp_path)])
+    assert list(record["models"]) == ["pretrained (S=0)", "MonteCLoRA (S=0)", "MonteCLoRA (S=2)"]
+    for name in ("report.md", "metrics.json", "reliability.png", "data/train.jsonl", "data/test.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (tmp_path / "monteclora_S2.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(row["generations"]) == 2 for row in rows)
+    sampled = record["models"]["MonteCLoRA (S=2)"]
+    assert sampled["exact_match"] == sum(row["correct"] for row in rows) / 8
+    assert sampled["mean_confidence"] == sum(row["agreement"] for row in rows) / 8
+    # one greedy answer has confidence 1: its ECE is exactly 1 - exact match
+    greedy = record["models"]["MonteCLoRA (S=0)"]
+    assert greedy["mean_confidence"] == 1 and abs(greedy["ece"] - (1 - greedy["exact_match"])) < 1e-9

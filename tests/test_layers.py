@@ -1,7 +1,5 @@
 """MonteCLoRALinear: exact base output at B = 0, equality with hand-written LoRA, the law of A, gradients."""
 
-import pyro
-import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
@@ -10,7 +8,7 @@ from torch import nn
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.layers import MonteCLoRALinear
 
-from conftest import classification_batch, tiny_bert_classifier, without_labels
+from conftest import classification_batch, tiny_bert_classifier
 
 
 def make_layer(**config):

@@ -2,14 +2,12 @@
 
 import math
 
-import pyro
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.predictive import predict
 from pyro_monteclora.train import fit, linear_schedule
 
 from conftest import classification_batch, tiny_bert_classifier

@@ -107,7 +107,7 @@ def _read_prompts(args):
 
 def _open(args, device):
     """The model (a MonteCLoRA checkpoint, or a bare base model), its guide, tokenizer and record."""
-    from .evaluate import find_checkpoint, load_for_inference, open_model
+    from .evaluate import load_for_inference, open_model
 
     if args.checkpoint is not None:
         directory, record, _ = load_for_inference(args, ("causal-lm",))

@@ -1,6 +1,10 @@
 """``pyro-monteclora train``: fine-tune with MonteCLoRA, LoRA or full fine-tuning, checkpointing
 every epoch.
 
+``--task-type sequence-classification`` (the default) puts a classifier head on ``--model`` and
+reads labelled texts; ``--task-type causal-lm`` instruction-tunes a decoder on prompt/response
+records (:mod:`pyro_monteclora.instructions`), with the loss on the response tokens only.
+
 The output folder holds ``run.json`` (the arguments, the data and the versions), ``checkpoint/``
 (the model after the last finished epoch: ``monteclora_config.json`` + ``model.safetensors``, and
 the optimiser, schedule and random state in ``training_state.*``; replaced atomically each epoch)
