@@ -3,14 +3,10 @@
 Three schemas are recognised from a record's fields (the first that fits wins), and
 ``prompt_column`` / ``response_column`` override them:
 
-=====================================  ==================================  =====================
-schema                                 prompt                              response
-=====================================  ==================================  =====================
-Alpaca, LLM-Adapters ``commonsense_15k``  ``instruction`` (+ ``input``)       ``output``
-/ ``math_10k``
-GSM8k, question answering              ``question``                        ``answer``
-plain                                  ``prompt``                          ``response``
-=====================================  ==================================  =====================
+* Alpaca and LLM-Adapters' ``commonsense_15k`` / ``math_10k``: the prompt is ``instruction``
+  (with ``input`` when present), the response ``output``;
+* GSM8k and question answering: ``question`` -> ``answer``;
+* plain: ``prompt`` -> ``response``.
 
 A record may also carry reference answers for evaluation: ``answers`` (a list of accepted
 answers, for example aliases) or ``answer`` (LLM-Adapters' short answer; in GSM8k the worked
