@@ -78,7 +78,8 @@ def without_labels(batch: dict) -> dict:
 COUNTRIES = ["france", "peru", "japan", "kenya", "chile", "spain", "egypt", "india"]
 CAPITALS = ["paris", "lima", "tokyo", "nairobi", "santiago", "madrid", "cairo", "delhi"]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, as LlamaConfig's bos=1 / eos=2
-QUESTION_WORDS = ["what", "is", "the", "capital", "of", "?", "a", "b", "c", "yes", "no", "answer"]
+QUESTION_WORDS = ["what", "is", "the", "capital", "of", "?", "a", "b", "c", "yes", "no", "answer",
+                  "plus", "####"] + [str(digit) for digit in range(10)]
 CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}"
                  "{% if add_generation_prompt %} answer{% endif %}")
 
@@ -103,3 +104,13 @@ def capital_rows():
     """(question, answer) records in the question-answer schema, one per country."""
     return [{"question": f"what is the capital of {country} ?", "answer": capital}
             for country, capital in zip(COUNTRIES, CAPITALS)]
+
+
+def sum_rows(count: int = 8, seed: int = 0):
+    """GSM8k-schema records: a question and a worked answer ending in ``#### <number>``."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(count):
+        a, b = torch.randint(0, 5, (2,), generator=generator).tolist()
+        rows.append({"question": f"what is {a} plus {b} ?", "answer": f"{a} plus {b} is {a + b} #### {a + b}"})
+    return rows

@@ -8,7 +8,7 @@ import torch
 
 from pyro_monteclora.cli import main
 
-from conftest import CAPITALS, capital_rows, tiny_llama, word_tokenizer
+from conftest import CAPITALS, capital_rows, sum_rows, tiny_llama, word_tokenizer
 from test_cli import _stop_after_first_checkpoint, snapshot
 
 
@@ -184,3 +184,36 @@ def test_a_classifier_checkpoint_is_refused_by_generate_and_multiple_choice(tmp_
     model.save_pretrained(tmp_path / "clf", guide=MonteCLoRAGuide(model))
     assert main(["generate", "--checkpoint", str(tmp_path / "clf"), "--prompt", "x"]) == 2
     assert "a sequence-classification model; this command takes causal-lm models" in capsys.readouterr().err
+
+
+def test_gsm8k_schema_from_the_hub_and_final_number_answers(decoder_dir, tmp_path, monkeypatch):
+    """--dataset goes through datasets.load_dataset (replaced here by local rows); generate
+    scores the final number of the worked answers."""
+    import pyro_monteclora.datafiles as datafiles
+    from pyro_monteclora.generation import final_number
+
+    rows = {"train": sum_rows(16, 0), "test": sum_rows(6, 1)}
+    calls = []
+
+    def load(name, config, split):
+        calls.append((name, config, split))
+        return rows[split]
+
+    monkeypatch.setattr(datafiles, "hub_split_names", lambda name, config: {s: s for s in rows})
+    monkeypatch.setattr(datafiles, "load_hub_records", load)
+    run = tmp_path / "gsm"
+    assert main(["train", "--task-type", "causal-lm", "--model", str(decoder_dir), "--dataset", "gsm8k",
+                 "--dataset-config", "main", "--epochs", "1", "--batch-size", "4", "--rank", "4",
+                 "--target-modules", "q_proj", "--max-length", "40", "--output", str(run)]) == 0
+    assert calls == [("gsm8k", "main", "train"), ("gsm8k", "main", "test")]
+    assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "0", "--output", str(tmp_path / "ev")]) == 0
+    assert calls[-1] == ("gsm8k", "main", "test")  # evaluate re-reads the recorded test split
+    prompts = write_jsonl(tmp_path / "test.jsonl", rows["test"])
+    out = tmp_path / "gen.jsonl"
+    assert main(["generate", "--checkpoint", str(run), "--prompt-file", str(prompts), "--answer-type", "number",
+                 "--num-samples", "2", "--max-new-tokens", "6", "--output", str(out),
+                 "--metrics", str(tmp_path / "gen.json")]) == 0
+    for line in out.read_text().splitlines():
+        row = json.loads(line)
+        assert all(answer is None or answer.lstrip("-").replace(".", "").isdigit() for answer in row["answers"])
+        assert row["correct"] == (row["answer"] is not None and row["answer"] == final_number(row["references"][0]))
