@@ -22,7 +22,7 @@ import torch
 from pyro import poutine
 from torch.utils.data import DataLoader, Dataset
 
-from .data import EpochShuffleSampler
+from .distributed import all_reduce_sums, evaluation_sampler, training_sampler
 from .instructions import InstructionData, format_prompt
 from .likelihoods import IGNORE_INDEX
 from .predictive import move_batch
@@ -137,12 +137,12 @@ def causal_lm_loader(data: InstructionData, tokenizer, batch_size: int = 8, max_
                      shuffle: bool = False, seed: int = 0) -> DataLoader:
     """A ``DataLoader`` of right-padded ``input_ids``/``attention_mask``/``labels`` batches (prompt
     and padding labelled ``-100``), encoded once up front; shuffled by an
-    :class:`~pyro_monteclora.data.EpochShuffleSampler`."""
+    :class:`~pyro_monteclora.data.EpochShuffleSampler` (in a process group: this rank's shard)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     encoded = encode_pairs(data, tokenizer, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
-    sampler = EpochShuffleSampler(len(encoded), seed) if shuffle else None
+    sampler = training_sampler(len(encoded), seed) if shuffle else evaluation_sampler(len(encoded))
     return DataLoader(encoded, batch_size=batch_size, sampler=sampler,
                       generator=torch.Generator().manual_seed(seed), collate_fn=_PairCollator(pad_id))
 
@@ -169,7 +169,8 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
     With :math:`S > 0` each response's predictive likelihood is the sample average
     :math:`\\bar p(y \\mid x) = \\frac1S \\sum_s p(y \\mid x, A^{(s)})` (a log-mean-exp); :math:`S = 0`
     uses the mean adapter. ``token_nll`` is :math:`-\\sum_i \\log \\bar p(y_i \\mid x_i) / \\sum_i |y_i|`
-    (nats per token) and ``perplexity`` its exponential.
+    (nats per token) and ``perplexity`` its exponential. In a process group the sums are taken over
+    every rank's shard (all ranks must call it).
     """
     if device is None:
         device = next(model.parameters()).device
@@ -197,6 +198,8 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
             total_tokens += int(tokens.sum())
     finally:
         model.train(was_training)
+    total_log_likelihood, total_tokens = all_reduce_sums([total_log_likelihood, total_tokens])
+    total_tokens = int(total_tokens)
     if total_tokens == 0:
         raise ValueError("language_model_metrics(): the loader has no response tokens")
     token_nll = -total_log_likelihood / total_tokens

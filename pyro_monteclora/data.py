@@ -175,12 +175,18 @@ class EpochShuffleSampler(Sampler):
 
 def classification_loader(data: TextClassificationData, tokenizer, batch_size: int = 16,
                           max_length: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A ``DataLoader`` of tokenised batches; shuffled by an :class:`EpochShuffleSampler`."""
+    """A ``DataLoader`` of tokenised batches; shuffled by an :class:`EpochShuffleSampler`.
+
+    In a ``torch.distributed`` process group the loader holds this rank's shard (see
+    :func:`~pyro_monteclora.distributed.training_sampler` and
+    :func:`~pyro_monteclora.distributed.evaluation_sampler`)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-    sampler = EpochShuffleSampler(len(data), seed) if shuffle else None
+    from .distributed import evaluation_sampler, training_sampler
+
+    sampler = training_sampler(len(data), seed) if shuffle else evaluation_sampler(len(data))
     return DataLoader(data, batch_size=batch_size, sampler=sampler,
                       generator=torch.Generator().manual_seed(seed),
                       collate_fn=_Collator(tokenizer, max_length))

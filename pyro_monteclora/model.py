@@ -103,6 +103,7 @@ class HFPyroModel(PyroModule):
         self.dataset_size: Optional[int] = None
         self.__dict__["_guide"] = None  # a plain attribute, not a submodule (see ``guide``)
         self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._retain_draws = False
 
     # -- introspection -----------------------------------------------------------------------------
     @property
@@ -160,6 +161,42 @@ class HFPyroModel(PyroModule):
     def sampled_adapters(self):
         """Draw and hold random adapters for the context (none here); yields the network."""
         yield self.network
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the wrapped network's activations during the backward pass instead of
+        storing them (HF's non-reentrant checkpointing): less memory for large bases.
+
+        The recomputation must see the adapter draws of the forward pass, so the backward has to
+        run inside :meth:`retained_draws` (as :func:`~pyro_monteclora.train.fit` does), with one
+        ELBO particle per step.
+        """
+        if not getattr(self.network, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.network).__name__} does not support gradient checkpointing")
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.network, "activation_checkpointing_enable"):  # transformers >= 5.x
+            self.network.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.network.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether :meth:`enable_gradient_checkpointing` is in effect."""
+        network = self.network
+        return bool(getattr(network, "is_activation_checkpointing", None)
+                    or getattr(network, "is_gradient_checkpointing", False))
+
+    @contextlib.contextmanager
+    def retained_draws(self):
+        """Keep each execution's adapter draws held until this context ends, instead of dropping
+        them when the model returns: wrap a step's loss **and backward** in it when gradient
+        checkpointing is on, so that the recomputed forward uses the same draws."""
+        self._retain_draws = True
+        try:
+            yield self
+        finally:
+            self._retain_draws = False
+            for adapter in self.adapters().values():
+                adapter.clear_factors()
 
     # -- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory, guide=None, metadata: Optional[dict] = None) -> None:
@@ -266,8 +303,9 @@ class MonteCLoRAModel(HFPyroModel):
                     adapter.sample_factors()
             yield self.network
         finally:
-            for adapter in adapters:
-                adapter.clear_factors()
+            if not self._retain_draws:
+                for adapter in adapters:
+                    adapter.clear_factors()
 
     @contextlib.contextmanager
     def stacked_adapters(self, guide, num_samples: int):

@@ -25,9 +25,11 @@ import pyro
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from .distributed import all_ranks_agree, barrier, gather_tensors, world
 from .elbo import MonteCLoRAELBO
 from .handlers import kl_scale
 from .model import MonteCLoRAModel
+from .precision import DTYPES, autocast, check_precision
 from .predictive import move_batch, predict
 from .training_state import TrainingState, capture_rng_state, restore_rng_state
 
@@ -66,7 +68,8 @@ def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
 
 def evaluate_loader(model, guide, loader, num_samples: int = 0, ece_bins: int = 15) -> Dict[str, float]:
     """The per-epoch evaluation of :func:`fit`: accuracy, NLL, ECE and Brier of the posterior
-    predictive for a classifier; response-token NLL and perplexity for a causal LM."""
+    predictive for a classifier; response-token NLL and perplexity for a causal LM. In a process
+    group every rank evaluates its shard and the results are gathered (all ranks must call it)."""
     if model.likelihood.task == "causal-lm":
         from .causal_lm import language_model_metrics
 
@@ -74,7 +77,8 @@ def evaluate_loader(model, guide, loader, num_samples: int = 0, ece_bins: int = 
     from .metrics import classification_metrics
 
     output = predict(model, guide, loader, num_samples=num_samples)
-    return classification_metrics(output.probs, output.labels, ece_bins)
+    gathered = gather_tensors({"probs": output.probs, "labels": output.labels})  # all ranks' shards
+    return classification_metrics(gathered["probs"], gathered["labels"], ece_bins)
 
 
 def _positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
@@ -96,7 +100,8 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         progress: bool = True, desc: str = "SVI", log_every: int = 10,
         validate_args: bool = False,
         on_epoch_end: Optional[Callable[[TrainingState], None]] = None,
-        resume: Optional[TrainingState] = None, skip_nonfinite: bool = False) -> FitResult:
+        resume: Optional[TrainingState] = None, skip_nonfinite: bool = False,
+        dtype: Optional[torch.dtype] = None) -> FitResult:
     """Train ``model`` and ``guide`` with SVI (AdamW, linear warm-up and decay, clipping).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel`.
@@ -134,10 +139,18 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
 
     :param bool skip_nonfinite: on a NaN or infinite loss, skip that step (no update; recorded with
         ``"skipped": True`` and a NaN loss) instead of raising :class:`FloatingPointError`.
+    :param dtype: run the forward passes (training and evaluation) under ``torch.autocast`` to this
+        dtype (``torch.bfloat16`` or ``torch.float16``; see :mod:`~pyro_monteclora.precision`).
+        Trainable tensors and the sampler stay fp32; fp16 on CUDA uses a gradient scaler.
 
     If ``train_loader.sampler`` has ``set_epoch`` (as :func:`~pyro_monteclora.data.classification_loader`'s
     and ``DistributedSampler`` do), it is called at the start of every epoch, so the data order
     depends on the seed and the epoch only.
+
+    In a ``torch.distributed`` process group (``torchrun``, ``accelerate launch``; see
+    :mod:`~pyro_monteclora.distributed`) the same call trains with ``DistributedDataParallel``: give
+    each rank a loader over its shard (``train_loader.dataset`` the whole training set, so that
+    :math:`D` is global), and every rank must call ``fit``.
     """
     _positive("epochs", epochs, integer=True)
     if max_steps is not None:
@@ -152,6 +165,11 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
     _positive("kl_anneal_steps", kl_anneal_steps, integer=True, allow_zero=True)
     _positive("eval_num_samples", eval_num_samples, integer=True, allow_zero=True)
     _positive("log_every", log_every, integer=True)
+    if getattr(model, "gradient_checkpointing", False) and (num_particles > 1 or (
+            isinstance(loss, ELBO) and getattr(loss, "num_particles", 1) > 1)):
+        raise ValueError("fit(): gradient checkpointing needs num_particles=1 (each particle "
+                         "draws its own adapters, and the recomputed forward must see the draw "
+                         "of the pass it recomputes)")
     if isinstance(loss, str):
         if loss not in ELBO_KINDS:
             raise ValueError(f"fit(): loss must be one of {sorted(ELBO_KINDS)} or a pyro ELBO, got {loss!r}")
@@ -161,6 +179,9 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         elbo = loss
     else:
         raise ValueError(f"fit(): loss must be one of {sorted(ELBO_KINDS)} or a pyro ELBO, got {loss!r}")
+    if dtype is not None:
+        check_precision({v: k for k, v in DTYPES.items()}.get(dtype, str(dtype)),
+                        device if device is not None else next(model.parameters()).device)
     dataset_size = model.dataset_size
     if dataset_size is None:
         dataset = getattr(train_loader, "dataset", None)
@@ -188,10 +209,20 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         if parameter.requires_grad and id(parameter) not in seen:
             seen.add(id(parameter))
             parameters.append(parameter)
+    rank, world_size = world()
+    if world_size > 1:  # PyTorch DDP: rank 0's parameters broadcast once, gradients all-reduced
+        from torch.nn.parallel import DistributedDataParallel
+
+        frozen = [name for name, p in loss_module.named_parameters() if not p.requires_grad]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss_module, frozen)
+        loss_module = DistributedDataParallel(
+            loss_module, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+        progress = progress and rank == 0
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(total_steps, int(warmup_ratio * total_steps))
     )
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     kl_of = getattr(guide, "kl_divergence", None)
     result = FitResult()
     start_epoch = step = 0
@@ -214,9 +245,15 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
         batch = move_batch(batch, device)
         kl_factor = min(1.0, step / kl_anneal_steps) if kl_anneal_steps else 1.0
         optimizer.zero_grad(set_to_none=True)
-        with kl_scale(kl_factor):
+        with model.retained_draws():  # a checkpointed backward recomputes with the same draws
+            return _forward_backward(batch, step, epoch, kl_factor, started)
+
+    def _forward_backward(batch: dict, step: int, epoch: int, kl_factor: float, started: float):
+        with kl_scale(kl_factor), autocast(device, dtype):
             value = loss_module(**batch) / dataset_size
-        if not torch.isfinite(value):
+        if not all_ranks_agree(bool(torch.isfinite(value))):  # every rank takes the same branch
+            if not torch.isfinite(value):
+                value = torch.tensor(float("nan"))
             if not skip_nonfinite:
                 raise FloatingPointError(
                     f"fit(): the loss is {value.item()} at step {step} (epoch {epoch}); "
@@ -225,10 +262,18 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
             scheduler.step()  # the step is skipped, the schedule goes on
             return {"step": step, "loss": float("nan"), "kl": None, "nll": None,
                     "kl_factor": kl_factor, "lr": scheduler.get_last_lr()[0], "skipped": True}
-        value.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-        optimizer.step()
+        if scaler is None:
+            value.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+            optimizer.step()
+        else:  # fp16: scale the loss so that small gradients do not underflow
+            scaler.scale(value).backward()
+            scaler.unscale_(optimizer)
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         result.train_seconds += time.perf_counter() - started
         record = {"step": step, "loss": value.item(), "kl": None, "nll": None,
@@ -253,6 +298,8 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                     break
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
+                if world_size > 1:  # independent noise per rank, the same after a resume
+                    pyro.set_rng_seed(((seed or 0) * 1_000_003 + epoch) * 1_009 + rank)
                 epoch_losses = []
                 for batch in train_loader:
                     if step >= total_steps:
@@ -270,17 +317,19 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
                         bar.set_postfix(postfix)
                 summary = {"epoch": epoch, "loss": sum(epoch_losses) / max(1, len(epoch_losses))}
                 if eval_loader is not None:
-                    summary.update(evaluate_loader(model, guide, eval_loader, eval_num_samples, ece_bins))
+                    with autocast(device, dtype):
+                        summary.update(evaluate_loader(model, guide, eval_loader, eval_num_samples, ece_bins))
                     model.train()
                     if bar is not None:
                         bar.write(f"epoch {epoch}: " + ", ".join(
                             f"{k}={v:.4f}" for k, v in summary.items() if k != "epoch"))
                 result.epochs.append(summary)
-                if on_epoch_end is not None:
+                if on_epoch_end is not None and rank == 0:
                     on_epoch_end(TrainingState(
                         epoch=epoch + 1, step=step, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), rng=capture_rng_state(),
                         history=asdict(result)))
+                barrier()  # rank 0's checkpoint is complete before any rank goes on
     finally:
         if bar is not None:
             bar.close()

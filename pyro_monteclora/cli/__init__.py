@@ -74,15 +74,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not message.startswith("pyro-monteclora"):
             command = getattr(locals().get("args"), "command", None)
             message = f"pyro-monteclora{' ' + command if command else ''}: error: {message}"
-        print(message, file=sys.stderr)
+        if _first_process():  # under torchrun every rank finds the same error: say it once
+            print(message, file=sys.stderr)
         return 2
     except TrainingFault as error:
-        print(f"pyro-monteclora train: error: {error}", file=sys.stderr)
+        if _first_process():
+            print(f"pyro-monteclora train: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pyro-monteclora: interrupted; `train --resume --output DIR` continues from the last "
               "finished epoch", file=sys.stderr)
         return 130
+
+
+def _first_process() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def console_main() -> None:

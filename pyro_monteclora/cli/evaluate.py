@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (UsageError, add_data_options, check_number, check_writable, existing_output,
-                      resolve_data, resolve_device)
+from .options import (UsageError, add_data_options, add_dtype_option, check_number, check_writable,
+                      existing_output, resolve_data, resolve_device, resolve_precision)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
            "evaluation_output", "open_model", "default_samples",
@@ -65,6 +65,7 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="the base model (default: the one the checkpoint was trained on)")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_dtype_option(parser)
 
 
 def find_checkpoint(path: str) -> Path:
@@ -99,11 +100,15 @@ def load_for_inference(args, likelihoods=("sequence-classification",)):
         raise UsageError(f"--checkpoint {args.checkpoint}: a {record['likelihood']} model; "
                          f"this command takes {kinds} models")
     device = resolve_device(args.device)
+    args.torch_dtype = resolve_precision(getattr(args, "dtype", "fp32"), device)
     return directory, record, device
 
 
 def open_model(directory: Path, record: dict, args, device):
-    """Load the checkpoint's model (with ``model.guide``) and tokenizer; errors become exit 2."""
+    """Load the checkpoint's model (with ``model.guide``) and tokenizer; errors become exit 2.
+    With ``--dtype bf16/fp16`` the frozen base is cast to it (run it under
+    :func:`~pyro_monteclora.precision.autocast`)."""
+    import torch
     from transformers import AutoTokenizer
 
     from ..serialization import CheckpointError, load_pretrained
@@ -126,6 +131,10 @@ def open_model(directory: Path, record: dict, args, device):
         raise UsageError(str(error)) from None
     except (OSError, ValueError, RuntimeError) as error:
         raise UsageError(f"--model {base}: {error}".splitlines()[0]) from None
+    if getattr(args, "torch_dtype", None) not in (None, torch.float32):
+        from ..precision import cast_frozen
+
+        cast_frozen(model.network, args.torch_dtype)
     if getattr(tokenizer, "pad_token", None) is None:  # decoder tokenizers: pad with end-of-text
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.network.config, "pad_token_id", None) is None:
@@ -211,6 +220,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
     from ..data import classification_loader
     from ..metrics import classification_metrics, reliability_curve
+    from ..precision import autocast
     from ..predictive import predict
 
     data = splits[args.split]
@@ -221,7 +231,8 @@ def run_evaluate(args, parser_defaults: dict) -> int:
                                    metadata.get("max_length", 128))
     pyro.set_rng_seed(args.seed)
     started = time.perf_counter()
-    result = predict(model, guide, loader, num_samples=num_samples, progress=True)
+    with autocast(device, args.torch_dtype):
+        result = predict(model, guide, loader, num_samples=num_samples, progress=True)
     seconds = time.perf_counter() - started
     metrics = classification_metrics(result.probs, result.labels, args.ece_bins,
                                      uncertainty=result.predictive_entropy)

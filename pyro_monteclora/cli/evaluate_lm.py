@@ -41,6 +41,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     import pyro
 
     from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from ..precision import autocast
     from .evaluate import UNITS, default_samples, open_model
 
     metadata = record.get("metadata", {})
@@ -71,7 +72,8 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         from ..causal_lm import causal_lm_loader, language_model_metrics
 
         loader = causal_lm_loader(data, tokenizer, batch_size, max_length)
-        metrics = language_model_metrics(model, guide, loader, num_samples)
+        with autocast(device, args.torch_dtype):
+            metrics = language_model_metrics(model, guide, loader, num_samples)
         with atomic_directory(output) as staging:
             atomic_write_json(staging / "metrics.json", {
                 "units": "token_nll is in nats per response token", "metrics": metrics,
@@ -87,8 +89,9 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
 
     widest = max(len(choices) for choices in data.choices)
     loader = multiple_choice_loader(data, tokenizer, max(1, batch_size // widest), max_length)
-    result = predict_multiple_choice(model, guide, loader, num_samples, progress=True,
-                                     length_normalize=args.length_normalize)
+    with autocast(device, args.torch_dtype):
+        result = predict_multiple_choice(model, guide, loader, num_samples, progress=True,
+                                         length_normalize=args.length_normalize)
     seconds = time.perf_counter() - started
     if result.labels is None:
         raise UsageError("--multiple-choice: the questions have no answer field to score against")

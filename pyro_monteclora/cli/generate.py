@@ -19,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from .options import UsageError, check_number, check_writable, resolve_device, resolve_model_path
+from .options import (UsageError, add_dtype_option, check_number, check_writable, resolve_device,
+                      resolve_model_path, resolve_precision)
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
 
@@ -56,6 +57,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts")
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior samples")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_dtype_option(parser)
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--output", default="-", help="JSONL file, or - for stdout")
     parser.add_argument("--metrics", default=None, help="JSON file for the summary (needs references)")
@@ -115,6 +117,7 @@ def _open(args, device):
         return model, guide, tokenizer, record
     if args.model is None:
         raise UsageError("give --checkpoint (a causal-lm run) or --model (a base model alone)")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..baselines import FullFineTuneModel
@@ -128,7 +131,10 @@ def _open(args, device):
         raise UsageError(f"--model {args.model}: {error}".splitlines()[0]) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return FullFineTuneModel(network).to(device), None, tokenizer, None
+    model = FullFineTuneModel(network).to(device)
+    if args.torch_dtype != torch.float32:
+        network.to(args.torch_dtype)  # nothing is trained here: the whole base in half precision
+    return model, None, tokenizer, None
 
 
 def run_generate(args, parser_defaults: dict) -> int:
@@ -150,6 +156,7 @@ def run_generate(args, parser_defaults: dict) -> int:
     if args.checkpoint is None and args.num_samples:
         raise UsageError("--num-samples > 0 needs a MonteCLoRA --checkpoint (a base model has no posterior)")
     device = resolve_device(args.device)
+    args.torch_dtype = resolve_precision(args.dtype, device)
     model, guide, tokenizer, record = _open(args, device)
 
     import pyro
@@ -157,6 +164,7 @@ def run_generate(args, parser_defaults: dict) -> int:
     from ..atomic import atomic_write_json, atomic_write_text
     from ..generation import generate_answers
     from ..metrics import confidence_metrics, confidence_reliability_curve
+    from ..precision import autocast
     from .evaluate import default_samples
 
     num_samples = args.num_samples
@@ -169,11 +177,12 @@ def run_generate(args, parser_defaults: dict) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = generate_answers(
-            model, tokenizer, data.prompts, num_samples, guide, inputs=data.inputs,
-            references=data.references if has_references else None, answer_type=args.answer_type,
-            max_new_tokens=args.max_new_tokens, max_length=max_length, batch_size=args.batch_size,
-            samples_per_pass=args.samples_per_pass, progress=True)
+        with autocast(device, args.torch_dtype):
+            results = generate_answers(
+                model, tokenizer, data.prompts, num_samples, guide, inputs=data.inputs,
+                references=data.references if has_references else None, answer_type=args.answer_type,
+                max_new_tokens=args.max_new_tokens, max_length=max_length, batch_size=args.batch_size,
+                samples_per_pass=args.samples_per_pass, progress=True)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     lines = "".join(json.dumps(result.to_dict()) + "\n" for result in results)

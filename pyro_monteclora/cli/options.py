@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
-           "existing_output", "data_mode", "file_sha256", "TASKS",
+           "existing_output", "data_mode", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
            "METHODS"]
 
 TASKS = ("rotten-tomatoes",)
@@ -72,6 +72,24 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="allow model code from the hub (off by default)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="where to run (auto: CUDA when available)")
+    add_dtype_option(group)
+
+
+def add_dtype_option(parser) -> None:
+    """``--dtype fp32|bf16|fp16``: the frozen base's precision (adapters and sampler stay fp32)."""
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="precision of the frozen base, run under autocast; adapters, head, "
+                             "guide and sampler stay fp32 (fp16 needs CUDA)")
+
+
+def resolve_precision(name: str, device):
+    """The torch dtype of ``--dtype`` on ``device``; one the device cannot run is a usage error."""
+    from ..precision import check_precision
+
+    try:
+        return check_precision(name, device)
+    except ValueError as error:
+        raise UsageError(f"--dtype {name}: {error}") from None
 
 
 def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> None:

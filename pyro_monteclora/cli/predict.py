@@ -85,13 +85,15 @@ def run_predict(args, parser_defaults: dict) -> int:
 
     from ..atomic import atomic_write_text
     from ..data import classification_loader
+    from ..precision import autocast
     from ..predictive import predict
 
     loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE,
                                    metadata.get("max_length", 128))
     pyro.set_rng_seed(args.seed)
-    result = predict(model, guide, loader, num_samples=default_samples(record, args.num_samples),
-                     progress=args.output != "-")
+    with autocast(device, args.torch_dtype):
+        result = predict(model, guide, loader, num_samples=default_samples(record, args.num_samples),
+                         progress=args.output != "-")
     result.labels = None  # the placeholder labels of unlabelled text
     rows = []
     for row in prediction_rows(data, result, label_names):

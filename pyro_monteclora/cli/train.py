@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .options import (UsageError, add_adapter_options, add_data_options, add_model_options,
                       check_number, check_writable, default_modules_to_save, default_target_modules,
-                      existing_output, resolve_data, resolve_device, resolve_model_path)
+                      existing_output, resolve_data, resolve_device, resolve_model_path,
+                      resolve_precision)
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
@@ -75,6 +76,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--no-validation", action="store_true", help="skip the per-epoch validation")
     group.add_argument("--skip-nonfinite", action="store_true",
                        help="skip a step whose loss is NaN or infinite instead of stopping")
+    group.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute the base's activations in the backward pass (less memory)")
     group = parser.add_argument_group("output")
     group.add_argument("--output", required=True, help="run folder")
     group.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -218,6 +221,7 @@ def run_train(args, parser_defaults: dict) -> int:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again "
                          f"with --overwrite")
     device = resolve_device(args.device)
+    torch_dtype = resolve_precision(args.dtype, device)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
     if causal:
         from .lm_data import resolve_instruction_data
@@ -233,12 +237,10 @@ def run_train(args, parser_defaults: dict) -> int:
 
     import pyro
     import torch
-    import transformers
 
-    from ..serialization import CheckpointError, load_pretrained, save_pretrained
-    from ..train import fit
-    from ..training_state import load_training_state, save_training_state
-    from ..atomic import atomic_directory, atomic_write_json
+    from ..distributed import init_distributed, launched_world_size
+    from ..serialization import CheckpointError, load_pretrained
+    from ..training_state import load_training_state
 
     max_length = arguments["max_length"] or TRAIN_DEFAULTS["causal_lm_max_length" if causal else "max_length"]
     learning_rate = arguments["learning_rate"] or TRAIN_DEFAULTS[
@@ -249,6 +251,56 @@ def run_train(args, parser_defaults: dict) -> int:
     limit = getattr(network.config, "max_position_embeddings", None)
     if limit and max_length > limit:
         raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
+    resume_state = None
+    if checkpoint is not None:
+        try:
+            model = load_pretrained(checkpoint, base_model=network)
+            resume_state = load_training_state(checkpoint)
+        except CheckpointError as error:
+            raise UsageError(f"--resume: {error}") from None
+        guide = model.guide
+    else:
+        model, guide = build_model(arguments["method"], network, arguments, fresh_modules)
+    if torch_dtype != torch.float32:
+        from ..precision import cast_frozen
+
+        cast_frozen(model.network, torch_dtype)
+    if args.gradient_checkpointing:
+        try:
+            model.enable_gradient_checkpointing()
+        except ValueError as error:
+            raise UsageError(f"--gradient-checkpointing: {error}") from None
+    world_size = launched_world_size()
+    if world_size > len(splits["train"]):
+        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['train'])} training examples: "
+                         f"every process needs at least one; launch at most {len(splits['train'])}")
+    # everything is validated: from here on a process group may start and rank 0 writes the output
+    distributed = init_distributed(device)
+    try:
+        return _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path,
+                      output, causal, max_length, learning_rate, resume_state, device, torch_dtype)
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path, output,
+           causal, max_length, learning_rate, resume_state, device, torch_dtype) -> int:
+    """Build the (sharded) loaders, write the run folder on rank 0, train, summarise."""
+    import pyro
+    import torch
+    import transformers
+
+    from ..atomic import atomic_directory, atomic_write_json
+    from ..distributed import barrier, is_main_process
+    from ..serialization import save_pretrained
+    from ..train import fit
+    from ..training_state import save_training_state
+
+    main_process = is_main_process()
+    label_names = data_spec.get("label_names")
     batch_size, seed = arguments["batch_size"], arguments["seed"]
     eval_loader = None
     if causal:
@@ -262,7 +314,7 @@ def run_train(args, parser_defaults: dict) -> int:
                                             shuffle=True, seed=seed)
             if "validation" in splits and not arguments["no_validation"]:
                 eval_loader = causal_lm_loader(splits["validation"], tokenizer, batch_size, max_length)
-        for warning in caught:
+        for warning in caught if main_process else ():
             print(f"warning: {warning.message}", file=sys.stderr)
     else:
         from ..data import classification_loader
@@ -272,23 +324,13 @@ def run_train(args, parser_defaults: dict) -> int:
         if "validation" in splits and not arguments["no_validation"]:
             eval_loader = classification_loader(splits["validation"], tokenizer, 64, max_length)
 
-    resume_state = None
-    if checkpoint is not None:
-        try:
-            model = load_pretrained(checkpoint, base_model=network)
-            resume_state = load_training_state(checkpoint)
-        except CheckpointError as error:
-            raise UsageError(f"--resume: {error}") from None
-        guide = model.guide
-    else:
-        model, guide = build_model(arguments["method"], network, arguments, fresh_modules)
-    # everything is validated: from here on the output folder is written
-    if not args.resume and output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
+    if main_process:
+        if not args.resume and output.exists():
+            shutil.rmtree(output)
+        output.mkdir(parents=True, exist_ok=True)
     metadata = {"method": arguments["method"], "model_path": model_path, "data": data_spec,
                 "max_length": max_length, "arguments": arguments}
-    if not args.resume:
+    if not args.resume and main_process:
         atomic_write_json(output / RUN_FILE, {
             "arguments": arguments, "data": data_spec, "model_path": model_path,
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -301,10 +343,13 @@ def run_train(args, parser_defaults: dict) -> int:
             save_training_state(staging, state)
             tokenizer.save_pretrained(staging)
 
+    barrier()  # the run folder exists before any rank trains
     labels_note = "" if causal else f"{len(label_names)} labels, "
-    print(f"{arguments['method']}: {type(network).__name__} from {model_path}, {len(splits['train']):,} training "
-          f"examples, {labels_note}{model.num_trainable_parameters():,} trainable "
-          f"parameters, device {device}", file=sys.stderr, flush=True)
+    world_note = f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized() else ""
+    if main_process:
+        print(f"{arguments['method']}: {type(network).__name__} from {model_path}, {len(splits['train']):,} training "
+              f"examples, {labels_note}{model.num_trainable_parameters():,} trainable "
+              f"parameters, device {device}{world_note}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
         result = fit(model, guide, train_loader, epochs=arguments["epochs"],
@@ -312,7 +357,7 @@ def run_train(args, parser_defaults: dict) -> int:
                      warmup_ratio=arguments["warmup_ratio"], eval_loader=eval_loader,
                      eval_num_samples=arguments["eval_num_samples"], seed=seed, device=device,
                      desc=arguments["method"], on_epoch_end=on_epoch_end, resume=resume_state,
-                     skip_nonfinite=args.skip_nonfinite)
+                     skip_nonfinite=args.skip_nonfinite, dtype=torch_dtype)
     except FloatingPointError as error:
         last = _latest_checkpoint(output)
         where = (f"the last good checkpoint is {last} (epoch "
@@ -320,12 +365,14 @@ def run_train(args, parser_defaults: dict) -> int:
                  f"continue from it with --resume --skip-nonfinite" if last
                  else "no epoch finished, so there is no checkpoint yet")
         raise TrainingFault(f"{error}; {where}") from None
-    atomic_write_json(output / "train_summary.json", {
-        "method": arguments["method"], "learning_rate": learning_rate, "epochs": result.epochs,
-        "train_seconds": result.train_seconds,
-        "wall_seconds_this_session": time.perf_counter() - started,
-        "trainable_parameters": model.num_trainable_parameters(),
-        "train_examples": len(splits["train"]), "steps": len(result.steps),
-        "final_loss": result.epochs[-1]["loss"] if result.epochs else None})
-    print(f"wrote {output / CHECKPOINT_DIR}", file=sys.stderr)
+    if main_process:
+        atomic_write_json(output / "train_summary.json", {
+            "method": arguments["method"], "learning_rate": learning_rate, "epochs": result.epochs,
+            "train_seconds": result.train_seconds,
+            "wall_seconds_this_session": time.perf_counter() - started,
+            "trainable_parameters": model.num_trainable_parameters(),
+            "train_examples": len(splits["train"]), "steps": len(result.steps),
+            "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+            "final_loss": result.epochs[-1]["loss"] if result.epochs else None})
+        print(f"wrote {output / CHECKPOINT_DIR}", file=sys.stderr)
     return 0
