@@ -9,7 +9,6 @@ cannot fetch the pretrained ones) and a synthetic learnable task, so it needs no
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -95,6 +94,7 @@ def step_times(device, dtype, batch_size, tokens, steps=20, warmup=5):
             peaks[mode] = torch.cuda.max_memory_allocated() / 2**20
     med = {mode: statistics.median(v) for mode, v in times.items()}
     return {"batch": [batch_size, tokens], "dtype": str(dtype), "median_ms": {k: v * 1e3 for k, v in med.items()},
+            "tokens_per_second": {k: batch_size * tokens / v for k, v in med.items()},
             "ratio": med["monteclora"] / med["lora"], "peak_MiB_incl_both_models": peaks,
             "host_syncs_per_step": syncs}
 
@@ -171,8 +171,9 @@ def main():
         report["profile_monteclora_bf16_32x128_10_steps"] = stream.getvalue()
         print(stream.getvalue(), flush=True)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+        from pyro_monteclora.atomic import atomic_write_json
+
+        atomic_write_json(args.json, report)
 
 
 if __name__ == "__main__":

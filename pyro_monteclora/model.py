@@ -182,8 +182,9 @@ class HFPyroModel(PyroModule):
     def gradient_checkpointing(self) -> bool:
         """Whether :meth:`enable_gradient_checkpointing` is in effect."""
         network = self.network
-        return bool(getattr(network, "is_activation_checkpointing", None)
-                    or getattr(network, "is_gradient_checkpointing", False))
+        if hasattr(type(network), "is_activation_checkpointing"):  # transformers >= 5.x
+            return bool(network.is_activation_checkpointing)
+        return bool(getattr(network, "is_gradient_checkpointing", False))
 
     @contextlib.contextmanager
     def retained_draws(self):

@@ -159,7 +159,16 @@ def bad_decoder_inputs(decoder_dir, qa_dir, trained_run, tmp_path):
          r"--max-length must be an integer >= 9"),
         ("a missing gguf file", base + ["--train-file", train, "--model", str(tmp_path / "m.gguf")],
          r"--model .*m\.gguf: no GGUF file"),
-    ]
+        ("fp16 on the CPU", base + ["--train-file", train, "--device", "cpu", "--dtype", "fp16"],
+         r"--dtype fp16: dtype fp16 needs a CUDA device"),
+        ("an unknown dtype", base + ["--train-file", train, "--dtype", "fp8"],
+         r"argument --dtype: invalid choice: 'fp8' \(choose from '?fp32'?, '?bf16'?, '?fp16'?\)"),
+        ("fp16 generation on the CPU", ["generate", "--checkpoint", str(trained_run), "--prompt", "x",
+                                        "--device", "cpu", "--dtype", "fp16"], r"dtype fp16 needs a CUDA device"),
+    ] + ([] if torch.cuda.is_available() else [
+        ("cuda without CUDA", base + ["--train-file", train, "--device", "cuda"],
+         r"--device cuda: CUDA is not available on this machine"),
+    ])
 
 
 def test_bad_decoder_input_exits_2_with_one_line_and_writes_nothing(decoder_dir, qa_dir, trained_run,
@@ -217,3 +226,16 @@ def test_gsm8k_schema_from_the_hub_and_final_number_answers(decoder_dir, tmp_pat
         row = json.loads(line)
         assert all(answer is None or answer.lstrip("-").replace(".", "").isdigit() for answer in row["answers"])
         assert row["correct"] == (row["answer"] is not None and row["answer"] == final_number(row["references"][0]))
+
+
+def test_bf16_and_gradient_checkpointing_on_the_command_line(decoder_dir, qa_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "bf16"
+    assert main(train_args(decoder_dir, qa_dir, run, "--epochs", "1", "--dtype", "bf16",
+                           "--gradient-checkpointing")) == 0
+    saved = load_file(str(run / "checkpoint" / "model.safetensors"))
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())  # adapters and guide stay fp32
+    assert main(["evaluate", "--checkpoint", str(run), "--dtype", "bf16", "--num-samples", "2",
+                 "--test-file", str(qa_dir / "test.jsonl"), "--output", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]["tokens"] == 16
