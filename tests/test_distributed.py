@@ -139,3 +139,18 @@ def test_more_processes_than_examples_is_refused_before_any_process_group(tmp_pa
     assert errors == ["pyro-monteclora train: error: WORLD_SIZE=2 processes for 1 training examples: "
                       "every process needs at least one; launch at most 1"], done.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_inference_commands_refuse_a_multi_process_launch(monkeypatch, tmp_path, capsys):
+    from pyro_monteclora.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for command in (["evaluate", "--checkpoint", str(tmp_path)], ["predict", "--checkpoint", str(tmp_path)],
+                    ["generate", "--model", str(tmp_path), "--prompt", "x"]):
+        assert main(command) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"pyro-monteclora {command[0]}: error: {command[0]} runs in one process (only train is "
+            f"multi-process); launch it without torchrun / accelerate")
+    monkeypatch.setenv("RANK", "1")  # the other ranks exit the same way, silently
+    assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2 and capsys.readouterr().err == ""

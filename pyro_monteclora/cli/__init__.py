@@ -65,6 +65,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         import transformers
 
         pyro.clear_param_store()  # each command starts clean, also when called in-process
+        if args.command != "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+            raise UsageError(f"{args.command} runs in one process (only train is multi-process); "
+                             f"launch it without torchrun / accelerate")
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
