@@ -80,7 +80,9 @@ class InstructionData(Dataset):
                                self.references[:count], self.source)
 
 
-def _text(value, where: str, name: str) -> str:
+def _text(value, where: str, name: str, numbers: bool = False) -> str:
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a numeric answer, as GSM8k-style files may hold
     if not isinstance(value, str):
         raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
     if not value.strip():
@@ -105,13 +107,15 @@ def _references(row: dict, where: str) -> Optional[List[str]]:
 
 
 def _columns(row: dict, where: str, prompt_column: Optional[str], response_column: Optional[str]):
-    if prompt_column is not None:
-        return prompt_column, response_column or "response", False
-    for _, prompt_field, response_field in SCHEMAS:
-        if prompt_field in row:
-            return prompt_field, response_column or response_field, prompt_field == "instruction"
-    raise DataError(f"{where}: no prompt field; expected one of "
-                    f"{[p for _, p, _ in SCHEMAS]} (or pass --prompt-column), found {sorted(row)}")
+    """(prompt field, response field, whether Alpaca's ``input`` goes with the prompt): the
+    record's schema, with a named column replacing only its own part."""
+    schema = next(((p, r) for _, p, r in SCHEMAS if p in row), None)
+    if schema is None and prompt_column is None:
+        raise DataError(f"{where}: no prompt field; expected one of "
+                        f"{[p for _, p, _ in SCHEMAS]} (or pass --prompt-column), found {sorted(row)}")
+    prompt_field = prompt_column or schema[0]
+    response_field = response_column or (schema[1] if schema is not None else "response")
+    return prompt_field, response_field, prompt_field == "instruction"
 
 
 def records_to_instructions(rows: Sequence[Tuple[str, dict]], source: str,
@@ -137,7 +141,7 @@ def records_to_instructions(rows: Sequence[Tuple[str, dict]], source: str,
             raise DataError(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
         inputs.append(extra)
         if response_field in row and row[response_field] is not None:
-            responses.append(_text(row[response_field], where, response_field))
+            responses.append(_text(row[response_field], where, response_field, numbers=True))
         elif require_response:
             raise DataError(f"{where}: no {response_field!r} field (the response); found {sorted(row)}; "
                             f"pass --response-column to name it")

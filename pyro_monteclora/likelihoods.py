@@ -23,6 +23,9 @@ __all__ = ["Likelihood", "SequenceClassification", "CausalLM", "get_likelihood",
 
 #: HF's label value for tokens that carry no loss.
 IGNORE_INDEX = -100
+#: bidirectional encoders that transformers can load as ``*LMHeadModel`` without causal attention
+ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie",
+                                 "deberta", "deberta-v2", "distilbert", "mpnet", "albert", "bert-generation"})
 
 
 class Likelihood:
@@ -90,6 +93,12 @@ class CausalLM(Likelihood):
             raise ValueError(
                 f"likelihood 'causal-lm' needs a *ForCausalLM (or *LMHeadModel) model, got {name}; "
                 f"use likelihood='sequence-classification' for a classifier"
+            )
+        config = getattr(model, "config", None)
+        if getattr(config, "model_type", None) in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False):
+            raise ValueError(
+                f"likelihood 'causal-lm' needs a decoder; {name} over a {config.model_type} config with "
+                f"is_decoder=False attends to future tokens (load it with is_decoder=True if you mean it)"
             )
 
     def logits_to_keep(self, labels: torch.Tensor) -> Optional[int]:

@@ -72,8 +72,9 @@ def parse_answer(value, choices: List[str], where: str) -> int:
     :raises DataError: naming ``where`` and the allowed values when it names none of them.
     """
     count = len(choices)
-    allowed = (f"an index 0..{count - 1}, a letter A..{string.ascii_uppercase[count - 1]}, "
-               f"answer1..answer{count} or one choice's text")
+    letters = string.ascii_uppercase[:count]
+    allowed = (f"an index 0..{count - 1}, a letter A..{letters[-1]}, " if count <= 26 else
+               f"an index 0..{count - 1}, ") + f"answer1..answer{count} or one choice's text"
     index = None
     if isinstance(value, bool):
         index = None
@@ -82,7 +83,7 @@ def parse_answer(value, choices: List[str], where: str) -> int:
     elif isinstance(value, str):
         text = value.strip()
         numbered = _NUMBERED.match(text)
-        if len(text) == 1 and text.isalpha():
+        if len(text) == 1 and text.upper() in string.ascii_uppercase:
             index = string.ascii_uppercase.index(text.upper())
         elif text.isdigit():
             index = int(text)

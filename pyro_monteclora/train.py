@@ -76,8 +76,13 @@ def evaluate_loader(model, guide, loader, num_samples: int = 0, ece_bins: int = 
         return language_model_metrics(model, guide, loader, num_samples)
     from .metrics import classification_metrics
 
-    output = predict(model, guide, loader, num_samples=num_samples)
-    gathered = gather_tensors({"probs": output.probs, "labels": output.labels})  # all ranks' shards
+    if len(loader) == 0:  # an empty shard (fewer examples than ranks) contributes nothing
+        probs = torch.empty(0, model.network.config.num_labels)
+        labels = torch.empty(0, dtype=torch.long)
+    else:
+        output = predict(model, guide, loader, num_samples=num_samples)
+        probs, labels = output.probs, output.labels
+    gathered = gather_tensors({"probs": probs, "labels": labels})  # all ranks' shards
     return classification_metrics(gathered["probs"], gathered["labels"], ece_bins)
 
 

@@ -239,3 +239,33 @@ def test_bf16_and_gradient_checkpointing_on_the_command_line(decoder_dir, qa_dir
     assert main(["evaluate", "--checkpoint", str(run), "--dtype", "bf16", "--num-samples", "2",
                  "--test-file", str(qa_dir / "test.jsonl"), "--output", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]["tokens"] == 16
+
+
+def test_multi_process_launches_that_cannot_work_are_refused_before_any_group(
+        trained_run, decoder_dir, qa_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    before = snapshot(trained_run)
+    assert main(["train", "--output", str(trained_run), "--resume"]) == 2
+    assert "the run was trained by 1 process(es); resume it with the same number (this launch has 2)" in \
+        capsys.readouterr().err
+    one = write_jsonl(tmp_path / "one.jsonl", capital_rows()[:1])
+    assert main(["train", "--task-type", "causal-lm", "--model", str(decoder_dir), "--train-file",
+                 str(qa_dir / "train.jsonl"), "--validation-file", str(one), "--max-length", "32",
+                 "--output", str(tmp_path / "x")]) == 2
+    assert "WORLD_SIZE=2 processes for 1 validation examples" in capsys.readouterr().err
+    assert snapshot(trained_run) == before and not (tmp_path / "x").exists()
+
+
+def test_an_encoder_is_not_trained_as_a_causal_lm():
+    import transformers
+
+    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAModel
+
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64)
+    with pytest.raises(ValueError, match=r"needs a decoder; BertLMHeadModel over a bert config with "
+                                         r"is_decoder=False attends to future tokens"):
+        MonteCLoRAModel(transformers.BertLMHeadModel(config), MonteCLoRAConfig(rank=2))
+    config.is_decoder = True  # a BERT made causal on purpose is accepted
+    MonteCLoRAModel(transformers.BertLMHeadModel(config), MonteCLoRAConfig(rank=2))

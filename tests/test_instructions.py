@@ -69,3 +69,14 @@ def test_prompts_use_the_chat_template_when_there_is_one_else_alpaca():
     chat = word_tokenizer(chat_template=True)
     assert format_prompt(chat, "what is it") == "<s> what is it </s> answer"
     assert format_prompt(chat, "add", "2 3") == "<s> add\n\n2 3 </s> answer"
+
+
+def test_numeric_answers_and_one_named_column_at_a_time(tmp_path):
+    numeric = load_instruction_file(write_jsonl(tmp_path / "n.jsonl", [{"question": "2+2?", "answer": 4}]))
+    assert numeric.responses == ["4"] and numeric.references == [["4"]]
+    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Add.", "input": "2 and 3", "output": "5",
+                                                  "rationale": "2 + 3 = 5"}])
+    named = load_instruction_file(alpaca, prompt_column="instruction")  # the response stays "output"
+    assert (named.prompts, named.inputs, named.responses) == (["Add."], ["2 and 3"], ["5"])
+    other = load_instruction_file(alpaca, response_column="rationale")  # the prompt stays Alpaca's
+    assert (other.prompts, other.inputs, other.responses) == (["Add."], ["2 and 3"], ["2 + 3 = 5"])

@@ -121,3 +121,12 @@ def test_all_options_of_a_question_share_one_draw_per_sample():
     loader = multiple_choice_loader(questions(), word_tokenizer(), 2, 64)  # two batches
     predict_multiple_choice(model, Counting(), loader, num_samples=3)
     assert len(calls) == 2 * 3  # and every batch holds whole questions
+
+
+def test_non_ascii_letters_and_many_choices_are_errors_not_crashes():
+    with pytest.raises(DataError, match=r"answer 'É' is not one of the 3 choices"):
+        parse_answer("É", CHOICES, "here")
+    many = [f"option text {i}" for i in range(30)]
+    assert parse_answer("answer30", many, "here") == 29
+    with pytest.raises(DataError, match=r"answer 'answer31' is not one of the 30 choices; use an index 0\.\.29, answer1"):
+        parse_answer("answer31", many, "here")

@@ -65,6 +65,9 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     model, guide, tokenizer = open_model(directory, record, args, device)
     num_samples = default_samples(record, args.num_samples)
     max_length = args.max_length or metadata.get("max_length", 256)
+    limit = getattr(model.network.config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
     method = metadata.get("method", record["model_class"])
     pyro.set_rng_seed(args.seed)
     started = time.perf_counter()

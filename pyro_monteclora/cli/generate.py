@@ -172,6 +172,12 @@ def run_generate(args, parser_defaults: dict) -> int:
         num_samples = GENERATE_SAMPLES if record is not None and default_samples(record, None) else 0
     metadata = (record or {}).get("metadata", {})
     max_length = args.max_length or max(metadata.get("max_length", 512), args.max_new_tokens + 64)
+    limit = getattr(model.network.config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        if args.max_length or args.max_new_tokens >= limit:
+            raise UsageError(f"--max-length {max_length} (prompt + --max-new-tokens) is more than the "
+                             f"model's {limit} positions")
+        max_length = limit
     pyro.set_rng_seed(args.seed)
     import warnings
 
@@ -203,7 +209,8 @@ def run_generate(args, parser_defaults: dict) -> int:
             atomic_write_json(args.metrics, {
                 "units": "exact_match, mean_confidence (agreement rate), ece, auroc are fractions; "
                          "brier is in [0, 1]",
-                "metrics": summary, "num_samples": num_samples, "answer_type": args.answer_type,
+                "metrics": summary, "num_samples": results[0].num_samples if results else num_samples,
+                "answer_type": args.answer_type,
                 "prompts": len(results), "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                 "checkpoint": args.checkpoint, "model": args.model,
                 "reliability": confidence_reliability_curve(confidence, correct, args.ece_bins)})

@@ -41,7 +41,7 @@ def _located_rows(spec: dict, split: str, available: Optional[dict]):
     return [(f"record {i}", row) for i, row in enumerate(rows, start=1)], f"{spec['dataset']}[{split}]"
 
 
-def _spec(args, recorded: Optional[dict]) -> dict:
+def _spec(args, recorded: Optional[dict], first_split: str = "train") -> dict:
     mode = _check_source(args)
     if mode is None and recorded is not None:
         return dict(recorded)
@@ -52,8 +52,8 @@ def _spec(args, recorded: Optional[dict]) -> dict:
     elif mode == "dataset":
         spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
     else:
-        raise UsageError("no data: pass --train-file (json/jsonl/csv/tsv/parquet of prompt and "
-                         "response records) or --dataset")
+        raise UsageError(f"no data: pass --{first_split}-file (json/jsonl/csv/tsv/parquet records) "
+                         f"or --dataset")
     spec["task_type"] = "causal-lm"
     spec["prompt_column"] = getattr(args, "prompt_column", None) or (recorded or {}).get("prompt_column")
     spec["response_column"] = getattr(args, "response_column", None) or (recorded or {}).get("response_column")
@@ -69,7 +69,7 @@ def resolve_instruction_data(args, needed: Sequence[str], recorded: Optional[dic
     from ..datafiles import DataError, hub_split_names
     from ..instructions import records_to_instructions
 
-    spec = _spec(args, recorded)
+    spec = _spec(args, recorded, needed[0])
     splits = {}
     try:
         available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None
@@ -93,7 +93,7 @@ def load_multiple_choice_split(args, split: str = "test"):
     from ..datafiles import DataError, hub_split_names
     from ..multiple_choice import records_to_multiple_choice
 
-    spec = _spec(args, None)
+    spec = _spec(args, None, split)
     spec["task_type"] = "multiple-choice"
     try:
         available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None

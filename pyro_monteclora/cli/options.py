@@ -155,7 +155,7 @@ def resolve_model_path(name: Optional[str], task_type: str = "sequence-classific
 
         try:
             return str(default_decoder_path() if task_type == "causal-lm" else default_encoder_path())
-        except (FileNotFoundError, ImportError) as error:
+        except (ImportError, OSError, ValueError, RuntimeError) as error:  # also a broken GGUF file
             raise UsageError(f"--model: no default model ({error}); pass --model") from None
     path = Path(name).expanduser()
     if is_gguf(name):

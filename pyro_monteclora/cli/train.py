@@ -124,8 +124,14 @@ def _prepare_output(args, parser_defaults: dict):
             run = json.loads(run_file.read_text(encoding="utf-8"))
             saved, recorded = run["arguments"], run["data"]
             saved["model"] = run["model_path"]  # as resolved when the run started
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            processes = int(run.get("processes", 1))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise UsageError(f"--resume: {run_file} is not a readable run record") from None
+        from ..distributed import launched_world_size
+
+        if launched_world_size() != processes:  # the step count and data shards depend on it
+            raise UsageError(f"--resume: the run was trained by {processes} process(es); resume it "
+                             f"with the same number (this launch has {launched_world_size()})")
         changed = [name for name in RUN_OPTIONS if name != "model"
                    and getattr(args, name) != parser_defaults.get(name) and getattr(args, name) != saved.get(name)]
         if changed:
@@ -274,6 +280,9 @@ def run_train(args, parser_defaults: dict) -> int:
     if world_size > len(splits["train"]):
         raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['train'])} training examples: "
                          f"every process needs at least one; launch at most {len(splits['train'])}")
+    if "validation" in splits and not arguments["no_validation"] and world_size > len(splits["validation"]):
+        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['validation'])} validation "
+                         f"examples: pass --no-validation or a larger validation set")
     # everything is validated: from here on a process group may start and rank 0 writes the output
     distributed = init_distributed(device)
     try:
@@ -333,6 +342,7 @@ def _train(args, arguments, model, guide, tokenizer, network, splits, data_spec,
     if not args.resume and main_process:
         atomic_write_json(output / RUN_FILE, {
             "arguments": arguments, "data": data_spec, "model_path": model_path,
+            "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "pyro": pyro.__version__, "transformers": transformers.__version__},
             "command": " ".join(["pyro-monteclora"] + args.command_line)})
