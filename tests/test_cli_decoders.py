@@ -9,12 +9,7 @@ import torch
 from pyro_monteclora.cli import main
 
 from conftest import CAPITALS, capital_rows, sum_rows, tiny_llama, word_tokenizer
-from test_cli import _stop_after_first_checkpoint, snapshot
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+from test_cli import _stop_after_first_checkpoint, snapshot, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """(prompt, response) records: schemas, overrides, reference answers, prompts, and bad records."""
 
-import json
-
 import pytest
 
 from pyro_monteclora.datafiles import DataError
@@ -9,11 +7,7 @@ from pyro_monteclora.instructions import (ALPACA_INPUT_TEMPLATE, ALPACA_TEMPLATE
                                           load_instruction_file)
 
 from conftest import word_tokenizer
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+from test_cli import write_jsonl
 
 
 def test_the_three_schemas_and_their_reference_answers(tmp_path):
