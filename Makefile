@@ -36,8 +36,10 @@ demo: setup
 demo-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/rotten_tomatoes_demo.py --fast
 
+# Speed and memory as ratios measured side by side (benchmarks/README.md); results in benchmarks/results/.
 bench: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/step_time.py --json benchmarks/step_time.json
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_suite.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation_speed.py --rounds 3
 
 # The documentation site (docs/_build/html), then the code of its pages run by the doctest builder.
 # Warnings are errors. The docs extra goes into .venv once, after the main setup.

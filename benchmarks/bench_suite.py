@@ -1,0 +1,297 @@
+"""Speed and memory of a MonteCLoRA SVI step against PEFT's LoRA, PEFT's MonteCLoRA variant, a
+plain-PyTorch LoRA and the same MonteCLoRA math without Pyro, plus the predictive's cost in S and
+the step's cost in N, r and the number of adapted layers. ``make bench`` runs it.
+
+Every step is forward + loss + backward + AdamW on the same batch (MiniLM: 16 sentences x 64
+tokens, rank 8, query + value; or a Llama of the same size class with ``--model llama``). Times are
+medians over ``--steps`` interleaved rounds (A B C ... A B C ...) after ``--warmup``; every number
+reported is a ratio to PEFT's LoRA measured in the same rounds. Peak memory is not measured on the
+CPU: the resident set is dominated by the allocator's caching (repeated runs differed by 4x), so
+memory ratios come from ``cuda_check.py`` (``torch.cuda.max_memory_allocated``) on a GPU.
+
+    python benchmarks/bench_suite.py [--model minilm|llama] [--steps 20] [--output benchmarks/results/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+
+from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora.atomic import atomic_file, atomic_write_json, atomic_write_text
+from pyro_monteclora.elbo import MonteCLoRAELBO
+from pyro_monteclora.predictive import predict
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {"minilm": ["query", "value"], "llama": ["q_proj", "v_proj"]}
+
+
+def base_model(kind: str):
+    if kind == "minilm":
+        from pyro_monteclora.data import default_encoder_path
+
+        return transformers.AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
+    config = transformers.LlamaConfig(vocab_size=8000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                                      num_attention_heads=6, num_key_value_heads=6, num_labels=2, pad_token_id=0)
+    torch.manual_seed(0)
+    return transformers.LlamaForSequenceClassification(config)
+
+
+def batch(kind: str, size: int = 16, tokens: int = 64):
+    generator = torch.Generator().manual_seed(0)
+    vocab = 30000 if kind == "minilm" else 8000
+    return {"input_ids": torch.randint(5, vocab, (size, tokens), generator=generator),
+            "attention_mask": torch.ones(size, tokens, dtype=torch.long),
+            "labels": torch.randint(0, 2, (size,), generator=generator)}
+
+
+class PlainLoRALinear(nn.Module):
+    """The floor: ``W0 x + (alpha / r) B A x`` in plain PyTorch."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.A = nn.Parameter(torch.empty(rank, base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.A), self.B) * self.scaling
+
+
+def _freeze_and_inject(network, targets, make):
+    for p in network.parameters():
+        p.requires_grad_(False)
+    for path, module in list(network.named_modules()):
+        if path.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear):
+            parent, _, child = path.rpartition(".")
+            setattr(network.get_submodule(parent), child, make(module))
+    head = "classifier" if hasattr(network, "classifier") else "score"
+    for p in getattr(network, head).parameters():
+        p.requires_grad_(True)
+    return network
+
+
+def classifier_step(network, data, extra_loss=None):
+    network.train()  # dropout on, as in any training loop (from_pretrained returns eval mode)
+    params = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    inputs = {k: v for k, v in data.items() if k != "labels"}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(network(**inputs).logits, data["labels"])
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    return step
+
+
+def make_case(name: str, kind: str, data: dict, rank: int = 8, components: int = 4, targets=None):
+    """A zero-argument function running one training step of case ``name``."""
+    targets = targets or TARGETS[kind]
+    network = base_model(kind)
+    if name == "plain-lora":
+        return classifier_step(_freeze_and_inject(network, targets, lambda m: PlainLoRALinear(m, rank, 2 * rank)), data)
+    if name in ("peft-lora", "peft-monteclora"):
+        from peft import LoraConfig, get_peft_model
+
+        extra = {}
+        if name == "peft-monteclora":
+            from peft import MontecloraConfig
+
+            extra["monteclora_config"] = MontecloraConfig(num_samples=components, sample_scaler=5e-3)
+        head = "classifier" if kind == "minilm" else "score"
+        peft_model = get_peft_model(network, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                        modules_to_save=[head], **extra))
+        loss = peft_model.base_model._get_monteclora_loss if name == "peft-monteclora" else None
+        return classifier_step(peft_model, data, loss)
+    config = MonteCLoRAConfig(rank=rank, alpha=2 * rank, target_modules=targets, num_components=components,
+                              modules_to_save=["classifier" if kind == "minilm" else "score"])
+    model = MonteCLoRAModel(network, config)
+    guide = MonteCLoRAGuide(model, mode="lora" if name == "ours-lora-mode" else "monteclora")
+    model.dataset_size = 1000
+    if name == "ours-no-pyro":  # the same math as the SVI step, without Pyro's handlers
+        return _no_pyro_step(model, guide, data)
+    loss_module = MonteCLoRAELBO()(model, guide)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        value = loss_module(**data) / 1000
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    return step
+
+
+def _no_pyro_step(model, guide, data):
+    """Draw each layer's factors from the guide's distributions by hand, run the network, add the
+    closed-form KL: the SVI step's arithmetic with no trace, plate or replay."""
+    from pyro_monteclora.distributions import lora_perturbation
+
+    params = [p for p in model.parameters() if p.requires_grad] + list(guide.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    posteriors = guide.factor_posteriors()
+    adapters = model.adapters()
+    inputs = {k: v for k, v in data.items() if k != "labels"}
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        for path, adapter in adapters.items():
+            posterior = posteriors[f"{path}.lora_A"]
+            L = posterior.covariance().rsample()
+            pi = posterior.mixture_weights().rsample()
+            z = torch.randn(adapter.rank, adapter.in_features)
+            adapter.hold_factors(adapter.lora_A_mean + lora_perturbation(L, pi, z, model.config.sample_scaler),
+                                 adapter.lora_B)
+        logits = model.network(**inputs).logits
+        for adapter in adapters.values():
+            adapter.clear_factors()
+        loss = F.cross_entropy(logits, data["labels"]) + guide.kl_divergence() / 1000
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    return step
+
+
+def interleaved(cases: dict, steps: int, warmup: int) -> dict:
+    times = {name: [] for name in cases}
+    for round_ in range(warmup + steps):
+        for name, step in cases.items():
+            started = time.perf_counter()
+            step()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def predictive_costs(kind: str, samples=(0, 1, 4, 10), rounds: int = 3) -> dict:
+    model = MonteCLoRAModel(base_model(kind), MonteCLoRAConfig(rank=8, target_modules=TARGETS[kind]))
+    guide = MonteCLoRAGuide(model)
+    data = batch(kind, 64)
+    loader = [{k: v for k, v in data.items()}]
+    seconds = {s: [] for s in samples}
+    predict(model, guide, loader, num_samples=1)  # warm-up
+    for _ in range(rounds):
+        for s in samples:
+            started = time.perf_counter()
+            predict(model, guide, loader, num_samples=s)
+            seconds[s].append(time.perf_counter() - started)
+    medians = {s: statistics.median(v) for s, v in seconds.items()}
+    return {str(s): {"seconds_per_example": medians[s] / 64,
+                     "ratio_to_S_times_mean": (medians[s] / (s * medians[0])) if s else 1.0} for s in samples}
+
+
+def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
+    rows = []
+    settings = ([("N", n, dict(components=n)) for n in (1, 4, 16)]
+                + [("rank", r, dict(rank=r)) for r in (4, 8, 32)]
+                + [("layers", "query,value", dict(targets=TARGETS[kind])),
+                   ("layers", "all linear", dict(targets=(["query", "key", "value", "dense"] if kind == "minilm" else
+                                                          ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"])))])
+    for axis, value, kwargs in settings:
+        pyro.clear_param_store()
+        cases = {"monteclora": make_case("ours-monteclora", kind, data, **kwargs),
+                 "lora": make_case("ours-lora-mode", kind, data, **kwargs)}
+        medians = interleaved(cases, steps, warmup)
+        rows.append({"axis": axis, "value": value, "monteclora_s": medians["monteclora"], "lora_s": medians["lora"],
+                     "ratio": medians["monteclora"] / medians["lora"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["minilm", "llama"], default="minilm")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--output", default=str(RESULTS / "bench"))
+    args = parser.parse_args()
+    transformers.logging.set_verbosity_error()
+    pyro.set_rng_seed(0)
+    data = batch(args.model)
+    names = ["peft-lora", "plain-lora", "peft-monteclora", "ours-lora-mode", "ours-monteclora", "ours-no-pyro"]
+    cases = {}
+    for name in names:
+        pyro.clear_param_store()
+        cases[name] = make_case(name, args.model, data)
+    medians = interleaved(cases, args.steps, args.warmup)
+    floor = medians["peft-lora"]
+    steps_table = {name: {"median_s": m, "ratio_to_peft_lora": m / floor} for name, m in medians.items()}
+    print(json.dumps(steps_table, indent=1), flush=True)
+    report = {"model": args.model, "batch": [16, 64], "rank": 8, "targets": TARGETS[args.model],
+              "steps": steps_table, "predictive": predictive_costs(args.model),
+              "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
+                              "pyro": pyro.__version__, "python": platform.python_version(),
+                              "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                              "steps": args.steps, "warmup": args.warmup}}
+    try:
+        import peft
+
+        report["environment"]["peft"] = peft.__version__
+    except ImportError:
+        pass
+    if not args.skip_scaling:
+        report["scaling"] = scaling(args.model, data, max(8, args.steps // 2), args.warmup)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output.with_suffix(".json"), report)
+    lines = ["| step | median s | × PEFT LoRA |", "|---|---:|---:|"]
+    for name, row in steps_table.items():
+        lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio_to_peft_lora']:.2f} |")
+    lines += ["", "| S | s per example | ÷ (S × mean-adapter) |", "|---|---:|---:|"]
+    lines += [f"| {s} | {r['seconds_per_example']:.4f} | {r['ratio_to_S_times_mean']:.2f} |"
+              for s, r in report["predictive"].items()]
+    if "scaling" in report:
+        lines += ["", "| axis | value | MonteCLoRA / LoRA mode |", "|---|---|---:|"]
+        lines += [f"| {r['axis']} | {r['value']} | {r['ratio']:.2f} |" for r in report["scaling"]]
+    table = "\n".join(lines)
+    atomic_write_text(output.with_suffix(".md"), f"# Benchmark suite ({args.model}, CPU)\n\n{table}\n")
+    _plot(steps_table, output.with_suffix(".png"), args.model)
+    print(table)
+
+
+def _plot(steps_table: dict, path: Path, kind: str) -> None:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    figure = Figure(figsize=(7, 3.2))
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
+    names = list(steps_table)
+    axis.barh(names, [steps_table[n]["ratio_to_peft_lora"] for n in names], color="#4c72b0")
+    axis.axvline(1.0, color="black", lw=0.8)
+    axis.axvline(1.05, color="grey", lw=0.8, ls="--")
+    axis.invert_yaxis()
+    axis.set_xlabel("training step time / PEFT LoRA's (lower is better; dashed: 1.05 target)")
+    axis.set_title(f"{kind}, batch 16 x 64, r = 8, CPU")
+    figure.tight_layout()
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
+
+
+if __name__ == "__main__":
+    main()
