@@ -16,6 +16,7 @@ so that learning rates and gradient clipping mean what they mean for LoRA's mean
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -220,8 +221,12 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], *, epochs: 
 
         frozen = [name for name, p in loss_module.named_parameters() if not p.requires_grad]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss_module, frozen)
+        # buffers (position ids and the like) are the same on every rank: never re-sent per step
+        buffers = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
         loss_module = DistributedDataParallel(
-            loss_module, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+            loss_module, device_ids=[device] if device.type == "cuda" else None, **buffers)
         progress = progress and rank == 0
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -46,6 +46,7 @@ dist.all_gather_object(draws, torch.randn(4))  # the random streams after traini
 assert not torch.equal(draws[0], draws[1]), "the ranks share their noise"
 if rank == 0:
     save_file(tensors, {out!r})
+dist.barrier()  # no rank tears the group down while another still receives
 dist.destroy_process_group()
 '''
 

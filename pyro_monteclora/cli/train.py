@@ -285,13 +285,18 @@ def run_train(args, parser_defaults: dict) -> int:
                          f"examples: pass --no-validation or a larger validation set")
     # everything is validated: from here on a process group may start and rank 0 writes the output
     distributed = init_distributed(device)
+    finished = False
     try:
-        return _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path,
-                      output, causal, max_length, learning_rate, resume_state, device, torch_dtype)
+        status = _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path,
+                        output, causal, max_length, learning_rate, resume_state, device, torch_dtype)
+        finished = True
+        return status
     finally:
         if distributed:
             import torch.distributed as dist
 
+            if finished:  # no rank tears the group down while another still receives
+                dist.barrier()
             dist.destroy_process_group()
 
 
