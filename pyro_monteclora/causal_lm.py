@@ -19,13 +19,12 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from pyro import poutine
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import all_reduce_sums, evaluation_sampler, training_sampler
 from .instructions import InstructionData, format_prompt
 from .likelihoods import IGNORE_INDEX
-from .predictive import move_batch
+from .predictive import adapter_draws, move_batch, uses_mean_adapter
 
 __all__ = ["EncodedPairs", "encode_prompt", "encode_pairs", "causal_lm_loader", "pad_batch",
            "sequence_log_likelihood", "language_model_metrics", "end_token_id"]
@@ -174,7 +173,7 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
     """
     if device is None:
         device = next(model.parameters()).device
-    use_mean = num_samples == 0 or model.adapter_mode == "mean" or getattr(guide, "mode", "") == "lora"
+    draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
     was_training = model.training
     model.eval()
     total_log_likelihood, total_tokens = 0.0, 0
@@ -183,17 +182,11 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
             batch = move_batch(batch, device)
             labels = batch.pop("labels")
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-            if use_mean:
-                with model.mean_adapters():
-                    log_likelihood, tokens = sequence_log_likelihood(model(**inputs), labels)
-            else:
-                draws = []
-                for _ in range(num_samples):
-                    guide_trace = poutine.trace(guide).get_trace(**inputs)
-                    logits = poutine.replay(model, trace=guide_trace)(**inputs)
-                    log_likelihood, tokens = sequence_log_likelihood(logits, labels)
-                    draws.append(log_likelihood.double())
-                log_likelihood = torch.stack(draws).logsumexp(0) - math.log(num_samples)
+            per_draw = []
+            for run_model in adapter_draws(model, guide, num_samples, inputs):
+                log_likelihood, tokens = sequence_log_likelihood(run_model(**inputs), labels)
+                per_draw.append(log_likelihood.double())
+            log_likelihood = torch.stack(per_draw).logsumexp(0) - math.log(draws)
             total_log_likelihood += log_likelihood.double().sum().item()
             total_tokens += int(tokens.sum())
     finally:

@@ -37,6 +37,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from .causal_lm import encode_prompt, end_token_id, pad_batch
+from .predictive import uses_mean_adapter
 
 __all__ = ["GenerationResult", "generate_answers", "extract_answer", "normalize_answer", "final_number",
            "majority_vote", "is_correct", "ANSWER_TYPES"]
@@ -147,7 +148,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     guide = guide if guide is not None else getattr(model, "guide", None)
-    sampling = num_samples > 0 and guide is not None and getattr(guide, "mode", "") != "lora"
+    sampling = not uses_mean_adapter(model, guide, num_samples)
     per_pass = min(samples_per_pass or num_samples, num_samples) if sampling else 1
     inputs = list(inputs) if inputs is not None else [""] * len(prompts)
     room = max_length - max_new_tokens

@@ -20,14 +20,15 @@ information is 0. Each draw is a full forward pass of the network under
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from pyro import poutine
 
 from .model import HFPyroModel
 
-__all__ = ["predict", "posterior_predictive", "PredictiveOutput", "entropy", "move_batch"]
+__all__ = ["predict", "posterior_predictive", "PredictiveOutput", "entropy", "move_batch",
+           "adapter_draws", "uses_mean_adapter"]
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -66,6 +67,25 @@ class PredictiveOutput:
 ClassLogProbs = Callable[[Callable[..., torch.Tensor], dict], torch.Tensor]
 
 
+def uses_mean_adapter(model: HFPyroModel, guide, num_samples: int) -> bool:
+    """Whether :math:`S` = ``num_samples`` draws reduce to the mean adapter :math:`A = M`: for
+    :math:`S = 0`, a model in ``"mean"`` mode, or a guide without a posterior (none, or ``"lora"``)."""
+    return (num_samples == 0 or guide is None or model.adapter_mode == "mean"
+            or getattr(guide, "mode", "") == "lora")
+
+
+def adapter_draws(model: HFPyroModel, guide, num_samples: int, inputs: dict) -> Iterator[Callable[..., torch.Tensor]]:
+    """Yield one function per adapter draw that runs ``model`` under that draw: :math:`S` replays of
+    fresh guide traces (as ``pyro.infer.Predictive`` does), or the model once with its mean adapter
+    (see :func:`uses_mean_adapter`). Consume each before asking for the next."""
+    if uses_mean_adapter(model, guide, num_samples):
+        with model.mean_adapters():
+            yield model
+        return
+    for _ in range(num_samples):
+        yield poutine.replay(model, trace=poutine.trace(guide).get_trace(**inputs))
+
+
 def _classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -> torch.Tensor:
     return run_model(**batch).double().log_softmax(-1)
 
@@ -87,7 +107,7 @@ def posterior_predictive(model: HFPyroModel, guide, loader: Iterable[dict], clas
         raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
     if device is None:
         device = next(model.parameters()).device
-    use_mean = num_samples == 0 or model.adapter_mode == "mean" or getattr(guide, "mode", "") == "lora"
+    draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
     was_training = model.training
     model.eval()
     rows = {"probs": [], "predictive_entropy": [], "expected_entropy": [], "labels": []}
@@ -101,17 +121,11 @@ def posterior_predictive(model: HFPyroModel, guide, loader: Iterable[dict], clas
             batch = move_batch(batch, device)
             labels = batch.pop("labels", None)
             batch.pop("example_index", None)
-            if use_mean:
-                with model.mean_adapters():
-                    probs = class_log_probs(model, batch).double().exp()
-                mean_probs, expected = probs, entropy(probs)
-            else:
-                mean_probs = expected = 0.0
-                for _ in range(num_samples):
-                    guide_trace = poutine.trace(guide).get_trace(**batch)
-                    probs = class_log_probs(poutine.replay(model, trace=guide_trace), batch).double().exp()
-                    mean_probs = mean_probs + probs / num_samples
-                    expected = expected + entropy(probs) / num_samples
+            mean_probs = expected = 0.0
+            for run_model in adapter_draws(model, guide, num_samples, batch):
+                probs = class_log_probs(run_model, batch).double().exp()
+                mean_probs = mean_probs + probs / draws
+                expected = expected + entropy(probs) / draws
             rows["probs"].append(mean_probs.cpu())
             rows["predictive_entropy"].append(entropy(mean_probs).cpu())
             rows["expected_entropy"].append(expected.cpu())
