@@ -113,6 +113,7 @@ class GenerationResult:
     correct: Optional[bool] = None
 
     def to_dict(self) -> dict:
+        """The result as a JSON-able dict (one line of ``pyro-monteclora generate``)."""
         return asdict(self)
 
 
