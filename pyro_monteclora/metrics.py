@@ -22,6 +22,7 @@ __all__ = [
     "expected_calibration_error",
     "brier_score",
     "auroc",
+    "matthews_correlation",
     "reliability_curve",
     "confidence_reliability_curve",
     "confidence_metrics",
@@ -145,14 +146,46 @@ def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
     return (u / (n_pos * n_neg)).item()
 
 
+def matthews_correlation(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Matthews correlation of the arg-max predictions (CoLA's metric), in ``[-1, 1]``.
+
+    For :math:`K` classes (Gorodkin's :math:`R_K`), with :math:`c` correct of :math:`n`, and
+    :math:`p_k`, :math:`t_k` the predicted and true counts of class :math:`k`:
+
+    .. math::
+
+        \\mathrm{MCC} = \\frac{c\\,n - \\sum_k p_k t_k}
+                               {\\sqrt{(n^2 - \\sum_k p_k^2)(n^2 - \\sum_k t_k^2)}},
+
+    and 0 when a factor of the denominator is 0 (a constant prediction or label).
+
+    >>> probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    >>> round(matthews_correlation(probs, torch.tensor([0, 1, 1, 1])), 4)
+    0.5774
+    """
+    _check(probs, labels)
+    classes = probs.shape[-1]
+    predicted = probs.argmax(-1)
+    n = float(labels.numel())
+    correct = (predicted == labels).double().sum()
+    p = torch.bincount(predicted, minlength=classes).double()
+    t = torch.bincount(labels.long(), minlength=classes).double()
+    denominator = ((n * n - (p * p).sum()) * (n * n - (t * t).sum())).sqrt()
+    if denominator.item() == 0:
+        return 0.0
+    return ((correct * n - (p * t).sum()) / denominator).item()
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15,
                            uncertainty: torch.Tensor = None) -> Dict[str, float]:
-    """Accuracy, NLL, ECE, Brier and (with ``uncertainty``) the AUROC of spotting errors."""
+    """Accuracy, NLL, ECE, Brier, Matthews correlation and (with ``uncertainty``) the AUROC of
+    spotting errors."""
     result = {
         "accuracy": accuracy(probs, labels),
         "nll": negative_log_likelihood(probs, labels),
         "ece": expected_calibration_error(probs, labels, bins),
         "brier": brier_score(probs, labels),
+        "matthews_correlation": matthews_correlation(probs, labels),
     }
     if uncertainty is not None:
         result["error_auroc"] = auroc(uncertainty, probs.argmax(-1) != labels)

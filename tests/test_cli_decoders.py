@@ -131,7 +131,7 @@ def bad_decoder_inputs(decoder_dir, qa_dir, trained_run, tmp_path):
     return [
         ("a record without its response", base + ["--train-file", str(no_response)],
          r"noresp\.jsonl line 2: no 'answer' field \(the response\)"),
-        ("a built-in classification task", base + ["--task", "rotten-tomatoes"], r"--task names a classification task"),
+        ("a built-in classification task", base + ["--task", "rotten-tomatoes"], r"--task rotten-tomatoes is a classification task"),
         ("classification columns", base + ["--train-file", train, "--text-column", "x"],
          r"--text-column/--label-column apply to classification data"),
         ("prompt column on a classifier", ["train", "--prompt-column", "q", "--train-file", train,

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from .options import (UsageError, add_data_options, add_dtype_option, check_number, check_writable,
-                      existing_output, resolve_data, resolve_device, resolve_precision)
+                      evaluation_split, existing_output, resolve_data, resolve_device, resolve_precision,
+                      task_of)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
            "evaluation_output", "open_model", "default_samples",
@@ -34,8 +35,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     add_inference_options(parser)
     add_data_options(parser, ("test",))
     parser.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins of the ECE")
-    parser.add_argument("--split", default="test", choices=["test", "validation", "train"],
-                        help="which split of the checkpoint's data (or of --task/--dataset) to use")
+    parser.add_argument("--split", default=None, choices=["test", "validation", "train"],
+                        help="which split of the checkpoint's data (or of --task/--dataset) to use "
+                             "(default: test when it has labels, else validation, as for GLUE)")
     parser.add_argument("--max-samples", type=int, default=None,
                         help="evaluate on the first N examples only (default: all)")
     parser.add_argument("--multiple-choice", action="store_true",
@@ -43,6 +45,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                              "log-likelihood (accuracy, NLL, ECE, Brier over the options)")
     parser.add_argument("--length-normalize", action="store_true",
                         help="with --multiple-choice: divide each option's log-likelihood by its tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=256,
+                        help="generation tasks (gsm8k): tokens generated per answer for the exact match")
     parser.add_argument("--output", default=None,
                         help="folder for the results (default: <run>/evaluation)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
@@ -208,11 +212,13 @@ def run_evaluate(args, parser_defaults: dict) -> int:
                          f"{args.checkpoint} holds a classifier")
     metadata = record.get("metadata", {})
     label_names = recorded_label_names(record)
-    if args.split != "test" and args.test_file:
+    if args.split not in (None, "test") and args.test_file:
         raise UsageError("--split names a split of the recorded data, --task or --dataset; "
                          "with --test-file leave it out")
+    args.split = evaluation_split(args, metadata.get("data"))
     splits, data_spec = resolve_data(args, (args.split,), label_names=label_names,
                                      recorded=metadata.get("data"))
+    task = task_of(args, data_spec)
     model, guide, tokenizer = open_model(directory, record, args, device)
 
     import pyro
@@ -253,6 +259,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
                   file=sys.stderr)
         atomic_write_json(staging / "metrics.json", {
             "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
+            "task": task.name if task else None, "task_metric": task.metric if task else "accuracy",
             "ece_bins": args.ece_bins, "examples": len(data), "split": args.split,
             "seed": args.seed, "checkpoint": str(directory), "data": data_spec,
             "eval_seconds": seconds, "reliability": curve})

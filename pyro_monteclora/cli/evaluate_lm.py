@@ -36,6 +36,30 @@ def _choice_rows(data, output):
         yield row
 
 
+def _exact_match(args, model, guide, tokenizer, data, num_samples, device, max_length, batch_size, metrics):
+    """A generation task's exact match (GSM8k: the final number) of the majority answer over the
+    posterior draws, with the calibration of its agreement rate; adds them to ``metrics``."""
+    import torch
+
+    from ..generation import generate_answers
+    from ..metrics import confidence_metrics
+    from ..precision import autocast
+
+    references = [refs or [response] for refs, response in zip(data.references, data.responses)]
+    with autocast(device, args.torch_dtype):
+        results = generate_answers(model, tokenizer, data.prompts, num_samples, guide, inputs=data.inputs,
+                                   references=references, answer_type="number",
+                                   max_new_tokens=args.max_new_tokens,
+                                   max_length=max_length + args.max_new_tokens,
+                                   batch_size=max(1, batch_size // max(1, num_samples)), progress=True)
+    correct = torch.tensor([bool(r.correct) for r in results])
+    agreement = torch.tensor([r.agreement for r in results], dtype=torch.float64)
+    scored = confidence_metrics(agreement, correct, args.ece_bins)
+    metrics = dict(metrics)
+    metrics.update({"exact_match" if k == "accuracy" else f"agreement_{k}": v for k, v in scored.items()})
+    return metrics, results
+
+
 def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     """Validate the data, load the checkpoint, evaluate and write the results; returns 0."""
     import pyro
@@ -44,15 +68,26 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     from ..precision import autocast
     from .evaluate import UNITS, default_samples, open_model
 
+    from .options import check_number, evaluation_split, task_of
+
     metadata = record.get("metadata", {})
-    if args.split != "test" and args.test_file:
+    if args.split not in (None, "test") and args.test_file:
         raise UsageError("--split names a split of the recorded data or --dataset; with --test-file "
                          "leave it out")
+    check_number("--max-new-tokens", args.max_new_tokens, minimum=1, integer=True)
+    recorded = metadata.get("data") or {}
+    args.split = evaluation_split(args, recorded)
+    task = task_of(args, recorded)
+    if task is not None and task.kind == "classification":
+        raise UsageError(f"--task {task.name} is a classification task; {args.checkpoint} holds a causal LM")
     batch_size = args.batch_size or CAUSAL_LM_BATCH_SIZE
+    if task is not None and task.kind == "multiple-choice":
+        args.multiple_choice = True  # a commonsense task is scored over its options
     if args.multiple_choice:
         from .lm_data import load_multiple_choice_split
 
-        data, data_spec = load_multiple_choice_split(args, args.split)
+        commonsense_record = recorded if task is not None and task.kind == "multiple-choice" else None
+        data, data_spec = load_multiple_choice_split(args, args.split, recorded=commonsense_record)
     else:
         from .lm_data import resolve_instruction_data
 
@@ -77,9 +112,18 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         loader = causal_lm_loader(data, tokenizer, batch_size, max_length)
         with autocast(device, args.torch_dtype):
             metrics = language_model_metrics(model, guide, loader, num_samples)
+        generated = None
+        if task is not None and task.kind == "generation":
+            metrics, generated = _exact_match(args, model, guide, tokenizer, data, num_samples, device,
+                                              max_length, batch_size, metrics)
         with atomic_directory(output) as staging:
+            if generated is not None:
+                atomic_write_text(staging / "predictions.jsonl",
+                                  "".join(json.dumps(r.to_dict()) + "\n" for r in generated))
             atomic_write_json(staging / "metrics.json", {
-                "units": "token_nll is in nats per response token", "metrics": metrics,
+                "units": "token_nll is in nats per response token; exact_match and agreement are "
+                         "fractions", "metrics": metrics, "task": task.name if task else None,
+                "task_metric": task.metric if task else "token_nll",
                 "method": method, "num_samples": num_samples, "examples": len(data),
                 "split": args.split, "seed": args.seed, "checkpoint": str(directory), "data": data_spec,
                 "eval_seconds": time.perf_counter() - started})
@@ -116,6 +160,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         atomic_write_json(staging / "metrics.json", {
             "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
             "ece_bins": args.ece_bins, "examples": len(data), "split": args.split,
+            "task": task.name if task else None, "task_metric": task.metric if task else "accuracy",
             "length_normalize": args.length_normalize, "seed": args.seed,
             "checkpoint": str(directory), "data": data_spec, "eval_seconds": seconds,
             "reliability": curve})

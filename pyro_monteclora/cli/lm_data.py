@@ -6,16 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from .options import UsageError, data_mode, file_sha256
+from .options import UsageError, data_mode, file_sha256, task_of
 
 __all__ = ["resolve_instruction_data", "load_multiple_choice_split"]
 
 
 def _check_source(args) -> str:
     mode = data_mode(args)
-    if mode == "task":
-        raise UsageError("--task names a classification task; causal-lm data comes from "
-                         "--train-file/--validation-file/--test-file or --dataset")
+    task = task_of(args)
+    if task is not None and task.kind == "classification":
+        raise UsageError(f"--task {task.name} is a classification task; causal-lm data comes from "
+                         f"--train-file/--validation-file/--test-file, --dataset or a decoder task "
+                         f"(piqa, siqa, winogrande, arc-e, arc-c, obqa, gsm8k)")
+    if mode == "dataset" and args.dataset is None and task.hub is None:
+        raise UsageError(f"--task {task.name} reads files in LLM-Adapters' commonsense_15k schema "
+                         f"(instruction, input, output, answer): pass --train-file (e.g. "
+                         f"commonsense_15k.json) and --test-file (e.g. the task's test.json)")
     if getattr(args, "text_column", None) or getattr(args, "label_column", None):
         raise UsageError("--text-column/--label-column apply to classification data; for causal-lm "
                          "use --prompt-column/--response-column")
@@ -49,12 +55,17 @@ def _spec(args, recorded: Optional[dict], first_split: str = "train") -> dict:
         spec = {"source": "files", "files": {
             split: str(Path(getattr(args, f"{split}_file")).resolve())
             for split in ("train", "validation", "test") if getattr(args, f"{split}_file", None)}}
+    elif mode == "dataset" and args.dataset is None:  # a decoder task with no files: its hub data set
+        hub, config = task_of(args).hub
+        spec = {"source": "dataset", "dataset": hub, "dataset_config": config}
     elif mode == "dataset":
         spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
     else:
         raise UsageError(f"no data: pass --{first_split}-file (json/jsonl/csv/tsv/parquet records) "
                          f"or --dataset")
     spec["task_type"] = "causal-lm"
+    if task_of(args) is not None:
+        spec["task"] = args.task
     spec["prompt_column"] = getattr(args, "prompt_column", None) or (recorded or {}).get("prompt_column")
     spec["response_column"] = getattr(args, "response_column", None) or (recorded or {}).get("response_column")
     return spec
@@ -85,22 +96,33 @@ def resolve_instruction_data(args, needed: Sequence[str], recorded: Optional[dic
     return splits, spec
 
 
-def load_multiple_choice_split(args, split: str = "test"):
-    """The multiple-choice questions of ``--<split>-file`` or ``--dataset``'s split.
+def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dict] = None):
+    """The multiple-choice questions of ``--<split>-file`` or ``--dataset``'s split; for a
+    commonsense task (``--task piqa``, or recorded with the checkpoint) the ``commonsense_15k``
+    records, each option scored as the trained response (see :mod:`pyro_monteclora.tasks`).
 
     :returns: ``(MultipleChoiceData, spec)``.
     """
     from ..datafiles import DataError, hub_split_names
     from ..multiple_choice import records_to_multiple_choice
 
-    spec = _spec(args, None, split)
-    spec["task_type"] = "multiple-choice"
+    spec = _spec(args, recorded if data_mode(args) is None else None, split)
+    task = task_of(args, spec)
+    commonsense = task is not None and task.kind == "multiple-choice"
+    if not commonsense:
+        spec["task_type"] = "multiple-choice"
     try:
         available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None
         rows, source = _located_rows(spec, split, available)
         if rows is None:
+            wanted = ("instruction, input, output and answer (commonsense_15k)" if commonsense
+                      else "question, choices and answer")
             raise UsageError(f"--multiple-choice: no {split} data; pass --{split}-file F.jsonl with "
-                             f"question, choices and answer fields")
+                             f"{wanted} fields")
+        if commonsense:
+            from ..tasks import commonsense_to_multiple_choice
+
+            return commonsense_to_multiple_choice(task, rows, source), spec
         return records_to_multiple_choice(rows, source), spec
     except (DataError, OSError) as error:
         raise UsageError(str(error)) from None

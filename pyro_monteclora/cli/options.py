@@ -16,10 +16,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
-           "existing_output", "data_mode", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
+           "existing_output", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
            "METHODS"]
 
-TASKS = ("rotten-tomatoes",)
+from ..tasks import TASKS as TASK_SPECS
+
+TASKS = tuple(TASK_SPECS)
 METHODS = ("monteclora", "lora", "full")
 #: default adapted layers per ``model_type`` (the paper's query/value choice for encoders)
 TARGETS_BY_MODEL_TYPE = {
@@ -96,8 +98,10 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
     """The data source options, with a ``--<split>-file`` for each of ``splits``."""
     group = parser.add_argument_group("data (default: --task rotten-tomatoes)")
     group.add_argument("--task", default=None, choices=TASKS,
-                       help="a built-in offline task: the 12,808 Rotten Tomatoes critic sentences, "
-                            "split 80/10/10 with --split-seed")
+                       help="rotten-tomatoes: the built-in 12,808 critic sentences, split 80/10/10 "
+                            "with --split-seed; the paper's tasks (GLUE/SuperGLUE, commonsense, "
+                            "gsm8k) read --*-file files of their schema, or the hub when none are "
+                            "given (see pyro_monteclora.tasks)")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the built-in task's split")
     for split in splits:
         group.add_argument(f"--{split}-file", default=None,
@@ -186,14 +190,45 @@ def default_modules_to_save(network) -> List[str]:
 
 
 def data_mode(args) -> Optional[str]:
-    """Which data source the command line names: ``"task"``, ``"files"``, ``"dataset"`` or ``None``."""
+    """Which data source the command line names: ``"task"`` (the built-in task alone), ``"files"``,
+    ``"dataset"`` or ``None``. A paper task (``--task mrpc``) may come with files or a data set of
+    its schema; with neither it reads the hub."""
     files = [getattr(args, f"{split}_file", None) for split in ("train", "validation", "test")]
-    given = [mode for mode, present in (("task", args.task is not None),
-                                         ("files", any(files)), ("dataset", args.dataset is not None))
-             if present]
+    task = getattr(args, "task", None)
+    builtin = task is not None and TASK_SPECS[task].builtin
+    given = [mode for mode, present in (("task", task is not None), ("files", any(files)),
+                                         ("dataset", args.dataset is not None)) if present]
+    if given == ["task"] and not builtin:
+        return "dataset"
+    if task is not None and not builtin:
+        given.remove("task")
     if len(given) > 1:
-        raise UsageError(f"choose one data source: --task, --*-file or --dataset (got {' and '.join(given)})")
+        names = {"task": "--task rotten-tomatoes (built in)", "files": "--*-file", "dataset": "--dataset"}
+        raise UsageError(f"choose one data source: --task, --*-file or --dataset (got "
+                         f"{' and '.join(names[g] for g in given)})")
     return given[0] if given else None
+
+
+def task_of(args, recorded: Optional[dict] = None):
+    """The :class:`~pyro_monteclora.tasks.TaskSpec` of ``--task`` (else of the recorded data), or
+    ``None``."""
+    name = getattr(args, "task", None) or (recorded or {}).get("task")
+    return TASK_SPECS[name] if name in TASK_SPECS else None
+
+
+def evaluation_split(args, recorded: Optional[dict] = None) -> str:
+    """``--split``, else where results come from: the test split when the data has one with labels
+    (``--test-file``, a recorded test file, the built-in task), else the validation split (GLUE and
+    SuperGLUE, whose test labels are hidden)."""
+    if getattr(args, "split", None):
+        return args.split
+    if getattr(args, "test_file", None):
+        return "test"
+    spec = recorded if data_mode(args) is None else None
+    if spec and spec.get("source") == "files":
+        return "test" if "test" in spec.get("files", {}) else "validation"
+    task = task_of(args, spec)
+    return task.evaluation_split if task is not None else "test"
 
 
 def file_sha256(path: str) -> str:
@@ -217,7 +252,7 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
     from ..data import load_rotten_tomatoes
-    from ..datafiles import (DataError, hub_split_names, load_classification_file, load_hub_records,
+    from ..datafiles import (DataError, hub_split_names, load_hub_records, read_records,
                             records_to_classification)
 
     if getattr(args, "prompt_column", None) or getattr(args, "response_column", None):
@@ -232,15 +267,31 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
         spec = {"source": "files", "files": {
             split: str(Path(getattr(args, f"{split}_file")).resolve())
             for split in ("train", "validation", "test") if getattr(args, f"{split}_file", None)}}
-    else:
+    elif args.dataset is not None:
         spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
+    else:  # a paper task with no files: its hub data set
+        hub, config = TASK_SPECS[args.task].hub
+        spec = {"source": "dataset", "dataset": hub, "dataset_config": config}
+    task = None if spec["source"] == "task" else task_of(args, spec)
+    if task is not None:
+        if task.kind != "classification":
+            raise UsageError(f"--task {task.name} is a {task.kind} task for decoders; train it with "
+                             f"--task-type causal-lm")
+        spec["task"] = task.name
+        label_names = label_names or task.label_names
     if spec["source"] != "task":
-        spec["text_columns"] = args.text_column or (recorded or {}).get("text_columns") or ["text"]
-        spec["label_column"] = args.label_column or (recorded or {}).get("label_column") or "label"
+        default_columns = list(task.text_columns) if task else ["text"]
+        spec["text_columns"] = args.text_column or (recorded or {}).get("text_columns") or default_columns
+        spec["label_column"] = (args.label_column or (recorded or {}).get("label_column")
+                                or (task.label_column if task else "label"))
         if len(spec["text_columns"]) > 2:
             raise UsageError(f"--text-column: give one, or two for sentence pairs; got {spec['text_columns']}")
     elif args.text_column or args.label_column:
         raise UsageError("--text-column/--label-column apply to --*-file and --dataset data only")
+
+    def labelled(rows, source):  # a paper task's labels as names (and WiC's word before its text)
+        return task.classification_rows(rows, source) if task is not None else rows
+
     splits = {}
     try:
         if spec["source"] == "dataset":
@@ -260,8 +311,9 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                     if expected is not None and digest is not None and digest != expected:
                         raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")
                     spec["sha256"][split] = digest
-                    data = load_classification_file(path, spec["text_columns"], spec["label_column"],
-                                                    label_names)
+                    data = records_to_classification(labelled(read_records(path), path),
+                                                     path, spec["text_columns"], spec["label_column"],
+                                                     label_names)
                 else:
                     if split not in available:
                         continue
@@ -269,7 +321,8 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                     if split in optional_unlabelled and all(
                             row.get(spec["label_column"]) in (None, -1) for row in rows):
                         continue
-                    data = records_to_classification(rows, f"{spec['dataset']}[{split}]",
+                    source = f"{spec['dataset']}[{split}]"
+                    data = records_to_classification(labelled(rows, source), source,
                                                      spec["text_columns"], spec["label_column"],
                                                      label_names)
                 splits[split] = data

@@ -87,6 +87,16 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _check_arguments(args) -> None:
+    if args.task is not None:  # a decoder task (piqa, gsm8k, ...) implies --task-type causal-lm
+        from ..tasks import get_task
+
+        needed = get_task(args.task).task_type
+        if needed == "causal-lm" and args.task_type == "sequence-classification":
+            args.task_type = needed
+        elif needed != args.task_type:
+            raise UsageError(f"--task {args.task} is a classification task; leave out --task-type "
+                             f"causal-lm (or use a decoder task: piqa, siqa, winogrande, arc-e, "
+                             f"arc-c, obqa, gsm8k)")
     check_number("--learning-rate", args.learning_rate, minimum=0, exclusive_minimum=True)
     check_number("--batch-size", args.batch_size, minimum=1, integer=True)
     check_number("--epochs", args.epochs, minimum=1, integer=True)
