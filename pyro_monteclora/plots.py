@@ -1,7 +1,8 @@
-"""Figures of a predictive distribution's calibration.
+"""Figures of a predictive distribution's calibration and of a sweep's spread.
 
 :func:`plot_reliability_diagram` draws, side by side, one reliability diagram per model from the
-output of :func:`~pyro_monteclora.metrics.reliability_curve`. matplotlib is optional: it is imported
+output of :func:`~pyro_monteclora.metrics.reliability_curve`; :func:`plot_sweep_boxes` draws the
+spread of a hyper-parameter sweep's cells per method, one panel per metric (the paper's box plots). matplotlib is optional: it is imported
 only when a figure is drawn, and the figure is rendered with the Agg canvas (no display, no change
 to ``pyplot``'s global backend).
 """
@@ -15,7 +16,9 @@ from typing import Mapping, Optional, Union
 
 from .atomic import atomic_file
 
-__all__ = ["plot_reliability_diagram"]
+__all__ = ["plot_reliability_diagram", "plot_sweep_boxes"]
+
+_METHOD_COLOURS = {"monteclora": "#4C72B0", "lora": "#DD8452", "full": "#55A868"}
 
 _CURVE_KEYS = ("edges", "count", "confidence", "accuracy")
 
@@ -130,6 +133,66 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
     if title:
         figure.suptitle(title)
 
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    return path
+
+
+def plot_sweep_boxes(results, metrics, path: Union[str, os.PathLike], title: Optional[str] = None,
+                     labels: Optional[Mapping[str, str]] = None) -> Path:
+    """Save box plots of a sweep's cells: one panel per metric, one box per method, every cell
+    drawn over its box as a point (shifted sideways by its batch size, marked by its learning rate).
+
+    :param results: one mapping per cell with ``method``, ``learning_rate``, ``batch_size``,
+        ``status`` and ``metrics`` (cells whose status is not ``"ok"`` are left out).
+    :param metrics: the metric names to draw, in order.
+    :param labels: axis names per metric (default: the metric name).
+    :returns: ``path``; written to a temporary file, then renamed.
+    :raises ImportError: if matplotlib is not installed.
+    :raises ValueError: if no cell has any of ``metrics``.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("plot_sweep_boxes needs matplotlib: pip install matplotlib") from error
+    done = [row for row in results if row.get("status") == "ok"]
+    metrics = [m for m in metrics if any(m in row.get("metrics", {}) for row in done)]
+    if not metrics:
+        raise ValueError("no finished cell has any of the metrics to plot")
+    methods = list(dict.fromkeys(row["method"] for row in done))
+    batch_sizes = sorted({row["batch_size"] for row in done})
+    rates = sorted({row["learning_rate"] for row in done})
+    markers = "osD^vP*X<>"
+    figure = Figure(figsize=(3.2 + 1.3 * len(methods) * len(metrics), 4.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    for column, metric in enumerate(metrics):
+        axis = figure.add_subplot(1, len(metrics), column + 1)
+        values = [[float(r["metrics"][metric]) for r in done if r["method"] == m and metric in r["metrics"]]
+                  for m in methods]
+        boxes = axis.boxplot(values, patch_artist=True, widths=0.55, showfliers=False,
+                             medianprops={"color": "black", "linewidth": 1.4})
+        for patch, method in zip(boxes["boxes"], methods):
+            patch.set_facecolor(_METHOD_COLOURS.get(method, "0.7"))
+            patch.set_alpha(0.45)
+        for position, method in enumerate(methods, start=1):
+            for row in (r for r in done if r["method"] == method and metric in r["metrics"]):
+                shift = 0.0 if len(batch_sizes) == 1 else (
+                    -0.18 + 0.36 * batch_sizes.index(row["batch_size"]) / (len(batch_sizes) - 1))
+                axis.scatter(position + shift, float(row["metrics"][metric]), s=22, zorder=3,
+                             marker=markers[rates.index(row["learning_rate"]) % len(markers)],
+                             color=_METHOD_COLOURS.get(method, "0.3"), edgecolor="black", linewidth=0.4)
+        axis.set_xticks(range(1, len(methods) + 1), methods)
+        axis.set_ylabel((labels or {}).get(metric, metric))
+        axis.grid(True, axis="y", alpha=0.3)
+        if column == 0:
+            for index, rate in enumerate(rates):
+                axis.scatter([], [], marker=markers[index % len(markers)], color="0.5", edgecolor="black",
+                             linewidth=0.4, label=f"lr {rate:g}")
+            axis.legend(fontsize=7, frameon=False, loc="best")
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
     with atomic_file(path) as temporary:
         figure.savefig(temporary, format="png", dpi=120)
     return path

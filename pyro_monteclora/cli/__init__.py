@@ -1,4 +1,4 @@
-"""The ``pyro-monteclora`` command: ``train``, ``evaluate``, ``predict`` and ``generate``.
+"""The ``pyro-monteclora`` command: ``train``, ``evaluate``, ``predict``, ``generate`` and ``sweep``.
 
 .. code-block:: bash
 
@@ -10,6 +10,9 @@
     pyro-monteclora train --task-type causal-lm --train-file qa.jsonl --output runs/qa
     pyro-monteclora evaluate --checkpoint runs/qa --multiple-choice --test-file mc.jsonl
     pyro-monteclora generate --checkpoint runs/qa --prompt "What is the capital of Peru?" --num-samples 5
+
+    # the robustness study: a learning-rate x batch-size grid per method, summarised and plotted
+    pyro-monteclora sweep --methods monteclora,lora --learning-rates 1e-4,1e-3 --output runs/sweep
 
 Bad input (a missing file or column, a label outside the label set, an empty text, an unknown
 method, an existing ``--output`` without ``--overwrite``) is reported as one line on stderr with exit
@@ -29,11 +32,12 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 
 def build_parser() -> OneLineParser:
-    """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict`` and
-    ``generate`` sub-commands (the CLI reference in the docs is generated from it)."""
+    """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict``,
+    ``generate`` and ``sweep`` sub-commands (the CLI reference in the docs is generated from it)."""
     from .evaluate import add_evaluate_parser
     from .generate import add_generate_parser
     from .predict import add_predict_parser
+    from .sweep import add_sweep_parser
     from .train import add_train_parser
 
     parser = OneLineParser(prog="pyro-monteclora",
@@ -43,6 +47,7 @@ def build_parser() -> OneLineParser:
     add_evaluate_parser(subparsers)
     add_predict_parser(subparsers)
     add_generate_parser(subparsers)
+    add_sweep_parser(subparsers)
     return parser
 
 
@@ -85,8 +90,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"pyro-monteclora train: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("pyro-monteclora: interrupted; `train --resume --output DIR` continues from the last "
-              "finished epoch", file=sys.stderr)
+        command = getattr(locals().get("args"), "command", None)
+        if command in ("train", "sweep"):
+            where = "epoch" if command == "train" else "cell (and a cell from its last epoch)"
+            print(f"pyro-monteclora: interrupted; `{command} --resume --output DIR` continues from the "
+                  f"last finished {where}", file=sys.stderr)
+        else:
+            print("pyro-monteclora: interrupted", file=sys.stderr)
         return 130
 
 

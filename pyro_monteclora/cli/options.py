@@ -121,11 +121,12 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
                             "causal-lm, whose prompts are cut from the left)")
 
 
-def add_adapter_options(parser: argparse.ArgumentParser) -> None:
-    """``--method`` and the adapter and prior hyper-parameters."""
+def add_adapter_options(parser: argparse.ArgumentParser, method: bool = True) -> None:
+    """``--method`` (unless ``method=False``) and the adapter and prior hyper-parameters."""
     group = parser.add_argument_group("method and adapters")
-    group.add_argument("--method", default="monteclora", choices=METHODS,
-                       help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning")
+    if method:
+        group.add_argument("--method", default="monteclora", choices=METHODS,
+                           help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning")
     group.add_argument("--rank", type=int, default=8, help="LoRA rank r")
     group.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scaling alpha/r)")
     group.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter input")
