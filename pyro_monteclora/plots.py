@@ -189,6 +189,8 @@ def plot_sweep_boxes(results, metrics, path: Union[str, os.PathLike], title: Opt
             for index, rate in enumerate(rates):
                 axis.scatter([], [], marker=markers[index % len(markers)], color="0.5", edgecolor="black",
                              linewidth=0.4, label=f"lr {rate:g}")
+            if len(batch_sizes) > 1:
+                axis.plot([], [], " ", label="batch " + ", ".join(map(str, batch_sizes)) + " left to right")
             axis.legend(fontsize=7, frameon=False, loc="best")
     if title:
         figure.suptitle(title)

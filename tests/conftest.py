@@ -80,6 +80,9 @@ CAPITALS = ["paris", "lima", "tokyo", "nairobi", "santiago", "madrid", "cairo", 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, as LlamaConfig's bos=1 / eos=2
 QUESTION_WORDS = ["what", "is", "the", "capital", "of", "?", "a", "b", "c", "yes", "no", "answer",
                   "plus", "####"] + [str(digit) for digit in range(10)]
+#: the commonsense_15k schema's answer words (appended: the ids above stay as they were)
+CHOICE_WORDS = ["correct", "choose", "solution1", "solution2", "option1", "option2", "answer1",
+                "answer2", "answer3", "format:"]
 CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}"
                  "{% if add_generation_prompt %} answer{% endif %}")
 
@@ -88,7 +91,7 @@ def word_tokenizer(chat_template: bool = False):
     """A whitespace word-level fast tokenizer over the words above (fewer than 64 ids)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = SPECIAL_TOKENS + QUESTION_WORDS + COUNTRIES + CAPITALS
+    vocab = SPECIAL_TOKENS + QUESTION_WORDS + COUNTRIES + CAPITALS + CHOICE_WORDS
     assert len(vocab) <= VOCAB
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

@@ -122,6 +122,34 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(model_dir, data_dir, tmp_
     assert main(changed) == 2
 
 
+def test_a_sweep_killed_mid_way_resumes_and_ends_as_an_uninterrupted_one(finished_sweep, model_dir,  # noqa: F811
+                                                                         data_dir, tmp_path):
+    """A real SIGKILL of the sweep and the cell it is running (the whole process group) once the
+    first cell is done; --resume then ends with exactly the uninterrupted sweep's numbers."""
+    import signal
+    import time
+
+    output = tmp_path / "killed"
+    args = sweep_args(model_dir, data_dir, output, "--methods", "monteclora,lora", "--learning-rates",
+                      "0.05,0.01", "--batch-sizes", "8")
+    process = subprocess.Popen([sys.executable, "-m", "pyro_monteclora", *args], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (output / "results").is_dir() and any((output / "results").iterdir()):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = sorted(p.name for p in (output / "results").iterdir())
+    assert 1 <= len(done) < 4 and not (output / "summary.json").exists()
+    assert main(args + ["--resume"]) == 0
+    resumed = json.loads((output / "summary.json").read_text())["results"]
+    reference = json.loads((finished_sweep / "summary.json").read_text())["results"]
+    assert [(r["name"], r["metrics"]) for r in resumed] == [(r["name"], r["metrics"]) for r in reference]
+
+
 def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(model_dir, data_dir, tmp_path):  # noqa: F811
     output = tmp_path / "grid"
     assert main(sweep_args(model_dir, data_dir, output, "--methods", "lora", "--learning-rates", "1e30",

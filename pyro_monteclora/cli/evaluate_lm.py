@@ -88,6 +88,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
 
         commonsense_record = recorded if task is not None and task.kind == "multiple-choice" else None
         data, data_spec = load_multiple_choice_split(args, args.split, recorded=commonsense_record)
+        task = task_of(args, data_spec)
     else:
         from .lm_data import resolve_instruction_data
 

@@ -97,19 +97,23 @@ def resolve_instruction_data(args, needed: Sequence[str], recorded: Optional[dic
 
 
 def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dict] = None):
-    """The multiple-choice questions of ``--<split>-file`` or ``--dataset``'s split; for a
-    commonsense task (``--task piqa``, or recorded with the checkpoint) the ``commonsense_15k``
-    records, each option scored as the trained response (see :mod:`pyro_monteclora.tasks`).
+    """The multiple-choice questions of ``--<split>-file`` or ``--dataset``'s split.
+
+    For a commonsense task (``--task piqa``, or the task recorded with the checkpoint) the records
+    are LLM-Adapters' ``commonsense_15k`` ones, each option scored as the trained response (see
+    :mod:`pyro_monteclora.tasks`); with no data on the command line the recorded split is read.
 
     :returns: ``(MultipleChoiceData, spec)``.
     """
     from ..datafiles import DataError, hub_split_names
     from ..multiple_choice import records_to_multiple_choice
 
-    spec = _spec(args, recorded if data_mode(args) is None else None, split)
-    task = task_of(args, spec)
+    task = task_of(args, recorded)
     commonsense = task is not None and task.kind == "multiple-choice"
-    if not commonsense:
+    spec = _spec(args, recorded if commonsense and data_mode(args) is None else None, split)
+    if commonsense:
+        spec["task"] = task.name
+    else:
         spec["task_type"] = "multiple-choice"
     try:
         available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None

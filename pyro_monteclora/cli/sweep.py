@@ -201,6 +201,13 @@ def _validate(args, cells, train_options):
     return split, resolve_model_path(probe.model, probe.task_type)
 
 
+def _model_name(model_path: str) -> str:
+    """A short name of the base model for titles: the folder (its parent for a packaged
+    ``.../<package>/model`` folder) or the hub name."""
+    path = Path(model_path)
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
 def _prepare_output(args, record: dict) -> Path:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
@@ -323,7 +330,7 @@ def run_sweep(args, parser_defaults: dict) -> int:
     record = {
         "grid": [cell.to_dict() for cell in cells], "train_options": train_options,
         "evaluate_options": {name: getattr(args, name) for name in ("num_samples", *EVALUATE_FORWARDED)},
-        "model": Path(model_path).name, "data": data, "epochs": args.epochs, "split": args.split,
+        "model": _model_name(model_path), "data": data, "epochs": args.epochs, "split": args.split,
         "command": " ".join(["pyro-monteclora"] + args.command_line),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "pyro": pyro.__version__, "transformers": transformers.__version__}}
