@@ -57,9 +57,10 @@ class MonteCLoRAELBO(ELBO):
 
     def _elbo_particle(self, model, guide, args, kwargs) -> torch.Tensor:
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
-        kl_terms = guide.kl_terms() if hasattr(guide, "kl_terms") else {}
         zero_kl = guide.zero_kl_sites() if hasattr(guide, "zero_kl_sites") else set()
-        elbo = 0.0
+        elbo, kl_terms = self._batched_kl_part(guide, guide_trace)
+        if kl_terms is None:  # scales that differ, a mask, or no batched KLs: one KL per site
+            kl_terms = guide.kl_terms() if hasattr(guide, "kl_terms") else {}
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site["infer"].get("_deterministic"):
                 continue
@@ -72,7 +73,8 @@ class MonteCLoRAELBO(ELBO):
                 raise ValueError(f"MonteCLoRAELBO: the model's latent site {name!r} is not in the guide")
             guide_site = guide_trace.nodes[name]
             if name in kl_terms:
-                elbo = elbo - _scaled_sum(kl_terms[name], guide_site)
+                if kl_terms[name] is not None:  # None: already in the batched KL part
+                    elbo = elbo - _scaled_sum(kl_terms[name], guide_site)
                 continue
             try:
                 kl = kl_divergence(guide_site["fn"], site["fn"])
@@ -80,6 +82,27 @@ class MonteCLoRAELBO(ELBO):
                 kl = guide_site["fn"].log_prob(guide_site["value"]) - site["fn"].log_prob(site["value"])
             elbo = elbo - _scaled_sum(kl, guide_site)
         return elbo
+
+    @staticmethod
+    def _batched_kl_part(guide, guide_trace):
+        """``(-scale * sum of the guide's batched KLs, {their sites: 0})`` when every one of those
+        sites has the same scale and no mask (the usual case: one ``kl_weight``), else
+        ``(0.0, None)``; summing the KL vector once saves a select, a scale and a sum per site."""
+        if not hasattr(guide, "batched_kl"):
+            return 0.0, None
+        names, kls = guide.batched_kl()
+        if not names:
+            return 0.0, {}
+        sites = [guide_trace.nodes.get(name) for name in names]
+        if any(site is None or site["mask"] is not None for site in sites):
+            return 0.0, None
+        scales = {float(site["scale"]) if not torch.is_tensor(site["scale"]) or site["scale"].dim() == 0
+                  else None for site in sites}
+        if len(scales) != 1 or None in scales:
+            return 0.0, None
+        scale = scales.pop()
+        handled = dict.fromkeys(names, None)
+        return -(scale * kls.sum()), handled
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The negative ELBO, differentiable in the model's and guide's parameters."""

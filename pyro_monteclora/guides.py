@@ -34,6 +34,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from ._params import register_parameters
+from .handlers import PresampledMessenger
 from .distributions import WishartCholesky
 from .layers import LATENT_SITE, factor_site_names, latent_scale, standard_noise
 from .model import HFPyroModel, MonteCLoRAModel
@@ -133,24 +134,95 @@ class MonteCLoRAGuide(PyroModule):
         return {f"{path}.{factor}": modules[key] for key, path, factor, _, _ in self._sites}
 
     def forward(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
-        """Draw every latent site; the arguments (the model's) are ignored. Returns the draws."""
+        """Draw every latent site; the arguments (the model's) are ignored. Returns the draws.
+
+        The draws of all layers are made together (:meth:`draw_all`: one Bartlett, one Dirichlet
+        and one noise draw per factor width) and handed to the per-layer sites, so the trace holds
+        one named site per layer, with its own distribution, at the cost of a few batched
+        operations instead of a dozen per layer.
+        """
         posteriors = self._modules["posteriors"]
         register_parameters(self._pyro_name, posteriors.named_parameters())
+        if not self._sites:
+            return {}
+        values, covariances, mixtures = self.draw_all()
         draws = {}
-        for key, path, factor, rank, width in self._sites:
-            posterior = posteriors[key]
-            names = factor_site_names(path, factor)
-            with latent_scale(self.config.kl_weight):
-                draws[names["covariance"]] = pyro.sample(
-                    names["covariance"], posterior.covariance(), infer={LATENT_SITE: True}
-                )
-                draws[names["mixture_weights"]] = pyro.sample(
-                    names["mixture_weights"], posterior.mixture_weights(), infer={LATENT_SITE: True}
-                )
-            draws[names["noise"]] = pyro.sample(
-                names["noise"], standard_noise(rank, width, posterior.log_scale.device)
-            )
+        with PresampledMessenger(values):
+            for index, (key, path, factor, rank, width) in enumerate(self._sites):
+                names = factor_site_names(path, factor)
+                with latent_scale(self.config.kl_weight):
+                    draws[names["covariance"]] = pyro.sample(names["covariance"], covariances[index],
+                                                             infer={LATENT_SITE: True})
+                    draws[names["mixture_weights"]] = pyro.sample(names["mixture_weights"], mixtures[index],
+                                                                  infer={LATENT_SITE: True})
+                device = posteriors[key].log_scale.device
+                draws[names["noise"]] = pyro.sample(names["noise"], standard_noise(rank, width, device))
         return draws
+
+    def draw_all(self):
+        """One reparameterised draw of every factor's latent sites, made in batched operations.
+
+        :returns: ``(values, covariances, mixtures)``: ``{site name: draw}``, and the per-factor
+            :math:`q(\\Sigma_\\ell)` and :math:`q(\\pi_\\ell)` (slices of the batched ones, built
+            without re-validating their parameters).
+        """
+        cfg = self.config
+        posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
+        log_scale = torch.stack([p.log_scale for p in posteriors])
+        if self.scale_tril_kind == "diagonal":
+            batched = WishartCholesky.from_log_diagonal(cfg.wishart_df, log_scale, validate_args=False)
+            covariances = [WishartCholesky.from_log_diagonal(cfg.wishart_df, row, validate_args=False)
+                           for row in log_scale.unbind(0)]
+        else:
+            tril = torch.stack([p.scale_tril() for p in posteriors])
+            batched = WishartCholesky(cfg.wishart_df, tril, validate_args=False)
+            covariances = [WishartCholesky(cfg.wishart_df, row, validate_args=False) for row in tril.unbind(0)]
+        concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
+        mixtures = [dist.Dirichlet(row, validate_args=False) for row in concentration.unbind(0)]
+        scale_trils = batched.rsample().unbind(0)
+        weights = dist.Dirichlet(concentration, validate_args=False).rsample().unbind(0)
+        shapes = {}  # the shared noise: one draw per (rank, width)
+        for index, (_, _, _, rank, width) in enumerate(self._sites):
+            shapes.setdefault((rank, width), []).append(index)
+        noise = {}
+        device = log_scale.device
+        for (rank, width), indices in shapes.items():
+            noise.update(zip(indices, torch.randn(len(indices), rank, width, device=device).unbind(0)))
+        values = {}
+        for index, (_, path, factor, _, _) in enumerate(self._sites):
+            names = factor_site_names(path, factor)
+            values[names["covariance"]] = scale_trils[index]
+            values[names["mixture_weights"]] = weights[index]
+            values[names["noise"]] = noise[index]
+        return values, covariances, mixtures
+
+    def batched_kl(self):
+        """Closed-form KLs of every factor's covariance and mixture-weight sites, as two vectors.
+
+        :returns: ``(site names, KLs)``: the covariance sites' names then the mixture-weight sites',
+            and one tensor holding their KLs in that order (unweighted by ``kl_weight``); ``([],
+            None)`` in ``"lora"`` mode.
+        """
+        if not self._sites:
+            return [], None
+        cfg = self.config
+        posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
+        log_scale = torch.stack([p.log_scale for p in posteriors])
+        if self.scale_tril_kind == "diagonal":
+            q_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, log_scale, validate_args=False)
+        else:
+            q_cov = WishartCholesky(cfg.wishart_df, torch.stack([p.scale_tril() for p in posteriors]),
+                                    validate_args=False)
+        prior_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, torch.zeros_like(log_scale),
+                                                      validate_args=False)
+        concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
+        prior_mix = dist.Dirichlet(torch.full_like(concentration, cfg.dirichlet_concentration),
+                                   validate_args=False)
+        kls = torch.cat([kl_divergence(q_cov, prior_cov),
+                         kl_divergence(dist.Dirichlet(concentration, validate_args=False), prior_mix)])
+        names = ([factor_site_names(path, factor)["covariance"] for _, path, factor, _, _ in self._sites]
+                 + [factor_site_names(path, factor)["mixture_weights"] for _, path, factor, _, _ in self._sites])
+        return names, kls
 
     def kl_terms(self) -> Dict[str, torch.Tensor]:
         """Closed-form KLs of every latent site, computed for all factors at once (batched).
@@ -158,26 +230,8 @@ class MonteCLoRAGuide(PyroModule):
         :returns: ``{site name: KL}`` for the covariance and mixture-weight sites, unweighted by
             ``kl_weight``; empty in ``"lora"`` mode. The shared noise sites have KL exactly 0.
         """
-        if not self._sites:
-            return {}
-        cfg = self.config
-        posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
-        log_scale = torch.stack([p.log_scale for p in posteriors])
-        if self.scale_tril_kind == "diagonal":
-            q_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, log_scale)
-        else:
-            q_cov = WishartCholesky(cfg.wishart_df, torch.stack([p.scale_tril() for p in posteriors]))
-        prior_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, torch.zeros_like(log_scale))
-        concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
-        prior_mix = dist.Dirichlet(torch.full_like(concentration, cfg.dirichlet_concentration))
-        cov_kl = kl_divergence(q_cov, prior_cov)
-        mix_kl = kl_divergence(dist.Dirichlet(concentration), prior_mix)
-        terms = {}
-        for index, (_, path, factor, _, _) in enumerate(self._sites):
-            names = factor_site_names(path, factor)
-            terms[names["covariance"]] = cov_kl[index]
-            terms[names["mixture_weights"]] = mix_kl[index]
-        return terms
+        names, kls = self.batched_kl()
+        return dict(zip(names, kls.unbind(0))) if names else {}
 
     def zero_kl_sites(self) -> set:
         """Latent sites whose model and guide distributions are identical (the shared noise)."""
@@ -186,5 +240,5 @@ class MonteCLoRAGuide(PyroModule):
     def kl_divergence(self) -> torch.Tensor:
         """:math:`\\sum_\\ell \\mathrm{KL}(q(\\Sigma_\\ell) \\| p(\\Sigma_\\ell)) + \\mathrm{KL}(q(\\pi_\\ell) \\| p(\\pi_\\ell))`
         in closed form (unweighted by ``kl_weight``); 0 in ``"lora"`` mode."""
-        terms = self.kl_terms()
-        return torch.stack(list(terms.values())).sum() if terms else torch.zeros(())
+        _, kls = self.batched_kl()
+        return kls.sum() if kls is not None else torch.zeros(())

@@ -26,7 +26,7 @@ from pyro.poutine.messenger import Messenger
 
 from .layers import LATENT_SITE
 
-__all__ = ["kl_scale", "KLScaleMessenger"]
+__all__ = ["kl_scale", "KLScaleMessenger", "PresampledMessenger"]
 
 
 class KLScaleMessenger(Messenger):
@@ -46,3 +46,31 @@ class KLScaleMessenger(Messenger):
 def kl_scale(weight: float) -> KLScaleMessenger:
     """Handler (usable as a context manager or decorator) scaling the latent sites by ``weight``."""
     return KLScaleMessenger(weight)
+
+
+class PresampledMessenger(Messenger):
+    """Give the named latent sites values drawn beforehand, as ``poutine.replay`` gives a trace's.
+
+    A site keeps its own distribution (for densities and KLs) and stays latent; only its draw is
+    taken from ``values``. :class:`~pyro_monteclora.MonteCLoRAGuide` draws all layers' factors in a
+    few batched operations and hands them to the per-layer sites with it. A handler outside this
+    one (an outer ``poutine.replay`` or ``condition``) still has the last word.
+
+    >>> import pyro, torch
+    >>> def guide():
+    ...     return pyro.sample("z", pyro.distributions.Normal(0., 1.))
+    >>> with PresampledMessenger({"z": torch.tensor(3.0)}):
+    ...     trace = pyro.poutine.trace(guide).get_trace()
+    >>> trace.nodes["z"]["value"].item(), trace.nodes["z"]["is_observed"]
+    (3.0, False)
+    """
+
+    def __init__(self, values: dict):
+        super().__init__()
+        self.values = values
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["name"] not in self.values:
+            return
+        msg["value"] = self.values[msg["name"]]
+        msg["done"] = True

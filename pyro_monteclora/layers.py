@@ -95,6 +95,8 @@ class MonteCLoRALinear(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._factors: Optional[tuple] = None
         self._priors: dict = {}
+        self._site_names = {factor: factor_site_names(path, factor) for factor in ("lora_A", "lora_B")}
+        self._noise: dict = {}
 
     def extra_repr(self) -> str:
         return (
@@ -117,19 +119,22 @@ class MonteCLoRALinear(nn.Module):
 
     def _sample_factor(self, factor: str, mean: torch.Tensor, width: int, transpose: bool):
         cfg = self.config
-        names = factor_site_names(self.path, factor)
+        names = self._site_names[factor]
         device = mean.device
         covariance_prior, mixture_prior = self.priors(device)
         with latent_scale(cfg.kl_weight):
             scale_tril = pyro.sample(names["covariance"], covariance_prior, infer={LATENT_SITE: True})
             weights = pyro.sample(names["mixture_weights"], mixture_prior, infer={LATENT_SITE: True})
-        noise = pyro.sample(names["noise"], standard_noise(self.rank, width, device))
+        noise_key = (factor, device)
+        if noise_key not in self._noise:  # the noise distribution is fixed: build it once per device
+            self._noise[noise_key] = standard_noise(self.rank, width, device)
+        noise = pyro.sample(names["noise"], self._noise[noise_key])
         if cfg.cooperative_weight > 0:
             pyro.factor(f"{names['mixture_weights']}.cooperative",
                         -cfg.cooperative_weight * weights.pow(2).sum(-1))
         delta = lora_perturbation(scale_tril, weights, noise, cfg.sample_scaler)
         value = mean + (delta.mT if transpose else delta)
-        return pyro.deterministic(names["value"], value)
+        return record_value(names["value"], value)
 
     def priors(self, device=None) -> tuple:
         """The prior distributions :math:`\\mathcal{W}(\\nu, I_r)` (Cholesky form) and
@@ -182,6 +187,18 @@ class MonteCLoRALinear(nn.Module):
             else:
                 update = F.linear(F.linear(hidden, A.float()), B.float()) * self.scaling
         return result + update.to(result.dtype)
+
+
+def record_value(name: str, value: torch.Tensor) -> torch.Tensor:
+    """``pyro.deterministic(name, value)`` without re-validating the value it records.
+
+    The site is the one Pyro's ``deterministic`` writes (a masked ``Delta`` observed at ``value``,
+    tagged ``_deterministic``), so ``Predictive(return_sites=...)`` and traces see it as usual; the
+    ``Delta`` is built with ``validate_args=False`` because its check (``value`` is real) costs a
+    host synchronisation per layer on a GPU and can never fail here.
+    """
+    return pyro.sample(name, dist.Delta(value, event_dim=value.dim(), validate_args=False).mask(False),
+                       obs=value, infer={"_deterministic": True})
 
 
 def latent_scale(weight: float):

@@ -222,3 +222,50 @@ def test_monteclora_elbo_of_the_lora_mode_is_the_scaled_cross_entropy():
         logits = lora_model.network(**without_labels(batch)).logits
     expected = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
     assert MonteCLoRAELBO().loss(lora_model, lora_guide, **batch) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_guide_draws_every_layer_at_once_yet_each_site_follows_its_own_posterior():
+    """All layers' factors come from a few batched draws; each layer's site must still carry its
+    own distribution and follow it: E[L L^T] = nu diag(e^{2 sigma_l}) and E[pi] = c_l / sum(c_l),
+    checked per layer against layers given different parameters (an index mix-up would fail)."""
+    model, guide = make(rank=3, modules_to_save=["classifier"])
+    posteriors = guide.factor_posteriors()
+    with torch.no_grad():
+        for index, posterior in enumerate(posteriors.values()):
+            posterior.log_scale.fill_(0.3 * index - 0.4)
+            posterior.log_concentration.copy_(torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0]) * (index + 1)))
+    draws = 4000
+    sums = {stem: [torch.zeros(3, 3), torch.zeros(4)] for stem in posteriors}
+    with torch.no_grad():
+        for _ in range(draws):
+            trace = poutine.trace(guide).get_trace()
+            for stem in posteriors:
+                path = stem.rsplit(".", 1)[0]
+                L = trace.nodes[f"{path}.covariance"]["value"]
+                sums[stem][0] += L @ L.mT
+                sums[stem][1] += trace.nodes[f"{path}.mixture_weights"]["value"]
+    df = model.config.wishart_df
+    for index, (stem, posterior) in enumerate(posteriors.items()):
+        path = stem.rsplit(".", 1)[0]
+        expected = df * torch.diag((2 * posterior.log_scale.detach()).exp())
+        torch.testing.assert_close(sums[stem][0] / draws, expected, rtol=0.06, atol=0.06 * expected.max().item())
+        torch.testing.assert_close(sums[stem][1] / draws, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01, rtol=0)
+        site = trace.nodes[f"{path}.covariance"]
+        assert isinstance(site["fn"], WishartCholesky) and not site["is_observed"]
+        torch.testing.assert_close(site["fn"].log_scale_diagonal, posterior.log_scale)
+
+
+def test_an_outer_replay_still_decides_the_guide_draws_and_gradients_reach_every_layer():
+    model, guide = make(rank=3)
+    first = poutine.trace(guide).get_trace()
+    again = poutine.trace(poutine.replay(guide, trace=first)).get_trace()
+    for name, site in first.nodes.items():
+        if site["type"] == "sample":
+            assert torch.equal(again.nodes[name]["value"], site["value"]), name
+    trace = poutine.trace(guide).get_trace()
+    loss = sum(site["value"].pow(2).sum() for site_name, site in trace.nodes.items()
+               if site["type"] == "sample" and not site_name.endswith(".noise"))
+    loss.backward()
+    for stem, posterior in guide.factor_posteriors().items():
+        assert posterior.log_scale.grad is not None and posterior.log_scale.grad.abs().sum() > 0, stem
+        assert posterior.log_concentration.grad is not None and posterior.log_concentration.grad.abs().sum() > 0, stem
