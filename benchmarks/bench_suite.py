@@ -143,26 +143,27 @@ def make_case(name: str, kind: str, data: dict, rank: int = 8, components: int =
 
 
 def _no_pyro_step(model, guide, data):
-    """Draw each layer's factors from the guide's distributions by hand, run the network, add the
+    """Draw every layer's factors as the guide does (all layers in a few batched operations, see
+    ``MonteCLoRAGuide.draw_all``), form each layer's perturbation, run the network, add the
     closed-form KL: the SVI step's arithmetic with no trace, plate or replay."""
     from pyro_monteclora.distributions import lora_perturbation
+    from pyro_monteclora.layers import factor_site_names
 
     params = [p for p in model.parameters() if p.requires_grad] + list(guide.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    posteriors = guide.factor_posteriors()
     adapters = model.adapters()
+    names = {path: factor_site_names(path, "lora_A") for path in adapters}
     inputs = {k: v for k, v in data.items() if k != "labels"}
     model.train()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
+        values, _, _ = guide.draw_all()
         for path, adapter in adapters.items():
-            posterior = posteriors[f"{path}.lora_A"]
-            L = posterior.covariance().rsample()
-            pi = posterior.mixture_weights().rsample()
-            z = torch.randn(adapter.rank, adapter.in_features)
-            adapter.hold_factors(adapter.lora_A_mean + lora_perturbation(L, pi, z, model.config.sample_scaler),
-                                 adapter.lora_B)
+            site = names[path]
+            delta = lora_perturbation(values[site["covariance"]], values[site["mixture_weights"]],
+                                      values[site["noise"]], model.config.sample_scaler)
+            adapter.hold_factors(adapter.lora_A_mean + delta, adapter.lora_B)
         logits = model.network(**inputs).logits
         for adapter in adapters.values():
             adapter.clear_factors()

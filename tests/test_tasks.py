@@ -12,8 +12,9 @@ from pyro_monteclora.datafiles import DataError
 from pyro_monteclora.tasks import (TASKS, commonsense_options, commonsense_to_multiple_choice,
                                    get_task, task_score)
 
-from conftest import CAPITALS, COUNTRIES, sum_rows, tiny_llama, word_tokenizer
+from conftest import CAPITALS, COUNTRIES, sum_rows
 from test_cli import NEGATIVE, POSITIVE, model_dir, sentences, write_jsonl  # noqa: F401
+from test_cli_decoders import decoder_dir  # noqa: F401 (module fixture)
 
 
 def _schema_rows(task: str, count: int, seed: int):
@@ -134,16 +135,6 @@ def test_commonsense_records_become_scored_options():
     assert commonsense_options("Answer format: answer1/answer2/answer3", ()) == ["answer1", "answer2", "answer3"]
     with pytest.raises(DataError, match=r"siqa.json line 1: answer 'answer4' is not one of the question's options"):
         commonsense_to_multiple_choice(get_task("siqa"), [("line 1", dict(bare, answer="answer4"))], "siqa.json")
-
-
-@pytest.fixture(scope="module")
-def decoder_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama-tasks")
-    word_tokenizer(chat_template=True).save_pretrained(folder)
-    network = tiny_llama(initializer_range=0.2)
-    network.config.pad_token_id = 0
-    network.save_pretrained(folder)
-    return folder
 
 
 def test_a_commonsense_task_trains_on_instructions_and_scores_the_options(decoder_dir, tmp_path):

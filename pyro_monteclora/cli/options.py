@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
-           "existing_output", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
+           "existing_output", "check_output_folder", "check_replaceable", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
            "METHODS"]
 
 from ..tasks import TASKS as TASK_SPECS
@@ -346,6 +346,30 @@ def check_writable(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: {ancestor} is a file, so no folder can be made there")
     if not os.access(ancestor, os.W_OK):
         raise UsageError(f"{option} {path}: {ancestor} is not writable")
+
+
+def check_output_folder(args) -> Path:
+    """``--output`` as a path that is not a file and can be made, with ``--resume`` and
+    ``--overwrite`` not both given."""
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} exists and is not a folder")
+    check_writable(output, "--output")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    return output
+
+
+def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> None:
+    """An existing, non-empty ``output`` needs ``--overwrite`` (or ``--resume``), and is replaced
+    only when it holds ``marker`` (it is a ``kind`` folder): nothing else is ever deleted."""
+    if not existing_output(output):
+        return
+    if not overwrite:
+        raise UsageError(f"--output {output} already exists; pass --overwrite to replace it or "
+                         f"--resume to continue it")
+    if not (output / marker).is_file():
+        raise UsageError(f"--overwrite: {output} is not a {kind} folder (no {marker}); refusing to delete it")
 
 
 def existing_output(path: Path) -> bool:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_writable, evaluation_split, existing_output)
+                      check_output_folder, check_replaceable, evaluation_split)
 
 __all__ = ["add_sweep_parser", "run_sweep", "run_cell", "SWEEP_FILE"]
 
@@ -209,12 +209,7 @@ def _model_name(model_path: str) -> str:
 
 
 def _prepare_output(args, record: dict) -> Path:
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} exists and is not a folder")
-    check_writable(output, "--output")
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
+    output = check_output_folder(args)
     if args.resume:
         try:
             saved = json.loads((output / SWEEP_FILE).read_text(encoding="utf-8"))
@@ -226,13 +221,8 @@ def _prepare_output(args, record: dict) -> Path:
         if changed:
             raise UsageError(f"--resume continues the saved sweep and cannot change its "
                              f"{' or '.join(changed).replace('_', ' ')}; start a new --output")
-    elif existing_output(output):
-        if not args.overwrite:
-            raise UsageError(f"--output {output} already exists; pass --overwrite to replace it or "
-                             f"--resume to continue it")
-        if not (output / SWEEP_FILE).is_file():
-            raise UsageError(f"--overwrite: {output} is not a sweep folder (no {SWEEP_FILE}); "
-                             f"refusing to delete it")
+    else:
+        check_replaceable(output, args.overwrite, SWEEP_FILE, "sweep")
     return output
 
 

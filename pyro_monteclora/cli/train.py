@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from .options import (UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_number, check_writable, default_modules_to_save, default_target_modules,
-                      existing_output, resolve_data, resolve_device, resolve_model_path,
+                      check_number, check_output_folder, check_replaceable, default_modules_to_save,
+                      default_target_modules, resolve_data, resolve_device, resolve_model_path,
                       resolve_precision)
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
@@ -120,12 +120,7 @@ def _prepare_output(args, parser_defaults: dict):
     :returns: ``(arguments, recorded data specification or None)``; with --resume both are the
         saved run's.
     """
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} exists and is not a folder")
-    check_writable(output, "--output")
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
+    output = check_output_folder(args)
     if args.resume:
         run_file = output / RUN_FILE
         if not run_file.is_file():
@@ -148,13 +143,7 @@ def _prepare_output(args, parser_defaults: dict):
             raise UsageError("--resume continues the saved run and cannot change "
                              + ", ".join("--" + name.replace("_", "-") for name in changed))
         return saved, recorded
-    if existing_output(output):
-        if not args.overwrite:
-            raise UsageError(f"--output {output} already exists; pass --overwrite to replace it "
-                             f"or --resume to continue it")
-        if not (output / RUN_FILE).is_file():
-            raise UsageError(f"--overwrite: {output} is not a pyro-monteclora run folder "
-                             f"(no {RUN_FILE}); refusing to delete it")
+    check_replaceable(output, args.overwrite, RUN_FILE, "pyro-monteclora run")
     return {name: getattr(args, name) for name in RUN_OPTIONS}, None
 
 
