@@ -185,7 +185,7 @@ def interleaved(cases: dict, steps: int, warmup: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def predictive_costs(kind: str, samples=(0, 1, 4, 10), rounds: int = 3) -> dict:
+def predictive_costs(kind: str, samples=(0, 1, 4, 10), rounds: int = 7) -> dict:
     model = MonteCLoRAModel(base_model(kind), MonteCLoRAConfig(rank=8, target_modules=TARGETS[kind]))
     guide = MonteCLoRAGuide(model)
     data = batch(kind, 64)
