@@ -58,7 +58,7 @@ class MonteCLoRAELBO(ELBO):
     def _elbo_particle(self, model, guide, args, kwargs) -> torch.Tensor:
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
         zero_kl = guide.zero_kl_sites() if hasattr(guide, "zero_kl_sites") else set()
-        elbo, kl_terms = self._batched_kl_part(guide, guide_trace)
+        elbo, kl_terms = self._batched_kl_part(guide, guide_trace, model_trace)
         if kl_terms is None:  # scales that differ, a mask, or no batched KLs: one KL per site
             kl_terms = guide.kl_terms() if hasattr(guide, "kl_terms") else {}
         for name, site in model_trace.nodes.items():
@@ -84,10 +84,11 @@ class MonteCLoRAELBO(ELBO):
         return elbo
 
     @staticmethod
-    def _batched_kl_part(guide, guide_trace):
-        """``(-scale * sum of the guide's batched KLs, {their sites: 0})`` when every one of those
-        sites has the same scale and no mask (the usual case: one ``kl_weight``), else
-        ``(0.0, None)``; summing the KL vector once saves a select, a scale and a sum per site."""
+    def _batched_kl_part(guide, guide_trace, model_trace):
+        """``(-scale * sum of the guide's batched KLs, {their sites: None})`` when every one of
+        those sites is latent in the model and has, in the guide, the same scale and no mask (the
+        usual case: one ``kl_weight``), else ``(0.0, None)``; summing the KL vector once saves a
+        select, a scale and a sum per site."""
         if not hasattr(guide, "batched_kl"):
             return 0.0, None
         names, kls = guide.batched_kl()
@@ -96,6 +97,10 @@ class MonteCLoRAELBO(ELBO):
         sites = [guide_trace.nodes.get(name) for name in names]
         if any(site is None or site["mask"] is not None for site in sites):
             return 0.0, None
+        for name in names:  # a site conditioned or never reached in the model has no KL term
+            model_site = model_trace.nodes.get(name)
+            if model_site is None or model_site["type"] != "sample" or model_site["is_observed"]:
+                return 0.0, None
         scales = {float(site["scale"]) if not torch.is_tensor(site["scale"]) or site["scale"].dim() == 0
                   else None for site in sites}
         if len(scales) != 1 or None in scales:

@@ -86,7 +86,7 @@ class TaskSpec:
         """Whether the data ships with the package (no files, no network)."""
         return self.name == "rotten-tomatoes"
 
-    def normalise_label(self, value, where: str) -> str:
+    def normalise_label(self, value, where: str, column: Optional[str] = None) -> str:
         """The label name ``value`` stands for: an index, a boolean (``true`` = the second name of
         a yes/no task), or a name (any case).
 
@@ -108,26 +108,35 @@ class TaskSpec:
                     return name
             if names == ("False", "True") and text.lower() in _TRUE + _FALSE:
                 return "True" if text.lower() in _TRUE else "False"
-        raise DataError(f"{where}: label {value!r} in column {self.label_column!r} is not one of "
+        raise DataError(f"{where}: label {value!r} in column {column or self.label_column!r} is not one of "
                          f"{self.name}'s labels: 0..{len(names) - 1} or {list(names)}")
 
-    def classification_rows(self, rows: Sequence[dict], source: str) -> List[dict]:
-        """``rows`` with their labels as names and (WiC) the word put before the first text."""
+    def classification_rows(self, rows: Sequence[dict], source: str,
+                            text_columns: Optional[Sequence[str]] = None,
+                            label_column: Optional[str] = None) -> List[dict]:
+        """``rows`` with their labels as names and (WiC) the word put before the first text.
+
+        :param text_columns: the columns read as texts (default: the task's);
+            ``--text-column`` overrides them.
+        :param label_column: the label column (default: the task's); ``--label-column``.
+        """
         from .datafiles import DataError
 
+        text_columns = list(text_columns or self.text_columns)
+        label_column = label_column or self.label_column
         out = []
         for number, row in enumerate(rows, start=1):
             row = dict(row)
             where = f"{source} row {number}"
-            if self.label_column in row and row[self.label_column] not in (None, -1):
-                row[self.label_column] = self.normalise_label(row[self.label_column], where)
+            if label_column in row and row[label_column] not in (None, -1):
+                row[label_column] = self.normalise_label(row[label_column], where, label_column)
             if self.word_column is not None:
-                word, first = row.get(self.word_column), row.get(self.text_columns[0])
+                word, first = row.get(self.word_column), row.get(text_columns[0])
                 if not isinstance(word, str) or not word.strip():
                     raise DataError(f"{where}: no {self.word_column!r} (the word whose senses are "
-                                     f"compared); found {sorted(row)}")
+                                    f"compared); found {sorted(row)}")
                 if isinstance(first, str):
-                    row[self.text_columns[0]] = f"{word.strip()}: {first}"
+                    row[text_columns[0]] = f"{word.strip()}: {first}"
             out.append(row)
         return out
 

@@ -269,3 +269,20 @@ def test_an_outer_replay_still_decides_the_guide_draws_and_gradients_reach_every
     for stem, posterior in guide.factor_posteriors().items():
         assert posterior.log_scale.grad is not None and posterior.log_scale.grad.abs().sum() > 0, stem
         assert posterior.log_concentration.grad is not None and posterior.log_concentration.grad.abs().sum() > 0, stem
+
+
+def test_the_batched_kl_is_not_used_for_a_site_the_model_conditions_on():
+    from pyro_monteclora.elbo import MonteCLoRAELBO
+
+    model, guide = make(rank=3)
+    batch = classification_batch()
+    path = next(iter(model.adapters()))
+    guide_trace = poutine.trace(guide).get_trace(**batch)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**batch)
+    value, handled = MonteCLoRAELBO._batched_kl_part(guide, guide_trace, model_trace)
+    assert set(handled) == set(guide.kl_terms())
+    torch.testing.assert_close(-value, guide.kl_divergence())
+    fixed = {f"{path}.covariance": guide_trace.nodes[f"{path}.covariance"]["value"].detach()}
+    conditioned = poutine.condition(model, data=fixed)
+    model_trace = poutine.trace(poutine.replay(conditioned, trace=guide_trace)).get_trace(**batch)
+    assert MonteCLoRAELBO._batched_kl_part(guide, guide_trace, model_trace) == (0.0, None)

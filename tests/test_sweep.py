@@ -170,6 +170,7 @@ def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(model_dir, data_dir,
     ("a bad adapter option", ["--rank", "0"], r"--rank must be an integer >= 1"),
     ("no labelled test data", ["--split", "validation"], r"no labelled validation data"),
     ("a classification task as causal-lm", ["--task-type", "causal-lm"], r"causal-lm data|prompt"),
+    ("two cells in one folder", ["--learning-rates", "1e-3,1.0000001e-3"], r"two cells would share the folder"),
 ])
 def test_bad_input_exits_2_with_one_line_before_any_cell(model_dir, data_dir, tmp_path, capsys,  # noqa: F811
                                                         name, extra, pattern):
@@ -198,3 +199,26 @@ def test_the_sweep_command_is_listed_in_the_help():
     result = subprocess.run([sys.executable, "-m", "pyro_monteclora", "sweep", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--learning-rates" in result.stdout and "--full-learning-rates" in result.stdout
+
+
+def test_a_cell_that_crashes_is_not_taken_for_a_diverged_one(tmp_path, monkeypatch, capsys):
+    """Only a non-finite loss (exit 1) is an outcome of the setting; an exception (out of memory, a
+    network error, a bug) is a crash that --resume retries."""
+    import pyro_monteclora.cli as cli
+    from pyro_monteclora.cli.sweep import CELL_CRASHED, _cell_result, run_cell
+    from pyro_monteclora.sweep import SweepCell
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"train": ["train", "--output", "x"], "evaluate": None}))
+
+    def crash(argv):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(cli, "main", crash)
+    assert run_cell(str(plan)) == CELL_CRASHED
+    assert "MemoryError: out of memory" in capsys.readouterr().err
+    log = tmp_path / "cell.log"
+    log.write_text("...\npyro-monteclora train: error: fit(): the loss is nan at step 3\n")
+    cell = SweepCell("lora", 1e-3, 8, 0)
+    assert _cell_result(cell, tmp_path, CELL_CRASHED, log) is None
+    assert _cell_result(cell, tmp_path, 1, log)["status"] == "diverged"

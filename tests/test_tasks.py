@@ -101,6 +101,10 @@ def test_labels_in_every_accepted_form_and_a_clear_error_otherwise():
     with pytest.raises(DataError, match=r"mrpc.jsonl line 3: label 'maybe' in column 'label' is not one of "
                                         r"mrpc's labels: 0..1 or \['not_equivalent', 'equivalent'\]"):
         mrpc.normalise_label("maybe", "mrpc.jsonl line 3")
+    # --text-column / --label-column override the task's columns
+    renamed = wic.classification_rows([{"word": "bank", "a": "the bank", "b": "a bank", "y": "true"}], "f",
+                                      ["a", "b"], "y")
+    assert renamed == [{"word": "bank", "a": "bank: the bank", "b": "a bank", "y": "True"}]
     with pytest.raises(DataError, match="no 'word'"):
         wic.classification_rows([{"sentence1": "a", "sentence2": "b", "label": 1}], "wic.jsonl")
     with pytest.raises(ValueError, match="unknown task 'sst9'; choose one of"):
@@ -159,6 +163,14 @@ def test_a_commonsense_task_trains_on_instructions_and_scores_the_options(decode
     assert main(["evaluate", "--checkpoint", str(run), "--test-file", str(other), "--num-samples", "0",
                  "--output", str(tmp_path / "other")]) == 0
     assert json.loads((tmp_path / "other" / "metrics.json").read_text())["task"] == "piqa"
+    # and plain question/choices/answer records are still scored as such
+    plain = write_jsonl(tmp_path / "plain.jsonl", [
+        {"question": f"what is the capital of {COUNTRIES[i]} ?", "choices": [CAPITALS[i], CAPITALS[i - 1]],
+         "answer": 0} for i in range(3)])
+    assert main(["evaluate", "--checkpoint", str(run), "--multiple-choice", "--test-file", str(plain),
+                 "--num-samples", "0", "--output", str(tmp_path / "plain")]) == 0
+    result = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert result["task"] is None and result["examples"] == 3
 
 
 def test_gsm8k_reports_the_exact_match_of_the_final_number(decoder_dir, tmp_path):
@@ -187,4 +199,12 @@ def test_a_task_of_the_wrong_kind_is_refused_in_one_line(model_dir, decoder_dir,
     assert main(["train", "--task", "cola", "--task-type", "causal-lm", "--model", str(decoder_dir),
                  "--output", str(run)]) == 2
     assert "--task cola is a classification task" in capsys.readouterr().err
+    classifier = tmp_path / "clf"
+    train = write_jsonl(tmp_path / "t.jsonl", _schema_rows("cola", 8, 0))
+    assert main(["train", "--task", "cola", "--model", str(model_dir), "--train-file", str(train),
+                 "--epochs", "1", "--rank", "4", "--max-length", "16", "--no-validation",
+                 "--output", str(classifier)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(classifier), "--task", "piqa"]) == 2
+    assert "--task piqa is a multiple-choice task for decoders" in capsys.readouterr().err
     assert not run.exists()

@@ -111,10 +111,6 @@ def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dic
     task = task_of(args, recorded)
     commonsense = task is not None and task.kind == "multiple-choice"
     spec = _spec(args, recorded if commonsense and data_mode(args) is None else None, split)
-    if commonsense:
-        spec["task"] = task.name
-    else:
-        spec["task_type"] = "multiple-choice"
     try:
         available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None
         rows, source = _located_rows(spec, split, available)
@@ -123,10 +119,15 @@ def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dic
                       else "question, choices and answer")
             raise UsageError(f"--multiple-choice: no {split} data; pass --{split}-file F.jsonl with "
                              f"{wanted} fields")
+        if commonsense and not getattr(args, "task", None) and rows and "instruction" not in rows[0][1]:
+            commonsense = False  # a commonsense checkpoint scoring question/choices/answer records
         if commonsense:
             from ..tasks import commonsense_to_multiple_choice
 
+            spec["task"] = task.name
             return commonsense_to_multiple_choice(task, rows, source), spec
+        spec.pop("task", None)
+        spec["task_type"] = "multiple-choice"
         return records_to_multiple_choice(rows, source), spec
     except (DataError, OSError) as error:
         raise UsageError(str(error)) from None

@@ -271,6 +271,9 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
     elif args.dataset is not None:
         spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
     else:  # a paper task with no files: its hub data set
+        if TASK_SPECS[args.task].kind != "classification":
+            raise UsageError(f"--task {args.task} is a {TASK_SPECS[args.task].kind} task for decoders; "
+                             f"train it with --task-type causal-lm")
         hub, config = TASK_SPECS[args.task].hub
         spec = {"source": "dataset", "dataset": hub, "dataset_config": config}
     task = None if spec["source"] == "task" else task_of(args, spec)
@@ -291,7 +294,9 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
         raise UsageError("--text-column/--label-column apply to --*-file and --dataset data only")
 
     def labelled(rows, source):  # a paper task's labels as names (and WiC's word before its text)
-        return task.classification_rows(rows, source) if task is not None else rows
+        if task is None:
+            return rows
+        return task.classification_rows(rows, source, spec["text_columns"], spec["label_column"])
 
     splits = {}
     try:

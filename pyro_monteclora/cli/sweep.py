@@ -129,9 +129,15 @@ def _grid(args):
             if args.full_learning_rates else None,
             "batch_sizes": _numbers("--full-batch-sizes", args.full_batch_sizes, int)
             if args.full_batch_sizes else None}
-    return sweep_grid(methods, _numbers("--learning-rates", args.learning_rates, float),
-                      _numbers("--batch-sizes", args.batch_sizes, int),
-                      _numbers("--seeds", args.seeds, int), per_method)
+    cells = sweep_grid(methods, _numbers("--learning-rates", args.learning_rates, float),
+                       _numbers("--batch-sizes", args.batch_sizes, int),
+                       _numbers("--seeds", args.seeds, int), per_method)
+    names = [cell.name for cell in cells]
+    clash = next((name for name in names if names.count(name) > 1), None)
+    if clash is not None:  # rates equal to 6 significant digits would share a cell folder
+        raise UsageError(f"two cells would share the folder {clash!r}; give learning rates that differ "
+                         f"in their first 6 significant digits")
+    return cells
 
 
 def _forward(parser_actions, args, names: Sequence[str]) -> List[str]:
@@ -226,14 +232,28 @@ def _prepare_output(args, record: dict) -> Path:
     return output
 
 
+#: a cell's exit status when it crashed (an exception), as opposed to 1: training diverged
+CELL_CRASHED = 3
+
+
 def run_cell(plan_file: str) -> int:
-    """Run one cell's ``train`` then ``evaluate`` (in the process the sweep started for it)."""
+    """Run one cell's ``train`` then ``evaluate`` (in the process the sweep started for it).
+
+    :returns: 0, 1 when training stopped on a non-finite loss, 2 for bad input, or
+        :data:`CELL_CRASHED` for any exception (printed to the cell's log).
+    """
+    import traceback
+
     from . import main
 
     plan = json.loads(Path(plan_file).read_text(encoding="utf-8"))
     for step in ("train", "evaluate"):
         if plan.get(step):
-            status = main(plan[step])
+            try:
+                status = main(plan[step])
+            except Exception:  # out of memory, a network error, a bug: rerun by --resume
+                traceback.print_exc()
+                return CELL_CRASHED
             if status != 0:
                 return status
     return 0
@@ -350,7 +370,7 @@ def run_sweep(args, parser_defaults: dict) -> int:
         with open(log, "a", encoding="utf-8") as handle:
             status = subprocess.run([sys.executable, "-c", runner, str(plan_file)], stdout=handle,
                                     stderr=subprocess.STDOUT, env=env).returncode
-        if status < 0 or status == 130:  # the cell was interrupted (Ctrl-C reaches it too)
+        if status in (-2, 130):  # Ctrl-C reached the cell too: stop the sweep
             raise KeyboardInterrupt
         result = _cell_result(cell, output / "cells" / cell.name, status, log)
         if result is None:
