@@ -40,7 +40,8 @@ from torch import nn
 from .config import MonteCLoRAConfig
 from .distributions import StandardNormalMatrix, WishartCholesky, lora_perturbation
 
-__all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "standard_noise", "latent_scale"]
+__all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "standard_noise", "latent_scale",
+           "record_value"]
 
 #: ``infer`` tag carried by the latent (KL-bearing) sites, read by :func:`~pyro_monteclora.kl_scale`.
 LATENT_SITE = "monteclora_latent"
