@@ -125,6 +125,11 @@ class MonteCLoRAGuide(PyroModule):
                         device=adapter.lora_A_mean.device,
                     )
                     self._sites.append((key, path, factor, config.rank, width))
+        # fixed once the guide exists: each site's names, and the noise draws grouped by shape
+        self._site_names = [factor_site_names(path, factor) for _, path, factor, _, _ in self._sites]
+        self._noise_groups: Dict[tuple, list] = {}
+        for index, (_, _, _, rank, width) in enumerate(self._sites):
+            self._noise_groups.setdefault((rank, width), []).append(index)
         model.set_adapter_mode("sample" if mode == "monteclora" else "mean")
         model.attach_guide(self)
 
@@ -148,8 +153,8 @@ class MonteCLoRAGuide(PyroModule):
         values, covariances, mixtures = self.draw_all()
         draws = {}
         with PresampledMessenger(values):
-            for index, (key, path, factor, rank, width) in enumerate(self._sites):
-                names = factor_site_names(path, factor)
+            for index, (key, _, _, rank, width) in enumerate(self._sites):
+                names = self._site_names[index]
                 with latent_scale(self.config.kl_weight):
                     draws[names["covariance"]] = pyro.sample(names["covariance"], covariances[index],
                                                              infer={LATENT_SITE: True})
@@ -167,37 +172,43 @@ class MonteCLoRAGuide(PyroModule):
             without re-validating their parameters).
         """
         cfg = self.config
-        posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
-        log_scale = torch.stack([p.log_scale for p in posteriors])
-        if self.scale_tril_kind == "diagonal":
-            batched = WishartCholesky.from_log_diagonal(cfg.wishart_df, log_scale, validate_args=False)
+        q_cov, q_mix = self._batched_posteriors()
+        if q_cov.log_scale_diagonal is not None:
             covariances = [WishartCholesky.from_log_diagonal(cfg.wishart_df, row, validate_args=False)
-                           for row in log_scale.unbind(0)]
+                           for row in q_cov.log_scale_diagonal.unbind(0)]
         else:
-            tril = torch.stack([p.scale_tril() for p in posteriors])
-            batched = WishartCholesky(cfg.wishart_df, tril, validate_args=False)
-            covariances = [WishartCholesky(cfg.wishart_df, row, validate_args=False) for row in tril.unbind(0)]
-        concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
-        mixtures = [dist.Dirichlet(row, validate_args=False) for row in concentration.unbind(0)]
-        scale_trils = batched.rsample().unbind(0)
-        weights = dist.Dirichlet(concentration, validate_args=False).rsample().unbind(0)
-        shapes = {}  # the shared noise: one draw per (rank, width)
-        for index, (_, _, _, rank, width) in enumerate(self._sites):
-            shapes.setdefault((rank, width), []).append(index)
-        noise = {}
-        device = log_scale.device
-        for (rank, width), indices in shapes.items():
+            covariances = [WishartCholesky(cfg.wishart_df, row, validate_args=False)
+                           for row in q_cov.scale_tril.unbind(0)]
+        mixtures = [dist.Dirichlet(row, validate_args=False) for row in q_mix.concentration.unbind(0)]
+        scale_trils = q_cov.rsample().unbind(0)
+        weights = q_mix.rsample().unbind(0)
+        device = q_mix.concentration.device
+        noise = {}  # the shared noise: one draw per (rank, width)
+        for (rank, width), indices in self._noise_groups.items():
             noise.update(zip(indices, torch.randn(len(indices), rank, width, device=device).unbind(0)))
         values = {}
-        for index, (_, path, factor, _, _) in enumerate(self._sites):
-            names = factor_site_names(path, factor)
+        for index, names in enumerate(self._site_names):
             values[names["covariance"]] = scale_trils[index]
             values[names["mixture_weights"]] = weights[index]
             values[names["noise"]] = noise[index]
         return values, covariances, mixtures
 
+    def _batched_posteriors(self):
+        """:math:`q(\\Sigma)` and :math:`q(\\pi)` of all factors as two batched distributions (the
+        parameters stacked in site order; built from positive parameters, so not re-validated)."""
+        cfg = self.config
+        posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
+        if self.scale_tril_kind == "diagonal":
+            q_cov = WishartCholesky.from_log_diagonal(
+                cfg.wishart_df, torch.stack([p.log_scale for p in posteriors]), validate_args=False)
+        else:
+            q_cov = WishartCholesky(cfg.wishart_df, torch.stack([p.scale_tril() for p in posteriors]),
+                                    validate_args=False)
+        concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
+        return q_cov, dist.Dirichlet(concentration, validate_args=False)
+
     def batched_kl(self):
-        """Closed-form KLs of every factor's covariance and mixture-weight sites, as two vectors.
+        """Closed-form KLs of every factor's covariance and mixture-weight sites, as one vector.
 
         :returns: ``(site names, KLs)``: the covariance sites' names then the mixture-weight sites',
             and one tensor holding their KLs in that order (unweighted by ``kl_weight``); ``([],
@@ -206,22 +217,16 @@ class MonteCLoRAGuide(PyroModule):
         if not self._sites:
             return [], None
         cfg = self.config
-        posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
-        log_scale = torch.stack([p.log_scale for p in posteriors])
-        if self.scale_tril_kind == "diagonal":
-            q_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, log_scale, validate_args=False)
-        else:
-            q_cov = WishartCholesky(cfg.wishart_df, torch.stack([p.scale_tril() for p in posteriors]),
-                                    validate_args=False)
-        prior_cov = WishartCholesky.from_log_diagonal(cfg.wishart_df, torch.zeros_like(log_scale),
-                                                      validate_args=False)
-        concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
-        prior_mix = dist.Dirichlet(torch.full_like(concentration, cfg.dirichlet_concentration),
+        q_cov, q_mix = self._batched_posteriors()
+        rank = q_cov.rank
+        prior_cov = WishartCholesky.from_log_diagonal(
+            cfg.wishart_df, torch.zeros(q_cov.batch_shape + (rank,), device=q_mix.concentration.device),
+            validate_args=False)
+        prior_mix = dist.Dirichlet(torch.full_like(q_mix.concentration, cfg.dirichlet_concentration),
                                    validate_args=False)
-        kls = torch.cat([kl_divergence(q_cov, prior_cov),
-                         kl_divergence(dist.Dirichlet(concentration, validate_args=False), prior_mix)])
-        names = ([factor_site_names(path, factor)["covariance"] for _, path, factor, _, _ in self._sites]
-                 + [factor_site_names(path, factor)["mixture_weights"] for _, path, factor, _, _ in self._sites])
+        kls = torch.cat([kl_divergence(q_cov, prior_cov), kl_divergence(q_mix, prior_mix)])
+        names = ([names["covariance"] for names in self._site_names]
+                 + [names["mixture_weights"] for names in self._site_names])
         return names, kls
 
     def kl_terms(self) -> Dict[str, torch.Tensor]:
@@ -235,7 +240,7 @@ class MonteCLoRAGuide(PyroModule):
 
     def zero_kl_sites(self) -> set:
         """Latent sites whose model and guide distributions are identical (the shared noise)."""
-        return {factor_site_names(path, factor)["noise"] for _, path, factor, _, _ in self._sites}
+        return {names["noise"] for names in self._site_names}
 
     def kl_divergence(self) -> torch.Tensor:
         """:math:`\\sum_\\ell \\mathrm{KL}(q(\\Sigma_\\ell) \\| p(\\Sigma_\\ell)) + \\mathrm{KL}(q(\\pi_\\ell) \\| p(\\pi_\\ell))`

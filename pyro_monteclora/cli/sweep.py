@@ -299,8 +299,9 @@ def _summary_metrics(results: List[dict]) -> List[str]:
     return [m for m in dict.fromkeys(wanted) if m in present]
 
 
-def write_summary(output: Path, record: dict, results: List[dict]) -> dict:
-    """``summary.json``, ``summary.md`` and ``sweep.png`` from the finished cells' results."""
+def write_summary(output: Path, record: dict, results: List[dict]) -> str:
+    """``summary.json``, ``summary.md`` and ``sweep.png`` from the finished cells' results;
+    returns the markdown table."""
     from ..atomic import atomic_write_json, atomic_write_text
     from ..sweep import summarize, summary_markdown
 
@@ -312,7 +313,8 @@ def write_summary(output: Path, record: dict, results: List[dict]) -> dict:
     atomic_write_json(output / "summary.json", {
         "metrics": metrics, "summary": summary, "results": results, "grid": record["grid"],
         "command": record["command"], "versions": record["versions"], "title": title})
-    atomic_write_text(output / "summary.md", f"{title}\n\n{summary_markdown(summary, metrics)}\n")
+    table = summary_markdown(summary, metrics)
+    atomic_write_text(output / "summary.md", f"{title}\n\n{table}\n")
     try:
         from ..plots import plot_sweep_boxes
 
@@ -321,7 +323,7 @@ def write_summary(output: Path, record: dict, results: List[dict]) -> dict:
                              title=title if len(title) < 110 else None)
     except ImportError:
         print("sweep.png skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-    return summary
+    return table
 
 
 def run_sweep(args, parser_defaults: dict) -> int:
@@ -380,10 +382,7 @@ def run_sweep(args, parser_defaults: dict) -> int:
         atomic_write_json(result_file, result)
     results = [json.loads((output / "results" / f"{cell.name}.json").read_text(encoding="utf-8"))
                for cell in cells if (output / "results" / f"{cell.name}.json").is_file()]
-    summary = write_summary(output, record, results)
-    from ..sweep import summary_markdown
-
-    print(summary_markdown(summary, _summary_metrics(results)), flush=True)
+    print(write_summary(output, record, results), flush=True)
     print(f"wrote {output}/summary.json, summary.md, sweep.png", file=sys.stderr)
     if failed:
         print(f"pyro-monteclora sweep: {len(failed)} cell(s) failed ({', '.join(failed)}); their logs "
