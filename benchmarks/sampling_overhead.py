@@ -1,0 +1,75 @@
+"""The MonteCLoRA-only work of one SVI step, with the network left out: the guide's draws, the
+model's sites and perturbations, the closed-form KL, and their backward, for the 12 adapted layers
+of MiniLM (r = 8, query + value); medians of ``--steps`` after 20 warm-up steps (CPU).
+
+This is what a MonteCLoRA step adds to a LoRA step besides the extra autograd work inside the
+network's backward. ``--label`` names the code measured (run it on two checkouts with
+``PYTHONPATH`` to compare them); the result is appended to ``results/sampling_overhead.json``.
+
+    python benchmarks/sampling_overhead.py --label batched-guide [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+import transformers
+from pyro import poutine
+
+from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora.atomic import atomic_write_json
+from pyro_monteclora.data import default_encoder_path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sampling_overhead.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--label", required=True, help="what code this is (e.g. a commit)")
+    args = parser.parse_args()
+    transformers.logging.set_verbosity_error()
+    pyro.set_rng_seed(0)
+    network = transformers.AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
+    model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=["query", "value"],
+                                                      modules_to_save=["classifier"]))
+    guide = MonteCLoRAGuide(model)
+    adapters = list(model.adapters().values())
+
+    def parts():
+        started = time.perf_counter()
+        guide_trace = poutine.trace(guide).get_trace()
+        drawn = time.perf_counter()
+        with poutine.trace(), poutine.replay(trace=guide_trace):
+            for adapter in adapters:
+                adapter.sample_factors()
+        sited = time.perf_counter()
+        kl = guide.kl_divergence()
+        kl_done = time.perf_counter()
+        loss = sum(adapter.factors()[0].sum() for adapter in adapters) + kl
+        for adapter in adapters:
+            adapter.clear_factors()
+        loss.backward()
+        ended = time.perf_counter()
+        return drawn - started, sited - drawn, kl_done - sited, ended - kl_done
+
+    for _ in range(20):
+        parts()
+    times = [parts() for _ in range(args.steps)]
+    names = ("guide", "model_sites", "kl", "backward")
+    row = {name: 1e3 * statistics.median(t[i] for t in times) for i, name in enumerate(names)}
+    row["total"] = 1e3 * statistics.median(sum(t) for t in times)
+    row.update(label=args.label, steps=args.steps, layers=len(adapters), torch=torch.__version__)
+    runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    atomic_write_json(RESULTS, [r for r in runs if r.get("label") != args.label] + [row])
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
