@@ -39,6 +39,7 @@ demo-fast: setup
 # Speed and memory as ratios measured side by side (benchmarks/README.md); results in benchmarks/results/.
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_suite.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_suite.py --model llama --output benchmarks/results/bench_llama
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpu_memory.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation_speed.py --rounds 3
 

@@ -1,15 +1,16 @@
-"""Speed and memory of a MonteCLoRA SVI step against PEFT's LoRA, PEFT's MonteCLoRA variant, a
-plain-PyTorch LoRA and the same MonteCLoRA math without Pyro, plus the predictive's cost in S and
-the step's cost in N, r and the number of adapted layers. ``make bench`` runs it.
+"""Speed of a MonteCLoRA SVI step against PEFT's LoRA, PEFT's MonteCLoRA variant, a plain-PyTorch
+LoRA and the same MonteCLoRA math without Pyro, plus the predictive's cost in S and the step's cost
+in N, r and the number of adapted layers. ``make bench`` runs it on MiniLM and on a tiny Llama.
 
 Every step is forward + loss + backward + AdamW on the same batch (MiniLM: 16 sentences x 64
-tokens, rank 8, query + value; or a Llama of the same size class with ``--model llama``). Times are
-medians over ``--steps`` interleaved rounds (A B C ... A B C ...) after ``--warmup``; every number
-reported is a ratio to PEFT's LoRA measured in the same rounds. Peak memory is not measured on the
-CPU: the resident set is dominated by the allocator's caching (repeated runs differed by 4x), so
-memory ratios come from ``cuda_check.py`` (``torch.cuda.max_memory_allocated``) on a GPU.
+tokens, rank 8, query + value; or a Llama of the same size class with ``--model llama``). The cases
+run in ``--steps`` interleaved rounds (A B C ... A B C ...) after ``--warmup``; every number
+reported is a ratio to PEFT's LoRA measured in the same rounds: the ratio of the medians, and the
+median of the per-round ratios with a 95% bootstrap interval (on a shared 2-core machine a slow
+spell touches neighbouring steps alike, so the per-round ratio is the steadier of the two). Peak
+CPU memory is measured by ``cpu_memory.py``, one fresh process per case.
 
-    python benchmarks/bench_suite.py [--model minilm|llama] [--steps 20] [--output benchmarks/results/bench]
+    python benchmarks/bench_suite.py [--model minilm|llama] [--steps 40] [--output benchmarks/results/bench]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -144,28 +146,29 @@ def make_case(name: str, kind: str, data: dict, rank: int = 8, components: int =
 
 def _no_pyro_step(model, guide, data):
     """Draw every layer's factors as the guide does (all layers in a few batched operations, see
-    ``MonteCLoRAGuide.draw_all``), form each layer's perturbation, run the network, add the
-    closed-form KL: the SVI step's arithmetic with no trace, plate or replay."""
+    ``MonteCLoRAGuide.draw_all``), form all perturbations in one batched operation, run the
+    network, add the closed-form KL: the SVI step's arithmetic with no trace, plate or replay."""
     from pyro_monteclora.distributions import lora_perturbation
     from pyro_monteclora.layers import factor_site_names
 
     params = [p for p in model.parameters() if p.requires_grad] + list(guide.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    adapters = model.adapters()
-    names = {path: factor_site_names(path, "lora_A") for path in adapters}
+    adapters = list(model.adapters().values())
+    names = [factor_site_names(adapter.path, "lora_A") for adapter in adapters]
     inputs = {k: v for k, v in data.items() if k != "labels"}
     model.train()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         values, _, _ = guide.draw_all()
-        for path, adapter in adapters.items():
-            site = names[path]
-            delta = lora_perturbation(values[site["covariance"]], values[site["mixture_weights"]],
-                                      values[site["noise"]], model.config.sample_scaler)
-            adapter.hold_factors(adapter.lora_A_mean + delta, adapter.lora_B)
+        stacked = [torch.stack([values[site[part]] for site in names])
+                   for part in ("covariance", "mixture_weights", "noise")]
+        delta = lora_perturbation(*stacked, model.config.sample_scaler)
+        factors = torch.stack([adapter.lora_A_mean for adapter in adapters]) + delta
+        for adapter, A in zip(adapters, factors.unbind(0)):
+            adapter.hold_factors(A, adapter.lora_B)
         logits = model.network(**inputs).logits
-        for adapter in adapters.values():
+        for adapter in adapters:
             adapter.clear_factors()
         loss = F.cross_entropy(logits, data["labels"]) + guide.kl_divergence() / 1000
         loss.backward()
@@ -175,6 +178,7 @@ def _no_pyro_step(model, guide, data):
 
 
 def interleaved(cases: dict, steps: int, warmup: int) -> dict:
+    """Run the cases' steps in rounds (A B C ... A B C ...); ``{case: [seconds per kept round]}``."""
     times = {name: [] for name in cases}
     for round_ in range(warmup + steps):
         for name, step in cases.items():
@@ -182,7 +186,23 @@ def interleaved(cases: dict, steps: int, warmup: int) -> dict:
             step()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def compare(times: dict, floor: str, resamples: int = 2000) -> dict:
+    """Each case against ``floor``: the ratio of the medians, and the median of the per-round
+    ratios (a case and the floor ran back to back in each round, so a slow spell of the machine
+    touches both) with its 95% bootstrap interval."""
+    generator = random.Random(0)
+    summary = {}
+    for name, values in times.items():
+        ratios = [a / b for a, b in zip(values, times[floor])]
+        medians = sorted(statistics.median(generator.choices(ratios, k=len(ratios))) for _ in range(resamples))
+        summary[name] = {"median_s": statistics.median(values),
+                         "ratio_to_peft_lora": statistics.median(values) / statistics.median(times[floor]),
+                         "paired_ratio": statistics.median(ratios),
+                         "paired_ratio_ci95": [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]}
+    return summary
 
 
 def predictive_costs(kind: str, samples=(0, 1, 4, 10), rounds: int = 7) -> dict:
@@ -214,9 +234,11 @@ def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
         pyro.clear_param_store()
         cases = {"monteclora": make_case("ours-monteclora", kind, data, **kwargs),
                  "lora": make_case("ours-lora-mode", kind, data, **kwargs)}
-        medians = interleaved(cases, steps, warmup)
-        rows.append({"axis": axis, "value": value, "monteclora_s": medians["monteclora"], "lora_s": medians["lora"],
-                     "ratio": medians["monteclora"] / medians["lora"]})
+        summary = compare(interleaved(cases, steps, warmup), "lora")
+        rows.append({"axis": axis, "value": value, "monteclora_s": summary["monteclora"]["median_s"],
+                     "lora_s": summary["lora"]["median_s"], "ratio": summary["monteclora"]["ratio_to_peft_lora"],
+                     "paired_ratio": summary["monteclora"]["paired_ratio"],
+                     "paired_ratio_ci95": summary["monteclora"]["paired_ratio_ci95"]})
         print(rows[-1], flush=True)
     return rows
 
@@ -224,7 +246,7 @@ def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["minilm", "llama"], default="minilm")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--output", default=str(RESULTS / "bench"))
@@ -237,9 +259,7 @@ def main() -> None:
     for name in names:
         pyro.clear_param_store()
         cases[name] = make_case(name, args.model, data)
-    medians = interleaved(cases, args.steps, args.warmup)
-    floor = medians["peft-lora"]
-    steps_table = {name: {"median_s": m, "ratio_to_peft_lora": m / floor} for name, m in medians.items()}
+    steps_table = compare(interleaved(cases, args.steps, args.warmup), "peft-lora")
     print(json.dumps(steps_table, indent=1), flush=True)
     report = {"model": args.model, "batch": [16, 64], "rank": 8, "targets": TARGETS[args.model],
               "steps": steps_table, "predictive": predictive_costs(args.model),
@@ -258,15 +278,20 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output.with_suffix(".json"), report)
-    lines = ["| step | median s | × PEFT LoRA |", "|---|---:|---:|"]
+    lines = ["| step | median s | × PEFT LoRA (ratio of medians) | per-round ratio, median [95% CI] |",
+             "|---|---:|---:|---:|"]
     for name, row in steps_table.items():
-        lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio_to_peft_lora']:.2f} |")
+        low, high = row["paired_ratio_ci95"]
+        lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio_to_peft_lora']:.3f} | "
+                     f"{row['paired_ratio']:.3f} [{low:.3f}, {high:.3f}] |")
     lines += ["", "| S | s per example | ÷ (S × mean-adapter) |", "|---|---:|---:|"]
     lines += [f"| {s} | {r['seconds_per_example']:.4f} | {r['ratio_to_S_times_mean']:.2f} |"
               for s, r in report["predictive"].items()]
     if "scaling" in report:
-        lines += ["", "| axis | value | MonteCLoRA / LoRA mode |", "|---|---|---:|"]
-        lines += [f"| {r['axis']} | {r['value']} | {r['ratio']:.2f} |" for r in report["scaling"]]
+        lines += ["", "| axis | value | MonteCLoRA / LoRA mode (ratio of medians) | per-round ratio [95% CI] |",
+                  "|---|---|---:|---:|"]
+        lines += [f"| {r['axis']} | {r['value']} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} "
+                  f"[{r['paired_ratio_ci95'][0]:.3f}, {r['paired_ratio_ci95'][1]:.3f}] |" for r in report["scaling"]]
     table = "\n".join(lines)
     atomic_write_text(output.with_suffix(".md"), f"# Benchmark suite ({args.model}, CPU)\n\n{table}\n")
     _plot(steps_table, output.with_suffix(".png"), args.model)
@@ -283,11 +308,14 @@ def _plot(steps_table: dict, path: Path, kind: str) -> None:
     FigureCanvasAgg(figure)
     axis = figure.add_subplot()
     names = list(steps_table)
-    axis.barh(names, [steps_table[n]["ratio_to_peft_lora"] for n in names], color="#4c72b0")
+    ratios = [steps_table[n]["paired_ratio"] for n in names]
+    errors = [[r - steps_table[n]["paired_ratio_ci95"][0] for n, r in zip(names, ratios)],
+              [steps_table[n]["paired_ratio_ci95"][1] - r for n, r in zip(names, ratios)]]
+    axis.barh(names, ratios, xerr=errors, color="#4c72b0", ecolor="black", capsize=3)
     axis.axvline(1.0, color="black", lw=0.8)
     axis.axvline(1.05, color="grey", lw=0.8, ls="--")
     axis.invert_yaxis()
-    axis.set_xlabel("training step time / PEFT LoRA's (lower is better; dashed: 1.05 target)")
+    axis.set_xlabel("step time / PEFT LoRA's, per-round median, 95% CI (lower is better; dashed: 1.05)")
     axis.set_title(f"{kind}, batch 16 x 64, r = 8, CPU")
     figure.tight_layout()
     with atomic_file(path) as temporary:

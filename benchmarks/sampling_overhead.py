@@ -41,14 +41,22 @@ def main() -> None:
                                                       modules_to_save=["classifier"]))
     guide = MonteCLoRAGuide(model)
     adapters = list(model.adapters().values())
+    try:  # all layers' factors formed together, as MonteCLoRAModel does since 2026-11-29
+        from pyro_monteclora.layers import sample_adapter_factors
+
+        def sample_factors():
+            sample_adapter_factors(adapters)
+    except ImportError:  # an older checkout: one layer at a time
+        def sample_factors():
+            for adapter in adapters:
+                adapter.sample_factors()
 
     def parts():
         started = time.perf_counter()
         guide_trace = poutine.trace(guide).get_trace()
         drawn = time.perf_counter()
         with poutine.trace(), poutine.replay(trace=guide_trace):
-            for adapter in adapters:
-                adapter.sample_factors()
+            sample_factors()
         sited = time.perf_counter()
         kl = guide.kl_divergence()
         kl_done = time.perf_counter()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -40,8 +40,8 @@ from torch import nn
 from .config import MonteCLoRAConfig
 from .distributions import StandardNormalMatrix, WishartCholesky, lora_perturbation
 
-__all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "standard_noise", "latent_scale",
-           "record_value"]
+__all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "sample_adapter_factors",
+           "standard_noise", "latent_scale", "record_value"]
 
 #: ``infer`` tag carried by the latent (KL-bearing) sites, read by :func:`~pyro_monteclora.kl_scale`.
 LATENT_SITE = "monteclora_latent"
@@ -106,36 +106,46 @@ class MonteCLoRALinear(nn.Module):
         )
 
     # -- the model's side of the sites -------------------------------------------------------------
+    @property
+    def random_factors(self) -> tuple:
+        """``("lora_A",)``, or ``("lora_A", "lora_B")`` with ``random_B``."""
+        return ("lora_A", "lora_B") if self.random_B else ("lora_A",)
+
     def sample_factors(self) -> None:
         """Emit this layer's prior sites and keep the sampled factors for the next forward passes.
 
-        Called by :class:`~pyro_monteclora.MonteCLoRAModel` once per model execution, before the
-        wrapped network runs, so that a layer called several times (generation) reuses one draw.
+        :class:`~pyro_monteclora.MonteCLoRAModel` does this for all its layers at once, once per
+        model execution and before the wrapped network runs (:func:`sample_adapter_factors`), so
+        that a layer called several times (generation) reuses one draw.
         """
-        A = self._sample_factor("lora_A", self.lora_A_mean, self.in_features, transpose=False)
-        B = self.lora_B
-        if self.random_B:
-            B = self._sample_factor("lora_B", self.lora_B, self.out_features, transpose=True)
-        self._factors = (A, B)
+        sample_adapter_factors([self])
 
-    def _sample_factor(self, factor: str, mean: torch.Tensor, width: int, transpose: bool):
+    def sample_latents(self, factor: str) -> tuple:
+        """Emit the latent sites of ``factor`` (``"lora_A"`` or ``"lora_B"``) and return their draws
+        :math:`(L, \\pi, Z)`: the covariance's Cholesky factor, the mixture weights and the noise.
+
+        The deterministic site holding the factor itself is left to :func:`sample_adapter_factors`.
+        """
         cfg = self.config
         names = self._site_names[factor]
-        device = mean.device
+        device = self.lora_A_mean.device
         covariance_prior, mixture_prior = self.priors(device)
         with latent_scale(cfg.kl_weight):
             scale_tril = pyro.sample(names["covariance"], covariance_prior, infer={LATENT_SITE: True})
             weights = pyro.sample(names["mixture_weights"], mixture_prior, infer={LATENT_SITE: True})
         noise_key = (factor, device)
         if noise_key not in self._noise:  # the noise distribution is fixed: build it once per device
+            width = self.in_features if factor == "lora_A" else self.out_features
             self._noise[noise_key] = standard_noise(self.rank, width, device)
         noise = pyro.sample(names["noise"], self._noise[noise_key])
         if cfg.cooperative_weight > 0:
             pyro.factor(f"{names['mixture_weights']}.cooperative",
                         -cfg.cooperative_weight * weights.pow(2).sum(-1))
-        delta = lora_perturbation(scale_tril, weights, noise, cfg.sample_scaler)
-        value = mean + (delta.mT if transpose else delta)
-        return record_value(names["value"], value)
+        return scale_tril, weights, noise
+
+    def factor_mean(self, factor: str) -> torch.Tensor:
+        """The point estimate a factor is drawn around: :math:`M` (``lora_A_mean``) or ``lora_B``."""
+        return self.lora_A_mean if factor == "lora_A" else self.lora_B
 
     def priors(self, device=None) -> tuple:
         """The prior distributions :math:`\\mathcal{W}(\\nu, I_r)` (Cholesky form) and
@@ -176,6 +186,15 @@ class MonteCLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         A, B = self.factors()
+        if (A.dim() == 2 and result.dtype == torch.float32 and x.dtype == torch.float32
+                and A.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)):
+            # fp32: W0 x + b + (x A^T)(gamma B)^T as one fused multiply-add (addmm), with gamma
+            # applied to the small B instead of the (tokens, d_out) update: two passes over the
+            # activation fewer, forward and backward, than "base + lora(x) * gamma".
+            low = F.linear(self.dropout(x), A)
+            update = (B * self.scaling).mT
+            fused = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), update)
+            return fused.view(result.shape)
         with torch.autocast(device_type=x.device.type, enabled=False):
             hidden = self.dropout(x).float()
             if A.dim() == 3:  # S stacked draws: rows of x in S sample-major groups
@@ -183,11 +202,41 @@ class MonteCLoRALinear(nn.Module):
                     raise ValueError(f"{self.path}: a batch of {hidden.shape[0]} rows cannot be split "
                                      f"among {A.shape[0]} stacked adapter samples")
                 grouped = hidden.reshape(A.shape[0], -1, hidden.shape[-1])
-                update = (grouped @ A.float().mT @ B.float().mT).reshape(*hidden.shape[:-1], -1)
-                update = update * self.scaling
+                update = (grouped @ A.float().mT @ (B.float() * self.scaling).mT)
+                update = update.reshape(*hidden.shape[:-1], -1)
             else:
-                update = F.linear(F.linear(hidden, A.float()), B.float()) * self.scaling
+                update = F.linear(F.linear(hidden, A.float()), B.float() * self.scaling)
         return result + update.to(result.dtype)
+
+
+def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
+    """Emit the sites of every adapter in ``adapters`` and hold each one's sampled factors.
+
+    Every layer keeps its own named sites (covariance, mixture weights, noise, and the factor's
+    deterministic site), in the layers' order; but the factors
+    :math:`M_\\ell + s \\lVert\\pi_\\ell\\rVert L_\\ell Z_\\ell` of all layers of one shape are
+    formed in one batched operation (:func:`~pyro_monteclora.distributions.lora_perturbation` over
+    the stacked draws) and then split: a few autograd nodes per step instead of several per layer.
+    """
+    groups: dict = {}  # (factor, shape, device, s) -> [(adapter, L, pi, Z)]
+    for adapter in adapters:
+        for factor in adapter.random_factors:
+            scale_tril, weights, noise = adapter.sample_latents(factor)
+            mean = adapter.factor_mean(factor)
+            key = (factor, tuple(mean.shape), mean.device, adapter.config.sample_scaler)
+            groups.setdefault(key, []).append((adapter, scale_tril, weights, noise))
+    values: dict = {}
+    for (factor, _, _, sample_scaler), members in groups.items():
+        layers, scale_trils, weights, noises = zip(*members)
+        delta = lora_perturbation(torch.stack(scale_trils), torch.stack(weights), torch.stack(noises),
+                                  sample_scaler)
+        means = torch.stack([layer.factor_mean(factor) for layer in layers])
+        stacked = means + (delta.mT if factor == "lora_B" else delta)
+        for layer, value in zip(layers, stacked.unbind(0)):
+            values[layer, factor] = record_value(layer._site_names[factor]["value"], value)
+    for adapter in adapters:
+        B = values[adapter, "lora_B"] if adapter.random_B else adapter.lora_B
+        adapter.hold_factors(values[adapter, "lora_A"], B)
 
 
 def record_value(name: str, value: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 
 from ._params import register_parameters, unique_prefix
 from .config import MonteCLoRAConfig
-from .layers import MonteCLoRALinear
+from .layers import MonteCLoRALinear, sample_adapter_factors
 from .likelihoods import Likelihood, get_likelihood
 
 __all__ = ["HFPyroModel", "MonteCLoRAModel", "inject_adapters"]
@@ -300,8 +300,7 @@ class MonteCLoRAModel(HFPyroModel):
         adapters = list(self.adapters().values())
         try:
             if self.adapter_mode == "sample":
-                for adapter in adapters:
-                    adapter.sample_factors()
+                sample_adapter_factors(adapters)
             yield self.network
         finally:
             if not self._retain_draws:
@@ -330,10 +329,10 @@ class MonteCLoRAModel(HFPyroModel):
             for _ in range(num_samples):
                 guide_trace = poutine.trace(guide).get_trace()
                 with poutine.replay(trace=guide_trace):
-                    for adapter, sink in zip(adapters, draws):
-                        adapter.sample_factors()
-                        sink.append(adapter.factors())
-                        adapter.clear_factors()
+                    sample_adapter_factors(adapters)
+                for adapter, sink in zip(adapters, draws):
+                    sink.append(adapter.factors())
+                    adapter.clear_factors()
             for adapter, sink in zip(adapters, draws):
                 A = torch.stack([a for a, _ in sink])
                 B = torch.stack([b for _, b in sink]) if self.config.random_B else sink[0][1]

@@ -113,3 +113,58 @@ def test_conv1d_layers_of_gpt2_are_adapted():
     ids = torch.randint(1, 64, (2, 6))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(input_ids=ids), reference.eval()(input_ids=ids).logits)
+
+
+def test_factors_formed_together_equal_each_layers_own_sites_and_gradients_stay_per_layer():
+    """All layers' factors are formed in one batched operation per shape (q/v: 32 wide; up_proj:
+    64 tall, so its random B differs in shape), yet every layer's A (and B) is exactly
+    M + s ||pi|| L Z from its own sites, and d loss / d M of each layer is its own."""
+    from conftest import tiny_llama
+    from pyro_monteclora.layers import sample_adapter_factors
+
+    scaler = 0.3
+    config = MonteCLoRAConfig(rank=3, sample_scaler=scaler, random_B=True,
+                              target_modules=["q_proj", "v_proj", "up_proj"])
+    model = MonteCLoRAModel(tiny_llama(), config, likelihood="causal-lm")
+    adapters = model.adapters()
+    assert len(adapters) == 6
+    for adapter in adapters.values():
+        with torch.no_grad():
+            adapter.lora_B.normal_()
+    with poutine.trace() as tracer:
+        sample_adapter_factors(list(adapters.values()))
+    nodes = tracer.trace.nodes
+    coefficients = {}
+    loss = 0.0
+    for index, (path, adapter) in enumerate(adapters.items()):
+        A, B = adapter.factors()
+        for factor, value, mean in (("lora_A", A, adapter.lora_A_mean), ("lora_B", B, adapter.lora_B)):
+            stem = path if factor == "lora_A" else f"{path}.lora_B"
+            L = nodes[f"{stem}.covariance"]["value"]
+            weights = nodes[f"{stem}.mixture_weights"]["value"]
+            noise = nodes[f"{path}.{factor}.noise"]["value"]
+            delta = scaler * weights.norm() * L @ noise
+            expected = mean + (delta.T if factor == "lora_B" else delta)
+            torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
+            assert nodes[f"{path}.{factor}"]["value"] is value
+        coefficients[path] = float(index + 1)
+        loss = loss + coefficients[path] * A.sum()
+    loss.backward()
+    for path, adapter in adapters.items():
+        torch.testing.assert_close(adapter.lora_A_mean.grad, torch.full_like(adapter.lora_A_mean, coefficients[path]))
+        adapter.clear_factors()
+
+
+def test_sampled_fp32_forward_equals_the_formula_on_a_batch_of_sequences():
+    base, layer = make_layer(alpha=6.0, sample_scaler=0.5)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(4, 7, 6)
+    layer.sample_factors()
+    A, B = layer.factors()
+    expected = base(x) + (6.0 / 3) * (x @ A.T) @ B.T
+    torch.testing.assert_close(layer(x), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the general (mixed precision) path agrees
+        mixed = layer(x)
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), expected, atol=0.05, rtol=0.02)
