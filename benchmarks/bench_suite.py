@@ -4,13 +4,14 @@ in N, r and the number of adapted layers. ``make bench`` runs it on MiniLM and o
 
 Every step is forward + loss + backward + AdamW on the same batch (MiniLM: 16 sentences x 64
 tokens, rank 8, query + value; or a Llama of the same size class with ``--model llama``). The cases
-run in ``--steps`` interleaved rounds (A B C ... A B C ...) after ``--warmup``; every number
+run in ``--steps`` interleaved rounds (every case once per round, in a shuffled order) after
+``--warmup``; every number
 reported is a ratio to PEFT's LoRA measured in the same rounds: the ratio of the medians, and the
 median of the per-round ratios with a 95% bootstrap interval (on a shared 2-core machine a slow
 spell touches neighbouring steps alike, so the per-round ratio is the steadier of the two). Peak
 CPU memory is measured by ``cpu_memory.py``, one fresh process per case.
 
-    python benchmarks/bench_suite.py [--model minilm|llama] [--steps 40] [--output benchmarks/results/bench]
+    python benchmarks/bench_suite.py [--model minilm|llama] [--steps 60] [--output benchmarks/results/bench]
 """
 
 from __future__ import annotations
@@ -177,13 +178,17 @@ def _no_pyro_step(model, guide, data):
     return step
 
 
-def interleaved(cases: dict, steps: int, warmup: int) -> dict:
-    """Run the cases' steps in rounds (A B C ... A B C ...); ``{case: [seconds per kept round]}``."""
+def interleaved(cases: dict, steps: int, warmup: int, seed: int = 0) -> dict:
+    """Run the cases' steps in rounds, each case once per round in a fresh random order (so that
+    no case always follows the same neighbour); ``{case: [seconds per kept round]}``."""
     times = {name: [] for name in cases}
+    order = list(cases)
+    generator = random.Random(seed)
     for round_ in range(warmup + steps):
-        for name, step in cases.items():
+        generator.shuffle(order)
+        for name in order:
             started = time.perf_counter()
-            step()
+            cases[name]()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - started)
     return times
@@ -191,17 +196,20 @@ def interleaved(cases: dict, steps: int, warmup: int) -> dict:
 
 def compare(times: dict, floor: str, resamples: int = 2000) -> dict:
     """Each case against ``floor``: the ratio of the medians, and the median of the per-round
-    ratios (a case and the floor ran back to back in each round, so a slow spell of the machine
-    touches both) with its 95% bootstrap interval."""
+    ratios (a case and the floor ran in the same round, seconds apart, so a slow spell of the
+    machine touches both) with a 95% percentile-bootstrap interval. The bootstrap takes rounds as
+    independent; slow spells longer than a round make neighbouring rounds alike, so read the
+    interval as a lower bound on the uncertainty."""
     generator = random.Random(0)
+    low, high = round(0.025 * (resamples - 1)), round(0.975 * (resamples - 1))
     summary = {}
     for name, values in times.items():
         ratios = [a / b for a, b in zip(values, times[floor])]
         medians = sorted(statistics.median(generator.choices(ratios, k=len(ratios))) for _ in range(resamples))
         summary[name] = {"median_s": statistics.median(values),
-                         "ratio_to_peft_lora": statistics.median(values) / statistics.median(times[floor]),
+                         "ratio_of_medians": statistics.median(values) / statistics.median(times[floor]),
                          "paired_ratio": statistics.median(ratios),
-                         "paired_ratio_ci95": [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]}
+                         "paired_ratio_ci95": [medians[low], medians[high]]}
     return summary
 
 
@@ -223,30 +231,46 @@ def predictive_costs(kind: str, samples=(0, 1, 4, 10), rounds: int = 7) -> dict:
 
 
 def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
+    """The step's cost along each axis. All settings of an axis run interleaved in one run, with the
+    LoRA mode of the same settings: each row gives MonteCLoRA against that LoRA mode and against
+    the axis's first setting (N = 16 against N = 1 is the flat-in-N target)."""
+    all_linear = (["query", "key", "value", "dense"] if kind == "minilm" else
+                  ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    axes = {"N": [(n, dict(components=n), {}) for n in (1, 4, 16)],
+            "rank": [(r, dict(rank=r), dict(rank=r)) for r in (4, 8, 32)],
+            "layers": [("query,value", dict(targets=TARGETS[kind]), dict(targets=TARGETS[kind])),
+                       ("all linear", dict(targets=all_linear), dict(targets=all_linear))]}
     rows = []
-    settings = ([("N", n, dict(components=n)) for n in (1, 4, 16)]
-                + [("rank", r, dict(rank=r)) for r in (4, 8, 32)]
-                + [("layers", "query,value", dict(targets=TARGETS[kind])),
-                   ("layers", "all linear", dict(targets=(["query", "key", "value", "dense"] if kind == "minilm" else
-                                                          ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                           "up_proj", "down_proj"])))])
-    for axis, value, kwargs in settings:
-        pyro.clear_param_store()
-        cases = {"monteclora": make_case("ours-monteclora", kind, data, **kwargs),
-                 "lora": make_case("ours-lora-mode", kind, data, **kwargs)}
-        summary = compare(interleaved(cases, steps, warmup), "lora")
-        rows.append({"axis": axis, "value": value, "monteclora_s": summary["monteclora"]["median_s"],
-                     "lora_s": summary["lora"]["median_s"], "ratio": summary["monteclora"]["ratio_to_peft_lora"],
-                     "paired_ratio": summary["monteclora"]["paired_ratio"],
-                     "paired_ratio_ci95": summary["monteclora"]["paired_ratio_ci95"]})
-        print(rows[-1], flush=True)
+    for axis, settings in axes.items():
+        cases, lora_of = {}, {}
+        for value, kwargs, lora_kwargs in settings:
+            pyro.clear_param_store()
+            cases[f"monteclora {value}"] = make_case("ours-monteclora", kind, data, **kwargs)
+            lora_name = f"lora {value}" if lora_kwargs else "lora"
+            if lora_name not in cases:
+                cases[lora_name] = make_case("ours-lora-mode", kind, data, **lora_kwargs)
+            lora_of[value] = lora_name
+        times = interleaved(cases, steps, warmup)
+        against = {floor: compare(times, floor) for floor in {*lora_of.values(), f"monteclora {settings[0][0]}"}}
+        for value, _, _ in settings:
+            name = f"monteclora {value}"
+            to_lora = against[lora_of[value]][name]
+            to_first = against[f"monteclora {settings[0][0]}"][name]
+            rows.append({"axis": axis, "value": value, "monteclora_s": to_lora["median_s"],
+                         "lora_s": statistics.median(times[lora_of[value]]),
+                         "ratio": to_lora["ratio_of_medians"], "paired_ratio": to_lora["paired_ratio"],
+                         "paired_ratio_ci95": to_lora["paired_ratio_ci95"],
+                         "ratio_to_first": to_first["ratio_of_medians"],
+                         "paired_ratio_to_first": to_first["paired_ratio"],
+                         "paired_ratio_to_first_ci95": to_first["paired_ratio_ci95"]})
+            print(rows[-1], flush=True)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["minilm", "llama"], default="minilm")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--output", default=str(RESULTS / "bench"))
@@ -261,7 +285,7 @@ def main() -> None:
         cases[name] = make_case(name, args.model, data)
     steps_table = compare(interleaved(cases, args.steps, args.warmup), "peft-lora")
     print(json.dumps(steps_table, indent=1), flush=True)
-    report = {"model": args.model, "batch": [16, 64], "rank": 8, "targets": TARGETS[args.model],
+    report = {"model": args.model, "batch": [16, 64], "rank": 8, "targets": TARGETS[args.model], "floor": "peft-lora",
               "steps": steps_table, "predictive": predictive_costs(args.model),
               "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                               "pyro": pyro.__version__, "python": platform.python_version(),
@@ -282,16 +306,19 @@ def main() -> None:
              "|---|---:|---:|---:|"]
     for name, row in steps_table.items():
         low, high = row["paired_ratio_ci95"]
-        lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio_to_peft_lora']:.3f} | "
+        lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio_of_medians']:.3f} | "
                      f"{row['paired_ratio']:.3f} [{low:.3f}, {high:.3f}] |")
     lines += ["", "| S | s per example | ÷ (S × mean-adapter) |", "|---|---:|---:|"]
     lines += [f"| {s} | {r['seconds_per_example']:.4f} | {r['ratio_to_S_times_mean']:.2f} |"
               for s, r in report["predictive"].items()]
     if "scaling" in report:
-        lines += ["", "| axis | value | MonteCLoRA / LoRA mode (ratio of medians) | per-round ratio [95% CI] |",
-                  "|---|---|---:|---:|"]
+        lines += ["", "| axis | value | MonteCLoRA / LoRA mode: ratio of medians | per-round [95% CI] "
+                  "| MonteCLoRA / the axis's first value: ratio of medians | per-round [95% CI] |",
+                  "|---|---|---:|---:|---:|---:|"]
         lines += [f"| {r['axis']} | {r['value']} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} "
-                  f"[{r['paired_ratio_ci95'][0]:.3f}, {r['paired_ratio_ci95'][1]:.3f}] |" for r in report["scaling"]]
+                  f"[{r['paired_ratio_ci95'][0]:.3f}, {r['paired_ratio_ci95'][1]:.3f}] | {r['ratio_to_first']:.3f} | "
+                  f"{r['paired_ratio_to_first']:.3f} [{r['paired_ratio_to_first_ci95'][0]:.3f}, "
+                  f"{r['paired_ratio_to_first_ci95'][1]:.3f}] |" for r in report["scaling"]]
     table = "\n".join(lines)
     atomic_write_text(output.with_suffix(".md"), f"# Benchmark suite ({args.model}, CPU)\n\n{table}\n")
     _plot(steps_table, output.with_suffix(".png"), args.model)

@@ -41,7 +41,7 @@ def main() -> None:
                                                       modules_to_save=["classifier"]))
     guide = MonteCLoRAGuide(model)
     adapters = list(model.adapters().values())
-    try:  # all layers' factors formed together, as MonteCLoRAModel does since 2026-11-29
+    try:  # all layers' factors formed together, as MonteCLoRAModel does since 977c9bd
         from pyro_monteclora.layers import sample_adapter_factors
 
         def sample_factors():

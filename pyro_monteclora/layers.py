@@ -186,8 +186,8 @@ class MonteCLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         A, B = self.factors()
-        if (A.dim() == 2 and result.dtype == torch.float32 and x.dtype == torch.float32
-                and A.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)):
+        if (A.dim() == 2 and B.dim() == 2 and result.dtype == x.dtype == A.dtype == B.dtype == torch.float32
+                and not torch.is_autocast_enabled(x.device.type)):
             # fp32: W0 x + b + (x A^T)(gamma B)^T as one fused multiply-add (addmm), with gamma
             # applied to the small B instead of the (tokens, d_out) update: two passes over the
             # activation fewer, forward and backward, than "base + lora(x) * gamma".
@@ -212,27 +212,35 @@ class MonteCLoRALinear(nn.Module):
 def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
     """Emit the sites of every adapter in ``adapters`` and hold each one's sampled factors.
 
-    Every layer keeps its own named sites (covariance, mixture weights, noise, and the factor's
-    deterministic site), in the layers' order; but the factors
-    :math:`M_\\ell + s \\lVert\\pi_\\ell\\rVert L_\\ell Z_\\ell` of all layers of one shape are
-    formed in one batched operation (:func:`~pyro_monteclora.distributions.lora_perturbation` over
-    the stacked draws) and then split: a few autograd nodes per step instead of several per layer.
+    Every layer keeps its own named latent sites (covariance, mixture weights, noise), emitted
+    layer by layer in the order of ``adapters``, and its own deterministic factor site; but the
+    factors :math:`M_\\ell + s \\lVert\\pi_\\ell\\rVert L_\\ell Z_\\ell` of all layers whose draws
+    have one shape are formed in one batched operation
+    (:func:`~pyro_monteclora.distributions.lora_perturbation` over the draws stacked along a new
+    layer axis) and then split: a few autograd nodes per step instead of several per layer. So the
+    deterministic ``<path>.lora_A`` sites come after all the latent ones in a trace.
+
+    Draws with batch dimensions of their own (a ``pyro.plate`` around the model, vectorised
+    ``Predictive``) are stacked along the layer axis just left of the factor's two dimensions, so
+    each layer's mean broadcasts against its own draws only.
     """
-    groups: dict = {}  # (factor, shape, device, s) -> [(adapter, L, pi, Z)]
+    groups: dict = {}  # (factor, shapes of M, L, pi, Z, device, s) -> [(adapter, L, pi, Z)]
     for adapter in adapters:
         for factor in adapter.random_factors:
             scale_tril, weights, noise = adapter.sample_latents(factor)
             mean = adapter.factor_mean(factor)
-            key = (factor, tuple(mean.shape), mean.device, adapter.config.sample_scaler)
+            key = (factor, mean.shape, scale_tril.shape, weights.shape, noise.shape, mean.device,
+                   adapter.config.sample_scaler)
             groups.setdefault(key, []).append((adapter, scale_tril, weights, noise))
     values: dict = {}
-    for (factor, _, _, sample_scaler), members in groups.items():
+    for key, members in groups.items():
+        factor, sample_scaler = key[0], key[-1]
         layers, scale_trils, weights, noises = zip(*members)
-        delta = lora_perturbation(torch.stack(scale_trils), torch.stack(weights), torch.stack(noises),
-                                  sample_scaler)
-        means = torch.stack([layer.factor_mean(factor) for layer in layers])
+        delta = lora_perturbation(torch.stack(scale_trils, dim=-3), torch.stack(weights, dim=-2),
+                                  torch.stack(noises, dim=-3), sample_scaler)  # (..., layers, r, d)
+        means = torch.stack([layer.factor_mean(factor) for layer in layers])  # (layers, ...)
         stacked = means + (delta.mT if factor == "lora_B" else delta)
-        for layer, value in zip(layers, stacked.unbind(0)):
+        for layer, value in zip(layers, stacked.unbind(-3)):
             values[layer, factor] = record_value(layer._site_names[factor]["value"], value)
     for adapter in adapters:
         B = values[adapter, "lora_B"] if adapter.random_B else adapter.lora_B

@@ -38,26 +38,29 @@ def test_majority_vote_breaks_ties_by_first_seen_and_counts_empty_answers():
     assert majority_vote([None, None]) == (None, 0.0)
 
 
-def adapted(network, sample_scaler, targets=("q_proj", "v_proj")):
+def adapted(network, sample_scaler, targets=("q_proj", "v_proj"), random_B=False):
     model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=4, target_modules=list(targets),
-                                                      sample_scaler=sample_scaler))
+                                                      sample_scaler=sample_scaler, random_B=random_B))
     with torch.no_grad():
         for adapter in model.adapters().values():
             adapter.lora_B.normal_(0, 0.5)
     return model, MonteCLoRAGuide(model)
 
 
-def test_stacked_draws_give_each_group_of_rows_its_own_adapter():
-    model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=1.0)
+@pytest.mark.parametrize("random_B", [False, True])
+def test_stacked_draws_give_each_group_of_rows_its_own_adapter(random_B):
+    model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=1.0, random_B=random_B)
     ids = torch.randint(4, 40, (2, 6))
     with torch.no_grad():
         with model.stacked_adapters(guide, 3) as network:
             stacked = network(input_ids=ids.repeat(3, 1)).logits
             held = {path: adapter.factors() for path, adapter in model.adapters().items()}
         assert all(A.shape[0] == 3 for A, _ in held.values())
+        assert all((B.dim() == 3) == random_B for _, B in held.values())
         for k in range(3):
             for path, adapter in model.adapters().items():
-                adapter.hold_factors(held[path][0][k], held[path][1])
+                A, B = held[path]
+                adapter.hold_factors(A[k], B[k] if random_B else B)
             single = model.network(input_ids=ids).logits
             torch.testing.assert_close(stacked[2 * k: 2 * k + 2], single, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(stacked[:2], stacked[2:4])

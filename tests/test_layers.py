@@ -168,3 +168,46 @@ def test_sampled_fp32_forward_equals_the_formula_on_a_batch_of_sequences():
         mixed = layer(x)
     assert mixed.dtype == torch.bfloat16
     torch.testing.assert_close(mixed.float(), expected, atol=0.05, rtol=0.02)
+
+
+def test_draws_with_a_batch_dimension_pair_each_layer_with_its_own_mean_and_draws():
+    """Under a plate of P draws (vectorised prediction), P = the number of layers on purpose: a
+    stacking that mixed the layer axis with the draws' axis would pair layer p with draw p."""
+    import pyro
+
+    from conftest import tiny_llama
+    from pyro_monteclora.layers import sample_adapter_factors
+
+    scaler = 0.3
+    config = MonteCLoRAConfig(rank=3, sample_scaler=scaler, target_modules=["q_proj", "v_proj"])
+    model = MonteCLoRAModel(tiny_llama(), config, likelihood="causal-lm")
+    adapters = model.adapters()
+    draws = len(adapters)
+    with poutine.trace() as tracer, pyro.plate("draws", draws, dim=-1):
+        sample_adapter_factors(list(adapters.values()))
+    nodes = tracer.trace.nodes
+    for path, adapter in adapters.items():
+        A, _ = adapter.factors()
+        assert A.shape == (draws, 3, 32)
+        L = nodes[f"{path}.covariance"]["value"]
+        weights = nodes[f"{path}.mixture_weights"]["value"]
+        noise = nodes[f"{path}.lora_A.noise"]["value"]
+        for p in range(draws):
+            expected = adapter.lora_A_mean + scaler * weights[p].norm() * L[p] @ noise[p]
+            torch.testing.assert_close(A[p], expected, atol=1e-6, rtol=1e-5)
+        adapter.clear_factors()
+
+
+def test_dropout_in_training_reaches_the_adapter_input_only():
+    base, layer = make_layer(alpha=6.0, dropout=0.5)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    layer.train()
+    x = torch.randn(4, 7, 6)
+    torch.manual_seed(3)
+    out = layer(x)
+    torch.manual_seed(3)
+    dropped = torch.nn.functional.dropout(x, 0.5, training=True)
+    expected = base(x) + (6.0 / 3) * (dropped @ layer.lora_A_mean.T) @ layer.lora_B.T
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, base(x) + (6.0 / 3) * (x @ layer.lora_A_mean.T) @ layer.lora_B.T)
