@@ -41,6 +41,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_suite.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_suite.py --model llama --output benchmarks/results/bench_llama
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpu_memory.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpu_memory.py --model llama --output benchmarks/results/memory_llama
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation_speed.py --rounds 3
 
 # The documentation site (docs/_build/html), then the code of its pages run by the doctest builder.
