@@ -1,12 +1,13 @@
 """The MonteCLoRA-only work of one SVI step, with the network left out: the guide's draws, the
 model's sites and perturbations, the closed-form KL, and their backward, for the 12 adapted layers
-of MiniLM (r = 8, query + value); medians of ``--steps`` after 20 warm-up steps (CPU).
+of MiniLM (r = 8, query + value; ``--model llama`` for the suite's tiny Llama, ``--all-linear`` to
+adapt every linear layer); medians of ``--steps`` after 20 warm-up steps (CPU).
 
 This is what a MonteCLoRA step adds to a LoRA step besides the extra autograd work inside the
 network's backward. ``--label`` names the code measured (run it on two checkouts with
 ``PYTHONPATH`` to compare them); the result is appended to ``results/sampling_overhead.json``.
 
-    python benchmarks/sampling_overhead.py --label batched-guide [--steps 200]
+    python benchmarks/sampling_overhead.py --label batched-guide [--steps 200] [--model llama] [--all-linear]
 """
 
 from __future__ import annotations
@@ -33,12 +34,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--label", required=True, help="what code this is (e.g. a commit)")
+    parser.add_argument("--model", choices=["minilm", "llama"], default="minilm",
+                        help="llama: bench_suite.py's random 6-layer Llama")
+    parser.add_argument("--all-linear", action="store_true", help="adapt every linear layer, not q/v")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     pyro.set_rng_seed(0)
-    network = transformers.AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
-    model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=["query", "value"],
-                                                      modules_to_save=["classifier"]))
+    if args.model == "minilm":
+        network = transformers.AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
+        targets = ["query", "key", "value", "dense"] if args.all_linear else ["query", "value"]
+        head = "classifier"
+    else:
+        from bench_suite import base_model
+
+        network = base_model("llama")
+        targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+                   if args.all_linear else ["q_proj", "v_proj"])
+        head = "score"
+    model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=targets, modules_to_save=[head]))
     guide = MonteCLoRAGuide(model)
     adapters = list(model.adapters().values())
     try:  # all layers' factors formed together, as MonteCLoRAModel does since 977c9bd
@@ -73,7 +86,7 @@ def main() -> None:
     names = ("guide", "model_sites", "kl", "backward")
     row = {name: 1e3 * statistics.median(t[i] for t in times) for i, name in enumerate(names)}
     row["total"] = 1e3 * statistics.median(sum(t) for t in times)
-    row.update(label=args.label, steps=args.steps, layers=len(adapters), torch=torch.__version__)
+    row.update(label=args.label, model=args.model, steps=args.steps, layers=len(adapters), torch=torch.__version__)
     runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     atomic_write_json(RESULTS, [r for r in runs if r.get("label") != args.label] + [row])
     print(json.dumps(row))
