@@ -39,6 +39,8 @@ from pyro_monteclora.predictive import predict
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"minilm": ["query", "value"], "llama": ["q_proj", "v_proj"]}
+ALL_LINEAR = {"minilm": ["query", "key", "value", "dense"],
+              "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 
 def base_model(kind: str):
@@ -234,8 +236,7 @@ def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
     """The step's cost along each axis. All settings of an axis run interleaved in one run, with the
     LoRA mode of the same settings: each row gives MonteCLoRA against that LoRA mode and against
     the axis's first setting (N = 16 against N = 1 is the flat-in-N target)."""
-    all_linear = (["query", "key", "value", "dense"] if kind == "minilm" else
-                  ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    all_linear = ALL_LINEAR[kind]
     axes = {"N": [(n, dict(components=n), {}) for n in (1, 4, 16)],
             "rank": [(r, dict(rank=r), dict(rank=r)) for r in (4, 8, 32)],
             "layers": [("query,value", dict(targets=TARGETS[kind]), dict(targets=TARGETS[kind])),

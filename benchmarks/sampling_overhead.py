@@ -25,7 +25,6 @@ from pyro import poutine
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.atomic import atomic_write_json
-from pyro_monteclora.data import default_encoder_path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling_overhead.json"
 
@@ -40,17 +39,11 @@ def main() -> None:
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     pyro.set_rng_seed(0)
-    if args.model == "minilm":
-        network = transformers.AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
-        targets = ["query", "key", "value", "dense"] if args.all_linear else ["query", "value"]
-        head = "classifier"
-    else:
-        from bench_suite import base_model
+    from bench_suite import ALL_LINEAR, TARGETS, base_model  # the suite's models and target lists
 
-        network = base_model("llama")
-        targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                   if args.all_linear else ["q_proj", "v_proj"])
-        head = "score"
+    network = base_model(args.model)
+    targets = (ALL_LINEAR if args.all_linear else TARGETS)[args.model]
+    head = "classifier" if args.model == "minilm" else "score"
     model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=targets, modules_to_save=[head]))
     guide = MonteCLoRAGuide(model)
     adapters = list(model.adapters().values())
