@@ -4,22 +4,24 @@ The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
 
 * :class:`MonteCLoRAConfig` -- which layers get adapters and the prior's hyper-parameters;
 * :class:`MonteCLoRAModel` -- a ``PyroModule`` whose ``forward`` is the Pyro model;
-* :class:`MonteCLoRAGuide` -- the paper's structured variational family (or ``mode="lora"``);
+* :class:`MonteCLoRAPrior` -- the prior of every adapter's random factor, one object per model;
+* :class:`MonteCLoRAGuide` -- the paper's structured variational family (any Pyro guide, such as
+  ``AutoNormal``, works too); :class:`EmptyGuide` for models without latent sites (LoRA, full);
 * :class:`SequenceClassification`, :class:`CausalLM` -- likelihoods;
 * :class:`FullFineTuneModel` -- the full fine-tuning baseline through the same code;
 * :func:`fit` and :func:`predict` -- SVI and the streaming posterior predictive, conveniences over
   ``pyro.infer`` objects that work on the model and guide as they are;
 * decoders: :func:`predict_multiple_choice` (options scored through the posterior predictive) and
   :func:`generate_answers` (generation with posterior sampling, majority answer and agreement);
-* ``save_pretrained`` / ``from_pretrained`` / ``export_peft`` on the model (safetensors + JSON),
-  and the ``pyro-monteclora`` command (:mod:`pyro_monteclora.cli`).
+* :func:`save_pretrained` / :func:`load_pretrained` (model and guide; safetensors + JSON),
+  ``export_peft``, and the ``pyro-monteclora`` command (:mod:`pyro_monteclora.cli`).
 """
 
 from .baselines import FullFineTuneModel
 from .config import MonteCLoRAConfig
 from .elbo import MonteCLoRAELBO
 from .distributions import StandardNormalMatrix, WishartCholesky, wishart_kl
-from .guides import FactorPosterior, MonteCLoRAGuide
+from .guides import EmptyGuide, FactorPosterior, MonteCLoRAGuide
 from .handlers import kl_scale
 from .layers import MonteCLoRALinear
 from .likelihoods import CausalLM, Likelihood, SequenceClassification
@@ -27,6 +29,9 @@ from .model import MonteCLoRAModel
 from .generation import GenerationResult, generate_answers
 from .multiple_choice import predict_multiple_choice
 from .predictive import PredictiveOutput, predict
+from .priors import MonteCLoRAPrior
+from .serialization import load_pretrained, register_guide, save_pretrained
+from .transforms import LowerCholeskyBijection  # registers biject_to(lower_cholesky) for autoguides
 from .train import FitResult, fit
 
 __version__ = "0.1.0"
@@ -35,12 +40,18 @@ __all__ = [
     "MonteCLoRAConfig",
     "MonteCLoRAModel",
     "MonteCLoRAGuide",
+    "EmptyGuide",
+    "MonteCLoRAPrior",
+    "save_pretrained",
+    "load_pretrained",
+    "register_guide",
     "FullFineTuneModel",
     "MonteCLoRAELBO",
     "FactorPosterior",
     "MonteCLoRALinear",
     "WishartCholesky",
     "StandardNormalMatrix",
+    "LowerCholeskyBijection",
     "wishart_kl",
     "kl_scale",
     "Likelihood",

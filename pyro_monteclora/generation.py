@@ -130,7 +130,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
     """Generate for every prompt with ``num_samples`` posterior draws (0: the mean adapter, greedy).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` (or any ``HFPyroModel``) over a
-        causal LM; with a guide in ``"lora"`` mode, or none, ``num_samples`` > 0 acts as 0.
+        causal LM; with mean adapters (LoRA) or no guide, ``num_samples`` > 0 acts as 0.
     :param prompts: the questions or instructions (formatted by
         :func:`~pyro_monteclora.instructions.format_prompt`).
     :param references: accepted answers per prompt (optional): fills ``correct``.
@@ -148,7 +148,6 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
                              ("batch_size", batch_size, 1), ("max_length", max_length, max_new_tokens + 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    guide = guide if guide is not None else getattr(model, "guide", None)
     sampling = not uses_mean_adapter(model, guide, num_samples)
     per_pass = min(samples_per_pass or num_samples, num_samples) if sampling else 1
     inputs = list(inputs) if inputs is not None else [""] * len(prompts)

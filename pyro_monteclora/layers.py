@@ -38,10 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MonteCLoRAConfig
-from .distributions import StandardNormalMatrix, WishartCholesky, lora_perturbation
+from .distributions import StandardNormalMatrix, lora_perturbation
+from .priors import MonteCLoRAPrior
 
 __all__ = ["MonteCLoRALinear", "LATENT_SITE", "factor_site_names", "sample_adapter_factors",
-           "standard_noise", "latent_scale", "record_value"]
+           "latent_scale", "record_value"]
 
 #: ``infer`` tag carried by the latent (KL-bearing) sites, read by :func:`~pyro_monteclora.kl_scale`.
 LATENT_SITE = "monteclora_latent"
@@ -70,12 +71,15 @@ class MonteCLoRALinear(nn.Module):
     :param nn.Module base_layer: the layer to adapt; its parameters are frozen.
     :param MonteCLoRAConfig config: rank, scaling and prior hyper-parameters.
     :param str path: the module path inside the wrapped model; it names the Pyro sites.
+    :param MonteCLoRAPrior prior: the prior its sites draw from (default: built from ``config``;
+        :class:`~pyro_monteclora.MonteCLoRAModel` gives all its layers its one ``model.prior``).
 
     Outside a Pyro model (no factors sampled) the layer uses the posterior-mean adapter
     :math:`A = M`, so it behaves exactly like a LoRA layer.
     """
 
-    def __init__(self, base_layer: nn.Module, config: MonteCLoRAConfig, path: str):
+    def __init__(self, base_layer: nn.Module, config: MonteCLoRAConfig, path: str,
+                 prior: Optional[MonteCLoRAPrior] = None):
         super().__init__()
         weight = base_layer.weight
         self.transposed = type(base_layer).__name__ == "Conv1D"  # GPT-2 style (d_in, d_out) weight
@@ -95,7 +99,7 @@ class MonteCLoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A_mean, a=math.sqrt(5))  # PEFT's init for A
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._factors: Optional[tuple] = None
-        self._priors: dict = {}
+        self.prior = prior if prior is not None else MonteCLoRAPrior.from_config(config)
         self._site_names = {factor: factor_site_names(path, factor) for factor in ("lora_A", "lora_B")}
         self._noise: dict = {}
 
@@ -136,7 +140,7 @@ class MonteCLoRALinear(nn.Module):
         noise_key = (factor, device)
         if noise_key not in self._noise:  # the noise distribution is fixed: build it once per device
             width = self.in_features if factor == "lora_A" else self.out_features
-            self._noise[noise_key] = standard_noise(self.rank, width, device)
+            self._noise[noise_key] = StandardNormalMatrix(self.rank, width, device)
         noise = pyro.sample(names["noise"], self._noise[noise_key])
         if cfg.cooperative_weight > 0:
             pyro.factor(f"{names['mixture_weights']}.cooperative",
@@ -149,17 +153,9 @@ class MonteCLoRALinear(nn.Module):
 
     def priors(self, device=None) -> tuple:
         """The prior distributions :math:`\\mathcal{W}(\\nu, I_r)` (Cholesky form) and
-        :math:`\\operatorname{Dir}(\\alpha_0 \\mathbf 1_N)`, built once per device."""
+        :math:`\\operatorname{Dir}(\\alpha_0 \\mathbf 1_N)`, from :attr:`prior`."""
         device = self.lora_A_mean.device if device is None else torch.device(device)
-        if device not in self._priors:
-            cfg = self.config
-            zeros = torch.zeros(self.rank, device=device)  # log of the identity scale's diagonal
-            concentration = torch.full((cfg.num_components,), cfg.dirichlet_concentration, device=device)
-            self._priors[device] = (
-                WishartCholesky.from_log_diagonal(cfg.wishart_df, zeros, validate_args=False),
-                dist.Dirichlet(concentration, validate_args=False),
-            )
-        return self._priors[device]
+        return self.prior.covariance(device), self.prior.mixture_weights(device)
 
     def clear_factors(self) -> None:
         """Forget the sampled factors: the layer falls back to the mean adapter."""
@@ -265,8 +261,3 @@ def latent_scale(weight: float):
     from .handlers import kl_scale
 
     return contextlib.nullcontext() if weight == 1.0 else kl_scale(weight)
-
-
-def standard_noise(rank: int, width: int, device) -> StandardNormalMatrix:
-    """:math:`\\mathcal{N}(0, I)` over an ``(rank, width)`` matrix, as one event."""
-    return StandardNormalMatrix(rank, width, device)

@@ -2,7 +2,8 @@
 
 Each likelihood observes a minibatch under ``pyro.plate("data", size=dataset_size, subsample=...)``,
 so the minibatch log-likelihood is scaled by ``dataset_size / batch_size`` to stand for the whole
-data set, as the ELBO requires.
+data set, as the ELBO requires. Given no labels, a likelihood samples its ``obs`` site instead (as
+any Pyro model does), so ``pyro.infer.Predictive`` returns label draws.
 
 * :class:`SequenceClassification`: :math:`y_i \\sim \\operatorname{Categorical}(\\text{logits}_i)`.
 * :class:`CausalLM`: :math:`y_{i,t+1} \\sim \\operatorname{Categorical}(\\text{logits}_{i,t})` for every
@@ -37,8 +38,10 @@ class Likelihood:
     def check_model(self, model: nn.Module) -> None:
         """Raise ``ValueError`` if ``model`` cannot produce the logits this likelihood needs."""
 
-    def observe(self, logits: torch.Tensor, labels: torch.Tensor, dataset_size: Optional[int] = None,
-                subsample: Optional[torch.Tensor] = None) -> None:
+    def observe(self, logits: torch.Tensor, labels: Optional[torch.Tensor],
+                dataset_size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The ``obs`` site: observed at ``labels``, or sampled when ``labels`` is ``None``.
+        Returns its value."""
         raise TypeError(f"{type(self).__name__} does not define observe()")
 
     def logits_to_keep(self, labels: torch.Tensor) -> Optional[int]:
@@ -73,13 +76,13 @@ class SequenceClassification(Likelihood):
                 f"got {name}; use likelihood='causal-lm' for a causal language model"
             )
 
-    def observe(self, logits, labels, dataset_size=None, subsample=None) -> None:
-        if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+    def observe(self, logits, labels, dataset_size=None, subsample=None) -> torch.Tensor:
+        if labels is not None and (labels.dim() != 1 or labels.shape[0] != logits.shape[0]):
             raise ValueError(
                 f"labels must have shape (batch,) = ({logits.shape[0]},), got {tuple(labels.shape)}"
             )
         with self._plate(logits.shape[0], dataset_size, subsample, logits.device):
-            pyro.sample("obs", dist.Categorical(logits=logits.float()), obs=labels)
+            return pyro.sample("obs", dist.Categorical(logits=logits.float()), obs=labels)
 
 
 class CausalLM(Likelihood):
@@ -111,7 +114,11 @@ class CausalLM(Likelihood):
         keep = labels.shape[1] - max(int(labelled[0]) - 1, 0)
         return None if keep >= labels.shape[1] else keep
 
-    def observe(self, logits, labels, dataset_size=None, subsample=None) -> None:
+    def observe(self, logits, labels, dataset_size=None, subsample=None) -> torch.Tensor:
+        if labels is None:  # sample every next token (positions 1..T-1) given the logits
+            tokens = dist.Categorical(logits=logits[:, :-1].float()).to_event(1)
+            with self._plate(logits.shape[0], dataset_size, subsample, logits.device):
+                return pyro.sample("obs", tokens)
         if labels.shape != logits.shape[:2]:
             raise ValueError(
                 f"labels must have shape (batch, tokens) = {tuple(logits.shape[:2])}, "
@@ -122,7 +129,7 @@ class CausalLM(Likelihood):
         mask = next_labels != IGNORE_INDEX
         tokens = dist.Categorical(logits=next_logits).mask(mask).to_event(1)
         with self._plate(logits.shape[0], dataset_size, subsample, logits.device):
-            pyro.sample("obs", tokens, obs=next_labels.clamp_min(0))
+            return pyro.sample("obs", tokens, obs=next_labels.clamp_min(0))
 
 
 _LIKELIHOODS = {cls.task: cls for cls in (SequenceClassification, CausalLM)}

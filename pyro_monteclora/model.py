@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from typing import Dict, Iterator, Optional, Union
 
 import torch
@@ -32,6 +33,7 @@ from ._params import register_parameters, unique_prefix
 from .config import MonteCLoRAConfig
 from .layers import MonteCLoRALinear, sample_adapter_factors
 from .likelihoods import Likelihood, get_likelihood
+from .priors import MonteCLoRAPrior
 
 __all__ = ["HFPyroModel", "MonteCLoRAModel", "inject_adapters"]
 
@@ -42,8 +44,10 @@ def _is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def inject_adapters(model: nn.Module, config: MonteCLoRAConfig) -> Dict[str, MonteCLoRALinear]:
-    """Replace every matching linear layer of ``model`` in place by a :class:`MonteCLoRALinear`.
+def inject_adapters(model: nn.Module, config: MonteCLoRAConfig,
+                    prior: Optional[MonteCLoRAPrior] = None) -> Dict[str, MonteCLoRALinear]:
+    """Replace every matching linear layer of ``model`` in place by a :class:`MonteCLoRALinear`
+    whose sites draw from ``prior`` (default: one built from ``config``, shared by all layers).
 
     :returns: the adapters, keyed by module path.
     :raises ValueError: if no linear layer matches ``config.target_modules``.
@@ -60,11 +64,12 @@ def inject_adapters(model: nn.Module, config: MonteCLoRAConfig) -> Dict[str, Mon
             f"MonteCLoRAConfig.target_modules={config.target_modules!r} matches no linear layer of "
             f"{type(model).__name__}; its linear layers are named {linear_names}"
         )
+    prior = prior if prior is not None else MonteCLoRAPrior.from_config(config)
     adapters = {}
     for path, module in targets:
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        adapter = MonteCLoRALinear(module, config, path)
+        adapter = MonteCLoRALinear(module, config, path, prior)
         setattr(parent, child, adapter)
         adapters[path] = adapter
     return adapters
@@ -79,11 +84,14 @@ class HFPyroModel(PyroModule):
     1. announces the trainable parameters to Pyro's parameter store,
     2. runs the wrapped network on ``inputs`` inside :meth:`sampled_adapters` (which emits the
        latent sites of a Bayesian subclass),
-    3. observes ``labels`` (if given) with the likelihood under ``pyro.plate("data", size=D)``, with
-       ``D`` = the ``dataset_size`` argument, else :attr:`dataset_size`, else the batch size;
-       ``example_index`` (optional) gives the minibatch's indices within the data set,
+    3. observes ``labels`` with the likelihood under ``pyro.plate("data", size=D)``, with
+       ``D`` = the ``dataset_size`` argument, else :attr:`dataset_size`, else the batch size (with
+       a warning, once: a minibatch loop must say how large its data set is);
+       ``example_index`` (optional) gives the minibatch's indices within the data set. Without
+       ``labels`` the likelihood *samples* its ``obs`` site, so
+       ``Predictive(model, guide=guide, num_samples=S)(**inputs)["obs"]`` holds label draws,
 
-    and returns the logits. With ``labels`` and a causal LM that accepts HF's ``logits_to_keep``,
+    and returns the logits (:meth:`logits` runs steps 1--2 alone). With ``labels`` and a causal LM that accepts HF's ``logits_to_keep``,
     the logits (and the labels observed) start one position before the first labelled token of the
     batch: the vocabulary projection of prompt positions, which carry no loss, is skipped.
     """
@@ -101,7 +109,7 @@ class HFPyroModel(PyroModule):
         self.adapter_mode = "mean"
         #: size :math:`D` of the training set; scales the likelihood (``None``: the batch size).
         self.dataset_size: Optional[int] = None
-        self.__dict__["_guide"] = None  # a plain attribute, not a submodule (see ``guide``)
+        self._warned_dataset_size = False
         self._accepts_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._retain_draws = False
 
@@ -110,18 +118,6 @@ class HFPyroModel(PyroModule):
     def network(self) -> nn.Module:
         """The wrapped HF model (read without triggering ``PyroModule``'s ``pyro.module``)."""
         return self._modules["backbone"]
-
-    @property
-    def guide(self):
-        """The guide most recently built for this model (``None`` before one is built).
-
-        :meth:`save_pretrained` saves it with the model and :meth:`from_pretrained` restores it.
-        """
-        return self.__dict__["_guide"]
-
-    def attach_guide(self, guide) -> None:
-        """Remember ``guide`` as :attr:`guide` (done by the guide's constructor)."""
-        self.__dict__["_guide"] = guide
 
     def adapters(self) -> Dict[str, MonteCLoRALinear]:
         """The adapter layers, keyed by module path inside the wrapped model."""
@@ -201,7 +197,7 @@ class HFPyroModel(PyroModule):
 
     # -- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory, guide=None, metadata: Optional[dict] = None) -> None:
-        """Save the trained tensors and the guide (safetensors + JSON); see
+        """Save the trained tensors, and ``guide``'s if given (safetensors + JSON); see
         :func:`pyro_monteclora.serialization.save_pretrained`."""
         from .serialization import save_pretrained
 
@@ -209,30 +205,41 @@ class HFPyroModel(PyroModule):
 
     @classmethod
     def from_pretrained(cls, directory, base_model=None, **kwargs) -> "HFPyroModel":
-        """Rebuild a saved model (and its guide, as :attr:`guide`); see
-        :func:`pyro_monteclora.serialization.load_pretrained`."""
+        """Rebuild a saved model (its guide is left out: :func:`pyro_monteclora.load_pretrained`
+        returns both)."""
         from .serialization import load_pretrained
 
-        model = load_pretrained(directory, base_model=base_model, **kwargs)
+        model, _ = load_pretrained(directory, base_model=base_model, **kwargs)
         if not isinstance(model, cls):
             raise ValueError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
 
     # -- the Pyro model ----------------------------------------------------------------------------
+    def logits(self, **inputs) -> torch.Tensor:
+        """The wrapped network's logits under this execution's adapters (the latent sites are
+        emitted as in :meth:`forward`), with no likelihood site: what the predictive and the
+        decoders' scoring read."""
+        register_parameters(self._pyro_name, self._registered_parameters())
+        with self.sampled_adapters() as network:
+            return network(**inputs, return_dict=True).logits
+
     def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
                 example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
-        register_parameters(self._pyro_name, self._registered_parameters())
         if labels is not None and self._accepts_logits_to_keep and "logits_to_keep" not in inputs:
             keep = self.likelihood.logits_to_keep(labels)
             if keep is not None:  # positions before the first labelled token carry no loss
                 inputs = dict(inputs, logits_to_keep=keep)
                 labels = labels[:, -keep:]
-        with self.sampled_adapters() as network:
-            outputs = network(**inputs, return_dict=True)
-        logits = outputs.logits
-        if labels is not None:
-            size = dataset_size if dataset_size is not None else self.dataset_size
-            self.likelihood.observe(logits, labels, size, example_index)
+        logits = self.logits(**inputs)
+        size = dataset_size if dataset_size is not None else self.dataset_size
+        if size is None and labels is not None and not self._warned_dataset_size:
+            self._warned_dataset_size = True
+            warnings.warn(
+                f"{type(self).__name__}: dataset_size is not set, so the likelihood is scaled to "
+                f"the batch ({logits.shape[0]} examples); in a minibatch loop this over-weights the "
+                f"KL by D / batch size. Set model.dataset_size = len(training set) (fit() does) or "
+                f"pass dataset_size= to the model", UserWarning, stacklevel=2)
+        self.likelihood.observe(logits, labels, size, example_index)
         return logits
 
 
@@ -246,6 +253,12 @@ class MonteCLoRAModel(HFPyroModel):
         ``"causal-lm"`` or a :class:`~pyro_monteclora.likelihoods.Likelihood`.
     :param str name: prefix of this model's entries in Pyro's global parameter store
         (default: ``"monteclora"``, made unique per instance).
+    :param str adapter_mode: ``"sample"`` (the Bayesian model: every adapter's latent sites, for
+        :class:`~pyro_monteclora.MonteCLoRAGuide` or any Pyro guide) or ``"mean"`` (no latent
+        site, :math:`A = M`: plain LoRA, trained with :class:`~pyro_monteclora.EmptyGuide`).
+
+    :attr:`prior` (a :class:`~pyro_monteclora.priors.MonteCLoRAPrior`) is built once from the
+    config; every layer's sites draw from it and the guide's KLs are taken against it.
 
     Calling the model, ``model(input_ids=..., attention_mask=..., labels=...)``, emits each
     adapter's latent sites (unless :attr:`adapter_mode` is ``"mean"``), runs the network and observes
@@ -253,11 +266,14 @@ class MonteCLoRAModel(HFPyroModel):
     """
 
     def __init__(self, model: nn.Module, config: MonteCLoRAConfig,
-                 likelihood: Union[str, Likelihood] = "auto", name: Optional[str] = None):
+                 likelihood: Union[str, Likelihood] = "auto", name: Optional[str] = None,
+                 adapter_mode: str = "sample"):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, MonteCLoRAConfig):
             raise ValueError(f"config must be a MonteCLoRAConfig, got {type(config).__name__}")
+        if adapter_mode not in ADAPTER_MODES:
+            raise ValueError(f"adapter_mode must be one of {list(ADAPTER_MODES)}, got {adapter_mode!r}")
         get_likelihood(likelihood, model).check_model(model)  # fail before touching the model
         if config.modules_to_save:
             saved = [path for path, _ in model.named_modules() if path and config.matches_saved(path)]
@@ -268,7 +284,8 @@ class MonteCLoRAModel(HFPyroModel):
                 )
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        adapters = inject_adapters(model, config)
+        prior = MonteCLoRAPrior.from_config(config)
+        adapters = inject_adapters(model, config, prior)
         for path, module in model.named_modules():
             if path and config.matches_saved(path):
                 for parameter in module.parameters(recurse=False):
@@ -281,9 +298,11 @@ class MonteCLoRAModel(HFPyroModel):
                 bias.requires_grad_(True)
         super().__init__(model, likelihood, name or unique_prefix("monteclora"))
         self.config = config
+        #: the one prior of every adapter's sites (and of the guide's KLs)
+        self.prior = prior
         self._adapter_paths = list(adapters)
         #: ``"sample"``: emit the latent sites (MonteCLoRA); ``"mean"``: :math:`A = M` (LoRA).
-        self.adapter_mode = "sample"
+        self.adapter_mode = adapter_mode
 
     def adapters(self) -> Dict[str, MonteCLoRALinear]:
         """The adapter layers, keyed by module path inside the wrapped model."""
@@ -318,13 +337,11 @@ class MonteCLoRAModel(HFPyroModel):
         """
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        if getattr(guide, "mode", None) == "lora":
-            raise ValueError("a guide in 'lora' mode holds no posterior to sample; use the mean "
-                             "adapter (mean_adapters(), or num_samples=0 in generate/predict)")
+        if self.adapter_mode == "mean" or guide is None:
+            raise ValueError("a model with mean adapters (LoRA), or no guide, has no posterior to "
+                             "sample; use the mean adapter (num_samples=0 in generate/predict)")
         adapters = list(self.adapters().values())
         draws = [[] for _ in adapters]
-        previous = self.adapter_mode
-        self.adapter_mode = "sample"
         try:
             for _ in range(num_samples):
                 guide_trace = poutine.trace(guide).get_trace()
@@ -339,7 +356,6 @@ class MonteCLoRAModel(HFPyroModel):
                 adapter.hold_factors(A, B)
             yield self.network
         finally:
-            self.adapter_mode = previous
             for adapter in adapters:
                 adapter.clear_factors()
 

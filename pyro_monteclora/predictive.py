@@ -69,9 +69,8 @@ ClassLogProbs = Callable[[Callable[..., torch.Tensor], dict], torch.Tensor]
 
 def uses_mean_adapter(model: HFPyroModel, guide, num_samples: int) -> bool:
     """Whether :math:`S` = ``num_samples`` draws reduce to the mean adapter :math:`A = M`: for
-    :math:`S = 0`, a model in ``"mean"`` mode, or a guide without a posterior (none, or ``"lora"``)."""
-    return (num_samples == 0 or guide is None or model.adapter_mode == "mean"
-            or getattr(guide, "mode", "") == "lora")
+    :math:`S = 0`, no guide, or a model with mean adapters (LoRA, full fine-tuning: no latent site)."""
+    return num_samples == 0 or guide is None or model.adapter_mode == "mean"
 
 
 def adapter_draws(model: HFPyroModel, guide, num_samples: int, inputs: dict) -> Iterator[Callable[..., torch.Tensor]]:
@@ -80,10 +79,10 @@ def adapter_draws(model: HFPyroModel, guide, num_samples: int, inputs: dict) -> 
     (see :func:`uses_mean_adapter`). Consume each before asking for the next."""
     if uses_mean_adapter(model, guide, num_samples):
         with model.mean_adapters():
-            yield model
+            yield model.logits
         return
     for _ in range(num_samples):
-        yield poutine.replay(model, trace=poutine.trace(guide).get_trace(**inputs))
+        yield poutine.replay(model.logits, trace=poutine.trace(guide).get_trace(**inputs))
 
 
 def _classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -> torch.Tensor:

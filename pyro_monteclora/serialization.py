@@ -3,8 +3,9 @@
 A saved model is a folder with two files:
 
 ``monteclora_config.json``
-    the format tag and version, the model class (``MonteCLoRAModel`` or ``FullFineTuneModel``), the
-    :class:`~pyro_monteclora.MonteCLoRAConfig`, the guide's mode, the likelihood, a description of
+    the format tag and version, the model class (``MonteCLoRAModel`` or ``FullFineTuneModel``) and
+    its adapter mode, the :class:`~pyro_monteclora.MonteCLoRAConfig`, the guide's class and
+    options (``null`` when saved without a guide), the likelihood, a description of
     the base model (its ``name_or_path``, class, ``model_type`` and a fingerprint of its frozen
     weights), the name and shape of every saved tensor, and free-form ``metadata``;
 ``model.safetensors``
@@ -14,7 +15,10 @@ A saved model is a folder with two files:
 
 Nothing is ever unpickled: the loader reads JSON and safetensors only, and a file that is not
 valid safetensors (a pickle renamed, a truncated download) is refused with an error naming it.
-:func:`export_peft` writes the posterior-mean adapter :math:`E_q[A] = M` in PEFT's LoRA format.
+Classes are found by name in two registries, :data:`MODEL_CLASSES` and :data:`GUIDE_CLASSES`
+(:func:`register_guide` adds a guide class of your own: it needs a ``checkpoint_options()`` method
+returning its constructor's keyword arguments as JSON). :func:`export_peft` writes the
+posterior-mean adapter :math:`E_q[A] = M` in PEFT's LoRA format.
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_file, atomic_write_json
 
 __all__ = ["save_pretrained", "load_pretrained", "read_saved_config", "export_peft",
-           "CONFIG_NAME", "WEIGHTS_NAME", "CheckpointError"]
+           "register_guide", "MODEL_CLASSES", "GUIDE_CLASSES", "CONFIG_NAME", "WEIGHTS_NAME",
+           "CheckpointError"]
 
 FORMAT = "pyro-monteclora"
-FORMAT_VERSION = 1
+#: 2: the guide is saved by class name and options, the model's adapter mode on its own
+#: (version 1 saved a guide "mode"; it is still read)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "monteclora_config.json"
 WEIGHTS_NAME = "model.safetensors"
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
@@ -42,6 +50,44 @@ PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM
 
 class CheckpointError(ValueError):
     """A saved model that cannot be read or does not fit the base model it is loaded onto."""
+
+
+def _model_classes() -> dict:
+    from .baselines import FullFineTuneModel
+    from .model import MonteCLoRAModel
+
+    return {cls.__name__: cls for cls in (MonteCLoRAModel, FullFineTuneModel)}
+
+
+def _guide_classes() -> dict:
+    from .guides import EmptyGuide, MonteCLoRAGuide
+
+    return {cls.__name__: cls for cls in (MonteCLoRAGuide, EmptyGuide)}
+
+
+#: model classes a checkpoint may name (filled on first use)
+MODEL_CLASSES: Dict[str, type] = {}
+#: guide classes a checkpoint may name (filled on first use; :func:`register_guide` adds more)
+GUIDE_CLASSES: Dict[str, type] = {}
+
+
+def register_guide(cls: type) -> type:
+    """Let checkpoints save and load guides of class ``cls`` (usable as a class decorator).
+
+    ``cls(model, **options)`` must rebuild the guide from ``guide.checkpoint_options()`` (a JSON
+    dictionary), with the same parameter names and shapes.
+    """
+    if not callable(getattr(cls, "checkpoint_options", None)):
+        raise ValueError(f"register_guide: {cls.__name__} has no checkpoint_options() method")
+    GUIDE_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def _registry(kind: str) -> dict:
+    registry, defaults = (MODEL_CLASSES, _model_classes) if kind == "model" else (GUIDE_CLASSES, _guide_classes)
+    for name, cls in defaults().items():
+        registry.setdefault(name, cls)
+    return registry
 
 
 def _base_fingerprint(model) -> Optional[List[float]]:
@@ -85,14 +131,22 @@ def _tensors_to_save(model, guide) -> Dict[str, torch.Tensor]:
 
 def save_pretrained(model, directory: Union[str, os.PathLike], guide=None,
                     metadata: Optional[dict] = None) -> Path:
-    """Write ``model``'s trained tensors and ``guide`` (default: ``model.guide``) to ``directory``.
+    """Write ``model``'s trained tensors, and ``guide``'s if given, to ``directory``.
 
     Each file is written to a temporary name and renamed; the JSON goes last. Other files in
     ``directory`` (a tokenizer, say) are left alone.
+
+    :raises CheckpointError: a guide whose class is not registered (see :func:`register_guide`).
     """
     from . import __version__
 
-    guide = guide if guide is not None else model.guide
+    guide_record = None
+    if guide is not None:
+        name = type(guide).__name__
+        if _registry("guide").get(name) is not type(guide):
+            raise CheckpointError(f"save_pretrained: cannot save a {name} guide; registered guide "
+                                  f"classes are {sorted(_registry('guide'))} (see register_guide)")
+        guide_record = {"class": name, "options": guide.checkpoint_options()}
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"save_pretrained: {directory} exists and is not a folder")
@@ -104,9 +158,9 @@ def save_pretrained(model, directory: Union[str, os.PathLike], guide=None,
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
         "model_class": type(model).__name__,
+        "adapter_mode": model.adapter_mode,
         "config": config.to_dict() if config is not None else None,
-        "guide": None if guide is None else {
-            "mode": guide.mode, "scale_tril": guide.scale_tril_kind},
+        "guide": guide_record,
         "likelihood": model.likelihood.task,
         "base_model": dict(_describe_base(model.network), fingerprint=_base_fingerprint(model)),
         "tensors": {name: list(t.shape) for name, t in tensors.items()},
@@ -129,9 +183,24 @@ def read_saved_config(directory: Union[str, os.PathLike]) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyro_monteclora config (format is not {FORMAT!r})")
-    if record.get("format_version") != FORMAT_VERSION:
+    if record.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path} has format_version {record.get('format_version')!r}; "
-                              f"this library reads version {FORMAT_VERSION}")
+                              f"this library reads versions {list(READABLE_VERSIONS)}")
+    if record["format_version"] == 1:
+        record = _upgrade_version_1(record)
+    return record
+
+
+def _upgrade_version_1(record: dict) -> dict:
+    """A version-1 record in version 2's terms: its guide ``mode`` ``"lora"`` was a model with
+    mean adapters and no guide variables, ``"monteclora"`` the structured guide."""
+    record = dict(record)
+    guide = record.get("guide")
+    lora = isinstance(guide, dict) and guide.get("mode") == "lora"
+    record["adapter_mode"] = "mean" if lora or record.get("model_class") == "FullFineTuneModel" else "sample"
+    if isinstance(guide, dict):
+        record["guide"] = ({"class": "EmptyGuide", "options": {}} if lora else
+                           {"class": "MonteCLoRAGuide", "options": {"scale_tril": guide.get("scale_tril", "diagonal")}})
     return record
 
 
@@ -169,7 +238,9 @@ def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):
 def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
                     trust_remote_code: bool = False, torch_dtype=None, device=None,
                     check_base: bool = True):
-    """Rebuild a model saved by :func:`save_pretrained`, with its guide as ``model.guide``.
+    """Rebuild a model and its guide saved by :func:`save_pretrained`.
+
+    :returns: ``(model, guide)``; ``guide`` is ``None`` when the checkpoint was saved without one.
 
     :param base_model: a freshly loaded HF model (``nn.Module``), a folder or hub name, or ``None``
         for the ``name_or_path`` the checkpoint records.
@@ -178,10 +249,7 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
         (compares the recorded fingerprint).
     :raises CheckpointError: unreadable files, or a base model the checkpoint was not made for.
     """
-    from .baselines import FullFineTuneModel
     from .config import MonteCLoRAConfig
-    from .guides import MonteCLoRAGuide
-    from .model import MonteCLoRAModel
 
     directory = Path(directory)
     record = read_saved_config(directory)
@@ -194,13 +262,15 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
     if type(network).__name__ != described["architecture"]:
         raise CheckpointError(f"the checkpoint in {directory} was made for a "
                               f"{described['architecture']}, got a {type(network).__name__}")
-    if record["model_class"] == "MonteCLoRAModel":
-        model = MonteCLoRAModel(network, MonteCLoRAConfig.from_dict(record["config"]),
-                                likelihood=record["likelihood"])
-    elif record["model_class"] == "FullFineTuneModel":
-        model = FullFineTuneModel(network, likelihood=record["likelihood"])
+    model_class = _registry("model").get(record["model_class"])
+    if model_class is None:
+        raise CheckpointError(f"unknown model_class {record['model_class']!r} in {directory}; "
+                              f"known classes are {sorted(_registry('model'))}")
+    if record.get("config") is not None:
+        model = model_class(network, MonteCLoRAConfig.from_dict(record["config"]),
+                            likelihood=record["likelihood"], adapter_mode=record["adapter_mode"])
     else:
-        raise CheckpointError(f"unknown model_class {record['model_class']!r} in {directory}")
+        model = model_class(network, likelihood=record["likelihood"])
     if check_base and not _same_base(described.get("fingerprint"), model):
         raise CheckpointError(
             f"the checkpoint in {directory} was made for base model "
@@ -208,8 +278,11 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
             f"(pass check_base=False to load it anyway)")
     guide = None
     if record["guide"] is not None:
-        guide = MonteCLoRAGuide(model, mode=record["guide"]["mode"],
-                                scale_tril=record["guide"]["scale_tril"])
+        guide_class = _registry("guide").get(record["guide"]["class"])
+        if guide_class is None:
+            raise CheckpointError(f"unknown guide class {record['guide']['class']!r} in {directory}; "
+                                  f"known classes are {sorted(_registry('guide'))} (see register_guide)")
+        guide = guide_class(model, **record["guide"]["options"])
     targets = dict(("network." + n, p) for n, p in model.trainable_parameters())
     if guide is not None:
         targets.update(("guide." + n, p) for n, p in guide.named_parameters())
@@ -229,7 +302,7 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
         if guide is not None:
             guide.to(device)
     model.pretrained_metadata = record.get("metadata", {})
-    return model
+    return model, guide
 
 
 def export_peft(model, directory: Union[str, os.PathLike],

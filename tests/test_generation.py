@@ -5,7 +5,7 @@ import pytest
 import pyro
 import torch
 
-from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.causal_lm import encode_prompt, pad_batch
 from pyro_monteclora.generation import (extract_answer, final_number, generate_answers, is_correct,
                                         majority_vote, normalize_answer)
@@ -136,11 +136,12 @@ def test_gpt2_conv1d_decoders_generate_with_stacked_draws_too():
 
 def test_a_lora_guide_decodes_once_with_its_mean():
     tokenizer = word_tokenizer()
-    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=4, target_modules=["q_proj"]))
-    guide = MonteCLoRAGuide(model, mode="lora")
+    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=4, target_modules=["q_proj"]),
+                            adapter_mode="mean")
+    guide = EmptyGuide(model)
     results = generate_answers(model, tokenizer, PROMPTS[:1], 5, guide, max_new_tokens=2)
     assert results[0].num_samples == 0 and len(results[0].generations) == 1
-    with pytest.raises(ValueError, match=r"'lora' mode holds no posterior"):
+    with pytest.raises(ValueError, match=r"mean adapters \(LoRA\), or no guide, has no posterior"):
         with model.stacked_adapters(guide, 2):
             pass
 

@@ -37,8 +37,7 @@ def test_causal_lm_masks_ignored_tokens_and_shifts():
 
 def test_causal_lm_model_end_to_end_matches_hf_loss():
     model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj", "v_proj"]),
-                            likelihood="causal-lm")
-    model.set_adapter_mode("mean")
+                            likelihood="causal-lm", adapter_mode="mean")
     ids = torch.randint(1, 64, (3, 6))
     labels = ids.clone()
     labels[:, :2] = -100

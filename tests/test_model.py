@@ -1,5 +1,7 @@
 """MonteCLoRAModel and MonteCLoRAGuide as Pyro objects: sites, the ELBO's KL, SVI, Predictive, isolation."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -8,7 +10,7 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_monteclora import (
-    MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide, MonteCLoRAModel, WishartCholesky, kl_scale,
+    EmptyGuide, MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide, MonteCLoRAModel, WishartCholesky, kl_scale,
 )
 from pyro_monteclora.train import fit
 
@@ -51,7 +53,8 @@ def test_elbo_kl_part_equals_the_closed_form_kls():
     with torch.no_grad():
         for posterior in guide.factor_posteriors().values():
             posterior.log_scale.normal_(std=0.3)
-    inputs = without_labels(classification_batch())  # no likelihood: the loss is the KL alone
+    inputs = without_labels(classification_batch())
+    model = poutine.block(model, hide=["obs"])  # no likelihood site: the loss is the KL alone
     closed = guide.kl_divergence()
     assert closed > 0
     analytic = TraceMeanField_ELBO().differentiable_loss(model, guide, **inputs)
@@ -68,7 +71,7 @@ def test_elbo_kl_part_equals_the_closed_form_kls():
 def test_static_kl_weight_scales_the_kl():
     model, guide = make(rank=3, kl_weight=0.5)
     inputs = without_labels(classification_batch())
-    loss = TraceMeanField_ELBO().differentiable_loss(model, guide, **inputs)
+    loss = TraceMeanField_ELBO().differentiable_loss(poutine.block(model, hide=["obs"]), guide, **inputs)
     torch.testing.assert_close(loss, 0.5 * guide.kl_divergence(), rtol=1e-5, atol=1e-5)
 
 
@@ -89,8 +92,43 @@ def test_predictive_returns_posterior_samples_of_A():
     inputs = without_labels(classification_batch())
     samples = Predictive(model, guide=guide, num_samples=5,
                          return_sites=[f"{QUERY}.lora_A", "_RETURN"])(**inputs)
-    assert samples[f"{QUERY}.lora_A"].shape == (5, 4, 32)
+    # Pyro pads a site outside the model's plates with one singleton dimension per plate level
+    # (here the data plate of the sampled labels)
+    assert samples[f"{QUERY}.lora_A"].shape == (5, 1, 4, 32)
     assert samples["_RETURN"].shape == (5, 8, 2)
+
+
+def test_predictive_without_labels_returns_label_draws_from_the_posterior_predictive():
+    """Pyro's idiom: with no labels the likelihood samples ``obs``, so Predictive returns label
+    draws; their frequencies follow the sampled logits (checked against each draw's softmax)."""
+    model, guide = make(sample_scaler=0.5)
+    with torch.no_grad():
+        for adapter in model.adapters().values():
+            adapter.lora_B.normal_(std=0.5)
+    inputs = without_labels(classification_batch())
+    pyro.set_rng_seed(0)
+    samples = Predictive(model, guide=guide, num_samples=400, return_sites=["obs", "_RETURN"])(**inputs)
+    assert samples["obs"].shape == (400, 8) and samples["obs"].dtype == torch.long
+    expected = samples["_RETURN"].softmax(-1)[..., 1].mean(0)  # P(y = 1) under the predictive
+    observed = samples["obs"].float().mean(0)
+    torch.testing.assert_close(observed, expected, atol=0.08, rtol=0)
+    # with labels the site is observed at them, as before
+    labelled = classification_batch()
+    trace = poutine.trace(model).get_trace(dataset_size=8, **labelled)
+    assert trace.nodes["obs"]["is_observed"] and torch.equal(trace.nodes["obs"]["value"], labelled["labels"])
+
+
+def test_a_model_observing_labels_without_dataset_size_warns_once_naming_the_fix():
+    model, guide = make()
+    batch = classification_batch()
+    with pytest.warns(UserWarning, match=r"dataset_size is not set.*model.dataset_size = len"):
+        model(**batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(**batch)  # once per model
+        model.dataset_size = 80
+        other, _ = make()
+        other(dataset_size=80, **batch)
 
 
 def test_two_models_in_one_process_do_not_share_parameters():
@@ -135,8 +173,8 @@ def test_a_stale_param_store_entry_is_reported():
 
 
 def test_lora_mode_has_no_latent_sites_and_uses_the_mean():
-    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4))
-    guide = MonteCLoRAGuide(model, mode="lora")
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4), adapter_mode="mean")
+    guide = EmptyGuide(model)
     assert model.adapter_mode == "mean" and len(list(guide.parameters())) == 0
     batch = classification_batch()
     trace = poutine.trace(model).get_trace(**batch)
@@ -178,10 +216,15 @@ def test_likelihood_and_model_mismatch_is_rejected():
 
 def test_guide_arguments_are_validated():
     model, _ = make()
-    with pytest.raises(ValueError, match="mode"):
-        MonteCLoRAGuide(model, mode="laplace")
     with pytest.raises(ValueError, match="scale_tril"):
         MonteCLoRAGuide(model, scale_tril="banded")
+    with pytest.raises(ValueError, match="EmptyGuide needs a model without latent sites"):
+        EmptyGuide(model)
+    lora = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2), adapter_mode="mean")
+    with pytest.raises(ValueError, match="adapter_mode='sample'"):
+        MonteCLoRAGuide(lora)
+    with pytest.raises(ValueError, match="adapter_mode must be one of"):
+        MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2), adapter_mode="laplace")
 
 
 def test_full_scale_tril_guide_learns_off_diagonal_terms():
@@ -216,8 +259,8 @@ def test_monteclora_elbo_equals_trace_mean_field_elbo_on_the_same_draws():
 
 def test_monteclora_elbo_of_the_lora_mode_is_the_scaled_cross_entropy():
     batch = classification_batch(batch_size=16)
-    lora_model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2))
-    lora_guide = MonteCLoRAGuide(lora_model, mode="lora")
+    lora_model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2), adapter_mode="mean")
+    lora_guide = EmptyGuide(lora_model)
     with torch.no_grad():
         logits = lora_model.network(**without_labels(batch)).logits
     expected = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.train import fit, linear_schedule
 
 from conftest import classification_batch, tiny_bert_classifier
@@ -39,8 +39,9 @@ def loaders(train_size=256, test_size=128, batch_size=16):
 
 def make(mode="monteclora", **config):
     model = MonteCLoRAModel(tiny_bert_classifier(),
-                            MonteCLoRAConfig(rank=4, modules_to_save=["classifier"], **config))
-    return model, MonteCLoRAGuide(model, mode=mode)
+                            MonteCLoRAConfig(rank=4, modules_to_save=["classifier"], **config),
+                            adapter_mode="sample" if mode == "monteclora" else "mean")
+    return model, (MonteCLoRAGuide(model) if mode == "monteclora" else EmptyGuide(model))
 
 
 @pytest.mark.parametrize("mode", ["monteclora", "lora"])

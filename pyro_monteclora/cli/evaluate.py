@@ -109,7 +109,7 @@ def load_for_inference(args, likelihoods=("sequence-classification",)):
 
 
 def open_model(directory: Path, record: dict, args, device):
-    """Load the checkpoint's model (with ``model.guide``) and tokenizer; errors become exit 2.
+    """Load the checkpoint's model, guide and tokenizer; errors become exit 2.
     With ``--dtype bf16/fp16`` the frozen base is cast to it (run it under
     :func:`~pyro_monteclora.precision.autocast`)."""
     import torch
@@ -129,8 +129,8 @@ def open_model(directory: Path, record: dict, args, device):
     tokenizer_source = directory if (directory / "tokenizer_config.json").is_file() else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=args.trust_remote_code)
-        model = load_pretrained(directory, base_model=base, trust_remote_code=args.trust_remote_code,
-                                device=device)
+        model, guide = load_pretrained(directory, base_model=base, trust_remote_code=args.trust_remote_code,
+                                       device=device)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
     except (OSError, ValueError, RuntimeError) as error:
@@ -143,7 +143,7 @@ def open_model(directory: Path, record: dict, args, device):
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.network.config, "pad_token_id", None) is None:
         model.network.config.pad_token_id = tokenizer.pad_token_id
-    return model, model.guide, tokenizer
+    return model, guide, tokenizer
 
 
 def prediction_rows(data, output, label_names):
@@ -178,7 +178,7 @@ def default_samples(record: dict, requested):
     if requested is not None:
         return requested
     guide = record.get("guide") or {}
-    return 10 if guide.get("mode") == "monteclora" else 0
+    return 10 if record.get("adapter_mode") == "sample" and guide.get("class") == "MonteCLoRAGuide" else 0
 
 
 def evaluation_output(args, directory: Path) -> Path:

@@ -160,12 +160,12 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
     ``fresh_modules`` (newly initialised by ``from_pretrained``) are trained as point estimates
     with the classification head, so nothing random and frozen stays in the model.
     """
-    from .. import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+    from .. import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
     from ..baselines import FullFineTuneModel
 
     if method == "full":
         model = FullFineTuneModel(network)
-        return model, MonteCLoRAGuide(model, mode="lora")
+        return model, EmptyGuide(model)
     targets = arguments["target_modules"]
     targets = targets.split(",") if targets else default_target_modules(network)
     try:
@@ -175,10 +175,10 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
             modules_to_save=sorted(set(default_modules_to_save(network)) | set(fresh_modules)),
             num_components=arguments["num_components"], sample_scaler=arguments["sample_scaler"],
             kl_weight=arguments["kl_weight"])
-        model = MonteCLoRAModel(network, config)
+        model = MonteCLoRAModel(network, config, adapter_mode="sample" if method == "monteclora" else "mean")
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return model, MonteCLoRAGuide(model, mode="monteclora" if method == "monteclora" else "lora")
+    return model, (MonteCLoRAGuide(model) if method == "monteclora" else EmptyGuide(model))
 
 
 def _load_network(model_path: str, arguments: dict, label_names, trust_remote_code: bool):
@@ -259,11 +259,10 @@ def run_train(args, parser_defaults: dict) -> int:
     resume_state = None
     if checkpoint is not None:
         try:
-            model = load_pretrained(checkpoint, base_model=network)
+            model, guide = load_pretrained(checkpoint, base_model=network)
             resume_state = load_training_state(checkpoint)
         except CheckpointError as error:
             raise UsageError(f"--resume: {error}") from None
-        guide = model.guide
     else:
         model, guide = build_model(arguments["method"], network, arguments, fresh_modules)
     if torch_dtype != torch.float32:
