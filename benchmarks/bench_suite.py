@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
-from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.atomic import atomic_file, atomic_write_json, atomic_write_text
 from pyro_monteclora.elbo import MonteCLoRAELBO
 from pyro_monteclora.predictive import predict
@@ -128,8 +128,9 @@ def make_case(name: str, kind: str, data: dict, rank: int = 8, components: int =
         return classifier_step(peft_model, data, loss)
     config = MonteCLoRAConfig(rank=rank, alpha=2 * rank, target_modules=targets, num_components=components,
                               modules_to_save=["classifier" if kind == "minilm" else "score"])
-    model = MonteCLoRAModel(network, config)
-    guide = MonteCLoRAGuide(model, mode="lora" if name == "ours-lora-mode" else "monteclora")
+    lora_mode = name == "ours-lora-mode"
+    model = MonteCLoRAModel(network, config, adapter_mode="mean" if lora_mode else "sample")
+    guide = EmptyGuide(model) if lora_mode else MonteCLoRAGuide(model)
     model.dataset_size = 1000
     if name == "ours-no-pyro":  # the same math as the SVI step, without Pyro's handlers
         return _no_pyro_step(model, guide, data)

@@ -26,7 +26,7 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
+from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
 from pyro_monteclora.atomic import atomic_write_json, atomic_write_text
 from pyro_monteclora.data import classification_loader, default_encoder_path, load_rotten_tomatoes
 from pyro_monteclora.metrics import classification_metrics
@@ -56,8 +56,8 @@ def run_one(setting, regime, seed, args, splits, tokenizer, device) -> list:
     config = MonteCLoRAConfig(rank=8, alpha=16, target_modules=["query", "value"],
                               modules_to_save=["classifier"], sample_scaler=scaler or 5e-3,
                               kl_weight=kl_weight)
-    model = MonteCLoRAModel(network, config)
-    guide = MonteCLoRAGuide(model, mode=method)
+    model = MonteCLoRAModel(network, config, adapter_mode="sample" if method == "monteclora" else "mean")
+    guide = MonteCLoRAGuide(model) if method == "monteclora" else EmptyGuide(model)
     train = classification_loader(splits["train"].subset(train_size), tokenizer, 16, 64,
                                   shuffle=True, seed=seed)
     validation = splits["validation"] if not args.fast else splits["validation"].subset(64)

@@ -16,7 +16,7 @@ import pyro
 import torch
 import transformers
 
-from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
+from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
 from pyro_monteclora.train import ELBO_KINDS
 
 LOSS = "monteclora"  # what fit() uses by default
@@ -37,8 +37,9 @@ def minilm_shaped(num_labels=2):
 def make(mode, device):
     model = MonteCLoRAModel(minilm_shaped().to(device),
                             MonteCLoRAConfig(rank=8, target_modules=["query", "value"],
-                                             modules_to_save=["classifier"]))
-    return model, MonteCLoRAGuide(model, mode=mode)
+                                             modules_to_save=["classifier"]),
+                            adapter_mode="sample" if mode == "monteclora" else "mean")
+    return model, MonteCLoRAGuide(model) if mode == "monteclora" else EmptyGuide(model)
 
 
 def step_runner(mode, device, dtype, batch_size, tokens):

@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification
 
-from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.data import default_encoder_path
 from pyro_monteclora.train import ELBO_KINDS
 
@@ -26,8 +26,9 @@ from pyro_monteclora.train import ELBO_KINDS
 def make_step(mode: str, batch: dict, dataset_size: int, loss: str):
     hf = AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
     model = MonteCLoRAModel(hf, MonteCLoRAConfig(rank=8, target_modules=["query", "value"],
-                                                 modules_to_save=["classifier"]))
-    guide = MonteCLoRAGuide(model, mode=mode)
+                                                 modules_to_save=["classifier"]),
+                            adapter_mode="sample" if mode == "monteclora" else "mean")
+    guide = MonteCLoRAGuide(model) if mode == "monteclora" else EmptyGuide(model)
     model.dataset_size = dataset_size
     loss_module = ELBO_KINDS[loss]()(model, guide)
     params = [p for p in loss_module.parameters() if p.requires_grad]

@@ -95,9 +95,8 @@ def test_labels_outside_the_label_set_and_a_missing_file(tmp_path):
 @pytest.fixture
 def saved(tmp_path):
     model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, modules_to_save=["classifier"]))
-    MonteCLoRAGuide(model)
     folder = tmp_path / "saved"
-    save_pretrained(model, folder)
+    save_pretrained(model, folder, guide=MonteCLoRAGuide(model))
     return folder
 
 

@@ -55,7 +55,7 @@ def test_train_records_a_decoder_run_whose_validation_nll_falls(trained_run):
     nll = [epoch["token_nll"] for epoch in summary["epochs"]]
     assert len(nll) == 4 and nll[-1] < nll[0]
     saved = json.loads((trained_run / "checkpoint" / "monteclora_config.json").read_text())
-    assert saved["likelihood"] == "causal-lm" and saved["guide"]["mode"] == "monteclora"
+    assert saved["likelihood"] == "causal-lm" and saved["guide"]["class"] == "MonteCLoRAGuide"
     run = json.loads((trained_run / "run.json").read_text())
     assert run["data"]["task_type"] == "causal-lm" and run["arguments"]["task_type"] == "causal-lm"
 

@@ -31,4 +31,4 @@ def test_readme_examples_run(tmp_path):
     assert save != blocks[2]
     exec(compile(save, str(README), "exec"), namespace)
     again = namespace["again"]
-    assert again.guide is not None and (tmp_path / "my-adapter-peft" / "adapter_config.json").is_file()
+    assert namespace["again_guide"] is not None and (tmp_path / "my-adapter-peft" / "adapter_config.json").is_file()
