@@ -160,11 +160,6 @@ class WishartCholesky(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    @property
-    def covariance_mean(self) -> torch.Tensor:
-        """:math:`E[L L^\\top] = \\nu V`."""
-        return self.df * (self.scale_tril @ self.scale_tril.mT)
-
     def _log_normalizer(self) -> float:
         rank, df = self.rank, self.df
         return -0.5 * df * rank * math.log(2.0) - _mvlgamma(0.5 * df, rank)
