@@ -24,6 +24,7 @@ __all__ = [
     "auroc",
     "matthews_correlation",
     "reliability_curve",
+    "curve_ece",
     "confidence_reliability_curve",
     "confidence_metrics",
     "classification_metrics",
@@ -92,7 +93,13 @@ def confidence_reliability_curve(confidence: torch.Tensor, correct: torch.Tensor
     return {"edges": edges, "count": counts, "confidence": conf, "accuracy": acc}
 
 
-def _curve_error(curve: Dict[str, list]) -> float:
+def curve_ece(curve: Dict[str, list]) -> float:
+    """ECE of a reliability curve (:func:`reliability_curve`'s output),
+    :math:`\\sum_b \\frac{n_b}{n} \\lvert \\operatorname{acc}_b - \\operatorname{conf}_b \\rvert`.
+
+    >>> curve_ece({"count": [3, 1], "accuracy": [1.0, 0.0], "confidence": [0.9, 0.6]})
+    0.225
+    """
     n = sum(curve["count"])
     return sum(
         count / n * abs(a - c)
@@ -102,7 +109,7 @@ def _curve_error(curve: Dict[str, list]) -> float:
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """:math:`\\sum_b \\frac{|B_b|}{n} \\lvert \\operatorname{acc}(B_b) - \\operatorname{conf}(B_b) \\rvert`."""
-    return _curve_error(reliability_curve(probs, labels, bins))
+    return curve_ece(reliability_curve(probs, labels, bins))
 
 
 def confidence_metrics(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> Dict[str, float]:
@@ -118,7 +125,7 @@ def confidence_metrics(confidence: torch.Tensor, correct: torch.Tensor, bins: in
     curve = confidence_reliability_curve(confidence, correct, bins)
     confidence, right = confidence.double().flatten(), correct.double().flatten()
     return {"accuracy": right.mean().item(), "mean_confidence": confidence.mean().item(),
-            "ece": _curve_error(curve), "brier": (confidence - right).pow(2).mean().item(),
+            "ece": curve_ece(curve), "brier": (confidence - right).pow(2).mean().item(),
             "auroc": auroc(confidence, correct.bool())}
 
 

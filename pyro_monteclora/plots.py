@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 from .atomic import atomic_file
+from .metrics import curve_ece
 
 __all__ = ["plot_reliability_diagram", "plot_sweep_boxes"]
 
@@ -48,15 +49,6 @@ def _check_curve(label: str, curve) -> int:
     if total == 0:
         raise ValueError(f"curves[{label!r}] holds no example")
     return total
-
-
-def curve_ece(curve: Mapping) -> float:
-    """ECE of a reliability curve,
-    :math:`\\sum_b \\frac{n_b}{n} \\lvert \\operatorname{acc}_b - \\operatorname{conf}_b \\rvert`."""
-    n = sum(curve["count"])
-    return sum(count / n * abs(acc - conf)
-               for count, conf, acc in zip(curve["count"], curve["confidence"], curve["accuracy"])
-               if count)
 
 
 def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.PathLike],
