@@ -97,7 +97,7 @@ def curve_ece(curve: Dict[str, list]) -> float:
     """ECE of a reliability curve (:func:`reliability_curve`'s output),
     :math:`\\sum_b \\frac{n_b}{n} \\lvert \\operatorname{acc}_b - \\operatorname{conf}_b \\rvert`.
 
-    >>> curve_ece({"count": [3, 1], "accuracy": [1.0, 0.0], "confidence": [0.9, 0.6]})
+    >>> round(curve_ece({"count": [3, 1], "accuracy": [1.0, 0.0], "confidence": [0.9, 0.6]}), 6)
     0.225
     """
     n = sum(curve["count"])
