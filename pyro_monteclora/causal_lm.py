@@ -22,21 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import all_reduce_sums, evaluation_sampler, training_sampler
+from .hf_defaults import end_token_id, pad_token_id
 from .instructions import InstructionData, format_prompt
 from .likelihoods import IGNORE_INDEX
 from .predictive import adapter_draws, move_batch, uses_mean_adapter
 
 __all__ = ["EncodedPairs", "encode_prompt", "encode_pairs", "causal_lm_loader", "pad_batch",
            "sequence_log_likelihood", "language_model_metrics", "end_token_id"]
-
-
-def end_token_id(tokenizer) -> int:
-    """The id that ends a response: the tokenizer's ``eos`` (``sep`` for BERT-style vocabularies)."""
-    for name in ("eos_token_id", "sep_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    raise ValueError(f"{type(tokenizer).__name__} has neither an eos nor a sep token to end responses")
 
 
 def encode_prompt(tokenizer, prompt: str, input_text: str = "") -> List[int]:
@@ -140,7 +132,7 @@ def causal_lm_loader(data: InstructionData, tokenizer, batch_size: int = 8, max_
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     encoded = encode_pairs(data, tokenizer, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     sampler = training_sampler(len(encoded), seed) if shuffle else evaluation_sampler(len(encoded))
     return DataLoader(encoded, batch_size=batch_size, sampler=sampler,
                       generator=torch.Generator().manual_seed(seed), collate_fn=_PairCollator(pad_id))

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
-__all__ = ["MonteCLoRAConfig"]
+__all__ = ["MonteCLoRAConfig", "BIAS_CHOICES"]
 
 
 def _is_number(value: Any) -> bool:
@@ -41,47 +41,67 @@ def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
         raise ValueError(f"MonteCLoRAConfig.{name} must be {allowed}, got {value!r}")
 
 
-@dataclass
+#: the values of :attr:`MonteCLoRAConfig.bias`
+BIAS_CHOICES = ("none", "all")
+
+
+def _field(default: Any, help: str, **metadata: Any) -> Any:
+    """A config field whose ``help`` is the one description of it: the class docstring's entry and
+    the command line's help (:mod:`pyro_monteclora.cli.options`) are both made from it."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass(frozen=True)
 class MonteCLoRAConfig:
     """Hyper-parameters of MonteCLoRA adapters.
 
-    :param int rank: LoRA rank :math:`r` (``>= 1``).
-    :param float alpha: LoRA alpha; the update is scaled by :math:`\\gamma = \\alpha / r`.
-    :param float dropout: dropout probability applied to the adapter's input, in ``[0, 1)``.
-    :param target_modules: names of the ``nn.Linear`` modules to adapt. A list matches a module whose
-        path equals a name or ends with ``"." + name`` (PEFT's rule); a string is a regular expression
-        that must match the whole module path.
-    :param modules_to_save: names of modules (for example the classification head) that are trained
-        as point estimates; matched like ``target_modules`` lists.
-    :param int num_components: number of mixture components :math:`N` (``>= 1``; the paper uses 4).
-    :param float wishart_df: Wishart degrees of freedom :math:`\\nu > r - 1`; ``None`` means ``rank``.
-    :param float sample_scaler: the sample scaler :math:`s \\ge 0` (paper: ``5e-3`` for encoders).
-        ``0`` makes every sampled adapter the mean adapter (the predictive is LoRA's, the mutual
-        information 0); a large ``s`` (``>= 1``) swamps :math:`M` with noise: the outputs stay
-        finite (tested up to ``1e4``) but the adapters then carry little of what was learned. The demo's study found
-        ``2e-2`` best for MiniLM at learning rate ``3e-3`` (see the README).
-    :param float dirichlet_concentration: prior concentration :math:`\\alpha_0 > 0` of the mixture weights.
-    :param float cooperative_weight: weight :math:`w \\ge 0` of the paper's cooperative term
-        :math:`-w \\sum_k \\pi_k^2` added to the ELBO (0 keeps the true ELBO).
-    :param float kl_weight: weight :math:`\\lambda \\ge 0` on the latent sites (1 is the true ELBO).
-    :param bool random_B: also make ``B`` random, with its own Wishart and Dirichlet (off in the paper).
-    :param str bias: ``"none"`` (frozen biases, as PEFT's default) or ``"all"`` (train the biases of
-        adapted layers as point estimates).
+    The config is immutable once validated (a frozen dataclass): the model's sites, the guide and
+    the batched KL all read the same values. :func:`dataclasses.replace` makes a validated copy
+    with some fields changed; ``wishart_df`` holds its resolved value, so a copy with a new
+    ``rank`` keeps the old degrees of freedom unless it is also given ``wishart_df=None``.
+
+    >>> cfg = MonteCLoRAConfig(rank=4)
+    >>> cfg.rank = 8
+    Traceback (most recent call last):
+    ...
+    dataclasses.FrozenInstanceError: cannot assign to field 'rank'
+    >>> dataclasses.replace(cfg, rank=8, wishart_df=None).wishart_df
+    8.0
+
+    Each field's description below is its ``metadata["help"]`` (also the command line's help):
     """
 
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: Union[Sequence[str], str] = ("query", "value")
-    modules_to_save: Sequence[str] = ()
-    num_components: int = 4
-    wishart_df: Optional[float] = None
-    sample_scaler: float = 5e-3
-    dirichlet_concentration: float = 1.0
-    cooperative_weight: float = 0.0
-    kl_weight: float = 1.0
-    random_B: bool = False
-    bias: str = "none"
+    rank: int = _field(8, "LoRA rank r of the adapters (an integer >= 1)")
+    alpha: float = _field(16.0, "LoRA alpha; the adapter's update is scaled by alpha / r")
+    dropout: float = _field(0.0, "dropout probability on the adapter's input, in [0, 1)")
+    target_modules: Union[Sequence[str], str] = _field(
+        ("query", "value"),
+        "the linear layers to adapt: a list matches a module whose path equals a name or ends with "
+        "'.' + name (PEFT's rule); a string is a regular expression matched against the whole path")
+    modules_to_save: Sequence[str] = _field(
+        (), "modules (for example the classification head) trained as point estimates, matched "
+            "like a target_modules list")
+    num_components: int = _field(4, "number N of mixture components (an integer >= 1; the paper "
+                                    "uses 4)")
+    wishart_df: Optional[float] = _field(
+        None, "degrees of freedom nu > r - 1 of the Wishart prior on each covariance (None: the "
+              "rank)")
+    sample_scaler: float = _field(
+        5e-3, "the sample scaler s >= 0 (the paper's 5e-3 for encoders): 0 makes every sampled "
+              "adapter the mean adapter (LoRA's predictive); a large s (>= 1) swamps the mean with "
+              "noise. The demo's study found 2e-2 best for MiniLM at learning rate 3e-3")
+    dirichlet_concentration: float = _field(
+        1.0, "prior concentration alpha_0 > 0 of the Dirichlet on the mixture weights")
+    cooperative_weight: float = _field(
+        0.0, "weight w >= 0 of the paper's cooperative term -w * sum_k pi_k^2 added to the ELBO "
+             "(0 keeps the true ELBO)")
+    kl_weight: float = _field(1.0, "weight lambda >= 0 on the latent sites' KL terms (1 is the "
+                                   "true ELBO)")
+    random_B: bool = _field(False, "also make B random, with its own Wishart and Dirichlet (off in "
+                                   "the paper)")
+    bias: str = _field(
+        "none", "'none' (frozen biases, PEFT's default) or 'all' (the biases of adapted layers "
+                "trained as point estimates)", choices=BIAS_CHOICES)
 
     def __post_init__(self) -> None:
         _require(
@@ -97,14 +117,15 @@ class MonteCLoRAConfig:
             and self.num_components >= 1,
             "num_components", "an integer >= 1", self.num_components,
         )
+        # normalised values are set with object.__setattr__: the dataclass is frozen
         if self.wishart_df is None:
-            self.wishart_df = float(self.rank)
+            object.__setattr__(self, "wishart_df", float(self.rank))
         _require(
             _is_number(self.wishart_df) and math.isfinite(self.wishart_df)
             and self.wishart_df > self.rank - 1,
             "wishart_df", f"a finite number > rank - 1 = {self.rank - 1}", self.wishart_df,
         )
-        self.wishart_df = float(self.wishart_df)
+        object.__setattr__(self, "wishart_df", float(self.wishart_df))
         for name in ("sample_scaler", "cooperative_weight", "kl_weight"):
             value = getattr(self, name)
             _require(_is_number(value) and math.isfinite(value) and value >= 0,
@@ -115,9 +136,12 @@ class MonteCLoRAConfig:
             "dirichlet_concentration", "a finite number > 0", self.dirichlet_concentration,
         )
         _require(isinstance(self.random_B, bool), "random_B", "True or False", self.random_B)
-        _require(self.bias in ("none", "all"), "bias", "one of 'none', 'all'", self.bias)
-        self.target_modules = self._check_names("target_modules", self.target_modules, allow_regex=True)
-        self.modules_to_save = self._check_names("modules_to_save", self.modules_to_save, allow_regex=False)
+        _require(self.bias in BIAS_CHOICES, "bias",
+                 "one of " + ", ".join(repr(choice) for choice in BIAS_CHOICES), self.bias)
+        object.__setattr__(self, "target_modules",
+                           self._check_names("target_modules", self.target_modules, allow_regex=True))
+        object.__setattr__(self, "modules_to_save",
+                           self._check_names("modules_to_save", self.modules_to_save, allow_regex=False))
         _require(
             not (isinstance(self.target_modules, tuple) and len(self.target_modules) == 0),
             "target_modules", "a non-empty list of module names or a regular expression",
@@ -180,6 +204,16 @@ class MonteCLoRAConfig:
                 f"MonteCLoRAConfig got unknown fields {unknown}; allowed fields are {sorted(known)}"
             )
         return cls(**data)
+
+
+def _document_fields(cls) -> None:
+    """Append a ``:param:`` entry per field, made from its ``metadata["help"]``, to the docstring."""
+    lines = [f"    :param {field.name}: {field.metadata['help']}; default ``{field.default!r}``."
+             for field in dataclasses.fields(cls)]
+    cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+
+
+_document_fields(MonteCLoRAConfig)
 
 
 def _matches(patterns: Union[Sequence[str], str], path: str) -> bool:

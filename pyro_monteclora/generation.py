@@ -36,7 +36,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .causal_lm import encode_prompt, end_token_id, pad_batch
+from .causal_lm import encode_prompt, pad_batch
+from .hf_defaults import end_token_id, pad_token_id
 from .predictive import uses_mean_adapter
 
 __all__ = ["GenerationResult", "generate_answers", "extract_answer", "normalize_answer", "final_number",
@@ -162,7 +163,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
 
         warnings.warn(f"{cut} of {len(prompts)} prompts were longer than max_length - max_new_tokens = "
                       f"{room} tokens and were cut from the left", stacklevel=2)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
                     eos_token_id=end_token_id(tokenizer), temperature=None, top_p=None, top_k=None)
     settings.update(generate_kwargs)

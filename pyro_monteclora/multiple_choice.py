@@ -34,8 +34,9 @@ from typing import List, Optional, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .causal_lm import encode_prompt, end_token_id, pad_batch, sequence_log_likelihood
+from .causal_lm import encode_prompt, pad_batch, sequence_log_likelihood
 from .datafiles import DataError, read_located_records
+from .hf_defaults import pad_token_id
 from .likelihoods import IGNORE_INDEX
 from .predictive import PredictiveOutput, posterior_predictive
 
@@ -144,7 +145,7 @@ class _ChoiceCollator:
 
     def __init__(self, data: MultipleChoiceData, tokenizer, max_length: int):
         self.data, self.tokenizer, self.max_length = data, tokenizer, max_length
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
 
     def __call__(self, items: List[dict]) -> dict:
         sequences, targets, question_of, slot_of = [], [], [], []

@@ -1,5 +1,6 @@
 """MonteCLoRAConfig: defaults, matching rules, validation with messages that name the field."""
 
+import dataclasses
 import math
 
 import pytest
@@ -53,3 +54,30 @@ def test_round_trip_through_a_dict():
     assert MonteCLoRAConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown fields"):
         MonteCLoRAConfig.from_dict({"rank": 4, "ranq": 2})
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(MonteCLoRAConfig)])
+def test_a_validated_config_cannot_be_changed(field):
+    """Frozen after validation: the model's sites, the guide and the batched KL read one set of values."""
+    cfg = MonteCLoRAConfig(rank=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cfg, field, getattr(cfg, field))
+    assert cfg == MonteCLoRAConfig(rank=4)
+
+
+def test_replace_makes_a_validated_copy():
+    cfg = MonteCLoRAConfig(rank=4, target_modules=["query"])
+    copy = dataclasses.replace(cfg, kl_weight=0.5, target_modules={"value", "key"})
+    assert (copy.kl_weight, copy.target_modules, cfg.kl_weight) == (0.5, ("key", "value"), 1.0)
+    assert dataclasses.replace(cfg, rank=16, wishart_df=None).wishart_df == 16.0
+    with pytest.raises(ValueError, match=r"wishart_df must be a finite number > rank - 1 = 15, got 4.0"):
+        dataclasses.replace(cfg, rank=16)  # the resolved df of rank 4 is kept
+    with pytest.raises(ValueError, match="kl_weight"):
+        dataclasses.replace(cfg, kl_weight=-1.0)
+
+
+def test_every_field_carries_its_help_text_in_the_docstring():
+    for field in dataclasses.fields(MonteCLoRAConfig):
+        help_text = field.metadata["help"]
+        assert help_text and "%" not in help_text  # argparse formats help with %
+        assert f":param {field.name}: {help_text}; default ``{field.default!r}``." in MonteCLoRAConfig.__doc__

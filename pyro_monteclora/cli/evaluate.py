@@ -115,6 +115,7 @@ def open_model(directory: Path, record: dict, args, device):
     import torch
     from transformers import AutoTokenizer
 
+    from ..hf_defaults import ensure_pad_token
     from ..serialization import CheckpointError, load_pretrained
 
     metadata = record.get("metadata", {})
@@ -139,10 +140,7 @@ def open_model(directory: Path, record: dict, args, device):
         from ..precision import cast_frozen
 
         cast_frozen(model.network, args.torch_dtype)
-    if getattr(tokenizer, "pad_token", None) is None:  # decoder tokenizers: pad with end-of-text
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model.network.config, "pad_token_id", None) is None:
-        model.network.config.pad_token_id = tokenizer.pad_token_id
+    ensure_pad_token(tokenizer, model.network)  # decoder tokenizers: pad with end-of-text
     return model, guide, tokenizer
 
 

@@ -121,6 +121,7 @@ def _open(args, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..baselines import FullFineTuneModel
+    from ..hf_defaults import ensure_pad_token
 
     path = resolve_model_path(args.model, "causal-lm")
     try:
@@ -129,8 +130,7 @@ def _open(args, device):
                                                        use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise UsageError(f"--model {args.model}: {error}".splitlines()[0]) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     model = FullFineTuneModel(network).to(device)
     if args.torch_dtype != torch.float32:
         network.to(args.torch_dtype)  # nothing is trained here: the whole base in half precision

@@ -7,30 +7,43 @@ Everything here runs before any work: a bad option or bad data raises :class:`Us
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import os
+import re
+import typing
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
-           "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
-           "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
+           "add_adapter_options", "adapter_dests", "adapter_config", "check_adapter_options", "option_message",
+           "check_number", "resolve_data", "resolve_model_path", "resolve_device", "check_writable",
            "existing_output", "check_output_folder", "check_replaceable", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
-           "METHODS"]
+           "METHODS", "ADAPTER_OPTION_OVERRIDES"]
 
+from ..config import MonteCLoRAConfig
 from ..tasks import TASKS as TASK_SPECS
 
 TASKS = tuple(TASK_SPECS)
 METHODS = ("monteclora", "lora", "full")
-#: default adapted layers per ``model_type`` (the paper's query/value choice for encoders)
-TARGETS_BY_MODEL_TYPE = {
-    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"], "deberta": ["in_proj"], "deberta-v2": ["query_proj", "value_proj"],
-    "distilbert": ["q_lin", "v_lin"], "gpt2": ["c_attn"], "llama": ["q_proj", "k_proj", "v_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj"], "qwen2": ["q_proj", "k_proj", "v_proj"],
+#: where an adapter option differs from its :class:`~pyro_monteclora.config.MonteCLoRAConfig`
+#: field (every other option is ``--<field-with-dashes>`` with the field's type, default and help):
+#: its ``name``, extra ``aliases``, and the command line's own ``default`` and ``help``. The layers
+#: to adapt and the point-estimate modules default to what the base model needs
+#: (:mod:`pyro_monteclora.hf_defaults`), and both are comma-separated lists.
+ADAPTER_OPTION_OVERRIDES: Mapping[str, Mapping[str, object]] = {
+    "dropout": {"name": "lora-dropout"},
+    "random_B": {"aliases": ("--random-b",)},
+    "target_modules": {
+        "default": None,
+        "help": "comma-separated names of the linear layers to adapt (default: by the model type, "
+                "query,value for BERT; see pyro_monteclora.hf_defaults)"},
+    "modules_to_save": {
+        "default": None,
+        "help": "comma-separated modules trained as point estimates in addition to the "
+                "classification head and the weights the base model lacks (always trained)"},
 }
-HEAD_NAMES = ("pre_classifier", "classifier", "score")
 
 
 class UsageError(Exception):
@@ -121,21 +134,99 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
                             "causal-lm, whose prompts are cut from the left)")
 
 
+def _adapter_flag(field: str) -> str:
+    """The option of a config field, without its dashes (``lora-dropout``, ``kl-weight``)."""
+    return str(ADAPTER_OPTION_OVERRIDES.get(field, {}).get("name", field.replace("_", "-")))
+
+
+def adapter_dests() -> Tuple[str, ...]:
+    """The ``args`` attributes of the adapter options, one per config field in field order (the
+    names ``run.json`` records them under)."""
+    return tuple(_adapter_flag(field.name).replace("-", "_") for field in dataclasses.fields(MonteCLoRAConfig))
+
+
 def add_adapter_options(parser: argparse.ArgumentParser, method: bool = True) -> None:
-    """``--method`` (unless ``method=False``) and the adapter and prior hyper-parameters."""
-    group = parser.add_argument_group("method and adapters")
+    """``--method`` (unless ``method=False``) and one option per
+    :class:`~pyro_monteclora.config.MonteCLoRAConfig` field: its type, choices, default and help
+    come from the field, except where :data:`ADAPTER_OPTION_OVERRIDES` says otherwise."""
+    group = parser.add_argument_group("method and adapters (the MonteCLoRAConfig fields)")
     if method:
         group.add_argument("--method", default="monteclora", choices=METHODS,
                            help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning")
-    group.add_argument("--rank", type=int, default=8, help="LoRA rank r")
-    group.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scaling alpha/r)")
-    group.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter input")
-    group.add_argument("--target-modules", default=None,
-                       help="comma-separated layer names to adapt (default: by model type, "
-                            "query,value for BERT)")
-    group.add_argument("--num-components", type=int, default=4, help="mixture components N")
-    group.add_argument("--sample-scaler", type=float, default=5e-3, help="sample scaler s")
-    group.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL term")
+    hints = typing.get_type_hints(MonteCLoRAConfig)
+    for field, dest in zip(dataclasses.fields(MonteCLoRAConfig), adapter_dests()):
+        override = ADAPTER_OPTION_OVERRIDES.get(field.name, {})
+        flags = ["--" + _adapter_flag(field.name), *override.get("aliases", ())]
+        settings = {"dest": dest, "default": override.get("default", field.default),
+                    "help": str(override.get("help", field.metadata["help"])).replace("%", "%%")}
+        hint = hints[field.name]
+        if hint is bool:
+            settings["action"] = "store_true"
+        elif hint in (int, float, Optional[float]):
+            settings["type"] = int if hint is int else float
+        elif "choices" in field.metadata:
+            settings["choices"] = field.metadata["choices"]
+        group.add_argument(*flags, **settings)
+
+
+def _names(text: Optional[str]) -> Optional[List[str]]:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def option_message(error: Exception) -> str:
+    """A config error in the command line's words: ``MonteCLoRAConfig.rank`` becomes ``--rank``."""
+    fields = {field.name for field in dataclasses.fields(MonteCLoRAConfig)}
+    return re.sub(r"MonteCLoRAConfig\.(\w+)", lambda match: "--" + _adapter_flag(match.group(1))
+                  if match.group(1) in fields else match.group(0), str(error))
+
+
+def adapter_config(arguments: Mapping[str, object], network=None, new_modules: Sequence[str] = ()
+                   ) -> MonteCLoRAConfig:
+    """The :class:`~pyro_monteclora.config.MonteCLoRAConfig` of the adapter options in
+    ``arguments`` (``vars(args)`` or a run's recorded arguments; a missing one takes its default).
+
+    With ``network``, ``--target-modules`` defaults to the layers of its model type and the
+    classification head and ``new_modules`` (newly initialised weights) are added to
+    ``--modules-to-save``. Without it, the options are only validated.
+
+    :raises UsageError: naming the option, for a value the config refuses.
+    """
+    from ..hf_defaults import default_modules_to_save, default_target_modules, model_type
+
+    values = {}
+    for field, dest in zip(dataclasses.fields(MonteCLoRAConfig), adapter_dests()):
+        if arguments.get(dest) is not None:
+            values[field.name] = arguments[dest]
+    for name in ("target_modules", "modules_to_save"):
+        if name in values:
+            values[name] = _names(values[name])
+    if network is not None:
+        if "target_modules" not in values:
+            try:
+                values["target_modules"] = default_target_modules(network)
+            except ValueError:
+                raise UsageError(f"--target-modules: no default for model type {model_type(network)!r}; "
+                                 f"pass layer names, e.g. --target-modules query,value") from None
+        given = values.get("modules_to_save", [])
+        values["modules_to_save"] = sorted(set(default_modules_to_save(network)) | set(new_modules)
+                                           | set(given))
+    try:
+        config = MonteCLoRAConfig(**values)
+    except ValueError as error:
+        raise UsageError(option_message(error)) from None
+    if network is not None:  # each name given must be there (the head alone would match anyway)
+        paths = [path for path, _ in network.named_modules() if path]
+        unmatched = [name for name in given if not any(
+            dataclasses.replace(config, modules_to_save=(name,)).matches_saved(path) for path in paths)]
+        if unmatched:
+            raise UsageError(f"--modules-to-save: {', '.join(unmatched)} matches no module of "
+                             f"{type(network).__name__}")
+    return config
+
+
+def check_adapter_options(args) -> None:
+    """Raise :class:`UsageError` (naming the option) unless the adapter options make a valid config."""
+    adapter_config(vars(args))
 
 
 def resolve_device(name: str):
@@ -173,21 +264,6 @@ def resolve_model_path(name: Optional[str], task_type: str = "sequence-classific
             raise UsageError(f"--model {name}: not a Hugging Face model folder (no config.json)")
         return str(path.resolve())
     return name
-
-
-def default_target_modules(network) -> List[str]:
-    """The layers adapted by default for the network's ``model_type`` (query/value for BERT)."""
-    model_type = getattr(getattr(network, "config", None), "model_type", None)
-    if model_type not in TARGETS_BY_MODEL_TYPE:
-        raise UsageError(f"--target-modules: no default for model type {model_type!r}; "
-                         f"pass layer names, e.g. --target-modules query,value")
-    return TARGETS_BY_MODEL_TYPE[model_type]
-
-
-def default_modules_to_save(network) -> List[str]:
-    """The classification head's modules (``classifier``, ``score``, ``pre_classifier``)."""
-    names = {path.rsplit(".", 1)[-1] for path, _ in network.named_modules() if path}
-    return [name for name in HEAD_NAMES if name in names]
 
 
 def data_mode(args) -> Optional[str]:

@@ -27,21 +27,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
                       check_output_folder, check_replaceable, evaluation_split)
 
-__all__ = ["add_sweep_parser", "run_sweep", "run_cell", "SWEEP_FILE"]
+__all__ = ["add_sweep_parser", "run_sweep", "run_cell", "train_forwarded", "SWEEP_FILE"]
 
 SWEEP_FILE = "sweep.json"
-#: ``sweep`` options passed on unchanged to each cell's ``train``
-TRAIN_FORWARDED = ("model", "trust_remote_code", "device", "dtype", "task_type", "task", "split_seed",
-                   "train_file", "validation_file", "test_file", "text_column", "label_column",
-                   "prompt_column", "response_column", "dataset", "dataset_config", "max_length",
-                   "rank", "alpha", "lora_dropout", "target_modules", "num_components",
-                   "sample_scaler", "kl_weight", "epochs", "weight_decay", "warmup_ratio",
-                   "max_train_samples", "gradient_checkpointing")
+#: options ``train`` shares with ``sweep`` that stay the sweep's own (its folder, not a cell's)
+SWEEP_OWN = ("help", "output", "overwrite", "resume")
 #: ``sweep`` options passed on to each cell's ``evaluate`` (``--eval-*`` name them in ``sweep``)
 EVALUATE_FORWARDED = {"trust_remote_code": "--trust-remote-code", "device": "--device", "dtype": "--dtype",
                       "split": "--split", "max_eval_samples": "--max-samples",
@@ -138,6 +133,18 @@ def _grid(args):
         raise UsageError(f"two cells would share the folder {clash!r}; give learning rates that differ "
                          f"in their first 6 significant digits")
     return cells
+
+
+def train_forwarded(sweep_actions) -> Tuple[str, ...]:
+    """The ``sweep`` options passed on unchanged to each cell's ``train``: every option the two
+    commands share (model, data, adapter and training options) but :data:`SWEEP_OWN`."""
+    from . import build_parser
+
+    commands = next(action for action in build_parser()._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    train = {action.dest for action in commands.choices["train"]._actions if action.option_strings}
+    return tuple(dict.fromkeys(action.dest for action in sweep_actions if action.option_strings
+                               and action.dest in train and action.dest not in SWEEP_OWN))
 
 
 def _forward(parser_actions, args, names: Sequence[str]) -> List[str]:
@@ -336,7 +343,7 @@ def run_sweep(args, parser_defaults: dict) -> int:
     from ..atomic import atomic_write_json
 
     cells = _grid(args)
-    train_options = _forward(args.sweep_actions, args, TRAIN_FORWARDED)
+    train_options = _forward(args.sweep_actions, args, train_forwarded(args.sweep_actions))
     args.split, model_path = _validate(args, cells, train_options)
     data = args.task or (Path(args.train_file).name if args.train_file else args.dataset) or "rotten-tomatoes"
     record = {

@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_number, check_output_folder, check_replaceable, default_modules_to_save,
-                      default_target_modules, resolve_data, resolve_device, resolve_model_path,
-                      resolve_precision)
+from .options import (UsageError, adapter_config, adapter_dests, add_adapter_options, add_data_options,
+                      add_model_options, check_adapter_options, check_number, check_output_folder,
+                      check_replaceable, option_message, resolve_data, resolve_device,
+                      resolve_model_path, resolve_precision)
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
@@ -37,11 +37,11 @@ class TrainingFault(Exception):
     last good checkpoint)."""
 
 CHECKPOINT_DIR = "checkpoint"
-#: options that define a run; ``--resume`` refuses a command line that changes one of them
+#: options that define a run; ``--resume`` refuses a command line that changes one of them (the
+#: adapter options are one per MonteCLoRAConfig field: :func:`~.options.adapter_dests`)
 RUN_OPTIONS = ("method", "task_type", "model", "task", "split_seed", "train_file", "validation_file", "test_file",
-               "text_column", "label_column", "prompt_column", "response_column", "dataset", "dataset_config", "max_length", "rank",
-               "alpha", "lora_dropout", "target_modules", "num_components", "sample_scaler",
-               "kl_weight", "learning_rate", "batch_size", "epochs", "weight_decay", "warmup_ratio",
+               "text_column", "label_column", "prompt_column", "response_column", "dataset", "dataset_config", "max_length",
+               *adapter_dests(), "learning_rate", "batch_size", "epochs", "weight_decay", "warmup_ratio",
                "max_train_samples", "seed", "eval_num_samples", "no_validation")
 TRAIN_DEFAULTS = {"learning_rate": 1e-3, "full_learning_rate": 5e-5, "batch_size": 16, "epochs": 3,
                   "max_length": 128, "causal_lm_max_length": 256}
@@ -106,12 +106,8 @@ def _check_arguments(args) -> None:
     check_number("--seed", args.seed, minimum=0, integer=True)
     check_number("--eval-num-samples", args.eval_num_samples, minimum=0, integer=True)
     check_number("--max-length", args.max_length, minimum=2, integer=True)
-    check_number("--rank", args.rank, minimum=1, integer=True)
-    check_number("--alpha", args.alpha, minimum=0, exclusive_minimum=True)
-    check_number("--lora-dropout", args.lora_dropout, minimum=0, maximum=0.99)
-    check_number("--num-components", args.num_components, minimum=1, integer=True)
-    check_number("--sample-scaler", args.sample_scaler, minimum=0)
-    check_number("--kl-weight", args.kl_weight, minimum=0)
+    if not args.resume:  # a resumed run keeps its recorded (validated) options; changes are refused
+        check_adapter_options(args)
 
 
 def _prepare_output(args, parser_defaults: dict):
@@ -160,24 +156,17 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
     ``fresh_modules`` (newly initialised by ``from_pretrained``) are trained as point estimates
     with the classification head, so nothing random and frozen stays in the model.
     """
-    from .. import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+    from .. import EmptyGuide, MonteCLoRAGuide, MonteCLoRAModel
     from ..baselines import FullFineTuneModel
 
     if method == "full":
         model = FullFineTuneModel(network)
         return model, EmptyGuide(model)
-    targets = arguments["target_modules"]
-    targets = targets.split(",") if targets else default_target_modules(network)
+    config = adapter_config(arguments, network, fresh_modules)
     try:
-        config = MonteCLoRAConfig(
-            rank=arguments["rank"], alpha=arguments["alpha"], dropout=arguments["lora_dropout"],
-            target_modules=[t.strip() for t in targets if t.strip()],
-            modules_to_save=sorted(set(default_modules_to_save(network)) | set(fresh_modules)),
-            num_components=arguments["num_components"], sample_scaler=arguments["sample_scaler"],
-            kl_weight=arguments["kl_weight"])
         model = MonteCLoRAModel(network, config, adapter_mode="sample" if method == "monteclora" else "mean")
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    except ValueError as error:  # targets that match no layer
+        raise UsageError(option_message(error)) from None
     return model, (MonteCLoRAGuide(model) if method == "monteclora" else EmptyGuide(model))
 
 
@@ -185,6 +174,8 @@ def _load_network(model_path: str, arguments: dict, label_names, trust_remote_co
     """The tokenizer, the HF network (a classifier with ``len(label_names)`` labels, or a causal LM)
     and the modules ``from_pretrained`` initialised afresh; loading errors become exit 2."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..hf_defaults import prepare_base
 
     causal = arguments.get("task_type") == "causal-lm"
     try:
@@ -200,14 +191,7 @@ def _load_network(model_path: str, arguments: dict, label_names, trust_remote_co
     except (OSError, ValueError, RuntimeError) as error:
         raise UsageError(f"--model {arguments['model'] or model_path}: {error}".splitlines()[0]) from None
     # weights the checkpoint lacks are newly initialised: train (and save) them with the head
-    fresh_modules = sorted({key.rsplit(".", 1)[0] for key in loading.get("missing_keys", [])})
-    if not causal:
-        network.config.id2label = dict(enumerate(label_names))
-        network.config.label2id = {name: i for i, name in enumerate(label_names)}
-    if getattr(tokenizer, "pad_token", None) is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(network.config, "pad_token_id", None) is None:
-        network.config.pad_token_id = tokenizer.pad_token_id
+    fresh_modules = prepare_base(network, tokenizer, None if causal else label_names, loading)
     return tokenizer, network, fresh_modules
 
 
