@@ -29,7 +29,8 @@ that is the Wishart density of :math:`\\Sigma = L L^\\top` times the Jacobian
 :meth:`WishartCholesky.matrix_log_prob` gives the Wishart density of :math:`\\Sigma` itself.
 KL divergences do not depend on the parameterisation, so the KL between two
 :class:`WishartCholesky` equals the KL between the Wisharts they describe.
-All of this math runs in fp32 with autocast off.
+All of this math runs with autocast off, in fp32 or, when a parameter is fp64, in fp64 (never in
+bf16/fp16, whatever torch's default dtype).
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ class _Fp32:
     def __exit__(self, *exc):
         if self.context is not None:
             self.context.__exit__(*exc)
+
+
+def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the math runs in: fp32, or fp64 when one of ``tensors`` is fp64 (bf16/fp16 are
+    promoted to fp32; torch's default dtype plays no part)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
 
 
 def _mvlgamma(a: float, p: int) -> float:
@@ -175,16 +185,18 @@ class WishartCholesky(TorchDistribution):
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         rank = self.rank
-        with _Fp32(self._reference()):
-            device = self._reference().device
+        reference = self._reference()
+        with _Fp32(reference):
+            device, dtype = reference.device, _math_dtype(reference)
             # Bartlett: chi-square diagonal with nu - j degrees of freedom, N(0, 1) below it.
-            half_dfs = (0.5 * self.df - 0.5 * torch.arange(rank, device=device)).expand(shape[:-1])
+            offsets = torch.arange(rank, device=device, dtype=dtype)
+            half_dfs = (0.5 * self.df - 0.5 * offsets).expand(shape[:-1])
             chi2 = 2.0 * torch._standard_gamma(half_dfs.contiguous())
             diagonal = chi2.clamp_min(torch.finfo(chi2.dtype).tiny).sqrt()
-            bartlett = torch.randn(shape, device=device).tril(-1) + torch.diag_embed(diagonal)
+            bartlett = torch.randn(shape, device=device, dtype=dtype).tril(-1) + torch.diag_embed(diagonal)
             if self.log_scale_diagonal is not None:  # diag(e^sigma) T scales the rows of T
-                return self.log_scale_diagonal.float().exp().unsqueeze(-1) * bartlett
-            return self._scale_tril.float() @ bartlett
+                return self.log_scale_diagonal.to(dtype).exp().unsqueeze(-1) * bartlett
+            return self._scale_tril.to(dtype) @ bartlett
 
     def log_abs_det_jacobian(self, value: torch.Tensor) -> torch.Tensor:
         """:math:`\\log |\\partial (L L^\\top) / \\partial L| = r \\log 2 + \\sum_j (r - j) \\log L_{jj}`."""
@@ -196,11 +208,11 @@ class WishartCholesky(TorchDistribution):
     def _log_kernel(self, value: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
         log_diag = value.diagonal(dim1=-2, dim2=-1).log()
         if self.log_scale_diagonal is not None:
-            log_scale = self.log_scale_diagonal.float()
+            log_scale = self.log_scale_diagonal.to(value.dtype)
             whitened = value * (-log_scale).exp().unsqueeze(-1)
             log_det_scale = log_scale.sum(-1)
         else:
-            scale_tril = self._scale_tril.float()
+            scale_tril = self._scale_tril.to(value.dtype)
             whitened = torch.linalg.solve_triangular(scale_tril, value, upper=False)
             log_det_scale = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         return ((powers * log_diag).sum(-1) - 0.5 * whitened.pow(2).sum((-2, -1))
@@ -209,15 +221,15 @@ class WishartCholesky(TorchDistribution):
     def matrix_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Wishart log density of :math:`\\Sigma = L L^\\top`, evaluated from ``value`` :math:`= L`."""
         with _Fp32(value):
-            value = value.float()
-            powers = torch.full((self.rank,), self.df - self.rank - 1.0, device=value.device)
+            value = value.to(_math_dtype(value, self._reference()))
+            powers = torch.full((self.rank,), self.df - self.rank - 1.0, device=value.device, dtype=value.dtype)
             return self._log_kernel(value, powers)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         with _Fp32(value):
-            value = value.float()
+            value = value.to(_math_dtype(value, self._reference()))
             # (nu - r - 1) from the Wishart density plus (r - j) from the Jacobian, and r log 2.
             powers = self.df - 1.0 - torch.arange(self.rank, device=value.device, dtype=value.dtype)
             return self._log_kernel(value, powers) + self.rank * math.log(2.0)
@@ -232,6 +244,7 @@ def _df_terms(df_p: float, df_q: float, rank: int) -> float:
         return 0.0
     return (_mvlgamma(0.5 * df_q, rank) - _mvlgamma(0.5 * df_p, rank)
             + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item())
+
 
 
 def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tensor) -> torch.Tensor:
@@ -249,8 +262,9 @@ def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tenso
     """
     rank = scale_tril_p.shape[-1]
     df_p, df_q = _as_df(df_p, rank), _as_df(df_q, rank)
+    dtype = _math_dtype(scale_tril_p, scale_tril_q)
     with _Fp32(scale_tril_p):
-        scale_tril_p, scale_tril_q = scale_tril_p.float(), scale_tril_q.float()
+        scale_tril_p, scale_tril_q = scale_tril_p.to(dtype), scale_tril_q.to(dtype)
         shape = torch.broadcast_shapes(scale_tril_p.shape, scale_tril_q.shape)
         whitened = torch.linalg.solve_triangular(
             scale_tril_q.expand(shape), scale_tril_p.expand(shape), upper=False
@@ -267,7 +281,8 @@ def _kl_wishart_cholesky(p: WishartCholesky, q: WishartCholesky) -> torch.Tensor
     if p.log_scale_diagonal is not None and q.log_scale_diagonal is not None:
         # diagonal scales: log|V| = 2 sum sigma, tr(V_q^-1 V_p) = sum exp(2 (sigma_p - sigma_q))
         with _Fp32(p.log_scale_diagonal):
-            sigma_p, sigma_q = p.log_scale_diagonal.float(), q.log_scale_diagonal.float()
+            dtype = _math_dtype(p.log_scale_diagonal, q.log_scale_diagonal)
+            sigma_p, sigma_q = p.log_scale_diagonal.to(dtype), q.log_scale_diagonal.to(dtype)
             kl = (q.df * (sigma_q.sum(-1) - sigma_p.sum(-1))
                   + 0.5 * p.df * ((2.0 * (sigma_p - sigma_q)).exp().sum(-1) - p.rank))
             return kl + _df_terms(p.df, q.df, p.rank)
@@ -319,7 +334,8 @@ class StandardNormalMatrix(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         count = self.event_shape.numel()
-        return -0.5 * value.float().pow(2).sum((-2, -1)) - 0.5 * count * math.log(2 * math.pi)
+        value = value.to(_math_dtype(value))
+        return -0.5 * value.pow(2).sum((-2, -1)) - 0.5 * count * math.log(2 * math.pi)
 
     def entropy(self) -> torch.Tensor:
         count = self.event_shape.numel()
@@ -347,12 +363,13 @@ def lora_perturbation(
     :param weights: :math:`\\pi`, shape ``(..., N)``.
     :param noise: :math:`Z`, shape ``(..., r, d)``.
     :param sample_scaler: :math:`s`.
-    :returns: :math:`s \\lVert\\pi\\rVert L Z`, shape ``(..., r, d)``, in fp32.
+    :returns: :math:`s \\lVert\\pi\\rVert L Z`, shape ``(..., r, d)``, in fp32 (fp64 if an input is).
     """
     with _Fp32(noise):
-        norm = torch.linalg.vector_norm(weights.float(), dim=-1)
+        dtype = _math_dtype(scale_tril, weights, noise)
+        norm = torch.linalg.vector_norm(weights.to(dtype), dim=-1)
         # scale the (r, r) factor rather than the (r, d) product: the same number, less work
-        return ((sample_scaler * norm)[..., None, None] * scale_tril.float()) @ noise.float()
+        return ((sample_scaler * norm)[..., None, None] * scale_tril.to(dtype)) @ noise.to(dtype)
 
 
 def lora_perturbation_mixture(
@@ -366,5 +383,6 @@ def lora_perturbation_mixture(
     the reference the fast form is tested against.
     """
     with _Fp32(noises):
-        components = scale_tril.float().unsqueeze(-3) @ noises.float()
-        return sample_scaler * (weights.float()[..., None, None] * components).sum(-3)
+        dtype = _math_dtype(scale_tril, weights, noises)
+        components = scale_tril.to(dtype).unsqueeze(-3) @ noises.to(dtype)
+        return sample_scaler * (weights.to(dtype)[..., None, None] * components).sum(-3)

@@ -164,3 +164,46 @@ def test_diagonal_fast_path_equals_the_general_form():
     assert fast.expand((5, 2)).rsample().shape == (5, 2, 4, 4)
     with pytest.raises(ValueError, match="exactly one"):
         WishartCholesky(4.0)
+
+
+@pytest.fixture
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_samplers_follow_the_parameters_dtype_under_a_float64_default(float64_default, dtype):
+    rank = 3
+    scale_tril = random_scale_tril(rank, seed=14).to(dtype)
+    full = WishartCholesky(4.0, scale_tril)
+    diagonal = WishartCholesky.from_log_diagonal(4.0, scale_tril.diagonal().log())
+    for d in (full, diagonal):
+        L = d.rsample((5,))
+        assert L.dtype == dtype and L.shape == (5, rank, rank)
+        assert d.log_prob(L).dtype == dtype
+        assert d.matrix_log_prob(L).dtype == dtype
+        assert kl_divergence(d, WishartCholesky(3.0, torch.eye(rank, dtype=dtype))).dtype == dtype
+    weights = torch.full((4,), 0.25, dtype=dtype)
+    noise = torch.randn(rank, 6, dtype=dtype)
+    assert lora_perturbation(scale_tril, weights, noise, 0.1).dtype == dtype
+    assert lora_perturbation_mixture(scale_tril, weights, noise.expand(4, rank, 6), 0.1).dtype == dtype
+    assert StandardNormalMatrix(rank, 6).log_prob(noise).dtype == dtype
+
+
+def test_a_full_scale_guide_runs_under_a_float64_default(float64_default):
+    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+    from pyro_monteclora.elbo import MonteCLoRAELBO
+
+    from conftest import classification_batch, tiny_bert_classifier
+
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, modules_to_save=["classifier"]))
+    guide = MonteCLoRAGuide(model, scale_tril="full")
+    loss = MonteCLoRAELBO().differentiable_loss(model, guide, **classification_batch(), dataset_size=8)
+    assert loss.dtype == torch.float64 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in guide.parameters())
