@@ -28,7 +28,8 @@ that is the Wishart density of :math:`\\Sigma = L L^\\top` times the Jacobian
 :math:`|\\partial \\Sigma / \\partial L| = 2^r \\prod_j L_{jj}^{r - j}`.
 :meth:`WishartCholesky.matrix_log_prob` gives the Wishart density of :math:`\\Sigma` itself.
 KL divergences do not depend on the parameterisation, so the KL between two
-:class:`WishartCholesky` equals the KL between the Wisharts they describe.
+:class:`WishartCholesky` equals the KL between the Wisharts they describe; entropies do, and
+:meth:`WishartCholesky.entropy` is the entropy of :math:`L`, the one that goes with ``log_prob``.
 All of this math runs with autocast off, in fp32 or, when a parameter is fp64, in fp64 (never in
 bf16/fp16, whatever torch's default dtype).
 """
@@ -235,8 +236,38 @@ class WishartCholesky(TorchDistribution):
             return self._log_kernel(value, powers) + self.rank * math.log(2.0)
 
     def entropy(self) -> torch.Tensor:
-        """Entropy of the Wishart matrix (equal to that of ``torch.distributions.Wishart``)."""
-        return Wishart(torch.tensor(self.df), scale_tril=self.scale_tril).entropy()
+        """Entropy of :math:`L`, :math:`-E[\\log p(L)]` with ``log_prob``'s density.
+
+        It is the Wishart's entropy (of :math:`\\Sigma`, what ``torch.distributions.Wishart.entropy``
+        returns) minus :math:`E \\log |\\partial \\Sigma / \\partial L|`, in closed form by the
+        Bartlett decomposition: :math:`\\log L_{jj} = \\log S_{jj} + \\tfrac12 \\log c_j` with
+        :math:`E \\log c_j = \\psi(\\tfrac{\\nu - j}{2}) + \\log 2`, and
+        :math:`E \\lVert S^{-1} L \\rVert_F^2 = E \\lVert T \\rVert_F^2 = \\nu r`, so
+
+        .. math::
+
+            H(L) = \\sum_{j=0}^{r-1} (j + 1) \\log S_{jj}
+            - \\tfrac12 \\sum_j (\\nu - j - 1) \\big(\\psi(\\tfrac{\\nu - j}{2}) + \\log 2\\big)
+            + \\tfrac{\\nu r}{2} (1 + \\log 2) - r \\log 2 + \\log \\Gamma_r(\\nu / 2).
+        """
+        rank, df = self.rank, self.df
+        reference = self._reference()
+        with _Fp32(reference):
+            dtype = _math_dtype(reference)
+            if self.log_scale_diagonal is not None:
+                log_diag = self.log_scale_diagonal.to(dtype)
+            else:
+                log_diag = self._scale_tril.to(dtype).diagonal(dim1=-2, dim2=-1).log()
+            weights = torch.arange(1, rank + 1, device=reference.device, dtype=dtype)
+            return (weights * log_diag).sum(-1) + _cholesky_entropy_constant(df, rank)
+
+
+def _cholesky_entropy_constant(df: float, rank: int) -> float:
+    """The part of :meth:`WishartCholesky.entropy` that does not depend on the scale."""
+    offsets = torch.arange(rank, dtype=torch.float64)
+    expected_log_chi2 = torch.digamma(0.5 * (df - offsets)) + math.log(2.0)  # E log chi^2_{nu - j}
+    return (-0.5 * ((df - offsets - 1.0) * expected_log_chi2).sum().item()
+            + 0.5 * df * rank * (1.0 + math.log(2.0)) - rank * math.log(2.0) + _mvlgamma(0.5 * df, rank))
 
 
 def _df_terms(df_p: float, df_q: float, rank: int) -> float:

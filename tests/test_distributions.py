@@ -187,6 +187,7 @@ def test_samplers_follow_the_parameters_dtype_under_a_float64_default(float64_de
         assert L.dtype == dtype and L.shape == (5, rank, rank)
         assert d.log_prob(L).dtype == dtype
         assert d.matrix_log_prob(L).dtype == dtype
+        assert d.entropy().dtype == dtype
         assert kl_divergence(d, WishartCholesky(3.0, torch.eye(rank, dtype=dtype))).dtype == dtype
     weights = torch.full((4,), 0.25, dtype=dtype)
     noise = torch.randn(rank, 6, dtype=dtype)
@@ -207,3 +208,24 @@ def test_a_full_scale_guide_runs_under_a_float64_default(float64_default):
     assert loss.dtype == torch.float64 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in guide.parameters())
+
+
+@pytest.mark.parametrize("df, diagonal", [(4.0, False), (6.5, False), (4.0, True)])
+def test_entropy_is_that_of_the_cholesky_factor_log_prob_describes(df, diagonal):
+    # H(L) = -E[log p(L)] with log_prob's density of L (not the entropy of Sigma = L L^T)
+    torch.manual_seed(12)
+    rank, n = 4, 400_000
+    scale_tril = random_scale_tril(rank, seed=13).double()
+    if diagonal:
+        d = WishartCholesky.from_log_diagonal(df, scale_tril.diagonal().log())
+    else:
+        d = WishartCholesky(df, scale_tril)
+    log_prob = d.log_prob(d.rsample((n,)))
+    assert log_prob.dtype == torch.float64
+    monte_carlo, stderr = -log_prob.mean().item(), log_prob.std().item() / math.sqrt(n)
+    assert stderr < 0.005
+    assert abs(d.entropy().item() - monte_carlo) < 4 * stderr
+    # and H(L) = H(Sigma) - E log|d Sigma / d L|, H(Sigma) being torch's Wishart entropy
+    sigma_entropy = Wishart(torch.tensor(df, dtype=torch.float64), scale_tril=d.scale_tril).entropy()
+    jacobian = d.log_abs_det_jacobian(d.rsample((n,)))
+    assert abs((sigma_entropy - jacobian.mean() - d.entropy()).item()) < 4 * jacobian.std().item() / math.sqrt(n)
