@@ -95,6 +95,10 @@ def _as_df(df, rank: int) -> float:
     if isinstance(df, torch.Tensor):
         if df.numel() != 1:
             raise ValueError("WishartCholesky.df must be a single number (a hyper-parameter)")
+        if df.requires_grad:
+            raise ValueError("WishartCholesky.df must be a number (a fixed hyper-parameter), got a tensor "
+                             "that requires grad: its gradient would be lost; use "
+                             "torch.distributions.Wishart for a learnable df")
         df = df.item()
     if not (isinstance(df, (int, float)) and not isinstance(df, bool) and math.isfinite(df)
             and df > rank - 1):
@@ -277,6 +281,21 @@ def _df_terms(df_p: float, df_q: float, rank: int) -> float:
             + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item())
 
 
+def _df_tensor(df, rank: int, device) -> torch.Tensor:
+    """``df`` as an fp64 tensor, still attached to the graph of a tensor ``df`` (no ``.item()``)."""
+    if isinstance(df, bool) or not isinstance(df, (int, float, torch.Tensor)):
+        raise ValueError(f"wishart_kl df must be a number or a tensor, got {df!r}")
+    value = torch.as_tensor(df, dtype=torch.float64, device=device)
+    if not bool(torch.all(torch.isfinite(value) & (value > rank - 1))):
+        raise ValueError(f"wishart_kl df must be finite and > r - 1 = {rank - 1}, got {df!r}")
+    return value
+
+
+def _df_terms_tensor(df_p: torch.Tensor, df_q: torch.Tensor, rank: int) -> torch.Tensor:
+    """:func:`_df_terms` of tensors (fp64), differentiable in both degrees of freedom."""
+    return (torch.mvlgamma(0.5 * df_q, rank) - torch.mvlgamma(0.5 * df_p, rank)
+            + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank))
+
 
 def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tensor) -> torch.Tensor:
     """:math:`\\mathrm{KL}(\\mathcal{W}(\\nu_p, V_p) \\,\\|\\, \\mathcal{W}(\\nu_q, V_q))` in closed form.
@@ -289,11 +308,19 @@ def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tenso
         + \\frac{\\nu_p - \\nu_q}{2} \\psi_r\\!\\left(\\tfrac{\\nu_p}{2}\\right)
 
     computed from the scale factors (:math:`\\operatorname{tr}(V_q^{-1} V_p) = \\lVert S_q^{-1} S_p \\rVert_F^2`).
-    With equal degrees of freedom (numbers) the last three terms vanish and are not computed.
+    With equal degrees of freedom given as numbers the last three terms vanish and are not computed.
+    A degree of freedom given as a tensor may carry a batch shape and a gradient: the KL is then
+    computed with tensors (the :math:`\\nu`-terms in fp64), so the gradient reaches it.
     """
     rank = scale_tril_p.shape[-1]
-    df_p, df_q = _as_df(df_p, rank), _as_df(df_q, rank)
     dtype = _math_dtype(scale_tril_p, scale_tril_q)
+    if torch.is_tensor(df_p) or torch.is_tensor(df_q):
+        df_p, df_q = _df_tensor(df_p, rank, scale_tril_p.device), _df_tensor(df_q, rank, scale_tril_p.device)
+        df_terms = _df_terms_tensor(df_p, df_q, rank).to(dtype)
+        df_p, df_q = df_p.to(dtype), df_q.to(dtype)
+    else:
+        df_p, df_q = _as_df(df_p, rank), _as_df(df_q, rank)
+        df_terms = _df_terms(df_p, df_q, rank)
     with _Fp32(scale_tril_p):
         scale_tril_p, scale_tril_q = scale_tril_p.to(dtype), scale_tril_q.to(dtype)
         shape = torch.broadcast_shapes(scale_tril_p.shape, scale_tril_q.shape)
@@ -304,7 +331,7 @@ def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tenso
         log_det_p = 2.0 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         log_det_q = 2.0 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         kl = 0.5 * df_q * (log_det_q - log_det_p) + 0.5 * df_p * (trace - rank)
-        return kl + _df_terms(df_p, df_q, rank)
+        return kl + df_terms
 
 
 @register_kl(WishartCholesky, WishartCholesky)
@@ -322,8 +349,7 @@ def _kl_wishart_cholesky(p: WishartCholesky, q: WishartCholesky) -> torch.Tensor
 
 @register_kl(Wishart, Wishart)
 def _kl_wishart(p: Wishart, q: Wishart) -> torch.Tensor:
-    if p.df.numel() != 1 or q.df.numel() != 1:
-        raise ValueError("the closed-form Wishart KL here takes one df per distribution")
+    # df stays a tensor (batched, and learnable: the gradient reaches it)
     return wishart_kl(p.df, p.scale_tril, q.df, q.scale_tril)
 
 
