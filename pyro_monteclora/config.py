@@ -62,8 +62,19 @@ class MonteCLoRAConfig:
         ``2e-2`` best for MiniLM at learning rate ``3e-3`` (see the README).
     :param float dirichlet_concentration: prior concentration :math:`\\alpha_0 > 0` of the mixture weights.
     :param float cooperative_weight: weight :math:`w \\ge 0` of the paper's cooperative term
-        :math:`-w \\sum_k \\pi_k^2` added to the ELBO (0 keeps the true ELBO).
-    :param float kl_weight: weight :math:`\\lambda \\ge 0` on the latent sites (1 is the true ELBO).
+        :math:`-w \\sum_k \\pi_k^2` added to the ELBO (0 keeps the true ELBO), once per random
+        factor (per adapted layer, and per :math:`B` with ``random_B``), summed over them, neither
+        scaled by the data plate nor annealed. The ELBO's likelihood is scaled to the whole data set
+        (:math:`D/B`), so in :func:`~pyro_monteclora.train.fit`'s loss per example it weighs
+        :math:`w / D`: a weight :math:`w'` in a loss per example
+        (:math:`\\text{mean NLL} + w' \\sum_\\ell \\sum_k \\pi_{\\ell k}^2`) is ``cooperative_weight``
+        :math:`= D w'` (see *The objective* in the docs' method page).
+    :param float kl_weight: weight :math:`\\lambda \\ge 0` on the latent sites (1 is the true ELBO):
+        the ELBO subtracts :math:`\\lambda \\sum_\\ell \\mathrm{KL}_\\ell`, summed over the random
+        factors, from a likelihood scaled to the whole data set (:math:`D/B`), so per example the
+        KL weighs :math:`\\lambda / D`. A weight :math:`\\lambda'` in a loss per example
+        (:math:`\\text{mean NLL} + \\lambda' \\sum_\\ell \\mathrm{KL}_\\ell`) is ``kl_weight``
+        :math:`= D \\lambda'`; the true ELBO is :math:`\\lambda' = 1 / D`.
     :param bool random_B: also make ``B`` random, with its own Wishart and Dirichlet (off in the paper).
     :param str bias: ``"none"`` (frozen biases, as PEFT's default) or ``"all"`` (train the biases of
         adapted layers as point estimates).

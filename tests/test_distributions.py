@@ -270,3 +270,42 @@ def test_a_df_that_requires_grad_is_refused_not_detached():
         WishartCholesky(torch.tensor(4.0, requires_grad=True), torch.eye(3))
     with pytest.raises(ValueError, match=r"wishart_kl df must be finite and > r - 1 = 2, got"):
         wishart_kl(torch.tensor(1.5), torch.eye(3), 4.0, torch.eye(3))
+
+
+@pytest.mark.parametrize("elbo", ["monteclora", "meanfield"])
+def test_kl_weight_and_cooperative_weight_enter_the_elbo_as_documented(elbo):
+    # -ELBO = -(D/B) sum log p + lambda_t sum_l KL_l + w sum_l sum_k pi_lk^2 (docs/method.rst): the
+    # KLs and the cooperative term once per factor, neither scaled by D/B; annealing scales only KL
+    import pyro
+    from pyro import poutine
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, kl_scale
+    from pyro_monteclora.elbo import MonteCLoRAELBO
+
+    from conftest import classification_batch, tiny_bert_classifier
+
+    batch, dataset_size = classification_batch(), 100
+    estimator = MonteCLoRAELBO() if elbo == "monteclora" else TraceMeanField_ELBO()
+
+    def negative_elbo(kl_weight, cooperative_weight, anneal=1.0):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(
+            rank=4, kl_weight=kl_weight, cooperative_weight=cooperative_weight, modules_to_save=["classifier"]))
+        guide = MonteCLoRAGuide(model)
+        pyro.set_rng_seed(1)
+        guide_trace = poutine.trace(guide).get_trace()
+        pyro.set_rng_seed(1)
+        with kl_scale(anneal):
+            loss = estimator.differentiable_loss(model, guide, **batch, dataset_size=dataset_size).item()
+        cooperative = sum(site["value"].pow(2).sum().item() for name, site in guide_trace.nodes.items()
+                          if name.endswith(".mixture_weights"))
+        return loss, guide.kl_divergence().item(), cooperative, len(model.adapters())
+
+    plain, kl, cooperative, layers = negative_elbo(0.0, 0.0)
+    assert layers == 4 and kl > 0 and cooperative > 0  # query and value of two BERT layers
+    for kl_weight, cooperative_weight, anneal in [(1.0, 0.0, 1.0), (3.0, 2.0, 1.0), (2.0, 5.0, 0.25)]:
+        loss, *_ = negative_elbo(kl_weight, cooperative_weight, anneal)
+        expected = plain + anneal * kl_weight * kl + cooperative_weight * cooperative
+        assert math.isclose(loss, expected, rel_tol=1e-5), (kl_weight, cooperative_weight, anneal)
