@@ -28,8 +28,10 @@ that is the Wishart density of :math:`\\Sigma = L L^\\top` times the Jacobian
 :math:`|\\partial \\Sigma / \\partial L| = 2^r \\prod_j L_{jj}^{r - j}`.
 :meth:`WishartCholesky.matrix_log_prob` gives the Wishart density of :math:`\\Sigma` itself.
 KL divergences do not depend on the parameterisation, so the KL between two
-:class:`WishartCholesky` equals the KL between the Wisharts they describe.
-All of this math runs in fp32 with autocast off.
+:class:`WishartCholesky` equals the KL between the Wisharts they describe; entropies do, and
+:meth:`WishartCholesky.entropy` is the entropy of :math:`L`, the one that goes with ``log_prob``.
+All of this math runs with autocast off, in fp32 or, when a parameter is fp64, in fp64 (never in
+bf16/fp16, whatever torch's default dtype).
 """
 
 from __future__ import annotations
@@ -68,6 +70,15 @@ class _Fp32:
             self.context.__exit__(*exc)
 
 
+def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the math runs in: fp32, or fp64 when one of ``tensors`` is fp64 (bf16/fp16 are
+    promoted to fp32; torch's default dtype plays no part)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 def _mvlgamma(a: float, p: int) -> float:
     """:math:`\\log \\Gamma_p(a)` of a Python number."""
     return p * (p - 1) / 4 * math.log(math.pi) + sum(math.lgamma(a - i / 2) for i in range(p))
@@ -84,6 +95,10 @@ def _as_df(df, rank: int) -> float:
     if isinstance(df, torch.Tensor):
         if df.numel() != 1:
             raise ValueError("WishartCholesky.df must be a single number (a hyper-parameter)")
+        if df.requires_grad:
+            raise ValueError("WishartCholesky.df must be a number (a fixed hyper-parameter), got a tensor "
+                             "that requires grad: its gradient would be lost; use "
+                             "torch.distributions.Wishart for a learnable df")
         df = df.item()
     if not (isinstance(df, (int, float)) and not isinstance(df, bool) and math.isfinite(df)
             and df > rank - 1):
@@ -170,16 +185,18 @@ class WishartCholesky(TorchDistribution):
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         rank = self.rank
-        with _Fp32(self._reference()):
-            device = self._reference().device
+        reference = self._reference()
+        with _Fp32(reference):
+            device, dtype = reference.device, _math_dtype(reference)
             # Bartlett: chi-square diagonal with nu - j degrees of freedom, N(0, 1) below it.
-            half_dfs = (0.5 * self.df - 0.5 * torch.arange(rank, device=device)).expand(shape[:-1])
+            offsets = torch.arange(rank, device=device, dtype=dtype)
+            half_dfs = (0.5 * self.df - 0.5 * offsets).expand(shape[:-1])
             chi2 = 2.0 * torch._standard_gamma(half_dfs.contiguous())
             diagonal = chi2.clamp_min(torch.finfo(chi2.dtype).tiny).sqrt()
-            bartlett = torch.randn(shape, device=device).tril(-1) + torch.diag_embed(diagonal)
+            bartlett = torch.randn(shape, device=device, dtype=dtype).tril(-1) + torch.diag_embed(diagonal)
             if self.log_scale_diagonal is not None:  # diag(e^sigma) T scales the rows of T
-                return self.log_scale_diagonal.float().exp().unsqueeze(-1) * bartlett
-            return self._scale_tril.float() @ bartlett
+                return self.log_scale_diagonal.to(dtype).exp().unsqueeze(-1) * bartlett
+            return self._scale_tril.to(dtype) @ bartlett
 
     def log_abs_det_jacobian(self, value: torch.Tensor) -> torch.Tensor:
         """:math:`\\log |\\partial (L L^\\top) / \\partial L| = r \\log 2 + \\sum_j (r - j) \\log L_{jj}`."""
@@ -191,11 +208,11 @@ class WishartCholesky(TorchDistribution):
     def _log_kernel(self, value: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
         log_diag = value.diagonal(dim1=-2, dim2=-1).log()
         if self.log_scale_diagonal is not None:
-            log_scale = self.log_scale_diagonal.float()
+            log_scale = self.log_scale_diagonal.to(value.dtype)
             whitened = value * (-log_scale).exp().unsqueeze(-1)
             log_det_scale = log_scale.sum(-1)
         else:
-            scale_tril = self._scale_tril.float()
+            scale_tril = self._scale_tril.to(value.dtype)
             whitened = torch.linalg.solve_triangular(scale_tril, value, upper=False)
             log_det_scale = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         return ((powers * log_diag).sum(-1) - 0.5 * whitened.pow(2).sum((-2, -1))
@@ -204,22 +221,52 @@ class WishartCholesky(TorchDistribution):
     def matrix_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Wishart log density of :math:`\\Sigma = L L^\\top`, evaluated from ``value`` :math:`= L`."""
         with _Fp32(value):
-            value = value.float()
-            powers = torch.full((self.rank,), self.df - self.rank - 1.0, device=value.device)
+            value = value.to(_math_dtype(value, self._reference()))
+            powers = torch.full((self.rank,), self.df - self.rank - 1.0, device=value.device, dtype=value.dtype)
             return self._log_kernel(value, powers)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         with _Fp32(value):
-            value = value.float()
+            value = value.to(_math_dtype(value, self._reference()))
             # (nu - r - 1) from the Wishart density plus (r - j) from the Jacobian, and r log 2.
             powers = self.df - 1.0 - torch.arange(self.rank, device=value.device, dtype=value.dtype)
             return self._log_kernel(value, powers) + self.rank * math.log(2.0)
 
     def entropy(self) -> torch.Tensor:
-        """Entropy of the Wishart matrix (equal to that of ``torch.distributions.Wishart``)."""
-        return Wishart(torch.tensor(self.df), scale_tril=self.scale_tril).entropy()
+        """Entropy of :math:`L`, :math:`-E[\\log p(L)]` with ``log_prob``'s density.
+
+        It is the Wishart's entropy (of :math:`\\Sigma`, what ``torch.distributions.Wishart.entropy``
+        returns) minus :math:`E \\log |\\partial \\Sigma / \\partial L|`, in closed form by the
+        Bartlett decomposition: :math:`\\log L_{jj} = \\log S_{jj} + \\tfrac12 \\log c_j` with
+        :math:`E \\log c_j = \\psi(\\tfrac{\\nu - j}{2}) + \\log 2`, and
+        :math:`E \\lVert S^{-1} L \\rVert_F^2 = E \\lVert T \\rVert_F^2 = \\nu r`, so
+
+        .. math::
+
+            H(L) = \\sum_{j=0}^{r-1} (j + 1) \\log S_{jj}
+            - \\tfrac12 \\sum_j (\\nu - j - 1) \\big(\\psi(\\tfrac{\\nu - j}{2}) + \\log 2\\big)
+            + \\tfrac{\\nu r}{2} (1 + \\log 2) - r \\log 2 + \\log \\Gamma_r(\\nu / 2).
+        """
+        rank, df = self.rank, self.df
+        reference = self._reference()
+        with _Fp32(reference):
+            dtype = _math_dtype(reference)
+            if self.log_scale_diagonal is not None:
+                log_diag = self.log_scale_diagonal.to(dtype)
+            else:
+                log_diag = self._scale_tril.to(dtype).diagonal(dim1=-2, dim2=-1).log()
+            weights = torch.arange(1, rank + 1, device=reference.device, dtype=dtype)
+            return (weights * log_diag).sum(-1) + _cholesky_entropy_constant(df, rank)
+
+
+def _cholesky_entropy_constant(df: float, rank: int) -> float:
+    """The part of :meth:`WishartCholesky.entropy` that does not depend on the scale."""
+    offsets = torch.arange(rank, dtype=torch.float64)
+    expected_log_chi2 = torch.digamma(0.5 * (df - offsets)) + math.log(2.0)  # E log chi^2_{nu - j}
+    return (-0.5 * ((df - offsets - 1.0) * expected_log_chi2).sum().item()
+            + 0.5 * df * rank * (1.0 + math.log(2.0)) - rank * math.log(2.0) + _mvlgamma(0.5 * df, rank))
 
 
 def _df_terms(df_p: float, df_q: float, rank: int) -> float:
@@ -227,6 +274,22 @@ def _df_terms(df_p: float, df_q: float, rank: int) -> float:
         return 0.0
     return (_mvlgamma(0.5 * df_q, rank) - _mvlgamma(0.5 * df_p, rank)
             + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item())
+
+
+def _df_tensor(df, rank: int, device) -> torch.Tensor:
+    """``df`` as an fp64 tensor, still attached to the graph of a tensor ``df`` (no ``.item()``)."""
+    if isinstance(df, bool) or not isinstance(df, (int, float, torch.Tensor)):
+        raise ValueError(f"wishart_kl df must be a number or a tensor, got {df!r}")
+    value = torch.as_tensor(df, dtype=torch.float64, device=device)
+    if not bool(torch.all(torch.isfinite(value) & (value > rank - 1))):
+        raise ValueError(f"wishart_kl df must be finite and > r - 1 = {rank - 1}, got {df!r}")
+    return value
+
+
+def _df_terms_tensor(df_p: torch.Tensor, df_q: torch.Tensor, rank: int) -> torch.Tensor:
+    """:func:`_df_terms` of tensors (fp64), differentiable in both degrees of freedom."""
+    return (torch.mvlgamma(0.5 * df_q, rank) - torch.mvlgamma(0.5 * df_p, rank)
+            + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank))
 
 
 def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tensor) -> torch.Tensor:
@@ -240,12 +303,21 @@ def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tenso
         + \\frac{\\nu_p - \\nu_q}{2} \\psi_r\\!\\left(\\tfrac{\\nu_p}{2}\\right)
 
     computed from the scale factors (:math:`\\operatorname{tr}(V_q^{-1} V_p) = \\lVert S_q^{-1} S_p \\rVert_F^2`).
-    With equal degrees of freedom (numbers) the last three terms vanish and are not computed.
+    With equal degrees of freedom given as numbers the last three terms vanish and are not computed.
+    A degree of freedom given as a tensor may carry a batch shape and a gradient: the KL is then
+    computed with tensors (the :math:`\\nu`-terms in fp64), so the gradient reaches it.
     """
     rank = scale_tril_p.shape[-1]
-    df_p, df_q = _as_df(df_p, rank), _as_df(df_q, rank)
+    dtype = _math_dtype(scale_tril_p, scale_tril_q)
+    if torch.is_tensor(df_p) or torch.is_tensor(df_q):
+        df_p, df_q = _df_tensor(df_p, rank, scale_tril_p.device), _df_tensor(df_q, rank, scale_tril_p.device)
+        df_terms = _df_terms_tensor(df_p, df_q, rank).to(dtype)
+        df_p, df_q = df_p.to(dtype), df_q.to(dtype)
+    else:
+        df_p, df_q = _as_df(df_p, rank), _as_df(df_q, rank)
+        df_terms = _df_terms(df_p, df_q, rank)
     with _Fp32(scale_tril_p):
-        scale_tril_p, scale_tril_q = scale_tril_p.float(), scale_tril_q.float()
+        scale_tril_p, scale_tril_q = scale_tril_p.to(dtype), scale_tril_q.to(dtype)
         shape = torch.broadcast_shapes(scale_tril_p.shape, scale_tril_q.shape)
         whitened = torch.linalg.solve_triangular(
             scale_tril_q.expand(shape), scale_tril_p.expand(shape), upper=False
@@ -254,7 +326,7 @@ def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tenso
         log_det_p = 2.0 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         log_det_q = 2.0 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         kl = 0.5 * df_q * (log_det_q - log_det_p) + 0.5 * df_p * (trace - rank)
-        return kl + _df_terms(df_p, df_q, rank)
+        return kl + df_terms
 
 
 @register_kl(WishartCholesky, WishartCholesky)
@@ -262,7 +334,8 @@ def _kl_wishart_cholesky(p: WishartCholesky, q: WishartCholesky) -> torch.Tensor
     if p.log_scale_diagonal is not None and q.log_scale_diagonal is not None:
         # diagonal scales: log|V| = 2 sum sigma, tr(V_q^-1 V_p) = sum exp(2 (sigma_p - sigma_q))
         with _Fp32(p.log_scale_diagonal):
-            sigma_p, sigma_q = p.log_scale_diagonal.float(), q.log_scale_diagonal.float()
+            dtype = _math_dtype(p.log_scale_diagonal, q.log_scale_diagonal)
+            sigma_p, sigma_q = p.log_scale_diagonal.to(dtype), q.log_scale_diagonal.to(dtype)
             kl = (q.df * (sigma_q.sum(-1) - sigma_p.sum(-1))
                   + 0.5 * p.df * ((2.0 * (sigma_p - sigma_q)).exp().sum(-1) - p.rank))
             return kl + _df_terms(p.df, q.df, p.rank)
@@ -271,8 +344,7 @@ def _kl_wishart_cholesky(p: WishartCholesky, q: WishartCholesky) -> torch.Tensor
 
 @register_kl(Wishart, Wishart)
 def _kl_wishart(p: Wishart, q: Wishart) -> torch.Tensor:
-    if p.df.numel() != 1 or q.df.numel() != 1:
-        raise ValueError("the closed-form Wishart KL here takes one df per distribution")
+    # df stays a tensor (batched, and learnable: the gradient reaches it)
     return wishart_kl(p.df, p.scale_tril, q.df, q.scale_tril)
 
 
@@ -314,7 +386,8 @@ class StandardNormalMatrix(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         count = self.event_shape.numel()
-        return -0.5 * value.float().pow(2).sum((-2, -1)) - 0.5 * count * math.log(2 * math.pi)
+        value = value.to(_math_dtype(value))
+        return -0.5 * value.pow(2).sum((-2, -1)) - 0.5 * count * math.log(2 * math.pi)
 
     def entropy(self) -> torch.Tensor:
         count = self.event_shape.numel()
@@ -342,12 +415,13 @@ def lora_perturbation(
     :param weights: :math:`\\pi`, shape ``(..., N)``.
     :param noise: :math:`Z`, shape ``(..., r, d)``.
     :param sample_scaler: :math:`s`.
-    :returns: :math:`s \\lVert\\pi\\rVert L Z`, shape ``(..., r, d)``, in fp32.
+    :returns: :math:`s \\lVert\\pi\\rVert L Z`, shape ``(..., r, d)``, in fp32 (fp64 if an input is).
     """
     with _Fp32(noise):
-        norm = torch.linalg.vector_norm(weights.float(), dim=-1)
+        dtype = _math_dtype(scale_tril, weights, noise)
+        norm = torch.linalg.vector_norm(weights.to(dtype), dim=-1)
         # scale the (r, r) factor rather than the (r, d) product: the same number, less work
-        return ((sample_scaler * norm)[..., None, None] * scale_tril.float()) @ noise.float()
+        return ((sample_scaler * norm)[..., None, None] * scale_tril.to(dtype)) @ noise.to(dtype)
 
 
 def lora_perturbation_mixture(
@@ -361,5 +435,6 @@ def lora_perturbation_mixture(
     the reference the fast form is tested against.
     """
     with _Fp32(noises):
-        components = scale_tril.float().unsqueeze(-3) @ noises.float()
-        return sample_scaler * (weights.float()[..., None, None] * components).sum(-3)
+        dtype = _math_dtype(scale_tril, weights, noises)
+        components = scale_tril.to(dtype).unsqueeze(-3) @ noises.to(dtype)
+        return sample_scaler * (weights.to(dtype)[..., None, None] * components).sum(-3)

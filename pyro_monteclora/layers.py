@@ -21,8 +21,9 @@ The noise site is shared by model and guide, so its log-density ratio is exactly
 paid twice for it (see :func:`~pyro_monteclora.distributions.lora_perturbation`). With
 ``random_B=True`` the same four sites exist under ``<path>.lora_B`` for :math:`B`'s rows.
 
-The low-rank branch always runs in fp32 with autocast off, so that a perturbation of relative size
-:math:`s \\ll 2^{-8}` is not rounded away when the base runs in bf16/fp16.
+The low-rank branch always runs in fp32 with autocast off, so that :math:`A` keeps a perturbation of
+relative size :math:`s \\ll 2^{-8}` when the base runs in bf16/fp16; how much of it reaches a
+bf16/fp16 *output* is said in :meth:`MonteCLoRALinear.forward`.
 """
 
 from __future__ import annotations
@@ -180,6 +181,28 @@ class MonteCLoRALinear(nn.Module):
         self._factors = (A, B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`W_0 x + b + \\gamma B A \\operatorname{dropout}(x)`, in the base layer's output dtype.
+
+        The low-rank update is computed in fp32 with autocast off and added to the base output in
+        fp32; the sum is rounded once to the base's dtype (what the next layer expects). In fp32 the
+        whole layer is one fused ``addmm``.
+
+        **Where a bf16 output loses the perturbation.** The perturbation of an output,
+        :math:`\\Delta y = \\gamma B (s \\lVert\\pi\\rVert L Z) x`, can only show as whole steps of the
+        output dtype. bf16 keeps 8 significant bits, so neighbouring values at :math:`|y|` are
+        :math:`\\delta(y) = 2^{\\lfloor \\log_2 |y| \\rfloor - 7}` apart, between :math:`2^{-8}|y|` and
+        :math:`2^{-7}|y|`. Rounded once, an output moves (by at least one step) exactly when
+        :math:`y + \\Delta y` and :math:`y` round differently, that is with probability
+        :math:`\\min(1, |\\Delta y| / \\delta(y))` over the position of :math:`y` between two steps:
+        always when :math:`|\\Delta y| > 2^{-7} \\max(|y|, |y + \\Delta y|)`, and for a relative size
+        :math:`|\\Delta y| / |y| = \\rho < 2^{-8}` in about :math:`128\\rho` to :math:`256\\rho` of the
+        outputs; the others carry none of this draw's perturbation. fp16 (11 bits) has
+        :math:`\\delta(y) = 2^{\\lfloor \\log_2 |y| \\rfloor - 10}`, eight times finer.
+        ``tests/test_precision.py`` checks this law on a bf16 layer whose :math:`|\\Delta y| / |y|` is
+        :math:`13 s` (median): at :math:`s = 10^{-6}` 1.1% of the outputs move (0.4% if the update
+        were cast to bf16 before the add, which rounds twice), at :math:`s = 10^{-4}` 37%, at
+        :math:`s = 10^{-2}` 99%.
+        """
         result = self.base_layer(x)
         A, B = self.factors()
         if (A.dim() == 2 and B.dim() == 2 and result.dtype == x.dtype == A.dtype == B.dtype == torch.float32
@@ -202,7 +225,12 @@ class MonteCLoRALinear(nn.Module):
                 update = update.reshape(*hidden.shape[:-1], -1)
             else:
                 update = F.linear(F.linear(hidden, A.float()), B.float() * self.scaling)
-        return result + update.to(result.dtype)
+            # The residual add in fp32 and one rounding to the base's dtype: casting the update
+            # first would round twice and keep about a third of the small perturbations a single
+            # rounding keeps (the docstring says where the limit is). In place when the sum is fp32.
+            if torch.promote_types(update.dtype, result.dtype) == update.dtype:
+                return update.add_(result).to(result.dtype)
+            return (update + result).to(result.dtype)
 
 
 def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:

@@ -164,3 +164,148 @@ def test_diagonal_fast_path_equals_the_general_form():
     assert fast.expand((5, 2)).rsample().shape == (5, 2, 4, 4)
     with pytest.raises(ValueError, match="exactly one"):
         WishartCholesky(4.0)
+
+
+@pytest.fixture
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_samplers_follow_the_parameters_dtype_under_a_float64_default(float64_default, dtype):
+    rank = 3
+    scale_tril = random_scale_tril(rank, seed=14).to(dtype)
+    full = WishartCholesky(4.0, scale_tril)
+    diagonal = WishartCholesky.from_log_diagonal(4.0, scale_tril.diagonal().log())
+    for d in (full, diagonal):
+        L = d.rsample((5,))
+        assert L.dtype == dtype and L.shape == (5, rank, rank)
+        assert d.log_prob(L).dtype == dtype
+        assert d.matrix_log_prob(L).dtype == dtype
+        assert d.entropy().dtype == dtype
+        assert kl_divergence(d, WishartCholesky(3.0, torch.eye(rank, dtype=dtype))).dtype == dtype
+    weights = torch.full((4,), 0.25, dtype=dtype)
+    noise = torch.randn(rank, 6, dtype=dtype)
+    assert lora_perturbation(scale_tril, weights, noise, 0.1).dtype == dtype
+    assert lora_perturbation_mixture(scale_tril, weights, noise.expand(4, rank, 6), 0.1).dtype == dtype
+    assert StandardNormalMatrix(rank, 6).log_prob(noise).dtype == dtype
+
+
+def test_a_full_scale_guide_runs_under_a_float64_default(float64_default):
+    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+    from pyro_monteclora.elbo import MonteCLoRAELBO
+
+    from conftest import classification_batch, tiny_bert_classifier
+
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, modules_to_save=["classifier"]))
+    guide = MonteCLoRAGuide(model, scale_tril="full")
+    loss = MonteCLoRAELBO().differentiable_loss(model, guide, **classification_batch(), dataset_size=8)
+    assert loss.dtype == torch.float64 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in guide.parameters())
+
+
+@pytest.mark.parametrize("df, diagonal", [(4.0, False), (6.5, False), (4.0, True)])
+def test_entropy_is_that_of_the_cholesky_factor_log_prob_describes(df, diagonal):
+    # H(L) = -E[log p(L)] with log_prob's density of L (not the entropy of Sigma = L L^T)
+    torch.manual_seed(12)
+    rank, n = 4, 400_000
+    scale_tril = random_scale_tril(rank, seed=13).double()
+    if diagonal:
+        d = WishartCholesky.from_log_diagonal(df, scale_tril.diagonal().log())
+    else:
+        d = WishartCholesky(df, scale_tril)
+    log_prob = d.log_prob(d.rsample((n,)))
+    assert log_prob.dtype == torch.float64
+    monte_carlo, stderr = -log_prob.mean().item(), log_prob.std().item() / math.sqrt(n)
+    assert stderr < 0.005
+    assert abs(d.entropy().item() - monte_carlo) < 4 * stderr
+    # and H(L) = H(Sigma) - E log|d Sigma / d L|, H(Sigma) being torch's Wishart entropy
+    sigma_entropy = Wishart(torch.tensor(df, dtype=torch.float64), scale_tril=d.scale_tril).entropy()
+    jacobian = d.log_abs_det_jacobian(d.rsample((n,)))
+    assert abs((sigma_entropy - jacobian.mean() - d.entropy()).item()) < 4 * jacobian.std().item() / math.sqrt(n)
+
+
+def _torch_wishart_kl(df_p, df_q, scale_p, scale_q):
+    return kl_divergence(Wishart(df_p, scale_tril=scale_p), Wishart(df_q, scale_tril=scale_q))
+
+
+def test_torch_wishart_kl_is_differentiable_in_a_learnable_df():
+    rank = 3
+    scale_p, scale_q = random_scale_tril(rank, seed=16).double(), random_scale_tril(rank, seed=17).double()
+    df_p = torch.tensor(5.5, dtype=torch.float64, requires_grad=True)
+    df_q = torch.tensor(3.5, dtype=torch.float64, requires_grad=True)
+    kl = _torch_wishart_kl(df_p, df_q, scale_p, scale_q)
+    kl.backward()
+    assert df_p.grad is not None and df_q.grad is not None
+    step = 1e-5
+    for which, grad in (("p", df_p.grad), ("q", df_q.grad)):
+        def at(shift):
+            with torch.no_grad():
+                p = df_p + (shift if which == "p" else 0.0)
+                q = df_q + (shift if which == "q" else 0.0)
+                return _torch_wishart_kl(p, q, scale_p, scale_q).item()
+        finite_difference = (at(step) - at(-step)) / (2 * step)
+        assert abs(finite_difference) > 0.1
+        assert math.isclose(grad.item(), finite_difference, rel_tol=1e-6), which
+    # the value is the number-df closed form
+    assert math.isclose(kl.item(), wishart_kl(5.5, scale_p, 3.5, scale_q).item(), rel_tol=1e-12)
+
+
+def test_torch_wishart_kl_takes_a_batch_of_dfs():
+    rank = 3
+    scales = torch.stack([random_scale_tril(rank, seed=s) for s in (18, 19)])
+    kl = _torch_wishart_kl(torch.tensor([4.0, 6.0]), torch.tensor(3.0), scales, torch.eye(rank))
+    expected = [wishart_kl(df, scale, 3.0, torch.eye(rank)) for df, scale in zip((4.0, 6.0), scales)]
+    torch.testing.assert_close(kl, torch.stack(expected))
+
+
+def test_a_df_that_requires_grad_is_refused_not_detached():
+    with pytest.raises(ValueError, match="WishartCholesky.df must be a number .* requires grad"):
+        WishartCholesky(torch.tensor(4.0, requires_grad=True), torch.eye(3))
+    with pytest.raises(ValueError, match=r"wishart_kl df must be finite and > r - 1 = 2, got"):
+        wishart_kl(torch.tensor(1.5), torch.eye(3), 4.0, torch.eye(3))
+
+
+@pytest.mark.parametrize("elbo", ["monteclora", "meanfield"])
+def test_kl_weight_and_cooperative_weight_enter_the_elbo_as_documented(elbo):
+    # -ELBO = -(D/B) sum log p + lambda_t sum_l KL_l + w sum_l sum_k pi_lk^2 (docs/method.rst): the
+    # KLs and the cooperative term once per factor, neither scaled by D/B; annealing scales only KL
+    import pyro
+    from pyro import poutine
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, kl_scale
+    from pyro_monteclora.elbo import MonteCLoRAELBO
+
+    from conftest import classification_batch, tiny_bert_classifier
+
+    batch, dataset_size = classification_batch(), 100
+    estimator = MonteCLoRAELBO() if elbo == "monteclora" else TraceMeanField_ELBO()
+
+    def negative_elbo(kl_weight, cooperative_weight, anneal=1.0):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(
+            rank=4, kl_weight=kl_weight, cooperative_weight=cooperative_weight, modules_to_save=["classifier"]))
+        guide = MonteCLoRAGuide(model)
+        pyro.set_rng_seed(1)
+        guide_trace = poutine.trace(guide).get_trace()
+        pyro.set_rng_seed(1)
+        with kl_scale(anneal):
+            loss = estimator.differentiable_loss(model, guide, **batch, dataset_size=dataset_size).item()
+        cooperative = sum(site["value"].pow(2).sum().item() for name, site in guide_trace.nodes.items()
+                          if name.endswith(".mixture_weights"))
+        return loss, guide.kl_divergence().item(), cooperative, len(model.adapters())
+
+    plain, kl, cooperative, layers = negative_elbo(0.0, 0.0)
+    assert layers == 4 and kl > 0 and cooperative > 0  # query and value of two BERT layers
+    for kl_weight, cooperative_weight, anneal in [(1.0, 0.0, 1.0), (3.0, 2.0, 1.0), (2.0, 5.0, 0.25)]:
+        loss, *_ = negative_elbo(kl_weight, cooperative_weight, anneal)
+        expected = plain + anneal * kl_weight * kl + cooperative_weight * cooperative
+        assert math.isclose(loss, expected, rel_tol=1e-5), (kl_weight, cooperative_weight, anneal)

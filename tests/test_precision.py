@@ -1,5 +1,6 @@
-"""Mixed precision: a bf16 base under autocast keeps a 1e-6 perturbation, trainable tensors stay
-fp32, SVI trains, and precisions a device cannot run are refused."""
+"""Mixed precision: a bf16 base under autocast keeps a 1e-6 perturbation in A, a bf16 layer output
+moves as one rounding of the exact perturbation predicts, trainable tensors stay fp32, SVI trains,
+and precisions a device cannot run are refused."""
 
 import pytest
 import torch
@@ -115,3 +116,67 @@ def test_gradient_checkpointing_refuses_several_particles():
     model.dataset_size = 8
     with pytest.raises(ValueError, match=r"gradient checkpointing needs num_particles=1"):
         fit(model, guide, [classification_batch()], num_particles=2, progress=False)
+
+
+def _bf16_layer_outputs(sample_scaler: float, under_autocast: bool):
+    """A bf16 adapted layer's outputs with and without a perturbation s Z of A, the exact (fp32)
+    outputs from the same bf16 base output, and that base output."""
+    from pyro_monteclora.layers import MonteCLoRALinear
+
+    torch.manual_seed(0)  # the base's and M's initialisation
+    generator = torch.Generator().manual_seed(0)
+    base = torch.nn.Linear(64, 128).requires_grad_(False)
+    layer = MonteCLoRALinear(base, MonteCLoRAConfig(rank=4), "layer")
+    with torch.no_grad():
+        layer.lora_B.normal_(0, 0.5, generator=generator)
+    x = torch.randn(256, 64, generator=generator)
+    if not under_autocast:
+        cast_frozen(layer, torch.bfloat16)
+        x = x.bfloat16()
+    M, B = layer.lora_A_mean.detach(), layer.lora_B.detach()
+    A = M + sample_scaler * torch.randn(M.shape, generator=generator)
+    outputs = []
+    with torch.no_grad(), autocast("cpu", torch.bfloat16 if under_autocast else torch.float32):
+        for factor in (M, A):
+            layer.hold_factors(factor, B)
+            outputs.append(layer(x))
+        result = layer.base_layer(x)
+    assert result.dtype == outputs[0].dtype == torch.bfloat16  # what the next layer expects
+    exact = [result.float() + torch.nn.functional.linear(x.float() @ factor.T, B * layer.scaling)
+             for factor in (M, A)]
+    return outputs, exact, result
+
+
+def _bf16_spacing(y: torch.Tensor) -> torch.Tensor:
+    """The distance between neighbouring bf16 numbers at |y|: 2^(floor(log2 |y|) - 7)."""
+    return torch.exp2(torch.floor(torch.log2(y.abs())) - 7)
+
+
+@pytest.mark.parametrize("under_autocast", [False, True])
+@pytest.mark.parametrize("sample_scaler", [1e-6, 1e-5, 1e-4, 1e-2])
+def test_a_bf16_output_moves_by_one_rounding_of_the_exact_perturbation(sample_scaler, under_autocast):
+    # The layer's output is bf16, so its perturbation dy survives only as whole bf16 steps: rounded
+    # once (the update kept in fp32 until the residual add), an output moves exactly when y + dy
+    # and y round differently, which happens with probability min(1, |dy| / spacing(y)).
+    (plain, perturbed), (exact_plain, exact), result = _bf16_layer_outputs(sample_scaler, under_autocast)
+    torch.testing.assert_close(plain, exact_plain.bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(perturbed, exact.bfloat16(), rtol=0, atol=0)
+    moved = perturbed != plain
+    dy = (exact - exact_plain).abs()
+    spacing = torch.maximum(_bf16_spacing(exact), _bf16_spacing(exact_plain))
+    assert moved[dy > spacing].all()  # a perturbation over one bf16 step always shows
+    assert moved[dy > 2 ** -7 * torch.maximum(exact.abs(), exact_plain.abs())].all()  # the docs' bound
+    predicted = (dy / spacing).clamp(max=1).mean().item()
+    observed = moved.float().mean().item()
+    assert abs(observed - predicted) < 0.1 * predicted + 3 * (predicted / moved.numel()) ** 0.5
+    # the numbers MonteCLoRALinear.forward's docstring quotes for this layer
+    assert 12 < (dy / exact.abs()).median().item() / sample_scaler < 14
+    # and docs/method.rst's table: (one rounding, two roundings as when the update was cast first)
+    documented = {1e-6: (0.011, 0.004), 1e-4: (0.37, 0.30), 1e-2: (0.99, 0.98)}.get(sample_scaler)
+    if documented is not None:
+        def rounded_twice(exact_output):
+            return result + (exact_output - result.float()).bfloat16()
+        twice = (rounded_twice(exact) != rounded_twice(exact_plain)).float().mean().item()
+        assert abs(observed - documented[0]) < 0.1 * documented[0]
+        assert abs(twice - documented[1]) < 0.12 * documented[1]
+        assert twice < observed
