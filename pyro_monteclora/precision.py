@@ -9,7 +9,9 @@ MonteCLoRA perturbs the adapter factor by :math:`s \\lVert\\pi\\rVert L Z` with 
   stays fp32, and AdamW updates fp32 values;
 * the Bartlett and Dirichlet draws, the perturbation and the adapter's low-rank product run in fp32
   with autocast off (:class:`~pyro_monteclora.layers.MonteCLoRALinear`); only the sum with the
-  base layer's output is cast back.
+  base layer's output is rounded back, once, so a bf16 output keeps the perturbation in whole bf16
+  steps: it moves with probability :math:`\\min(1, |\\Delta y| / \\delta(y))`, :math:`\\delta(y)`
+  the bf16 spacing at :math:`y` (see *Precision* in the docs' method page).
 
 ``fp16`` training on CUDA uses a ``torch.amp.GradScaler`` (in :func:`~pyro_monteclora.train.fit`);
 ``bf16`` needs none. fp16 on the CPU is refused: its matrix products are emulated and slow.
