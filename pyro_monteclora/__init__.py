@@ -8,7 +8,9 @@ The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
 * :class:`SequenceClassification`, :class:`CausalLM` -- likelihoods;
 * :class:`FullFineTuneModel` -- the full fine-tuning baseline through the same code;
 * :func:`fit` and :func:`predict` -- SVI and the streaming posterior predictive, conveniences over
-  ``pyro.infer`` objects that work on the model and guide as they are;
+  ``pyro.infer`` objects that work on the model and guide as they are (:class:`TrainConfig` holds
+  the optimisation settings; :class:`ClassificationEvaluator` and :class:`LanguageModelEvaluator`
+  are what ``fit(evaluate=...)`` measures after each epoch);
 * decoders: :func:`predict_multiple_choice` (options scored through the posterior predictive) and
   :func:`generate_answers` (generation with posterior sampling, majority answer and agreement);
 * ``save_pretrained`` / ``from_pretrained`` / ``export_peft`` on the model (safetensors + JSON),
@@ -27,7 +29,8 @@ from .model import MonteCLoRAModel
 from .generation import GenerationResult, generate_answers
 from .multiple_choice import predict_multiple_choice
 from .predictive import PredictiveOutput, predict
-from .train import FitResult, fit
+from .evaluators import ClassificationEvaluator, LanguageModelEvaluator
+from .train import FitResult, TrainConfig, fit
 
 __version__ = "0.1.0"
 
@@ -48,6 +51,9 @@ __all__ = [
     "CausalLM",
     "fit",
     "FitResult",
+    "TrainConfig",
+    "ClassificationEvaluator",
+    "LanguageModelEvaluator",
     "predict",
     "PredictiveOutput",
     "predict_multiple_choice",
