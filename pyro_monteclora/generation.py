@@ -138,7 +138,7 @@ def _encode_prompts(tokenizer, prompts: Sequence[str], inputs: Sequence[str], ro
     return encoded
 
 
-def _generate_texts(model, guide, tokenizer, batch: dict, num_samples: int, per_pass: int,
+def _generate_texts(model, guide, tokenizer, batch: dict, *, num_samples: int, per_pass: int,
                     settings: dict) -> List[List[str]]:
     """Each row's generations: one with the mean adapter (``num_samples`` 0), or ``num_samples``
     posterior draws decoded ``per_pass`` at a time with stacked adapters."""
@@ -226,7 +226,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
     try:
         for start in starts:
             batch = pad_batch(encoded[start:start + batch_size], pad_id, side="left")
-            texts = _generate_texts(model, guide, tokenizer, batch, draws, per_pass, settings)
+            texts = _generate_texts(model, guide, tokenizer, batch, num_samples=draws, per_pass=per_pass,
+                                    settings=settings)
             for index, generations in enumerate(texts, start):
                 refs = None if references is None else references[index]
                 results.append(_result(prompts[index], generations, refs, answer_type, draws))

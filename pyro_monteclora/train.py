@@ -478,7 +478,7 @@ def _check_run(model, config: TrainConfig, train_loader, device, resume: Optiona
     return total_steps
 
 
-def _end_epoch(svi_step: SVIStep, summary: Dict[str, float], step: int, evaluate: Optional[Evaluator],
+def _end_epoch(svi_step: SVIStep, summary: Dict[str, float], step: int, *, evaluate: Optional[Evaluator],
                callbacks: Sequence[Callback], progress: _Progress) -> None:
     """Evaluate (under the run's autocast), record the epoch, call the callbacks on rank 0, and wait
     for every rank (rank 0's checkpoint is complete before any rank goes on)."""
@@ -552,7 +552,7 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], config: Opt
                 if step >= total_steps:
                     break
                 summary, step = train_epoch(svi_step, train_loader, epoch, step, progress)
-                _end_epoch(svi_step, summary, step, evaluate, callbacks, progress)
+                _end_epoch(svi_step, summary, step, evaluate=evaluate, callbacks=callbacks, progress=progress)
     finally:
         progress.close()
     return svi_step.result
