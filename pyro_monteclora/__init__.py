@@ -10,7 +10,9 @@ The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
 * :class:`SequenceClassification`, :class:`CausalLM` -- likelihoods;
 * :class:`FullFineTuneModel` -- the full fine-tuning baseline through the same code;
 * :func:`fit` and :func:`predict` -- SVI and the streaming posterior predictive, conveniences over
-  ``pyro.infer`` objects that work on the model and guide as they are;
+  ``pyro.infer`` objects that work on the model and guide as they are (:class:`TrainConfig` holds
+  the optimisation settings; :class:`ClassificationEvaluator` and :class:`LanguageModelEvaluator`
+  are what ``fit(evaluate=...)`` measures after each epoch);
 * decoders: :func:`predict_multiple_choice` (options scored through the posterior predictive) and
   :func:`generate_answers` (generation with posterior sampling, majority answer and agreement);
 * :func:`save_pretrained` / :func:`load_pretrained` (model and guide; safetensors + JSON),
@@ -32,7 +34,8 @@ from .predictive import PredictiveOutput, predict
 from .priors import MonteCLoRAPrior
 from .serialization import load_pretrained, register_guide, save_pretrained
 from .transforms import LowerCholeskyBijection  # registers biject_to(lower_cholesky) for autoguides
-from .train import FitResult, fit
+from .evaluators import ClassificationEvaluator, LanguageModelEvaluator
+from .train import FitResult, TrainConfig, fit
 
 __version__ = "0.1.0"
 
@@ -59,6 +62,9 @@ __all__ = [
     "CausalLM",
     "fit",
     "FitResult",
+    "TrainConfig",
+    "ClassificationEvaluator",
+    "LanguageModelEvaluator",
     "predict",
     "PredictiveOutput",
     "predict_multiple_choice",

@@ -1,8 +1,8 @@
 """Full fine-tuning: the paper's third baseline, in the same Pyro code path.
 
 :class:`FullFineTuneModel` wraps a Hugging Face model without adapters and trains **every** weight
-as a point estimate. With :class:`~pyro_monteclora.MonteCLoRAGuide` in ``mode="lora"`` (a guide
-with no latent sites) the negative ELBO per example that :func:`~pyro_monteclora.fit` minimises is
+as a point estimate. With :class:`~pyro_monteclora.EmptyGuide` (a guide with no latent sites:
+the model has none) the negative ELBO per example that :func:`~pyro_monteclora.fit` minimises is
 exactly the mean cross-entropy, so LoRA, MonteCLoRA and full fine-tuning differ only in the model
 and guide, never in the training loop.
 

@@ -14,7 +14,7 @@ group (``nccl`` on CUDA, ``gloo`` on the CPU) and :func:`~pyro_monteclora.train.
   (each rank's examples seeing its own adapter draw :math:`A_r`);
 * seeds each rank's random numbers from ``(seed, epoch, rank)``: the ranks draw independent adapter
   noise, and a resumed run draws what an uninterrupted one would;
-* shows progress and calls ``on_epoch_end`` (checkpoints) on rank 0 only;
+* shows progress and calls the callbacks (``on_epoch_end``: checkpoints) on rank 0 only;
 * gathers the evaluation from all ranks (:func:`evaluation_sampler` shards it without padding).
 """
 

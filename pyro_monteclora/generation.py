@@ -122,6 +122,69 @@ def _decode(tokenizer, rows: torch.Tensor) -> List[str]:
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
+def _encode_prompts(tokenizer, prompts: Sequence[str], inputs: Sequence[str], room: int) -> List[List[int]]:
+    """The prompts' token ids, each cut from the left to its last ``room`` tokens (with one warning,
+    shown at the caller of :func:`generate_answers`, past its ``torch.no_grad`` wrapper, saying how
+    many were cut)."""
+    encoded, cut = [], 0
+    for prompt, extra in zip(prompts, inputs):
+        ids = encode_prompt(tokenizer, prompt, extra)
+        cut += len(ids) > room
+        encoded.append(ids[-room:])
+    if cut:
+        import warnings
+
+        warnings.warn(f"{cut} of {len(prompts)} prompts were longer than max_length - max_new_tokens = "
+                      f"{room} tokens and were cut from the left", stacklevel=4)
+    return encoded
+
+
+def _generate_texts(model, guide, tokenizer, batch: dict, *, num_samples: int, per_pass: int,
+                    settings: dict) -> List[List[str]]:
+    """Each row's generations: one with the mean adapter (``num_samples`` 0), or ``num_samples``
+    posterior draws decoded ``per_pass`` at a time with stacked adapters."""
+    device = next(model.parameters()).device
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    width, rows = ids.shape[1], ids.shape[0]
+    texts: List[List[str]] = [[] for _ in range(rows)]
+    if num_samples == 0:
+        with model.mean_adapters():
+            out = model.network.generate(input_ids=ids, attention_mask=mask, **settings)
+        for row, text in enumerate(_decode(tokenizer, out[:, width:])):
+            texts[row].append(text)
+        return texts
+    done = 0
+    while done < num_samples:
+        k = min(per_pass, num_samples - done)
+        with model.stacked_adapters(guide, k) as network:
+            out = network.generate(input_ids=ids.repeat(k, 1), attention_mask=mask.repeat(k, 1), **settings)
+        for position, text in enumerate(_decode(tokenizer, out[:, width:])):  # sample-major: row = s * b + i
+            texts[position % rows].append(text)
+        done += k
+    return texts
+
+
+def _result(prompt: str, generations: List[str], references, answer_type: str,
+            num_samples: int) -> GenerationResult:
+    """One prompt's answers, their majority and, with references, whether it is correct."""
+    answers = [extract_answer(text, answer_type) for text in generations]
+    answer, agreement = majority_vote(answers)
+    refs = None if references is None else list(references)
+    return GenerationResult(prompt=prompt, generations=generations, answers=answers, answer=answer,
+                            agreement=agreement, num_samples=num_samples, references=refs,
+                            correct=None if refs is None else is_correct(answer, refs, answer_type))
+
+
+def _check_generation_settings(answer_type: str, num_samples: int, max_new_tokens: int, batch_size: int,
+                               max_length: int) -> None:
+    if answer_type not in ANSWER_TYPES:
+        raise ValueError(f"answer_type must be one of {list(ANSWER_TYPES)}, got {answer_type!r}")
+    for name, value, low in (("num_samples", num_samples, 0), ("max_new_tokens", max_new_tokens, 1),
+                             ("batch_size", batch_size, 1), ("max_length", max_length, max_new_tokens + 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int = 0, guide=None, *,
                      inputs: Optional[Sequence[str]] = None, references=None, answer_type: str = "short",
@@ -143,31 +206,15 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
     :param generate_kwargs: passed on to ``generate`` (for example ``repetition_penalty`` or
         ``min_new_tokens``); decoding stays greedy for every draw.
     """
-    if answer_type not in ANSWER_TYPES:
-        raise ValueError(f"answer_type must be one of {list(ANSWER_TYPES)}, got {answer_type!r}")
-    for name, value, low in (("num_samples", num_samples, 0), ("max_new_tokens", max_new_tokens, 1),
-                             ("batch_size", batch_size, 1), ("max_length", max_length, max_new_tokens + 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    sampling = not uses_mean_adapter(model, guide, num_samples)
-    per_pass = min(samples_per_pass or num_samples, num_samples) if sampling else 1
+    _check_generation_settings(answer_type, num_samples, max_new_tokens, batch_size, max_length)
+    draws = num_samples if not uses_mean_adapter(model, guide, num_samples) else 0
+    per_pass = min(samples_per_pass or num_samples, num_samples) if draws else 1
     inputs = list(inputs) if inputs is not None else [""] * len(prompts)
-    room = max_length - max_new_tokens
-    encoded, cut = [], 0
-    for prompt, extra in zip(prompts, inputs):
-        ids = encode_prompt(tokenizer, prompt, extra)
-        cut += len(ids) > room
-        encoded.append(ids[-room:])
-    if cut:
-        import warnings
-
-        warnings.warn(f"{cut} of {len(prompts)} prompts were longer than max_length - max_new_tokens = "
-                      f"{room} tokens and were cut from the left", stacklevel=2)
+    encoded = _encode_prompts(tokenizer, prompts, inputs, max_length - max_new_tokens)
     pad_id = pad_token_id(tokenizer)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
                     eos_token_id=end_token_id(tokenizer), temperature=None, top_p=None, top_k=None)
     settings.update(generate_kwargs)
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     results: List[GenerationResult] = []
@@ -179,34 +226,11 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
     try:
         for start in starts:
             batch = pad_batch(encoded[start:start + batch_size], pad_id, side="left")
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            width, rows = ids.shape[1], ids.shape[0]
-            texts: List[List[str]] = [[] for _ in range(rows)]
-            if not sampling:
-                with model.mean_adapters():
-                    out = model.network.generate(input_ids=ids, attention_mask=mask, **settings)
-                for row, text in enumerate(_decode(tokenizer, out[:, width:])):
-                    texts[row].append(text)
-            else:
-                done = 0
-                while done < num_samples:
-                    k = min(per_pass, num_samples - done)
-                    with model.stacked_adapters(guide, k) as network:
-                        out = network.generate(input_ids=ids.repeat(k, 1), attention_mask=mask.repeat(k, 1),
-                                               **settings)
-                    decoded = _decode(tokenizer, out[:, width:])
-                    for position, text in enumerate(decoded):  # sample-major: row = s * b + i
-                        texts[position % rows].append(text)
-                    done += k
-            for row, generations in enumerate(texts):
-                index = start + row
-                answers = [extract_answer(text, answer_type) for text in generations]
-                answer, agreement = majority_vote(answers)
-                refs = None if references is None or references[index] is None else list(references[index])
-                results.append(GenerationResult(
-                    prompt=prompts[index], generations=generations, answers=answers, answer=answer,
-                    agreement=agreement, num_samples=num_samples if sampling else 0, references=refs,
-                    correct=None if refs is None else is_correct(answer, refs, answer_type)))
+            texts = _generate_texts(model, guide, tokenizer, batch, num_samples=draws, per_pass=per_pass,
+                                    settings=settings)
+            for index, generations in enumerate(texts, start):
+                refs = None if references is None else references[index]
+                results.append(_result(prompts[index], generations, refs, answer_type, draws))
     finally:
         model.train(was_training)
     return results

@@ -203,5 +203,5 @@ def predict_multiple_choice(model, guide, loader, num_samples: int = 10, device=
         table[batch["option_question"], batch["option_slot"]] = scores
         return table.log_softmax(-1)
 
-    return posterior_predictive(model, guide, loader, option_log_probs, num_samples, device, progress,
-                                desc="multiple choice")
+    return posterior_predictive(model, guide, loader, option_log_probs, num_samples=num_samples,
+                                device=device, progress=progress, desc="multiple choice")

@@ -158,4 +158,5 @@ def predict(model: HFPyroModel, guide, loader: Iterable[dict], num_samples: int 
         raise ValueError(
             f"predict() needs a sequence-classification likelihood, got {model.likelihood.task!r}"
         )
-    return posterior_predictive(model, guide, loader, _classifier_log_probs, num_samples, device, progress)
+    return posterior_predictive(model, guide, loader, _classifier_log_probs, num_samples=num_samples,
+                                device=device, progress=progress)

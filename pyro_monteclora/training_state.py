@@ -1,6 +1,6 @@
 """What a resumed run needs besides the model: optimiser, schedule, random state, progress.
 
-:class:`TrainingState` is what :func:`~pyro_monteclora.fit` hands to its ``on_epoch_end`` callback
+:class:`TrainingState` is what :func:`~pyro_monteclora.fit` hands to its callbacks (``on_epoch_end``)
 and takes back as ``resume=``. :func:`save_training_state` writes it next to a saved model as
 ``training_state.safetensors`` (the optimiser's moment tensors and the torch random state) and
 ``training_state.json`` (the step, the epoch, the learning-rate schedule, Python's and NumPy's random

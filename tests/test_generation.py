@@ -127,6 +127,13 @@ def test_references_fill_correct_and_long_prompts_are_cut_with_a_warning():
     assert results[0].correct == (results[0].answer == "lima")
 
 
+def test_the_cut_prompt_warning_points_at_the_caller():
+    model, guide = adapted(tiny_llama(), sample_scaler=0.0)
+    with pytest.warns(UserWarning, match="cut from the left") as caught:
+        generate_answers(model, word_tokenizer(), PROMPTS[:1], 0, guide, max_new_tokens=2, max_length=5)
+    assert [w.filename for w in caught if "cut from the left" in str(w.message)] == [__file__]
+
+
 def test_gpt2_conv1d_decoders_generate_with_stacked_draws_too():
     tokenizer = word_tokenizer()
     model, guide = adapted(tiny_gpt2(), sample_scaler=1.0, targets=("c_attn",))

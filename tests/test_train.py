@@ -1,7 +1,9 @@
 """fit(): the loss falls, a learnable task is learnt, runs are reproducible, bad settings fail early."""
 
 import math
+import re
 
+import pyro
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +154,119 @@ def test_a_non_finite_loss_names_the_step_or_is_skipped_when_asked():
                  on_epoch_end=_poison_after_first_epoch(model))
     assert [bool(s.get("skipped")) for s in result.steps] == [False, False, True, True]
     assert result.steps[-1]["lr"] == 0.0  # the schedule went on through the skipped steps
+
+
+# -- the pieces of fit: TrainConfig, callbacks, evaluate, SVIStep/train_epoch ----------------------
+from dataclasses import FrozenInstanceError, fields  # noqa: E402
+
+from pyro_monteclora.evaluators import (ClassificationEvaluator, LanguageModelEvaluator,  # noqa: E402
+                                        evaluator_for)
+from pyro_monteclora.train import SVIStep, TrainConfig, train_epoch  # noqa: E402
+
+BAD_FIELDS = [
+    ("epochs", 0), ("epochs", 1.5), ("max_steps", 0), ("learning_rate", 0.0), ("learning_rate", math.inf),
+    ("weight_decay", -1e-3), ("warmup_ratio", -0.1), ("warmup_ratio", True), ("max_grad_norm", -1.0),
+    ("loss", "elbo"), ("loss", None), ("num_particles", 0), ("kl_anneal_steps", -1), ("log_every", 0),
+    ("seed", -1), ("seed", 1.0), ("skip_nonfinite", 1), ("dtype", torch.float64), ("dtype", "bf16"),
+    ("validate_args", "yes"), ("progress", None), ("desc", 3),
+]
+
+
+def test_every_train_config_field_is_checked():
+    assert {name for name, _ in BAD_FIELDS} == {f.name for f in fields(TrainConfig)}
+
+
+@pytest.mark.parametrize("name,value", BAD_FIELDS)
+def test_a_bad_train_config_field_is_named(name, value):
+    with pytest.raises(ValueError, match=rf"^fit\(\): {name} must be .*, got {re.escape(repr(value))}$"):
+        TrainConfig(**{name: value})
+    with pytest.raises(ValueError, match=rf"^fit\(\): {name} must be"):  # and replace() validates too
+        TrainConfig().replace(**{name: value})
+
+
+def test_train_config_is_frozen_and_fit_keywords_override_it():
+    config = TrainConfig(epochs=3, progress=False)
+    with pytest.raises(FrozenInstanceError):
+        config.epochs = 2
+    model, guide = make()
+    train, _ = loaders(train_size=32)
+    assert len(fit(model, guide, train, config, epochs=1).steps) == 2  # 32 / 16, one epoch
+    with pytest.raises(TypeError, match="learning_rte"):
+        fit(model, guide, train, config, learning_rte=1e-3)
+
+
+def test_callbacks_get_the_training_state_after_every_epoch():
+    model, guide = make()
+    train, _ = loaders(train_size=32)
+    calls = []
+    result = fit(model, guide, train, epochs=3, progress=False,
+                 callbacks=[lambda state: calls.append(("a", state)), lambda state: calls.append(("b", state))],
+                 on_epoch_end=lambda state: calls.append(("on_epoch_end", state)))
+    assert [name for name, _ in calls] == ["a", "b", "on_epoch_end"] * 3
+    states = [state for name, state in calls if name == "a"]
+    assert [(s.epoch, s.step) for s in states] == [(1, 2), (2, 4), (3, 6)]
+    assert [len(s.history["epochs"]) for s in states] == [1, 2, 3]
+    assert states[-1].history["epochs"] == result.epochs and len(states[-1].history["steps"]) == 6
+    assert all(s.optimizer["state"] and s.scheduler["last_epoch"] == s.step and "torch" in s.rng for s in states)
+    with pytest.raises(ValueError, match="callbacks"):
+        fit(model, guide, train, progress=False, callbacks=["checkpoint"])
+
+
+def test_a_custom_evaluate_is_used_and_its_metrics_land_in_the_epochs():
+    model, guide = make()
+    train, test = loaders(train_size=32)
+    seen = []
+
+    def evaluate(model_, guide_):
+        seen.append((model_ is model, guide_ is guide, model_.training))
+        return {"custom": float(len(seen))}
+
+    result = fit(model, guide, train, epochs=2, progress=False, evaluate=evaluate)
+    assert seen == [(True, True, True)] * 2
+    assert [(e["epoch"], e["custom"]) for e in result.epochs] == [(0, 1.0), (1, 2.0)]
+    assert all(set(e) == {"epoch", "loss", "custom"} for e in result.epochs)
+    with pytest.raises(ValueError, match="evaluate= or eval_loader="):
+        fit(model, guide, train, progress=False, evaluate=evaluate, eval_loader=test)
+    with pytest.raises(ValueError, match="evaluate must be"):
+        fit(model, guide, train, progress=False, evaluate="accuracy")
+
+
+def test_eval_loader_is_the_evaluator_of_the_likelihood():
+    from conftest import tiny_llama
+
+    epochs = []
+    for explicit in (False, True):
+        model, guide = make(sample_scaler=0.1)
+        train, test = loaders(train_size=32)  # a fresh shuffle generator for each run
+        evaluation = (dict(evaluate=ClassificationEvaluator(test, num_samples=2, ece_bins=5)) if explicit
+                      else dict(eval_loader=test, eval_num_samples=2, ece_bins=5))
+        epochs.append(fit(model, guide, train, epochs=2, seed=0, progress=False, **evaluation).epochs)
+    assert epochs[0] == epochs[1] and "ece" in epochs[0][0]
+    assert isinstance(evaluator_for(model, test), ClassificationEvaluator)
+    decoder = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj"]))
+    assert isinstance(evaluator_for(decoder, test, num_samples=3), LanguageModelEvaluator)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 0"):
+        ClassificationEvaluator(test, num_samples=-1)
+
+
+def test_fit_is_svi_step_and_train_epoch_repeated():
+    """The pieces on their own train exactly as fit does."""
+    params, histories = [], []
+    for by_hand in (False, True):
+        model, guide = make(sample_scaler=0.1)
+        train, _ = loaders(train_size=48)
+        config = TrainConfig(epochs=2, learning_rate=1e-2, seed=5, log_every=2, progress=False)
+        if by_hand:
+            pyro.set_rng_seed(config.seed)
+            model.dataset_size = 48
+            svi_step, step = SVIStep(model, guide, config, dataset_size=48, total_steps=6), 0
+            model.train()
+            for epoch in range(2):
+                summary, step = train_epoch(svi_step, train, epoch, step)
+                svi_step.result.epochs.append(summary)
+            result = svi_step.result
+        else:
+            result = fit(model, guide, train, config)
+        params.append(torch.cat([p.detach().flatten() for p in list(model.parameters()) + list(guide.parameters())]))
+        histories.append((result.steps, result.epochs))
+    assert torch.equal(params[0], params[1]) and histories[0] == histories[1]

@@ -20,7 +20,9 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Optional
 
 from .options import (UsageError, adapter_config, adapter_dests, add_adapter_options, add_data_options,
                       add_model_options, check_adapter_options, check_number, check_output_folder,
@@ -223,54 +225,22 @@ def run_train(args, parser_defaults: dict) -> int:
     if arguments["max_train_samples"]:
         splits["train"] = splits["train"].subset(arguments["max_train_samples"])
     model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
-
-    import pyro
-    import torch
-
-    from ..distributed import init_distributed, launched_world_size
-    from ..serialization import CheckpointError, load_pretrained
-    from ..training_state import load_training_state
-
     max_length = arguments["max_length"] or TRAIN_DEFAULTS["causal_lm_max_length" if causal else "max_length"]
     learning_rate = arguments["learning_rate"] or TRAIN_DEFAULTS[
         "full_learning_rate" if arguments["method"] == "full" else "learning_rate"]
-    label_names = data_spec.get("label_names")
-    pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
-    tokenizer, network, fresh_modules = _load_network(model_path, arguments, label_names, args.trust_remote_code)
-    limit = getattr(network.config, "max_position_embeddings", None)
-    if limit and max_length > limit:
-        raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
-    resume_state = None
-    if checkpoint is not None:
-        try:
-            model, guide = load_pretrained(checkpoint, base_model=network)
-            resume_state = load_training_state(checkpoint)
-        except CheckpointError as error:
-            raise UsageError(f"--resume: {error}") from None
-    else:
-        model, guide = build_model(arguments["method"], network, arguments, fresh_modules)
-    if torch_dtype != torch.float32:
-        from ..precision import cast_frozen
+    job = _load_job(args, arguments, checkpoint, _TrainingJob(
+        args=args, arguments=arguments, splits=splits, data_spec=data_spec, model_path=model_path,
+        output=output, causal=causal, max_length=max_length, learning_rate=learning_rate, device=device,
+        torch_dtype=torch_dtype))
+    _check_world_size(splits, arguments)
 
-        cast_frozen(model.network, torch_dtype)
-    if args.gradient_checkpointing:
-        try:
-            model.enable_gradient_checkpointing()
-        except ValueError as error:
-            raise UsageError(f"--gradient-checkpointing: {error}") from None
-    world_size = launched_world_size()
-    if world_size > len(splits["train"]):
-        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['train'])} training examples: "
-                         f"every process needs at least one; launch at most {len(splits['train'])}")
-    if "validation" in splits and not arguments["no_validation"] and world_size > len(splits["validation"]):
-        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['validation'])} validation "
-                         f"examples: pass --no-validation or a larger validation set")
+    from ..distributed import init_distributed
+
     # everything is validated: from here on a process group may start and rank 0 writes the output
     distributed = init_distributed(device)
     finished = False
     try:
-        status = _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path,
-                        output, causal, max_length, learning_rate, resume_state, device, torch_dtype)
+        status = _train(job)
         finished = True
         return status
     finally:
@@ -282,94 +252,210 @@ def run_train(args, parser_defaults: dict) -> int:
             dist.destroy_process_group()
 
 
-def _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path, output,
-           causal, max_length, learning_rate, resume_state, device, torch_dtype) -> int:
-    """Build the (sharded) loaders, write the run folder on rank 0, train, summarise."""
+@dataclass
+class _TrainingJob:
+    """What :func:`run_train` has resolved and checked, for :func:`_train`: the run's arguments,
+    data and settings, then (from :func:`_load_job`) the tokenizer, network, model, guide and, with
+    --resume, the saved training state."""
+
+    args: argparse.Namespace
+    arguments: dict
+    splits: dict
+    data_spec: dict
+    model_path: str
+    output: Path
+    causal: bool
+    max_length: int
+    learning_rate: float
+    device: Any
+    torch_dtype: Any
+    tokenizer: Any = None
+    network: Any = None
+    model: Any = None
+    guide: Any = None
+    resume_state: Any = None
+
+
+def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJob) -> _TrainingJob:
+    """Load the network and build (or, with --resume, load) the model and guide into ``job``; cast
+    the frozen base to --dtype and turn on gradient checkpointing. Problems become exit 2."""
     import pyro
     import torch
-    import transformers
 
-    from ..atomic import atomic_directory, atomic_write_json
-    from ..distributed import barrier, is_main_process
-    from ..serialization import save_pretrained
-    from ..train import fit
-    from ..training_state import save_training_state
+    from ..serialization import CheckpointError, load_pretrained
+    from ..training_state import load_training_state
 
-    main_process = is_main_process()
-    label_names = data_spec.get("label_names")
-    batch_size, seed = arguments["batch_size"], arguments["seed"]
-    eval_loader = None
-    if causal:
-        import warnings
-
-        from ..causal_lm import causal_lm_loader
-
-        with warnings.catch_warnings(record=True) as caught:  # shown as plain lines
-            warnings.simplefilter("always")
-            train_loader = causal_lm_loader(splits["train"], tokenizer, batch_size, max_length,
-                                            shuffle=True, seed=seed)
-            if "validation" in splits and not arguments["no_validation"]:
-                eval_loader = causal_lm_loader(splits["validation"], tokenizer, batch_size, max_length)
-        for warning in caught if main_process else ():
-            print(f"warning: {warning.message}", file=sys.stderr)
+    pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
+    tokenizer, network, fresh_modules = _load_network(job.model_path, arguments, job.data_spec.get("label_names"),
+                                                      args.trust_remote_code)
+    limit = getattr(network.config, "max_position_embeddings", None)
+    if limit and job.max_length > limit:
+        raise UsageError(f"--max-length {job.max_length} is more than the model's {limit} positions")
+    resume_state = None
+    if checkpoint is not None:
+        try:
+            model, guide = load_pretrained(checkpoint, base_model=network)
+            resume_state = load_training_state(checkpoint)
+        except CheckpointError as error:
+            raise UsageError(f"--resume: {error}") from None
     else:
-        from ..data import classification_loader
+        model, guide = build_model(arguments["method"], network, arguments, fresh_modules)
+    if job.torch_dtype != torch.float32:
+        from ..precision import cast_frozen
 
-        train_loader = classification_loader(splits["train"], tokenizer, batch_size, max_length,
-                                             shuffle=True, seed=seed)
-        if "validation" in splits and not arguments["no_validation"]:
-            eval_loader = classification_loader(splits["validation"], tokenizer, 64, max_length)
+        cast_frozen(model.network, job.torch_dtype)
+    if args.gradient_checkpointing:
+        try:
+            model.enable_gradient_checkpointing()
+        except ValueError as error:
+            raise UsageError(f"--gradient-checkpointing: {error}") from None
+    return replace(job, tokenizer=tokenizer, network=network, model=model, guide=guide,
+                   resume_state=resume_state)
 
-    if main_process:
-        if not args.resume and output.exists():
-            shutil.rmtree(output)
-        output.mkdir(parents=True, exist_ok=True)
-    metadata = {"method": arguments["method"], "model_path": model_path, "data": data_spec,
-                "max_length": max_length, "arguments": arguments}
-    if not args.resume and main_process:
-        atomic_write_json(output / RUN_FILE, {
-            "arguments": arguments, "data": data_spec, "model_path": model_path,
-            "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "pyro": pyro.__version__, "transformers": transformers.__version__},
-            "command": " ".join(["pyro-monteclora"] + args.command_line)})
 
-    def on_epoch_end(state) -> None:
-        with atomic_directory(output / CHECKPOINT_DIR) as staging:
-            save_pretrained(model, staging, guide=guide, metadata=dict(metadata, epoch=state.epoch))
-            save_training_state(staging, state)
-            tokenizer.save_pretrained(staging)
+def _check_world_size(splits: dict, arguments: dict) -> None:
+    """Every launched process needs at least one training (and validation) example."""
+    from ..distributed import launched_world_size
 
+    world_size = launched_world_size()
+    if world_size > len(splits["train"]):
+        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['train'])} training examples: "
+                         f"every process needs at least one; launch at most {len(splits['train'])}")
+    if "validation" in splits and not arguments["no_validation"] and world_size > len(splits["validation"]):
+        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['validation'])} validation "
+                         f"examples: pass --no-validation or a larger validation set")
+
+
+def _train(job: _TrainingJob) -> int:
+    """Build the (sharded) loaders, write the run folder on rank 0, train, summarise."""
+    import torch
+
+    from ..distributed import barrier, is_main_process
+    from ..train import TrainConfig, fit
+
+    arguments = job.arguments
+    train_loader, evaluate = _loaders(job)
+    _write_run_record(job)
     barrier()  # the run folder exists before any rank trains
-    labels_note = "" if causal else f"{len(label_names)} labels, "
-    world_note = f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized() else ""
-    if main_process:
-        print(f"{arguments['method']}: {type(network).__name__} from {model_path}, {len(splits['train']):,} training "
-              f"examples, {labels_note}{model.num_trainable_parameters():,} trainable "
-              f"parameters, device {device}{world_note}", file=sys.stderr, flush=True)
+    if is_main_process():
+        labels_note = "" if job.causal else f"{len(job.data_spec.get('label_names'))} labels, "
+        world_note = (f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized()
+                      else "")
+        print(f"{arguments['method']}: {type(job.network).__name__} from {job.model_path}, "
+              f"{len(job.splits['train']):,} training examples, {labels_note}"
+              f"{job.model.num_trainable_parameters():,} trainable parameters, device {job.device}{world_note}",
+              file=sys.stderr, flush=True)
+    config = TrainConfig(epochs=arguments["epochs"], learning_rate=job.learning_rate,
+                         weight_decay=arguments["weight_decay"], warmup_ratio=arguments["warmup_ratio"],
+                         seed=arguments["seed"], desc=arguments["method"],
+                         skip_nonfinite=job.args.skip_nonfinite, dtype=job.torch_dtype)
     started = time.perf_counter()
     try:
-        result = fit(model, guide, train_loader, epochs=arguments["epochs"],
-                     learning_rate=learning_rate, weight_decay=arguments["weight_decay"],
-                     warmup_ratio=arguments["warmup_ratio"], eval_loader=eval_loader,
-                     eval_num_samples=arguments["eval_num_samples"], seed=seed, device=device,
-                     desc=arguments["method"], on_epoch_end=on_epoch_end, resume=resume_state,
-                     skip_nonfinite=args.skip_nonfinite, dtype=torch_dtype)
+        result = fit(job.model, job.guide, train_loader, config, evaluate=evaluate,
+                     callbacks=[_checkpointer(job)], resume=job.resume_state, device=job.device)
     except FloatingPointError as error:
-        last = _latest_checkpoint(output)
+        last = _latest_checkpoint(job.output)
         where = (f"the last good checkpoint is {last} (epoch "
                  f"{json.loads((last / 'training_state.json').read_text())['epoch']}); "
                  f"continue from it with --resume --skip-nonfinite" if last
                  else "no epoch finished, so there is no checkpoint yet")
         raise TrainingFault(f"{error}; {where}") from None
-    if main_process:
-        atomic_write_json(output / "train_summary.json", {
-            "method": arguments["method"], "learning_rate": learning_rate, "epochs": result.epochs,
-            "train_seconds": result.train_seconds,
-            "wall_seconds_this_session": time.perf_counter() - started,
-            "trainable_parameters": model.num_trainable_parameters(),
-            "train_examples": len(splits["train"]), "steps": len(result.steps),
-            "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-            "final_loss": result.epochs[-1]["loss"] if result.epochs else None})
-        print(f"wrote {output / CHECKPOINT_DIR}", file=sys.stderr)
+    if is_main_process():
+        _write_summary(job, result, time.perf_counter() - started)
     return 0
+
+
+def _loaders(job: _TrainingJob):
+    """The training loader (this rank's shard) and the per-epoch evaluator (``None`` with
+    --no-validation or no validation split), each for the run's task type."""
+    from ..evaluators import ClassificationEvaluator, LanguageModelEvaluator
+
+    arguments, splits = job.arguments, job.splits
+    batch_size, seed, max_length = arguments["batch_size"], arguments["seed"], job.max_length
+    validate = "validation" in splits and not arguments["no_validation"]
+    evaluate = None
+    if job.causal:
+        import warnings
+
+        from ..causal_lm import causal_lm_loader
+        from ..distributed import is_main_process
+
+        with warnings.catch_warnings(record=True) as caught:  # shown as plain lines
+            warnings.simplefilter("always")
+            train_loader = causal_lm_loader(splits["train"], job.tokenizer, batch_size, max_length,
+                                            shuffle=True, seed=seed)
+            if validate:
+                evaluate = LanguageModelEvaluator(
+                    causal_lm_loader(splits["validation"], job.tokenizer, batch_size, max_length),
+                    arguments["eval_num_samples"])
+        for warning in caught if is_main_process() else ():
+            print(f"warning: {warning.message}", file=sys.stderr)
+    else:
+        from ..data import classification_loader
+
+        train_loader = classification_loader(splits["train"], job.tokenizer, batch_size, max_length,
+                                             shuffle=True, seed=seed)
+        if validate:
+            evaluate = ClassificationEvaluator(
+                classification_loader(splits["validation"], job.tokenizer, 64, max_length),
+                arguments["eval_num_samples"])
+    return train_loader, evaluate
+
+
+def _write_run_record(job: _TrainingJob) -> None:
+    """On rank 0: (re)create the run folder and, for a new run, write ``run.json``."""
+    import pyro
+    import torch
+    import transformers
+
+    from ..atomic import atomic_write_json
+    from ..distributed import is_main_process
+
+    args, output = job.args, job.output
+    if not is_main_process():
+        return
+    if not args.resume and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        atomic_write_json(output / RUN_FILE, {
+            "arguments": job.arguments, "data": job.data_spec, "model_path": job.model_path,
+            "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "pyro": pyro.__version__, "transformers": transformers.__version__},
+            "command": " ".join(["pyro-monteclora"] + args.command_line)})
+
+
+def _checkpointer(job: _TrainingJob):
+    """The callback that replaces ``checkpoint/`` atomically after every epoch: the model and guide,
+    the training state and the tokenizer."""
+    from ..atomic import atomic_directory
+    from ..serialization import save_pretrained
+    from ..training_state import save_training_state
+
+    metadata = {"method": job.arguments["method"], "model_path": job.model_path, "data": job.data_spec,
+                "max_length": job.max_length, "arguments": job.arguments}
+
+    def on_epoch_end(state) -> None:
+        with atomic_directory(job.output / CHECKPOINT_DIR) as staging:
+            save_pretrained(job.model, staging, guide=job.guide, metadata=dict(metadata, epoch=state.epoch))
+            save_training_state(staging, state)
+            job.tokenizer.save_pretrained(staging)
+
+    return on_epoch_end
+
+
+def _write_summary(job: _TrainingJob, result, wall_seconds: float) -> None:
+    """``train_summary.json``: the epochs' losses and metrics, times and sizes."""
+    import torch
+
+    from ..atomic import atomic_write_json
+
+    atomic_write_json(job.output / "train_summary.json", {
+        "method": job.arguments["method"], "learning_rate": job.learning_rate, "epochs": result.epochs,
+        "train_seconds": result.train_seconds, "wall_seconds_this_session": wall_seconds,
+        "trainable_parameters": job.model.num_trainable_parameters(),
+        "train_examples": len(job.splits["train"]), "steps": len(result.steps),
+        "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+        "final_loss": result.epochs[-1]["loss"] if result.epochs else None})
+    print(f"wrote {job.output / CHECKPOINT_DIR}", file=sys.stderr)
