@@ -125,3 +125,9 @@ def checkout_environment() -> dict:
     code whose commit the results record), whatever else is installed."""
     paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+if __name__ == "__main__":  # `python benchmarks/provenance.py`: what a result measured now would record
+    import json
+
+    print(json.dumps(provenance(), indent=1))
