@@ -10,7 +10,8 @@ DOCS_STAMP := $(VENV)/.pyro-monteclora-docs-installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-fast bench docs clean
+.PHONY: setup test test-fast demo demo-fast bench docs clean results results-demo results-sweep \
+	results-trivia results-calibration results-speed results-cuda
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,71 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpu_memory.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpu_memory.py --model llama --output benchmarks/results/memory_llama
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generation_speed.py --rounds 3
+
+# `make results`: every number that README.md and docs/ quote, measured again at this commit, into
+# benchmarks/results/ (the paths the README cites; benchmarks/README.md maps each number to its step).
+# Every result file records its commit under "provenance" (benchmarks/provenance.py); `dirty` says
+# whether pyro_monteclora/, examples/ or benchmarks/ had uncommitted changes: commit first.
+# It takes about 5 hours on 2 CPU cores, one step after the other (estimates from the recorded runs):
+#   results-demo         ~40 min  the demo over seeds 0,1,2: 500 x 6 (~7 min a seed) and 2,000 x 1 (~6 min a seed)
+#   results-sweep        ~38 min  the robustness grid, 18 cells (37 min 34 s measured)
+#   results-trivia       ~10 min  trivia_generation.py --with-lora (594 s measured)
+#   results-calibration  ~3 h on 2 CPU cores; ~7 min on one H200 (323 s + 92 s measured), where the
+#                                 README's table was measured: STUDY_DEVICE=cuda
+#   results-speed        ~45 min  make bench (bench_suite.py ~10 min and cpu_memory.py ~8 min per model,
+#                                 generation_speed.py ~4 min), causal_lm_step.py, layer_forward.py,
+#                                 sampling_overhead.py (a few minutes together)
+# results-cuda (cuda_check.py, the H200 rows) needs a CUDA device and is not part of `make results`.
+RESULTS_DIR := benchmarks/results
+RUN := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python
+STUDY_DEVICE ?= cpu
+STUDY_ARGS ?=
+
+results:  # one step after the other (never two torch jobs at once on 2 cores), in this order
+	$(MAKE) results-demo
+	$(MAKE) results-sweep
+	$(MAKE) results-trivia
+	$(MAKE) results-calibration
+	$(MAKE) results-speed
+
+# The README's headline: the demo table (500 sentences x 6 epochs) and the 2,000 x 1 tie, seeds 0, 1, 2
+# (~40 min). The runs (checkpoints) stay in runs/; the summaries go to benchmarks/results/demo_seeds/.
+results-demo: setup
+	$(RUN) benchmarks/provenance.py
+	$(RUN) benchmarks/demo_seeds.py --seeds 0,1,2 --output $(RESULTS_DIR)/demo_seeds \
+		--name demo_summary --runs runs/demo_seeds
+	$(RUN) benchmarks/demo_seeds.py --seeds 0,1,2 --output $(RESULTS_DIR)/demo_seeds \
+		--name demo2000_summary --runs runs/demo2000 -- --train-samples 2000 --epochs 1
+
+# The grid of benchmarks/results/sweep_rotten_tomatoes/ (sweep_results.py's MEASURED; cells in runs/sweep_rt).
+results-sweep: setup
+	$(RUN) benchmarks/sweep_results.py --runs runs/sweep_rt --results $(RESULTS_DIR)/sweep_rotten_tomatoes
+
+# Only the report, metrics and figure are copied: the questions (GPLv3) and checkpoints stay in runs/trivia.
+results-trivia: setup
+	$(RUN) examples/trivia_generation.py --with-lora --output runs/trivia
+	mkdir -p $(RESULTS_DIR)/trivia
+	cp runs/trivia/metrics.json runs/trivia/report.md runs/trivia/reliability.png $(RESULTS_DIR)/trivia/
+
+# The seeded study on the validation split: the default grid, then the 500 x 6 and 1,000 x 3 regimes.
+# STUDY_ARGS="--model DIR --data-file FILE" on a machine without the offline wheels.
+results-calibration: setup
+	$(RUN) benchmarks/calibration_study.py --device $(STUDY_DEVICE) $(STUDY_ARGS) \
+		--output $(RESULTS_DIR)/calibration_study
+	$(RUN) benchmarks/calibration_study.py --device $(STUDY_DEVICE) $(STUDY_ARGS) \
+		--regimes small6=500x6,mid=1000x3 --settings 1,4 --output $(RESULTS_DIR)/calibration_study_regimes
+
+# Speed and memory: `make bench`, then the per-layer and decoder-step measurements the README quotes.
+results-speed: bench
+	$(RUN) benchmarks/causal_lm_step.py --output $(RESULTS_DIR)/causal_lm_step.json
+	$(RUN) benchmarks/layer_forward.py --json $(RESULTS_DIR)/layer_forward.json
+	$(RUN) benchmarks/sampling_overhead.py --model llama --all-linear \
+		--label "make results: tiny Llama, every linear layer (42 adapters)"
+
+# On a CUDA machine only (a few minutes): the H200 rows of the README's speed table.
+CUDA_CHECK_JSON ?= $(RESULTS_DIR)/cuda_check_h200.json
+results-cuda: setup
+	$(RUN) benchmarks/cuda_check.py --json $(CUDA_CHECK_JSON)
 
 # The documentation site (docs/_build/html), then the code of its pages run by the doctest builder.
 # Warnings are errors. The docs extra goes into .venv once, after the main setup.

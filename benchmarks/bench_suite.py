@@ -36,6 +36,7 @@ from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, Monte
 from pyro_monteclora.atomic import atomic_file, atomic_write_json, atomic_write_text
 from pyro_monteclora.elbo import MonteCLoRAELBO
 from pyro_monteclora.predictive import predict
+from provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"minilm": ["query", "value"], "llama": ["q_proj", "v_proj"]}
@@ -277,6 +278,7 @@ def main() -> None:
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--output", default=str(RESULTS / "bench"))
     args = parser.parse_args()
+    origin = provenance()
     transformers.logging.set_verbosity_error()
     pyro.set_rng_seed(0)
     data = batch(args.model)
@@ -292,7 +294,8 @@ def main() -> None:
               "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                               "pyro": pyro.__version__, "python": platform.python_version(),
                               "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                              "steps": args.steps, "warmup": args.warmup}}
+                              "steps": args.steps, "warmup": args.warmup},
+              "provenance": origin}
     try:
         import peft
 
@@ -322,7 +325,8 @@ def main() -> None:
                   f"{r['paired_ratio_to_first']:.3f} [{r['paired_ratio_to_first_ci95'][0]:.3f}, "
                   f"{r['paired_ratio_to_first_ci95'][1]:.3f}] |" for r in report["scaling"]]
     table = "\n".join(lines)
-    atomic_write_text(output.with_suffix(".md"), f"# Benchmark suite ({args.model}, CPU)\n\n{table}\n")
+    atomic_write_text(output.with_suffix(".md"), f"# Benchmark suite ({args.model}, CPU)\n\n{table}\n\n"
+                                                 f"{provenance_line(origin)}\n")
     _plot(steps_table, output.with_suffix(".png"), args.model)
     print(table)
 

@@ -30,6 +30,7 @@ from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, Monte
 from pyro_monteclora.atomic import atomic_write_json, atomic_write_text
 from pyro_monteclora.data import classification_loader, default_encoder_path, load_rotten_tomatoes
 from pyro_monteclora.metrics import classification_metrics
+from provenance import provenance, provenance_line
 
 #: (name, method, learning rate, sample scaler, KL weight)
 SETTINGS = [
@@ -109,6 +110,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output", default="runs/calibration_study")
     parser.add_argument("--fast", action="store_true", help="a smoke test: tiny data, one seed")
     args = parser.parse_args(argv)
+    origin = provenance(argv=None if argv is None else ["benchmarks/calibration_study.py", *argv])
     args.model = args.model or str(default_encoder_path())
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -131,7 +133,8 @@ def main(argv=None) -> None:
         for seed in seeds:
             for setting in (settings[:2] if args.fast else settings):
                 rows.extend(run_one(setting, regime, seed, args, splits, tokenizer, device))
-                atomic_write_json(output / "runs.json", {"runs": rows})  # partial results survive a stop
+                # partial results survive a stop
+                atomic_write_json(output / "runs.json", {"provenance": origin, "runs": rows})
                 last = rows[-1]
                 print(f"{regime} seed {seed} {setting[0]} S={last['num_samples']}: "
                       f"acc {last['accuracy']:.4f} nll {last['nll']:.4f} ece {last['ece']:.4f} "
@@ -142,8 +145,8 @@ def main(argv=None) -> None:
                    "transformers": transformers.__version__, "python": platform.python_version(),
                    "model": args.model, "total_seconds": time.perf_counter() - started,
                    "evaluated_on": "validation split (1,281 sentences), split seed 0"}
-    atomic_write_json(output / "runs.json", {"environment": environment, "runs": rows})
-    atomic_write_text(output / "summary.md", table + "\n")
+    atomic_write_json(output / "runs.json", {"environment": environment, "provenance": origin, "runs": rows})
+    atomic_write_text(output / "summary.md", f"{table}\n\n{provenance_line(origin)}\n")
     print(table)
 
 

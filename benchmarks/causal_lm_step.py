@@ -26,6 +26,7 @@ from pyro_monteclora.elbo import MonteCLoRAELBO
 from pyro_monteclora.instructions import InstructionData
 from pyro_monteclora.pretrained import default_decoder_path
 from pyro_monteclora.trivia import load_trivia
+from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="batches of 8 questions, each timed both ways")
     parser.add_argument("--output", default=str(RESULTS / "causal_lm_step.json"))
     args = parser.parse_args()
+    origin = provenance()
     transformers.logging.set_verbosity_error()
     pyro.set_rng_seed(0)
     path = default_decoder_path()
@@ -72,7 +74,8 @@ def main() -> None:
               "batch": list(batches[0]["input_ids"].shape), "batches": len(batches),
               "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                               "python": platform.python_version(), "threads": torch.get_num_threads(),
-                              "cpus": os.cpu_count()}}
+                              "cpus": os.cpu_count()},
+              "provenance": origin}
     report["ratio"] = report["median_s_skipping_prompt_logits"] / report["median_s_all_logits"]
     atomic_write_json(args.output, report)
     print(report)

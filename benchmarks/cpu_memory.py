@@ -126,8 +126,10 @@ def main() -> None:
     import torch
     import transformers
 
+    from provenance import provenance, provenance_line
     from pyro_monteclora.atomic import atomic_write_json, atomic_write_text
 
+    origin = provenance()
     output = Path(args.output or HERE / "results" / ("memory" if args.model == "minilm" else f"memory_{args.model}"))
     report = measure(args.model, args.repeats, args.steps)
     report["setup"] = {"model": args.model, "batch": [16, 64], "predictive_batch": [64, 64], "rank": 8,
@@ -136,6 +138,7 @@ def main() -> None:
     report["environment"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                              "pyro": pyro.__version__, "python": platform.python_version(),
                              "cpus": os.cpu_count()}
+    report["provenance"] = origin
     cases = report["cases"]
     lines = ["| training step | persistent MiB | peak MiB | working MiB | peak × PEFT LoRA | working × PEFT LoRA |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -147,7 +150,8 @@ def main() -> None:
     table = "\n".join(lines)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output.with_suffix(".json"), report)
-    atomic_write_text(output.with_suffix(".md"), f"# Peak CPU memory ({args.model})\n\n{table}\n")
+    atomic_write_text(output.with_suffix(".md"), f"# Peak CPU memory ({args.model})\n\n{table}\n\n"
+                                                 f"{provenance_line(origin)}\n")
     print(table)
 
 

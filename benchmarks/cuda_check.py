@@ -18,6 +18,7 @@ import transformers
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
 from pyro_monteclora.train import ELBO_KINDS
+from provenance import provenance
 
 LOSS = "monteclora"  # what fit() uses by default
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -129,7 +130,8 @@ def main():
     pyro.set_rng_seed(0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     report = {"device": name, "torch": torch.__version__,
-              "transformers": transformers.__version__, "pyro": pyro.__version__}
+              "transformers": transformers.__version__, "pyro": pyro.__version__,
+              "provenance": provenance()}
     # 1. SVI learns on the GPU, fp32 and under bf16 autocast; the predictive runs there.
     for dtype in (torch.float32, torch.bfloat16):
         model, guide = make("monteclora", device)

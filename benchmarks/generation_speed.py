@@ -29,6 +29,7 @@ from pyro_monteclora.causal_lm import encode_prompt, pad_batch
 from pyro_monteclora.generation import generate_answers
 from pyro_monteclora.pretrained import default_decoder_path
 from pyro_monteclora.trivia import load_trivia
+from provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--output", default=str(RESULTS / "generation_speed"))
     args = parser.parse_args()
+    origin = provenance()
     transformers.logging.set_verbosity_error()
     pyro.set_rng_seed(0)
     path = default_decoder_path()
@@ -100,7 +102,8 @@ def main() -> None:
                    "rank": 8, "targets": "q_proj,k_proj,v_proj (90 adapters)"}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output.with_suffix(".json"), {"rows": rows, "ratios": ratios, "environment": environment})
+    atomic_write_json(output.with_suffix(".json"), {"rows": rows, "ratios": ratios, "environment": environment,
+                                                    "provenance": origin})
     lines = ["| case | sequences | median s | tokens/s |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {r['sequences']} | {r['seconds']:.2f} | {r['tokens_per_second']:.0f} |"
               for name, r in rows.items()]
@@ -109,7 +112,7 @@ def main() -> None:
     atomic_write_text(output.with_suffix(".md"), f"# Generation throughput, SmolLM2-135M-Instruct\n\n{table}\n\n"
                       f"{args.prompts} trivia prompts, {args.new_tokens} new tokens each, median of "
                       f"{args.rounds} interleaved rounds; torch {torch.__version__}, "
-                      f"{torch.get_num_threads()} threads of {os.cpu_count()} CPUs.\n")
+                      f"{torch.get_num_threads()} threads of {os.cpu_count()} CPUs.\n\n{provenance_line(origin)}\n")
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

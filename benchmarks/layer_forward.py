@@ -19,6 +19,7 @@ from torch import nn
 from pyro_monteclora import MonteCLoRAConfig
 from pyro_monteclora.atomic import atomic_write_json
 from pyro_monteclora.layers import MonteCLoRALinear
+from provenance import provenance
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    origin = provenance()
     torch.manual_seed(0)
     base = nn.Linear(384, 384).requires_grad_(False)
     layer = MonteCLoRALinear(base, MonteCLoRAConfig(rank=8, alpha=16), "layer")
@@ -49,7 +51,8 @@ def main() -> None:
             x.grad = layer.lora_A_mean.grad = layer.lora_B.grad = None
     medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
     report = {"median_ms": medians, "ratio": medians["monteclora-linear (fused)"] / medians["peft form"],
-              "repeats": args.repeats, "torch": torch.__version__, "threads": torch.get_num_threads()}
+              "repeats": args.repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "provenance": origin}
     print(report)
     if args.json:
         atomic_write_json(args.json, report)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE))
 import bench_suite  # noqa: E402
 
 from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from provenance import provenance, provenance_line  # noqa: E402
 
 
 def operator_times(step, steps: int, warmup: int = 3) -> dict:
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--output", default=str(HERE / "results" / "profile_step"))
     args = parser.parse_args()
+    origin = provenance()
     transformers.logging.set_verbosity_error()
     pyro.set_rng_seed(0)
     data = bench_suite.batch(args.model)
@@ -78,8 +80,10 @@ def main() -> None:
     output = Path(args.output)
     atomic_write_json(output.with_suffix(".json"), {"lora_mode_total_s": lora["total_s"],
                                                     "monteclora_total_s": mc["total_s"], "rows": rows,
-                                                    "torch": torch.__version__, "steps": args.steps})
-    atomic_write_text(output.with_suffix(".md"), f"# Profile of one training step\n\n{table}\n")
+                                                    "torch": torch.__version__, "steps": args.steps,
+                                                    "provenance": origin})
+    atomic_write_text(output.with_suffix(".md"), f"# Profile of one training step\n\n{table}\n\n"
+                                                 f"{provenance_line(origin)}\n")
     print(table)
 
 

@@ -5,7 +5,8 @@ adapt every linear layer); medians of ``--steps`` after 20 warm-up steps (CPU).
 
 This is what a MonteCLoRA step adds to a LoRA step besides the extra autograd work inside the
 network's backward. ``--label`` names the code measured (run it on two checkouts with
-``PYTHONPATH`` to compare them); the result is appended to ``results/sampling_overhead.json``.
+``PYTHONPATH`` to compare them); the result is appended to ``results/sampling_overhead.json``, with
+the provenance (commit) of the checkout whose ``pyro_monteclora`` was imported.
 
     python benchmarks/sampling_overhead.py --label batched-guide [--steps 200] [--model llama] [--all-linear]
 """
@@ -25,6 +26,7 @@ from pyro import poutine
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.atomic import atomic_write_json
+from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling_overhead.json"
 
@@ -37,6 +39,7 @@ def main() -> None:
                         help="llama: bench_suite.py's random 6-layer Llama")
     parser.add_argument("--all-linear", action="store_true", help="adapt every linear layer, not q/v")
     args = parser.parse_args()
+    origin = provenance()  # of the imported pyro_monteclora: maybe another checkout
     transformers.logging.set_verbosity_error()
     pyro.set_rng_seed(0)
     from bench_suite import ALL_LINEAR, TARGETS, base_model  # the suite's models and target lists
@@ -79,7 +82,8 @@ def main() -> None:
     names = ("guide", "model_sites", "kl", "backward")
     row = {name: 1e3 * statistics.median(t[i] for t in times) for i, name in enumerate(names)}
     row["total"] = 1e3 * statistics.median(sum(t) for t in times)
-    row.update(label=args.label, model=args.model, steps=args.steps, layers=len(adapters), torch=torch.__version__)
+    row.update(label=args.label, model=args.model, steps=args.steps, layers=len(adapters), torch=torch.__version__,
+               provenance=origin)
     runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     atomic_write_json(RESULTS, [r for r in runs if r.get("label") != args.label] + [row])
     print(json.dumps(row))

@@ -9,7 +9,6 @@ the two step functions alternate A B A B so that drift of the machine hits both 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -20,7 +19,9 @@ from transformers import AutoModelForSequenceClassification
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.data import default_encoder_path
+from pyro_monteclora.atomic import atomic_write_json
 from pyro_monteclora.train import ELBO_KINDS
+from provenance import provenance
 
 
 def make_step(mode: str, batch: dict, dataset_size: int, loss: str):
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--loss", choices=sorted(ELBO_KINDS), default="monteclora")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    origin = provenance()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     pyro.set_rng_seed(0)
@@ -78,13 +80,12 @@ def main() -> None:
         "model": "all-MiniLM-L6-v2", "batch": [args.batch_size, args.tokens], "rank": 8,
         "targets": ["query", "value"], "loss": args.loss, "steps": args.steps,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
-        "median_seconds": medians, "ratio_monteclora_over_lora": ratio,
+        "median_seconds": medians, "ratio_monteclora_over_lora": ratio, "provenance": origin,
     }
     print(f"median SVI step: MonteCLoRA {medians['monteclora'] * 1e3:.1f} ms, "
           f"LoRA mode {medians['lora'] * 1e3:.1f} ms, ratio {ratio:.3f}x")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""What the example scripts share: the fast mode, running a ``pyro-monteclora`` command, and the
-markdown table of their report. Not an example itself."""
+"""What the example scripts share: the fast mode, running a ``pyro-monteclora`` command, the
+markdown table of their report and the provenance of their results. Not an example itself."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
 
 from pyro_monteclora.cli import main as cli
 
-__all__ = ["apply_presets", "run_command", "markdown_table"]
+__all__ = ["apply_presets", "run_command", "markdown_table", "provenance", "provenance_line"]
 
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
@@ -45,3 +47,24 @@ def markdown_table(columns: Mapping[str, Mapping[str, Optional[float]]],
         values = [metrics.get(key) for metrics in columns.values()]
         lines.append("| " + " | ".join([label] + ["n/a" if v is None else fmt.format(v) for v in values]) + " |")
     return "\n".join(lines)
+
+
+def _provenance_module():
+    """``benchmarks/provenance.py`` of this checkout, loaded by its path (``benchmarks/`` is not a
+    package), so that the examples and the benchmarks record their results alike."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "provenance.py"
+    spec = importlib.util.spec_from_file_location("_pyro_monteclora_provenance", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def provenance(argv: Optional[Sequence[str]] = None) -> dict:
+    """The commit (and whether it had uncommitted changes), date, versions, machine and command
+    line of a result measured now; see ``benchmarks/provenance.py``."""
+    return _provenance_module().provenance(argv=argv)
+
+
+def provenance_line(record: dict) -> str:
+    """One markdown line saying where ``record`` was measured."""
+    return _provenance_module().provenance_line(record)

@@ -13,7 +13,9 @@ sentences and one epoch the two methods tie; pass ``--train-samples 2000 --epoch
 
 It prints a side-by-side table (accuracy, NLL, ECE, Brier, error AUROC, mutual information, training
 time) and writes ``report.md``, ``metrics.json`` and ``reliability.png`` under ``--output``, next
-to the two runs (``monteclora/``, ``lora/``: checkpoints, ``evaluation/``)::
+to the two runs (``monteclora/``, ``lora/``: checkpoints, ``evaluation/``). ``metrics.json`` records
+under ``provenance`` the commit the run started at (and whether it had uncommitted changes), the date,
+the machine and the command (``benchmarks/provenance.py``)::
 
     python examples/rotten_tomatoes_demo.py             # about 7 minutes on 2 CPU cores
     python examples/rotten_tomatoes_demo.py --fast      # a smoke test (under a minute)
@@ -33,7 +35,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from example_support import apply_presets, markdown_table, run_command  # noqa: E402
+from example_support import apply_presets, markdown_table, provenance, provenance_line, run_command  # noqa: E402
 from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 #: settings at the defaults and with ``--fast``; an option given on the command line wins
@@ -104,6 +106,8 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise SystemExit(f"--output {output} is a file")
+    given = list(sys.argv[1:] if argv is None else argv)
+    origin = provenance(["examples/rotten_tomatoes_demo.py", *given])  # the code that runs: taken first
     started = time.perf_counter()
     results = {method: train_and_evaluate(method, args, output) for method in METHODS}
     total_seconds = time.perf_counter() - started
@@ -133,12 +137,11 @@ def main(argv=None) -> dict:
                    "python": platform.python_version(), "torch": torch.__version__,
                    "pyro": pyro.__version__, "transformers": transformers.__version__,
                    "platform": platform.platform(), "total_seconds": total_seconds}
-    record = {"settings": settings, "environment": environment,
+    record = {"settings": settings, "environment": environment, "provenance": origin,
               "models": {m: r["metrics"] for m, r in results.items()},
               "reliability": {m: r["reliability"] for m, r in results.items()}}
     atomic_write_json(output / "metrics.json", record)
-    command = " ".join(["python", "examples/rotten_tomatoes_demo.py"]
-                       + list(sys.argv[1:] if argv is None else argv))
+    command = " ".join(["python", "examples/rotten_tomatoes_demo.py", *given])
     settings_lines = "\n".join(f"- `{key}`: {value}" for key, value in settings.items())
     atomic_write_text(output / "report.md", f"""# MonteCLoRA vs LoRA on Rotten Tomatoes (MiniLM, CPU)
 
@@ -164,6 +167,7 @@ One seed moves accuracy by about ±1.5 points and ECE by about ±0.01: see the R
 - torch {torch.__version__} ({torch.get_num_threads()} threads of {os.cpu_count()} CPUs), pyro
   {pyro.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}
 - total wall time: {total_seconds:.0f} s
+- {provenance_line(origin)}
 
 Reproduce: `{command}`
 """)

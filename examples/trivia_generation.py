@@ -16,8 +16,8 @@ It runs the ``pyro-monteclora`` command line:
    posterior samples, whose majority answer is scored and whose agreement rate is the confidence.
 
 It writes ``report.md`` (exact match, mean confidence, ECE, Brier and AUROC of the confidence),
-``metrics.json`` and ``reliability.png`` (the agreement rate's reliability diagram) under
-``--output``::
+``metrics.json`` (with the commit it was measured at under ``provenance``) and ``reliability.png``
+(the agreement rate's reliability diagram) under ``--output``::
 
     python examples/trivia_generation.py            # about 8 minutes on 2 CPU cores
     python examples/trivia_generation.py --fast     # a smoke test
@@ -37,7 +37,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from example_support import apply_presets, markdown_table, run_command  # noqa: E402
+from example_support import apply_presets, markdown_table, provenance, provenance_line, run_command  # noqa: E402
 from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 PRESETS = {
@@ -118,6 +118,8 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise SystemExit(f"--output {output} is a file")
+    given = list(sys.argv[1:] if argv is None else argv)
+    origin = provenance(["examples/trivia_generation.py", *given])  # the code that runs: taken first
     started = time.perf_counter()
     sizes = write_data(args, output / "data")
     run_folder = output / "monteclora"
@@ -150,6 +152,9 @@ def main(argv=None) -> dict:
                                       title=f"agreement rate as confidence, {sizes['test']} trivia questions",
                                       confidence_label="agreement rate of the samples' answers")
     train_summary = json.loads((run_folder / "train_summary.json").read_text())
+    trained = ("lora", "monteclora") if args.with_lora else ("monteclora",)
+    train_seconds = {method: json.loads((output / method / "train_summary.json").read_text())["train_seconds"]
+                     for method in trained}
     settings = {key: getattr(args, key) for key in (
         "train_samples", "test_samples", "epochs", "num_samples", "learning_rate", "sample_scaler",
         "rank", "batch_size", "max_new_tokens", "seed", "with_lora", "fast")}
@@ -159,12 +164,13 @@ def main(argv=None) -> dict:
                    "python": platform.python_version(), "torch": torch.__version__,
                    "pyro": pyro.__version__, "transformers": transformers.__version__,
                    "total_seconds": time.perf_counter() - started,
-                   "train_seconds": train_summary["train_seconds"]}
-    record = {"settings": settings, "environment": environment,
+                   "train_seconds": train_summary["train_seconds"],
+                   "train_seconds_by_method": train_seconds}
+    record = {"settings": settings, "environment": environment, "provenance": origin,
               "models": {label: r["metrics"] for label, r in results.items()},
               "reliability": {label: r["reliability"] for label, r in results.items()}}
     atomic_write_json(output / "metrics.json", record)
-    command = " ".join(["python", "examples/trivia_generation.py"] + list(sys.argv[1:] if argv is None else argv))
+    command = " ".join(["python", "examples/trivia_generation.py", *given])
     atomic_write_text(output / "report.md", f"""# Trivia with SmolLM2-135M-Instruct: MonteCLoRA generation with posterior sampling
 
 {table}
@@ -189,7 +195,9 @@ is trained with the same data, steps, learning rate and seed.
 
 - torch {torch.__version__} ({torch.get_num_threads()} threads of {os.cpu_count()} CPUs), pyro
   {pyro.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}
-- total wall time: {environment['total_seconds']:.0f} s
+- total wall time: {environment['total_seconds']:.0f} s; training: {", ".join(
+    f"{method} {seconds:.0f} s" for method, seconds in train_seconds.items())}
+- {provenance_line(origin)}
 
 Reproduce: `{command}`
 """)
