@@ -79,7 +79,7 @@ def _check_file_output(value, option: str, overwrite: bool) -> None:
 
 
 def _read_prompts(args):
-    from ..datafiles import DataError, read_located_records
+    from ..datafiles import DataError, read_located_records, split_lines
     from ..instructions import InstructionData, records_to_instructions
 
     if bool(args.prompt) == bool(args.prompt_file):
@@ -93,7 +93,7 @@ def _read_prompts(args):
         if not path.is_file():
             raise UsageError(f"--prompt-file {path}: no such file")
         try:
-            lines = [line.strip() for line in path.read_bytes().decode("utf-8-sig").splitlines()]
+            lines = [line.strip() for line in split_lines(path.read_bytes().decode("utf-8-sig"))]
         except UnicodeDecodeError:
             raise UsageError(f"--prompt-file {path} is not UTF-8 text") from None
         lines = [line for line in lines if line]

@@ -39,7 +39,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 
 def _read_texts(args):
     from ..data import TextClassificationData
-    from ..datafiles import DataError, records_to_classification, read_records
+    from ..datafiles import DataError, records_to_classification, read_records, split_lines
 
     if args.input == "-" or Path(args.input).suffix.lower() in ("", ".txt"):
         if args.input == "-":
@@ -55,7 +55,7 @@ def _read_texts(args):
                 text = path.read_bytes().decode("utf-8-sig")
             except UnicodeDecodeError:
                 raise UsageError(f"--input {path} is not UTF-8 text") from None
-        texts = [line.strip() for line in text.splitlines() if line.strip()]
+        texts = [line.strip() for line in split_lines(text) if line.strip()]
         if not texts:
             raise UsageError(f"--input {args.input}: no text (one text per line)")
         return TextClassificationData(texts, [0] * len(texts), ["0"])
