@@ -3,6 +3,8 @@
 Every file goes to a temporary name in the same folder and is moved into place with ``os.replace``
 (atomic on POSIX), so a reader (or a resumed run after ``kill -9``) sees either the old content or the
 new, never a mix. Folders (a checkpoint) are built under a temporary name and swapped in the same way.
+JSON is written strict (:func:`json_line`, :func:`atomic_write_json`): NaN and infinities become
+``null``.
 
 >>> import tempfile, pathlib
 >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Iterator, Union
 
 __all__ = ["atomic_file", "atomic_write_text", "atomic_write_json", "atomic_directory", "finite_or_none",
-           "replace_directory"]
+           "json_line", "replace_directory"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -80,6 +82,16 @@ def finite_or_none(value):
 def atomic_write_json(path: PathLike, value) -> None:
     """Write ``value`` as indented strict JSON (NaN becomes ``null``) atomically."""
     atomic_write_text(path, json.dumps(finite_or_none(value), indent=2, allow_nan=False) + "\n")
+
+
+def json_line(value) -> str:
+    """``value`` as one line of strict JSON (no newline at the end): NaN and infinities become
+    ``null``, so every JSON-lines file this library writes is valid JSON.
+
+    >>> json_line({"p": float("nan"), "q": [0.5, float("inf")]})
+    '{"p": null, "q": [0.5, null]}'
+    """
+    return json.dumps(finite_or_none(value), allow_nan=False)
 
 
 def replace_directory(staging: Path, target: Path) -> None:

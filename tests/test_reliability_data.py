@@ -167,6 +167,67 @@ def test_task_labels_and_multiple_choice_answers_refuse_unicode_digits():
             parse_answer(value, ["a", "b"], "q.jsonl line 1")
 
 
+# -- 6. NaN weights and strict JSON ----------------------------------------------------------------
+
+def _poison(folder: Path, name_part: str, value: float) -> str:
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    name = next(n for n in tensors if name_part in n)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = value
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused_on_load(tmp_path, value):
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, modules_to_save=["classifier"]))
+    MonteCLoRAGuide(model)
+    folder = save_pretrained(model, tmp_path / "saved")
+    name = _poison(folder, "lora_B", value)
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: tensor '{name}' holds NaN or infinite"):
+        load_pretrained(folder, base_model=tiny_bert_classifier())
+
+
+def test_evaluate_refuses_nan_weights_in_one_line(run, data_dir, tmp_path, capsys):  # noqa: F811
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    _poison(damaged / "checkpoint", "classifier", float("nan"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a film\n")
+    before = snapshot(tmp_path)
+    refused(capsys, ["evaluate", "--checkpoint", str(damaged), "--num-samples", "0", "--test-file", str(data_dir / "test.jsonl")],
+            r"model\.safetensors: tensor 'network\..*classifier.*' holds NaN or infinite values")
+    refused(capsys, ["predict", "--checkpoint", str(damaged), "--input", str(texts)], r"holds NaN")
+    assert snapshot(tmp_path) == before
+
+
+def test_non_finite_numbers_are_written_as_null(run, data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import pyro_monteclora.predictive as predictive
+
+    real = predictive.predict
+
+    def nan_predict(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.probs[0] = float("nan")
+        result.mutual_information[1] = float("inf")
+        return result
+
+    monkeypatch.setattr(predictive, "predict", nan_predict)
+    output = tmp_path / "evaluation"
+    assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "0", "--output", str(output),
+                 "--test-file", str(data_dir / "test.jsonl")]) == 0
+    rows = [strict_json(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+    assert set(rows[0]["probabilities"].values()) == {None} and rows[1]["mutual_information"] is None
+    strict_json((output / "metrics.json").read_text())
+    capsys.readouterr()
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a film good\na film bad\n")
+    assert main(["predict", "--checkpoint", str(run), "--input", str(texts), "--num-samples", "0"]) == 0
+    lines = [strict_json(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and lines[1]["mutual_information"] is None
+
+
 # -- 7. lines end at \n or \r\n only -----------------------------------------------------------------
 
 SEPARATORS = "\u2028\u2029\x0c\x0b\x85\x1c"

@@ -8,7 +8,6 @@ the probabilities, the predictive entropy and the mutual information).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -223,7 +222,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
 
     import pyro
 
-    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
     from ..data import classification_loader
     from ..metrics import classification_metrics, reliability_curve
     from ..precision import autocast
@@ -247,7 +246,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
     method = metadata.get("method", record["model_class"])
     with atomic_directory(output) as staging:  # the three files appear together, or not at all
-        lines = "".join(json.dumps(row) + "\n" for row in prediction_rows(data, result, label_names))
+        lines = "".join(json_line(row) + "\n" for row in prediction_rows(data, result, label_names))
         atomic_write_text(staging / "predictions.jsonl", lines)
         try:
             from ..plots import plot_reliability_diagram

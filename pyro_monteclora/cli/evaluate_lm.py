@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -64,7 +63,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     """Validate the data, load the checkpoint, evaluate and write the results; returns 0."""
     import pyro
 
-    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
     from ..precision import autocast
     from .evaluate import UNITS, default_samples, open_model
 
@@ -120,7 +119,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         with atomic_directory(output) as staging:
             if generated is not None:
                 atomic_write_text(staging / "predictions.jsonl",
-                                  "".join(json.dumps(r.to_dict()) + "\n" for r in generated))
+                                  "".join(json_line(r.to_dict()) + "\n" for r in generated))
             atomic_write_json(staging / "metrics.json", {
                 "units": "token_nll is in nats per response token; exact_match and agreement are "
                          "fractions", "metrics": metrics, "task": task.name if task else None,
@@ -149,7 +148,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
                     "mean_mutual_information": result.mutual_information.mean().item()})
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
     with atomic_directory(output) as staging:
-        lines = "".join(json.dumps(row) + "\n" for row in _choice_rows(data, result))
+        lines = "".join(json_line(row) + "\n" for row in _choice_rows(data, result))
         atomic_write_text(staging / "predictions.jsonl", lines)
         try:
             from ..plots import plot_reliability_diagram

@@ -15,7 +15,6 @@ well the agreement rate is calibrated (ECE, Brier, AUROC).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -161,7 +160,7 @@ def run_generate(args, parser_defaults: dict) -> int:
 
     import pyro
 
-    from ..atomic import atomic_write_json, atomic_write_text
+    from ..atomic import atomic_write_json, atomic_write_text, json_line
     from ..generation import generate_answers
     from ..metrics import confidence_metrics, confidence_reliability_curve
     from ..precision import autocast
@@ -191,7 +190,7 @@ def run_generate(args, parser_defaults: dict) -> int:
                 samples_per_pass=args.samples_per_pass, progress=True)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    lines = "".join(json.dumps(result.to_dict()) + "\n" for result in results)
+    lines = "".join(json_line(result.to_dict()) + "\n" for result in results)
     if args.output == "-":
         sys.stdout.write(lines)
         sys.stdout.flush()

@@ -9,7 +9,6 @@ information (the epistemic part) under ``--num-samples`` posterior samples.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def run_predict(args, parser_defaults: dict) -> int:
 
     import pyro
 
-    from ..atomic import atomic_write_text
+    from ..atomic import atomic_write_text, json_line
     from ..data import classification_loader
     from ..precision import autocast
     from ..predictive import predict
@@ -98,7 +97,7 @@ def run_predict(args, parser_defaults: dict) -> int:
     rows = []
     for row in prediction_rows(data, result, label_names):
         row["label"] = row.pop("predicted")
-        rows.append(json.dumps(row))
+        rows.append(json_line(row))
     text = "\n".join(rows) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
