@@ -103,6 +103,25 @@ def test_train_refuses_a_csv_with_a_duplicate_column(model_dir, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+# -- 4. a classifier needs two labels --------------------------------------------------------------
+
+def test_a_one_class_training_set_is_refused(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    one_class = write_jsonl(tmp_path / "pos.jsonl", [r for r in sentences(16, 0) if r["label"] == "pos"])
+    one_row = write_jsonl(tmp_path / "one.jsonl", sentences(1, 0))
+    integers = write_jsonl(tmp_path / "ones.jsonl", [{"text": "a film", "label": 1}] * 4)
+    out = tmp_path / "out"
+    refused(capsys, tiny_train(model_dir, one_class, out),
+            r"pos\.jsonl: a classifier needs at least two labels .*, but all its 8 rows have the label 'pos'")
+    refused(capsys, tiny_train(model_dir, one_row, out), r"one\.jsonl: .*, but its only row has the label")
+    refused(capsys, tiny_train(model_dir, integers, out), r"ones\.jsonl: .* have the label '1'")
+    refused(capsys, tiny_train(model_dir, data_dir / "train.jsonl", out, "--max-train-samples", "1"),
+            r"train\.jsonl: .*its only row \(--max-train-samples 1\) has the label 'neg'")
+    refused(capsys, ["sweep", "--model", str(model_dir), "--train-file", str(one_class), "--methods", "lora",
+                     "--test-file", str(data_dir / "test.jsonl"), "--output", str(out)],
+            r"needs at least two labels")
+    assert not out.exists()
+
+
 # -- 5. labels ---------------------------------------------------------------------------------------
 
 def test_one_and_one_point_zero_are_one_label(tmp_path):

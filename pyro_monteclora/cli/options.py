@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
-           "existing_output", "check_output_folder", "check_replaceable", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
+           "existing_output", "check_output_folder", "check_replaceable", "check_training_labels", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
            "METHODS"]
 
 from ..tasks import TASKS as TASK_SPECS
@@ -242,14 +242,16 @@ def file_sha256(path: str) -> str:
 
 
 def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str]] = None,
-                 recorded: Optional[dict] = None,
-                 optional_unlabelled: Sequence[str] = ()) -> Tuple[Dict[str, object], dict]:
+                 recorded: Optional[dict] = None, optional_unlabelled: Sequence[str] = (),
+                 training: bool = False) -> Tuple[Dict[str, object], dict]:
     """Load and validate the splits in ``needed`` (the first one is required).
 
     :param recorded: the data specification saved with a checkpoint, used when the command line
         names no data source; its files must be unchanged (their SHA-256 is recorded).
     :param optional_unlabelled: hub splits skipped when every label is missing or ``-1`` (GLUE's
         test splits) instead of failing.
+    :param training: the ``train`` split trains a classifier: it must hold two labels (in its
+        first ``args.max_train_samples`` examples), checked before the other splits are read.
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
     from ..data import load_rotten_tomatoes
@@ -333,12 +335,39 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                                                      label_names)
                 splits[split] = data
                 label_names = data.label_names
+                if training and split == "train":
+                    limit = getattr(args, "max_train_samples", None)
+                    check_training_labels(data.subset(limit) if limit else data, spec, limit)
     except (DataError, OSError) as error:
         raise UsageError(str(error)) from None
     if needed[0] not in splits:
         raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --task / --dataset)")
     spec["label_names"] = list(splits[needed[0]].label_names)
     return splits, spec
+
+
+def check_training_labels(data, spec: dict, max_train_samples: Optional[int] = None) -> None:
+    """Refuse a classifier's training set whose examples all carry one label (a single row, say):
+    the classifier would learn to say that label and nothing else.
+
+    :param data: the training :class:`~pyro_monteclora.data.TextClassificationData` (after
+        ``--max-train-samples``).
+    :param spec: the data specification of :func:`resolve_data`, to name the file.
+    """
+    present = sorted(set(data.labels))
+    if len(present) >= 2:
+        return
+    if spec.get("source") == "files":
+        source = spec["files"]["train"]
+    elif spec.get("source") == "dataset":
+        source = f"{spec['dataset']}[train]"
+    else:
+        source = f"--task {spec.get('task')}"
+    only = repr(data.label_names[present[0]]) if present else "none"
+    limit = f" (--max-train-samples {max_train_samples})" if max_train_samples else ""
+    rows = f"its only row{limit} has" if len(data) == 1 else f"all its {len(data)} rows{limit} have"
+    raise UsageError(f"{source}: a classifier needs at least two labels in its training data, but "
+                     f"{rows} the label {only}")
 
 
 def check_writable(path: Path, option: str) -> None:

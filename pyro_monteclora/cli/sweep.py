@@ -198,7 +198,8 @@ def _validate(args, cells, train_options):
 
         splits, spec = resolve_instruction_data(probe, ("train", "validation", "test"))
     else:
-        splits, spec = resolve_data(probe, ("train", "validation", "test"), optional_unlabelled=("test",))
+        splits, spec = resolve_data(probe, ("train", "validation", "test"), optional_unlabelled=("test",),
+                                    training=True)
     probe.split = args.split
     split = evaluation_split(probe, None)
     if split not in splits:

@@ -235,7 +235,7 @@ def run_train(args, parser_defaults: dict) -> int:
                                                      recorded=recorded_data)
     else:
         splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data,
-                                         optional_unlabelled=("test",))
+                                         optional_unlabelled=("test",), training=True)
     if arguments["max_train_samples"]:
         splits["train"] = splits["train"].subset(arguments["max_train_samples"])
     model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
