@@ -58,11 +58,118 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=no_constant)
 
 
+def _old_run(folder: Path) -> Path:
+    """A folder --overwrite may replace: it holds a run.json (from an earlier run)."""
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text("{}")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def run(model_dir, data_dir, tmp_path_factory):  # noqa: F811
     output = tmp_path_factory.mktemp("runs") / "run"
     assert main(tiny_train(model_dir, data_dir / "train.jsonl", output)) == 0
     return output
+
+
+# -- 2. one process per run folder ----------------------------------------------------------------
+
+HOLD = ("import sys; from pyro_monteclora.atomic import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); sys.stdin.read()")
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock until it is killed."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_the_folder_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path):
+    from pyro_monteclora.atomic import LOCK_NAME, FolderInUse, FolderLock, clear_folder, folder_in_use
+
+    folder = tmp_path / "run"
+    holder = _holder(folder)
+    try:
+        assert folder_in_use(folder)
+        with pytest.raises(FolderInUse, match=r"run is in use by another process"):
+            FolderLock(folder).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert (folder / LOCK_NAME).exists()  # a kill -9 leaves the file, but not the lock
+    assert not folder_in_use(folder)
+    with FolderLock(folder) as lock:
+        assert lock.held and folder_in_use(folder)
+        (folder / "x").mkdir()
+        (folder / "y.txt").write_text("y")
+        clear_folder(folder)  # what --overwrite does under the lock: the lock file stays
+        assert [p.name for p in folder.iterdir()] == [LOCK_NAME] and folder_in_use(folder)
+    assert list(folder.iterdir()) == [] and not folder_in_use(folder)
+
+
+def test_train_and_sweep_refuse_a_folder_another_process_holds(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    from pyro_monteclora.atomic import folder_in_use
+
+    output = _old_run(tmp_path / "run")
+    holder = _holder(output)
+    assert folder_in_use(output)
+    try:
+        before = snapshot(tmp_path)
+        train = tiny_train(model_dir, data_dir / "train.jsonl", output)
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            refused(capsys, train + extra, r"--output .*run is in use by another process")
+        refused(capsys, ["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
+                         "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora", "--output",
+                         str(output), "--overwrite"], r"in use by another process")
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert main(train + ["--overwrite"]) == 0  # the killed holder left no stuck lock
+    assert sorted(p.name for p in output.iterdir()) == ["checkpoint", "run.json", "train_summary.json"]
+
+
+def test_a_second_train_into_a_running_runs_folder_exits_2(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    """Two real train processes: while the first writes its run folder, a second (plain,
+    --overwrite or --resume) is refused; once the first is killed with SIGKILL, the folder is
+    usable again."""
+    output = tmp_path / "run"
+    argv = tiny_train(model_dir, data_dir / "train.jsonl", output, "--epochs", "400")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "pyro_monteclora", *argv], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "checkpoint" / "training_state.json").is_file():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.05)
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            refused(capsys, argv + extra, r"in use by another process")
+        assert first.poll() is None  # still training, in a folder nobody else touched
+        assert json.loads((output / "run.json").read_text())["arguments"]["epochs"] == 400
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    assert main(tiny_train(model_dir, data_dir / "train.jsonl", output, "--overwrite")) == 0
+    assert json.loads((output / "run.json").read_text())["arguments"]["epochs"] == 1
+    assert sorted(p.name for p in output.iterdir()) == ["checkpoint", "run.json", "train_summary.json"]
+
+
+def test_under_the_lock_a_folder_filled_since_the_checks_is_not_replaced(tmp_path):
+    """The lock is taken after the model is loaded; a folder another run filled (and finished)
+    in between is checked again, not deleted."""
+    from pyro_monteclora.atomic import folder_in_use
+    from pyro_monteclora.cli.options import UsageError, lock_output_folder
+
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "run.json").write_text("{}")
+    args = argparse.Namespace(resume=False, overwrite=False)
+    with pytest.raises(UsageError, match=r"already exists; pass --overwrite"):
+        lock_output_folder(output, args, "run.json", "run")
+    assert [p.name for p in output.iterdir()] == ["run.json"] and not folder_in_use(output)
 
 
 # -- 3. duplicate columns --------------------------------------------------------------------------

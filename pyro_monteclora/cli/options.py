@@ -16,8 +16,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
-           "existing_output", "check_output_folder", "check_replaceable", "check_training_labels", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
-           "METHODS"]
+           "existing_output", "check_output_folder", "check_replaceable", "check_training_labels",
+           "lock_output_folder", "data_mode", "task_of", "evaluation_split", "file_sha256",
+           "add_dtype_option", "resolve_precision", "TASKS", "METHODS"]
 
 from ..tasks import TASKS as TASK_SPECS
 
@@ -383,15 +384,53 @@ def check_writable(path: Path, option: str) -> None:
 
 
 def check_output_folder(args) -> Path:
-    """``--output`` as a path that is not a file and can be made, with ``--resume`` and
-    ``--overwrite`` not both given."""
+    """``--output`` as a path that is not a file and can be made, that no other process is writing
+    (see :func:`lock_output_folder`), with ``--resume`` and ``--overwrite`` not both given."""
+    from ..atomic import folder_in_use
+
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} exists and is not a folder")
+    if folder_in_use(output):
+        raise UsageError(_in_use(output))
     check_writable(output, "--output")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     return output
+
+
+def _in_use(output: Path) -> str:
+    return (f"--output {output} is in use by another process (a train or sweep still writing it); "
+            f"wait for it to end, or choose another --output")
+
+
+def lock_output_folder(output: Path, args, marker: str, kind: str):
+    """Take ``output``'s :class:`~pyro_monteclora.atomic.FolderLock` (creating the folder) for the
+    rest of the command; without ``--resume``, empty it.
+
+    Called once everything is validated, just before the first write. Under the lock the folder
+    is checked again (another process may have filled it since :func:`check_replaceable`), and
+    without ``--resume`` its old content is deleted (the lock file stays, so the lock is never
+    lost). The kernel drops the lock when the process ends, ``kill -9`` included.
+
+    :returns: the held lock; call its ``release()`` when the command ends.
+    :raises UsageError: when another process holds the folder.
+    """
+    from ..atomic import FolderInUse, FolderLock, clear_folder
+
+    lock = FolderLock(output)
+    try:
+        lock.acquire()
+    except FolderInUse:
+        raise UsageError(_in_use(output)) from None
+    try:
+        if not args.resume:
+            check_replaceable(output, args.overwrite, marker, kind)
+            clear_folder(output)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> None:
@@ -407,5 +446,13 @@ def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> 
 
 
 def existing_output(path: Path) -> bool:
-    """Whether ``path`` exists and is not an empty folder."""
-    return path.exists() and (not path.is_dir() or any(os.scandir(path)))
+    """Whether ``path`` exists and is not an empty folder (a lock file left by a killed run does
+    not count)."""
+    from ..atomic import LOCK_NAME
+
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        return True
+    with os.scandir(path) as entries:
+        return any(entry.name != LOCK_NAME for entry in entries)

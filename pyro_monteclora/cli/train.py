@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from .options import (UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_number, check_output_folder, check_replaceable, default_modules_to_save,
-                      default_target_modules, resolve_data, resolve_device, resolve_model_path,
-                      resolve_precision)
+                      check_number, check_output_folder, check_replaceable,
+                      default_modules_to_save, default_target_modules, lock_output_folder,
+                      resolve_data, resolve_device, resolve_model_path, resolve_precision)
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
@@ -243,7 +242,7 @@ def run_train(args, parser_defaults: dict) -> int:
     import pyro
     import torch
 
-    from ..distributed import init_distributed, launched_world_size
+    from ..distributed import init_distributed, launched_rank, launched_world_size
     from ..serialization import CheckpointError, load_pretrained
     from ..training_state import load_training_state
 
@@ -282,10 +281,12 @@ def run_train(args, parser_defaults: dict) -> int:
     if "validation" in splits and not arguments["no_validation"] and world_size > len(splits["validation"]):
         raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['validation'])} validation "
                          f"examples: pass --no-validation or a larger validation set")
-    # everything is validated: from here on a process group may start and rank 0 writes the output
-    distributed = init_distributed(device)
-    finished = False
+    # everything is validated: from here on a process group may start and rank 0 writes the output,
+    # holding its lock until the command ends
+    lock = lock_output_folder(output, args, RUN_FILE, "pyro-monteclora run") if launched_rank() == 0 else None
+    distributed = finished = False
     try:
+        distributed = init_distributed(device)
         status = _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path,
                         output, causal, max_length, learning_rate, resume_state, device, torch_dtype)
         finished = True
@@ -297,6 +298,8 @@ def run_train(args, parser_defaults: dict) -> int:
             if finished:  # no rank tears the group down while another still receives
                 dist.barrier()
             dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
 
 
 def _train(args, arguments, model, guide, tokenizer, network, splits, data_spec, model_path, output,
@@ -337,9 +340,7 @@ def _train(args, arguments, model, guide, tokenizer, network, splits, data_spec,
         if "validation" in splits and not arguments["no_validation"]:
             eval_loader = classification_loader(splits["validation"], tokenizer, 64, max_length)
 
-    if main_process:
-        if not args.resume and output.exists():
-            shutil.rmtree(output)
+    if main_process:  # the folder was made (and emptied, without --resume) under its lock
         output.mkdir(parents=True, exist_ok=True)
     metadata = {"method": arguments["method"], "model_path": model_path, "data": data_spec,
                 "max_length": max_length, "arguments": arguments}
