@@ -72,6 +72,90 @@ def run(model_dir, data_dir, tmp_path_factory):  # noqa: F811
     return output
 
 
+# -- 1. --overwrite never deletes what the command reads -----------------------------------------
+
+def test_overwrite_refuses_a_run_folder_that_holds_the_training_data(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    output = _old_run(tmp_path / "myrun")
+    shutil.copy(data_dir / "train.jsonl", output / "train.jsonl")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(output / "train.jsonl")
+    before = snapshot(tmp_path)
+    refused(capsys, tiny_train(model_dir, output / "train.jsonl", output, "--overwrite"),
+            r"--output .*myrun holds --train-file .*train\.jsonl, which this command reads")
+    # through a symbolic link that resolves inside the folder, and a relative path to it
+    refused(capsys, tiny_train(model_dir, link, output, "--overwrite"), r"holds --train-file")
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        refused(capsys, tiny_train(model_dir, "myrun/train.jsonl", "./myrun/../myrun", "--overwrite"),
+                r"holds --train-file")
+    finally:
+        os.chdir(cwd)
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_refuses_a_run_folder_that_holds_the_model_or_a_test_file(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    output = _old_run(tmp_path / "myrun")
+    shutil.copytree(model_dir, output / "base")
+    shutil.copy(data_dir / "test.jsonl", output / "test.jsonl")
+    before = snapshot(tmp_path)
+    refused(capsys, tiny_train(output / "base", data_dir / "train.jsonl", output, "--overwrite"),
+            r"holds --model .*base")
+    refused(capsys, tiny_train(model_dir, data_dir / "train.jsonl", output, "--overwrite",
+                               "--test-file", str(output / "test.jsonl")), r"holds --test-file")
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_overwrite_refuses_a_folder_that_holds_its_data(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    output = tmp_path / "grid"
+    output.mkdir()
+    (output / "sweep.json").write_text("{}")
+    shutil.copy(data_dir / "train.jsonl", output / "train.jsonl")
+    before = snapshot(tmp_path)
+    refused(capsys, ["sweep", "--model", str(model_dir), "--train-file", str(output / "train.jsonl"),
+                     "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora", "--learning-rates",
+                     "0.01", "--batch-sizes", "8", "--epochs", "1", "--max-length", "16", "--rank", "4",
+                     "--output", str(output), "--overwrite"], r"holds --train-file")
+    assert snapshot(tmp_path) == before
+
+
+def test_evaluate_overwrite_refuses_a_folder_that_holds_the_checkpoint_or_the_data(run, data_dir, tmp_path, capsys):  # noqa: F811
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "metrics.json").write_text("{}")  # an earlier evaluation: --overwrite may replace it
+    shutil.copytree(run, results / "run")
+    shutil.copy(data_dir / "test.jsonl", results / "test.jsonl")
+    before = snapshot(tmp_path)
+    refused(capsys, ["evaluate", "--checkpoint", str(results / "run"), "--output", str(results),
+                     "--overwrite", "--test-file", str(data_dir / "test.jsonl")],
+            r"holds --checkpoint .*run/checkpoint")
+    refused(capsys, ["evaluate", "--checkpoint", str(run), "--output", str(results), "--overwrite",
+                     "--test-file", str(results / "test.jsonl")], r"holds the test data")
+    assert snapshot(tmp_path) == before
+
+
+def test_predict_and_generate_refuse_to_overwrite_their_own_input(run, decoder_dir, tmp_path, capsys):  # noqa: F811
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a film good\na film bad\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("capital ?\n")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = snapshot(tmp_path)
+    refused(capsys, ["predict", "--checkpoint", str(run), "--input", str(texts), "--output", str(texts),
+                     "--overwrite"], r"--output .*texts\.txt would replace --input")
+    refused(capsys, ["predict", "--checkpoint", str(copy), "--input", str(texts), "--overwrite",
+                     "--output", str(copy / "checkpoint" / "model.safetensors")], r"would replace --checkpoint")
+    refused(capsys, ["generate", "--model", str(decoder_dir), "--prompt-file", str(prompts),
+                     "--max-new-tokens", "2", "--output", str(prompts), "--overwrite"],
+            r"would replace --prompt-file")
+    assert snapshot(tmp_path) == before
+    # a new file in the run folder, next to the checkpoint, is fine
+    assert main(["predict", "--checkpoint", str(copy), "--input", str(texts), "--num-samples", "0",
+                 "--output", str(copy / "predictions.jsonl")]) == 0
+    assert len((copy / "predictions.jsonl").read_text().splitlines()) == 2
+
+
 # -- 2. one process per run folder ----------------------------------------------------------------
 
 HOLD = ("import sys; from pyro_monteclora.atomic import FolderLock; FolderLock(sys.argv[1]).acquire(); "

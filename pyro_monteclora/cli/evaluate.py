@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (UsageError, add_data_options, add_dtype_option, check_number, check_writable,
-                      evaluation_split, existing_output, resolve_data, resolve_device, resolve_precision,
-                      task_of)
+from .options import (UsageError, add_data_options, add_dtype_option, check_inputs_outside, check_number,
+                      check_writable, evaluation_split, existing_output, resolve_data, resolve_device,
+                      resolve_precision, task_of)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
-           "evaluation_output", "open_model", "default_samples",
+           "evaluation_output", "check_evaluation_inputs", "open_model", "default_samples",
            "prediction_rows", "recorded_label_names", "UNITS"]
 
 #: default examples per batch for a classifier
@@ -196,6 +196,16 @@ def evaluation_output(args, directory: Path) -> Path:
     return output
 
 
+def check_evaluation_inputs(args, output: Path, directory: Path, record: dict, data_spec: dict) -> None:
+    """Refuse an ``--output`` folder that holds the checkpoint, the base model or a data file this
+    evaluation reads (replacing it would delete them)."""
+    metadata = record.get("metadata") or {}
+    inputs = [("--checkpoint", directory), ("--model", args.model or metadata.get("model_path"))]
+    files = (data_spec or {}).get("files") or {}
+    inputs += [(f"the {split} data", path) for split, path in files.items()]
+    check_inputs_outside(output, inputs)
+
+
 def run_evaluate(args, parser_defaults: dict) -> int:
     """Validate, run the posterior predictive, write the three result files; returns 0."""
     check_number("--ece-bins", args.ece_bins, minimum=1, maximum=1000, integer=True)
@@ -217,6 +227,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     args.split = evaluation_split(args, metadata.get("data"))
     splits, data_spec = resolve_data(args, (args.split,), label_names=label_names,
                                      recorded=metadata.get("data"))
+    check_evaluation_inputs(args, output, directory, record, data_spec)
     task = task_of(args, data_spec)
     model, guide, tokenizer = open_model(directory, record, args, device)
 

@@ -65,7 +65,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
 
     from ..atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
     from ..precision import autocast
-    from .evaluate import UNITS, default_samples, open_model
+    from .evaluate import UNITS, check_evaluation_inputs, default_samples, open_model
 
     from .options import check_number, evaluation_split, task_of
 
@@ -97,6 +97,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         data = splits[args.split]
     if args.max_samples:
         data = data.subset(args.max_samples)
+    check_evaluation_inputs(args, output, directory, record, data_spec)
     model, guide, tokenizer = open_model(directory, record, args, device)
     num_samples = default_samples(record, args.num_samples)
     max_length = args.max_length or metadata.get("max_length", 256)

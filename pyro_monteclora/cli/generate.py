@@ -18,8 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import (UsageError, add_dtype_option, check_number, check_writable, resolve_device,
-                      resolve_model_path, resolve_precision)
+from .options import (UsageError, add_dtype_option, check_file_output_not_input,
+                      check_number, check_writable, resolve_device, resolve_model_path,
+                      resolve_precision)
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
 
@@ -146,6 +147,13 @@ def run_generate(args, parser_defaults: dict) -> int:
     check_number("--max-length", args.max_length, minimum=args.max_new_tokens + 1, integer=True)
     _check_file_output(args.output, "--output", args.overwrite)
     _check_file_output(args.metrics, "--metrics", args.overwrite)
+    from .evaluate import find_checkpoint
+
+    # the saved-model folder, not the run folder around it (where earlier outputs may live)
+    saved = find_checkpoint(args.checkpoint) if args.checkpoint is not None else None
+    for option in ("--output", "--metrics"):
+        check_file_output_not_input(getattr(args, option[2:]), option, [
+            ("--prompt-file", args.prompt_file), ("--checkpoint", saved), ("--model", args.model)])
     data = _read_prompts(args)
     if args.max_prompts:
         data = data.subset(args.max_prompts)

@@ -17,7 +17,8 @@ __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options
            "add_adapter_options", "check_number", "resolve_data", "resolve_model_path",
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
            "existing_output", "check_output_folder", "check_replaceable", "check_training_labels",
-           "lock_output_folder", "data_mode", "task_of", "evaluation_split", "file_sha256",
+           "lock_output_folder", "check_inputs_outside", "check_file_output_not_input",
+           "data_mode", "task_of", "evaluation_split", "file_sha256",
            "add_dtype_option", "resolve_precision", "TASKS", "METHODS"]
 
 from ..tasks import TASKS as TASK_SPECS
@@ -431,6 +432,60 @@ def lock_output_folder(output: Path, args, marker: str, kind: str):
         lock.release()
         raise
     return lock
+
+
+def _real(path) -> str:
+    return os.path.realpath(os.path.expanduser(str(path)))
+
+
+def _within(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, symbolic links resolved."""
+    real, base = _real(path), _real(folder)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _same_file(a, b) -> bool:
+    if _real(a) == _real(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def check_inputs_outside(output: Path, inputs: Sequence[Tuple[str, Optional[object]]],
+                         option: str = "--output") -> None:
+    """Refuse to replace the folder ``output`` when an input the command reads lies inside it:
+    ``--overwrite`` would delete the data, model or checkpoint being used.
+
+    :param inputs: ``(option, path)`` pairs; ``None`` and paths that do not exist (a hub name)
+        are skipped. Paths are compared with symbolic links resolved.
+    """
+    for name, path in inputs:
+        if path is None or not os.path.exists(os.path.expanduser(str(path))):
+            continue
+        if _within(path, output):
+            raise UsageError(f"{option} {output} holds {name} {path}, which this command reads: "
+                             f"replacing {output} would delete it; move it out or choose another "
+                             f"{option}")
+
+
+def check_file_output_not_input(output, option: str,
+                                inputs: Sequence[Tuple[str, Optional[object]]]) -> None:
+    """Refuse a file ``output`` that is an input file, or an existing file inside an input folder
+    (the checkpoint, the model): ``--overwrite`` would replace what the command reads."""
+    if output in (None, "-"):
+        return
+    for name, path in inputs:
+        if path in (None, "-") or not os.path.exists(os.path.expanduser(str(path))):
+            continue
+        if os.path.isdir(path):
+            hit = os.path.lexists(output) and _within(output, path)
+        else:
+            hit = _same_file(output, path)
+        if hit:
+            raise UsageError(f"{option} {output} would replace {name} {path}, which this command "
+                             f"reads; choose another {option}")
 
 
 def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .evaluate import (CLASSIFIER_BATCH_SIZE, add_inference_options, default_samples, load_for_inference, open_model,
                        prediction_rows, recorded_label_names)
-from .options import UsageError, check_writable
+from .options import UsageError, check_file_output_not_input, check_writable
 
 __all__ = ["add_predict_parser", "run_predict"]
 
@@ -76,6 +76,9 @@ def run_predict(args, parser_defaults: dict) -> int:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace it")
         check_writable(output, "--output")
     metadata = record.get("metadata", {})
+    check_file_output_not_input(args.output, "--output", [
+        ("--input", args.input), ("--checkpoint", directory),
+        ("--model", args.model or metadata.get("model_path"))])
     data = _read_texts(args)
     label_names = recorded_label_names(record)
     model, guide, tokenizer = open_model(directory, record, args, device)

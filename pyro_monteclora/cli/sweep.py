@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_output_folder, check_replaceable, evaluation_split,
+                      check_inputs_outside, check_output_folder, check_replaceable, evaluation_split,
                       lock_output_folder)
 
 __all__ = ["add_sweep_parser", "run_sweep", "run_cell", "SWEEP_FILE"]
@@ -231,6 +231,8 @@ def _prepare_output(args, record: dict) -> Path:
                              f"{' or '.join(changed).replace('_', ' ')}; start a new --output")
     else:
         check_replaceable(output, args.overwrite, SWEEP_FILE, "sweep")
+        check_inputs_outside(output, [("--train-file", args.train_file), ("--validation-file", args.validation_file),
+                                      ("--test-file", args.test_file), ("--model", args.model)])
     return output
 
 

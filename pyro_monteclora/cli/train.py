@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .options import (UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_number, check_output_folder, check_replaceable,
+                      check_inputs_outside, check_number, check_output_folder, check_replaceable,
                       default_modules_to_save, default_target_modules, lock_output_folder,
                       resolve_data, resolve_device, resolve_model_path, resolve_precision)
 
@@ -143,6 +143,8 @@ def _prepare_output(args, parser_defaults: dict):
                              + ", ".join("--" + name.replace("_", "-") for name in changed))
         return saved, recorded
     check_replaceable(output, args.overwrite, RUN_FILE, "pyro-monteclora run")
+    check_inputs_outside(output, [("--train-file", args.train_file), ("--validation-file", args.validation_file),
+                                  ("--test-file", args.test_file), ("--model", args.model)])
     return {name: getattr(args, name) for name in RUN_OPTIONS}, None
 
 
