@@ -468,3 +468,26 @@ def test_generate_reads_one_prompt_per_line(tmp_path):
     path.write_text("capital\u2028of peru ?\r\nwhat\x0cis it ?\n\n", encoding="utf-8")
     args = argparse.Namespace(prompt=None, prompt_file=str(path), prompt_column=None)
     assert _read_prompts(args).prompts == ["capital\u2028of peru ?", "what\x0cis it ?"]
+
+
+# -- 8. two outputs, one file --------------------------------------------------------------------------
+
+def test_generate_refuses_the_same_file_for_output_and_metrics(decoder_dir, tmp_path, capsys):  # noqa: F811
+    work = tmp_path / "work"
+    work.mkdir()
+    prompts = write_jsonl(work / "qa.jsonl", [{"question": "capital ?", "answer": "lima"}])
+    both = work / "both.json"
+    link = tmp_path / "link.json"  # outside work/: it dangles until both.json exists
+    link.symlink_to(both)
+    base = ["generate", "--model", str(decoder_dir), "--prompt-file", str(prompts), "--max-new-tokens", "2"]
+    before = snapshot(work)
+    refused(capsys, base + ["--output", str(both), "--metrics", str(both)],
+            r"--output and --metrics name the same file")
+    refused(capsys, base + ["--output", str(both), "--metrics", str(link)], r"name the same file")
+    refused(capsys, base + ["--output", str(both), "--metrics", str(work / "." / "both.json")],
+            r"name the same file")
+    refused(capsys, base + ["--metrics", "-"], r"--metrics - : give a file name")
+    assert snapshot(work) == before
+    assert main(base + ["--output", str(work / "gen.jsonl"), "--metrics", str(both)]) == 0
+    assert strict_json(both.read_text())["prompts"] == 1
+    assert len((work / "gen.jsonl").read_text().splitlines()) == 1

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import (UsageError, add_dtype_option, check_file_output_not_input,
+from .options import (UsageError, add_dtype_option, check_distinct_outputs, check_file_output_not_input,
                       check_number, check_writable, resolve_device, resolve_model_path,
                       resolve_precision)
 
@@ -145,8 +145,11 @@ def run_generate(args, parser_defaults: dict) -> int:
                              ("--ece-bins", args.ece_bins, 1)):
         check_number(name, value, minimum=low, integer=True)
     check_number("--max-length", args.max_length, minimum=args.max_new_tokens + 1, integer=True)
+    if args.metrics == "-":
+        raise UsageError("--metrics - : give a file name (the generations go to standard output)")
     _check_file_output(args.output, "--output", args.overwrite)
     _check_file_output(args.metrics, "--metrics", args.overwrite)
+    check_distinct_outputs([("--output", args.output), ("--metrics", args.metrics)])
     from .evaluate import find_checkpoint
 
     # the saved-model folder, not the run folder around it (where earlier outputs may live)

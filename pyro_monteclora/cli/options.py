@@ -18,7 +18,7 @@ __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options
            "default_target_modules", "default_modules_to_save", "resolve_device", "check_writable",
            "existing_output", "check_output_folder", "check_replaceable", "check_training_labels",
            "lock_output_folder", "check_inputs_outside", "check_file_output_not_input",
-           "data_mode", "task_of", "evaluation_split", "file_sha256",
+           "check_distinct_outputs", "data_mode", "task_of", "evaluation_split", "file_sha256",
            "add_dtype_option", "resolve_precision", "TASKS", "METHODS"]
 
 from ..tasks import TASKS as TASK_SPECS
@@ -486,6 +486,16 @@ def check_file_output_not_input(output, option: str,
         if hit:
             raise UsageError(f"{option} {output} would replace {name} {path}, which this command "
                              f"reads; choose another {option}")
+
+
+def check_distinct_outputs(outputs: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """Refuse two output options naming one file (the second write would replace the first)."""
+    given = [(option, value) for option, value in outputs if value not in (None, "-")]
+    for index, (option, value) in enumerate(given):
+        for other, earlier in given[:index]:
+            if _same_file(value, earlier):
+                raise UsageError(f"{other} and {option} name the same file ({value}); give each "
+                                 f"its own path")
 
 
 def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> None:
