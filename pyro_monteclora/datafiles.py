@@ -1,12 +1,15 @@
 """Labelled text from your own files (csv, tsv, json, jsonl, parquet) or from the Hugging Face hub.
 
 Every check runs while the file is read, before any model is loaded, and a failure raises
-:class:`DataError` naming the file, the row and the column: a missing file or column, a file that
-is not UTF-8, an empty text, a label outside the label set.
+:class:`DataError` naming the file, the row and the column: a missing file or column, a column
+named twice (in a header or a JSON object), a file that is not UTF-8, an empty text, a missing,
+NaN or fractional label, a label outside the label set. JSON-lines files are cut into lines at
+``\\n`` and ``\\r\\n`` only (:func:`split_lines`): a U+2028 inside a string is content.
 
-Labels may be integers (``0 .. K-1``; also as digit strings in csv) or names (``"positive"``). The
-label set comes from the training file (integers: ``0 .. max``; names: sorted) unless given, and the
-validation and test files must stay inside it.
+Labels may be whole numbers (``0 .. K-1``, however written: ``1``, ``1.0`` and ``"1"`` are one
+label, see :func:`label_key`) or names (``"positive"``). The label set comes from the training
+file (numbers: ``0 .. max``; names: sorted) unless given, and the validation and test files must
+stay inside it.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.jsonl"
@@ -29,8 +32,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .data import TextClassificationData
 
-__all__ = ["DataError", "split_lines", "read_records", "read_located_records", "load_classification_file", "infer_label_names", "label_key",
-           "records_to_classification", "load_hub_records", "hub_split_names", "SUPPORTED_SUFFIXES"]
+__all__ = ["DataError", "split_lines", "read_records", "read_located_records", "load_classification_file",
+           "infer_label_names", "label_key", "records_to_classification", "load_hub_records",
+           "hub_split_names", "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 PathLike = Union[str, os.PathLike]

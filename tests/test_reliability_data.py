@@ -10,6 +10,7 @@ never share a file.
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -17,11 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
@@ -491,3 +494,48 @@ def test_generate_refuses_the_same_file_for_output_and_metrics(decoder_dir, tmp_
     assert main(base + ["--output", str(work / "gen.jsonl"), "--metrics", str(both)]) == 0
     assert strict_json(both.read_text())["prompts"] == 1
     assert len((work / "gen.jsonl").read_text().splitlines()) == 1
+
+
+# -- properties: a data file loads or raises a DataError naming it, nothing else ---------------------
+
+LABELS = st.one_of(st.text(max_size=8), st.integers(-3, 12), st.floats(), st.booleans(), st.none(),
+                   st.sampled_from(["1", "1.0", " 2 ", "--1", "\u00b2", "\u0661", "nan", "1e0"]))
+TEXTS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(LABELS, min_size=1, max_size=6))
+@example(["\u00b2", "--1", 1])
+@example([1, 1.0, "1", 0])
+@example([0, float("nan")])
+def test_any_labels_load_or_raise_a_data_error_naming_the_file(labels):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "labels.jsonl"
+        path.write_text("".join(json.dumps({"text": "a film", "label": v}) + "\n" for v in labels))
+        try:
+            data = load_classification_file(path, ["text"], "label")
+        except DataError as error:
+            assert str(path) in str(error) and "\n" not in str(error)
+            return
+    from pyro_monteclora.datafiles import label_key
+
+    keys = [label_key(v) for v in labels]
+    for i, j in itertools.combinations(range(len(labels)), 2):  # equal keys, one class
+        assert (data.labels[i] == data.labels[j]) == (keys[i] == keys[j] or str(keys[i]) == str(keys[j]))
+    assert all(not (isinstance(v, float) and not math.isfinite(v)) for v in labels)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(TEXTS, min_size=1, max_size=4))
+@example(["one\u2028two", "form\x0cfeed", "next\x85line"])
+def test_any_text_in_a_jsonl_file_reads_back_as_written(texts):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "texts.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": i % 2}, ensure_ascii=False) + "\n"
+                                for i, t in enumerate(texts)), encoding="utf-8")
+        try:
+            data = load_classification_file(path, ["text"], "label")
+        except DataError as error:
+            assert str(path) in str(error) and any(not t.strip() for t in texts)
+            return
+    assert data.texts == [t.strip() for t in texts]
