@@ -1,12 +1,15 @@
 """Labelled text from your own files (csv, tsv, json, jsonl, parquet) or from the Hugging Face hub.
 
 Every check runs while the file is read, before any model is loaded, and a failure raises
-:class:`DataError` naming the file, the row and the column: a missing file or column, a file that
-is not UTF-8, an empty text, a label outside the label set.
+:class:`DataError` naming the file, the row and the column: a missing file or column, a column
+named twice (in a header or a JSON object), a file that is not UTF-8, an empty text, a missing,
+NaN or fractional label, a label outside the label set. JSON-lines files are cut into lines at
+``\\n`` and ``\\r\\n`` only (:func:`split_lines`): a U+2028 inside a string is content.
 
-Labels may be integers (``0 .. K-1``; also as digit strings in csv) or names (``"positive"``). The
-label set comes from the training file (integers: ``0 .. max``; names: sorted) unless given, and the
-validation and test files must stay inside it.
+Labels may be whole numbers (``0 .. K-1``, however written: ``1``, ``1.0`` and ``"1"`` are one
+label, see :func:`label_key`) or names (``"positive"``). The label set comes from the training
+file (numbers: ``0 .. max``; names: sorted) unless given, and the validation and test files must
+stay inside it.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.jsonl"
@@ -21,14 +24,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .data import TextClassificationData
 
-__all__ = ["DataError", "read_records", "read_located_records", "load_classification_file", "infer_label_names",
-           "records_to_classification", "load_hub_records", "hub_split_names", "SUPPORTED_SUFFIXES"]
+__all__ = ["DataError", "split_lines", "read_records", "read_located_records", "load_classification_file",
+           "infer_label_names", "label_key", "records_to_classification", "load_hub_records",
+           "hub_split_names", "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 PathLike = Union[str, os.PathLike]
@@ -53,6 +59,42 @@ def _read_text(path: Path) -> str:
                         f"convert it with iconv or re-save it as UTF-8") from None
 
 
+def split_lines(text: str) -> List[str]:
+    """``text`` cut at ``\\n`` and ``\\r\\n`` only: unlike ``str.splitlines``, a form feed, a
+    vertical tab or a Unicode line or paragraph separator (U+2028, U+2029, U+0085) inside a line is
+    part of it, as it is in a JSON string.
+
+    >>> split_lines("a\\u2028b\\r\\nc\\x0cd\\n")
+    ['a\\u2028b', 'c\\x0cd']
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _check_unique_columns(names: Sequence[str], path: Path, place: str) -> None:
+    """Refuse a header that names a column twice (the reader would keep only one of them)."""
+    seen = set()
+    for name in names:
+        if name in seen and name not in ("", None):  # blank names (trailing commas) are never read
+            raise DataError(f"{path}{place}: the column {name!r} appears twice; rename one of them")
+        seen.add(name)
+
+
+def _unique_keys(where: str):
+    """A ``json.loads`` ``object_pairs_hook`` that refuses an object naming a field twice (JSON
+    itself would keep the last value silently)."""
+    def hook(pairs):
+        record = {}
+        for key, value in pairs:
+            if key in record:
+                raise DataError(f"{where}: the field {key!r} appears twice in one object; rename one of them")
+            record[key] = value
+        return record
+    return hook
+
+
 def read_records(path: PathLike) -> List[dict]:
     """The rows of a csv/tsv (header row), json (a list of objects, or an object of columns),
     jsonl (one object per line) or parquet file, as dictionaries."""
@@ -75,14 +117,19 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
         except ImportError:
             raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
         try:
+            _check_unique_columns(parquet.read_schema(path).names, path, "")
             rows = parquet.read_table(path).to_pylist()
+        except DataError:
+            raise
         except Exception as error:  # pyarrow raises its own error types
-            raise DataError(f"{path} is not a readable parquet file ({error})") from None
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DataError(f"{path} is not a readable parquet file ({first})") from None
         places = [f"record {i}" for i in range(1, len(rows) + 1)]
     elif suffix in (".csv", ".tsv"):
         reader = csv.DictReader(io.StringIO(_read_text(path), newline=""),
                                 delimiter="\t" if suffix == ".tsv" else ",")
         try:
+            _check_unique_columns(reader.fieldnames or [], path, " line 1")
             rows, places = [], []
             for row in reader:
                 places.append(f"line {reader.line_num}")
@@ -91,11 +138,11 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
             raise DataError(f"{path} line {reader.line_num} is not valid {suffix[1:]}: {error}") from None
     elif suffix == ".jsonl":
         rows, places = [], []
-        for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        for number, line in enumerate(split_lines(_read_text(path)), start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_unique_keys(f"{path} line {number}"))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
@@ -104,7 +151,7 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
             places.append(f"line {number}")
     else:
         try:
-            value = json.loads(_read_text(path))
+            value = json.loads(_read_text(path), object_pairs_hook=_unique_keys(str(path)))
         except json.JSONDecodeError as error:
             raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
         if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
@@ -123,25 +170,78 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
     return list(zip(places, rows))
 
 
-def _is_integer_label(value) -> bool:
+#: a number written in ASCII digits (``"²"``, ``"--1"`` or ``"١"`` are names, not numbers)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def label_key(value) -> Union[int, str]:
+    """The class a label value stands for: an ``int`` for a whole number, whether written ``1``,
+    ``1.0``, ``"1"`` or ``" 1.0 "`` (all one class), else the name itself (``"pos"``, ``True``).
+
+    >>> [label_key(v) for v in (1, 1.0, " 1 ", "1.0", "pos", "--1", "\u00b2")]
+    [1, 1, 1, 1, 'pos', '--1', '\u00b2']
+
+    :raises ValueError: for a value that is no label: NaN, an infinity, a number with a fraction,
+        a list or an object (the message says which).
+    """
     if isinstance(value, bool):
-        return False
+        return str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not _NUMBER.fullmatch(text):
+            return value
+        if _INTEGER.fullmatch(text):
+            try:
+                return int(text)
+            except ValueError:  # longer than Python converts (4,300 digits)
+                raise ValueError("is a number too large to be a class") from None
+        value = float(text)
     if isinstance(value, int):
-        return True
-    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("is not a finite number")
+        if not value.is_integer():
+            raise ValueError("is a number with a fraction; classification labels are integers "
+                             "0..K-1 or names")
+        return int(value)
+    raise ValueError(f"is a {type(value).__name__}, not a number or a name")
+
+
+def _label_keys(values: Sequence, source: str, column: Optional[str]) -> List[Union[int, str]]:
+    """:func:`label_key` of every value; a missing or bad one is a :class:`DataError` naming its
+    row."""
+    where = f" in column {column!r}" if column is not None else ""
+    keys = []
+    for number, value in enumerate(values, start=1):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{source} row {number}: no label{where}")
+        try:
+            keys.append(label_key(value))
+        except ValueError as error:
+            raise DataError(f"{source} row {number}: label {str(value)[:40]!r}{where} {error}") from None
+    return keys
+
+
+def _names_of(keys: Sequence[Union[int, str]], source: str) -> List[str]:
+    if all(isinstance(key, int) for key in keys):
+        if min(keys) < 0:
+            raise DataError(f"{source}: integer labels must be >= 0, found {min(keys)}")
+        if max(keys) >= MAX_LABELS:
+            raise DataError(f"{source}: integer label {max(keys)} would make more than "
+                            f"{MAX_LABELS} classes; use label names, or labels 0..K-1")
+        return [str(i) for i in range(max(keys) + 1)]
+    return sorted({str(key) for key in keys})
 
 
 def infer_label_names(values: Sequence, source: str) -> List[str]:
-    """The label set of a training file: ``["0", ..., str(max)]`` for integers, else sorted names."""
-    if all(_is_integer_label(v) for v in values):
-        numbers = [int(v) for v in values]
-        if min(numbers) < 0:
-            raise DataError(f"{source}: integer labels must be >= 0, found {min(numbers)}")
-        if max(numbers) >= MAX_LABELS:
-            raise DataError(f"{source}: integer label {max(numbers)} would make more than "
-                            f"{MAX_LABELS} classes; use label names, or labels 0..K-1")
-        return [str(i) for i in range(max(numbers) + 1)]
-    return sorted({str(v) for v in values})
+    """The label set of a training file: ``["0", ..., str(max)]`` when every label is a whole
+    number (``1`` and ``1.0`` are one), else the sorted names.
+
+    :raises DataError: naming the row of a missing, NaN or fractional label.
+    """
+    return _names_of(_label_keys(values, source, None), source)
 
 
 def records_to_classification(rows: List[dict], source: str, text_columns: Sequence[str],
@@ -175,14 +275,12 @@ def records_to_classification(rows: List[dict], source: str, text_columns: Seque
         labels = [0] * len(rows)
     else:
         values = [row.get(label_column) for row in rows]
-        for number, value in enumerate(values, start=1):
-            if value is None or (isinstance(value, str) and not value.strip()):
-                raise DataError(f"{source} row {number}: no label in column {label_column!r}")
-        names = list(label_names) if label_names is not None else infer_label_names(values, source)
+        keys = _label_keys(values, source, label_column)
+        names = list(label_names) if label_names is not None else _names_of(keys, source)
         index_of = {name: i for i, name in enumerate(names)}
         labels = []
-        for number, value in enumerate(values, start=1):
-            key = str(int(value)) if _is_integer_label(value) else str(value)
+        for number, (value, key) in enumerate(zip(values, keys), start=1):
+            key = str(key)
             if key not in index_of:
                 raise DataError(f"{source} row {number}: label {value!r} in column {label_column!r} "
                                 f"is outside the label set {names}")

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["world", "is_main_process", "launched_world_size", "init_distributed",
+__all__ = ["world", "is_main_process", "launched_world_size", "launched_rank", "init_distributed",
            "barrier", "training_sampler", "evaluation_sampler", "EvaluationShardSampler",
            "all_reduce_sums", "gather_tensors", "all_ranks_agree"]
 
@@ -47,6 +47,11 @@ def is_main_process() -> bool:
 def launched_world_size() -> int:
     """``WORLD_SIZE`` as set by ``torchrun`` / ``accelerate launch`` (1 when not launched)."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def launched_rank() -> int:
+    """``RANK`` as set by the launcher (0 when not launched)."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def init_distributed(device: torch.device) -> bool:

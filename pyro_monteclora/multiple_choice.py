@@ -43,7 +43,7 @@ from .predictive import PredictiveOutput, posterior_predictive
 __all__ = ["MultipleChoiceData", "load_multiple_choice_file", "records_to_multiple_choice",
            "parse_answer", "multiple_choice_loader", "predict_multiple_choice"]
 
-_NUMBERED = re.compile(r"^(?:answer|option|solution|ending)\s*(\d+)$", re.IGNORECASE)
+_NUMBERED = re.compile(r"^(?:answer|option|solution|ending)\s*([0-9]{1,9})$", re.IGNORECASE)
 
 
 @dataclass
@@ -81,12 +81,14 @@ def parse_answer(value, choices: List[str], where: str) -> int:
         index = None
     elif isinstance(value, int):
         index = value
+    elif isinstance(value, float) and value.is_integer():  # 1.0 is the index 1
+        index = int(value)
     elif isinstance(value, str):
         text = value.strip()
         numbered = _NUMBERED.match(text)
         if len(text) == 1 and text.upper() in string.ascii_uppercase:
             index = string.ascii_uppercase.index(text.upper())
-        elif text.isdigit():
+        elif text.isascii() and text.isdigit() and len(text) < 10:  # not "²", which int() refuses
             index = int(text)
         elif numbered:
             index = int(numbered.group(1)) - 1

@@ -205,12 +205,19 @@ def _upgrade_version_1(record: dict) -> dict:
 
 
 def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a floating-point tensor holding NaN or an infinity (a
+    damaged or diverged checkpoint) is refused, naming the file and the tensor."""
     if not path.is_file():
         raise CheckpointError(f"missing tensor file {path}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:  # never falls back to torch.load
         raise CheckpointError(f"{path} is not a valid safetensors file ({error})") from None
+    for name, tensor in tensors.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values; the "
+                                  f"checkpoint is damaged (train again, or resume from a good copy)")
+    return tensors
 
 
 def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):

@@ -97,11 +97,13 @@ class TaskSpec:
         names = self.label_names
         if isinstance(value, bool):
             return names[int(value)]
+        if isinstance(value, float) and value.is_integer():  # 1.0 is the label 1
+            value = int(value)
         if isinstance(value, int) and 0 <= value < len(names):
             return names[value]
         if isinstance(value, str):
             text = value.strip()
-            if text.isdigit() and int(text) < len(names):
+            if text.isascii() and text.isdigit() and int(text) < len(names):  # not "²"
                 return names[int(text)]
             for name in names:
                 if text.lower() == name.lower():

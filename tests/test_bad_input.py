@@ -71,6 +71,11 @@ DATA_CASES = [  # (file name, content, error pattern)
     ("negative.csv", "text,label\na,-1\nb,0\n", r"integer labels must be >= 0"),
     ("idcolumn.csv", "text,label\na,123456789\n", r"more than 10000 classes"),
     ("table.xlsx", "x", r"unsupported file type '.xlsx'"),
+    ("duplicate.csv", "text,text,label\na,b,1\n", r"line 1: the column 'text' appears twice"),
+    ("duplicate.jsonl", '{"text": "a", "label": 1, "label": 0}\n', r"line 1: the field 'label' appears twice"),
+    ("nan-label.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": NaN}\n',
+     r"row 2: label 'nan' in column 'label' is not a finite number"),
+    ("fraction.csv", "text,label\na,0.5\n", r"row 1: label '0.5' in column 'label' is a number with a fraction"),
 ]
 
 

@@ -8,17 +8,16 @@ the probabilities, the predictive entropy and the mutual information).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from .options import (UsageError, add_data_options, add_dtype_option, check_number, check_writable,
-                      evaluation_split, existing_output, resolve_data, resolve_device, resolve_precision,
-                      task_of)
+from .options import (UsageError, add_data_options, add_dtype_option, check_inputs_outside, check_number,
+                      check_writable, evaluation_split, existing_output, resolve_data, resolve_device,
+                      resolve_precision, task_of)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
-           "evaluation_output", "open_model", "default_samples",
+           "evaluation_output", "check_evaluation_inputs", "open_model", "default_samples",
            "prediction_rows", "recorded_label_names", "UNITS"]
 
 #: default examples per batch for a classifier
@@ -195,6 +194,16 @@ def evaluation_output(args, directory: Path) -> Path:
     return output
 
 
+def check_evaluation_inputs(args, output: Path, directory: Path, record: dict, data_spec: dict) -> None:
+    """Refuse an ``--output`` folder that holds the checkpoint, the base model or a data file this
+    evaluation reads (replacing it would delete them)."""
+    metadata = record.get("metadata") or {}
+    inputs = [("--checkpoint", directory), ("--model", args.model or metadata.get("model_path"))]
+    files = (data_spec or {}).get("files") or {}
+    inputs += [(f"the {split} data", path) for split, path in files.items()]
+    check_inputs_outside(output, inputs)
+
+
 def run_evaluate(args, parser_defaults: dict) -> int:
     """Validate, run the posterior predictive, write the three result files; returns 0."""
     check_number("--ece-bins", args.ece_bins, minimum=1, maximum=1000, integer=True)
@@ -216,12 +225,13 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     args.split = evaluation_split(args, metadata.get("data"))
     splits, data_spec = resolve_data(args, (args.split,), label_names=label_names,
                                      recorded=metadata.get("data"))
+    check_evaluation_inputs(args, output, directory, record, data_spec)
     task = task_of(args, data_spec)
     model, guide, tokenizer = open_model(directory, record, args, device)
 
     import pyro
 
-    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
     from ..data import classification_loader
     from ..metrics import classification_metrics, reliability_curve
     from ..precision import autocast
@@ -245,7 +255,7 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
     method = metadata.get("method", record["model_class"])
     with atomic_directory(output) as staging:  # the three files appear together, or not at all
-        lines = "".join(json.dumps(row) + "\n" for row in prediction_rows(data, result, label_names))
+        lines = "".join(json_line(row) + "\n" for row in prediction_rows(data, result, label_names))
         atomic_write_text(staging / "predictions.jsonl", lines)
         try:
             from ..plots import plot_reliability_diagram

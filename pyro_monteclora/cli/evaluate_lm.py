@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -64,9 +63,9 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     """Validate the data, load the checkpoint, evaluate and write the results; returns 0."""
     import pyro
 
-    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
     from ..precision import autocast
-    from .evaluate import UNITS, default_samples, open_model
+    from .evaluate import UNITS, check_evaluation_inputs, default_samples, open_model
 
     from .options import check_number, evaluation_split, task_of
 
@@ -98,6 +97,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         data = splits[args.split]
     if args.max_samples:
         data = data.subset(args.max_samples)
+    check_evaluation_inputs(args, output, directory, record, data_spec)
     model, guide, tokenizer = open_model(directory, record, args, device)
     num_samples = default_samples(record, args.num_samples)
     max_length = args.max_length or metadata.get("max_length", 256)
@@ -120,7 +120,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         with atomic_directory(output) as staging:
             if generated is not None:
                 atomic_write_text(staging / "predictions.jsonl",
-                                  "".join(json.dumps(r.to_dict()) + "\n" for r in generated))
+                                  "".join(json_line(r.to_dict()) + "\n" for r in generated))
             atomic_write_json(staging / "metrics.json", {
                 "units": "token_nll is in nats per response token; exact_match and agreement are "
                          "fractions", "metrics": metrics, "task": task.name if task else None,
@@ -149,7 +149,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
                     "mean_mutual_information": result.mutual_information.mean().item()})
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
     with atomic_directory(output) as staging:
-        lines = "".join(json.dumps(row) + "\n" for row in _choice_rows(data, result))
+        lines = "".join(json_line(row) + "\n" for row in _choice_rows(data, result))
         atomic_write_text(staging / "predictions.jsonl", lines)
         try:
             from ..plots import plot_reliability_diagram

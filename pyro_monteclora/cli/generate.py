@@ -15,12 +15,12 @@ well the agreement rate is calibrated (ECE, Brier, AUROC).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .options import (UsageError, add_dtype_option, check_number, check_writable, resolve_device,
-                      resolve_model_path, resolve_precision)
+from .options import (UsageError, add_dtype_option, check_distinct_outputs, check_file_output_not_input,
+                      check_number, check_writable, resolve_device, resolve_model_path,
+                      resolve_precision)
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
 
@@ -79,7 +79,7 @@ def _check_file_output(value, option: str, overwrite: bool) -> None:
 
 
 def _read_prompts(args):
-    from ..datafiles import DataError, read_located_records
+    from ..datafiles import DataError, read_located_records, split_lines
     from ..instructions import InstructionData, records_to_instructions
 
     if bool(args.prompt) == bool(args.prompt_file):
@@ -93,7 +93,7 @@ def _read_prompts(args):
         if not path.is_file():
             raise UsageError(f"--prompt-file {path}: no such file")
         try:
-            lines = [line.strip() for line in path.read_bytes().decode("utf-8-sig").splitlines()]
+            lines = [line.strip() for line in split_lines(path.read_bytes().decode("utf-8-sig"))]
         except UnicodeDecodeError:
             raise UsageError(f"--prompt-file {path} is not UTF-8 text") from None
         lines = [line for line in lines if line]
@@ -145,8 +145,18 @@ def run_generate(args, parser_defaults: dict) -> int:
                              ("--ece-bins", args.ece_bins, 1)):
         check_number(name, value, minimum=low, integer=True)
     check_number("--max-length", args.max_length, minimum=args.max_new_tokens + 1, integer=True)
+    if args.metrics == "-":
+        raise UsageError("--metrics - : give a file name (the generations go to standard output)")
     _check_file_output(args.output, "--output", args.overwrite)
     _check_file_output(args.metrics, "--metrics", args.overwrite)
+    check_distinct_outputs([("--output", args.output), ("--metrics", args.metrics)])
+    from .evaluate import find_checkpoint
+
+    # the saved-model folder, not the run folder around it (where earlier outputs may live)
+    saved = find_checkpoint(args.checkpoint) if args.checkpoint is not None else None
+    for option in ("--output", "--metrics"):
+        check_file_output_not_input(getattr(args, option[2:]), option, [
+            ("--prompt-file", args.prompt_file), ("--checkpoint", saved), ("--model", args.model)])
     data = _read_prompts(args)
     if args.max_prompts:
         data = data.subset(args.max_prompts)
@@ -161,7 +171,7 @@ def run_generate(args, parser_defaults: dict) -> int:
 
     import pyro
 
-    from ..atomic import atomic_write_json, atomic_write_text
+    from ..atomic import atomic_write_json, atomic_write_text, json_line
     from ..generation import generate_answers
     from ..metrics import confidence_metrics, confidence_reliability_curve
     from ..precision import autocast
@@ -191,7 +201,7 @@ def run_generate(args, parser_defaults: dict) -> int:
                 samples_per_pass=args.samples_per_pass, progress=True)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    lines = "".join(json.dumps(result.to_dict()) + "\n" for result in results)
+    lines = "".join(json_line(result.to_dict()) + "\n" for result in results)
     if args.output == "-":
         sys.stdout.write(lines)
         sys.stdout.flush()

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
-           "add_adapter_options", "adapter_dests", "adapter_config", "check_adapter_options", "option_message",
-           "check_number", "resolve_data", "resolve_model_path", "resolve_device", "check_writable",
-           "existing_output", "check_output_folder", "check_replaceable", "data_mode", "task_of", "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
+           "add_adapter_options", "adapter_dests", "adapter_config", "check_adapter_options",
+           "option_message", "check_number", "resolve_data", "resolve_model_path", "resolve_device",
+           "check_writable", "existing_output", "check_output_folder", "check_replaceable",
+           "check_training_labels", "lock_output_folder", "check_inputs_outside",
+           "check_file_output_not_input", "check_distinct_outputs", "data_mode", "task_of",
+           "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
            "METHODS", "ADAPTER_OPTION_OVERRIDES"]
 
 from ..config import MonteCLoRAConfig
@@ -318,14 +321,16 @@ def file_sha256(path: str) -> str:
 
 
 def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str]] = None,
-                 recorded: Optional[dict] = None,
-                 optional_unlabelled: Sequence[str] = ()) -> Tuple[Dict[str, object], dict]:
+                 recorded: Optional[dict] = None, optional_unlabelled: Sequence[str] = (),
+                 training: bool = False) -> Tuple[Dict[str, object], dict]:
     """Load and validate the splits in ``needed`` (the first one is required).
 
     :param recorded: the data specification saved with a checkpoint, used when the command line
         names no data source; its files must be unchanged (their SHA-256 is recorded).
     :param optional_unlabelled: hub splits skipped when every label is missing or ``-1`` (GLUE's
         test splits) instead of failing.
+    :param training: the ``train`` split trains a classifier: it must hold two labels (in its
+        first ``args.max_train_samples`` examples), checked before the other splits are read.
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
     from ..data import load_rotten_tomatoes
@@ -409,12 +414,39 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                                                      label_names)
                 splits[split] = data
                 label_names = data.label_names
+                if training and split == "train":
+                    limit = getattr(args, "max_train_samples", None)
+                    check_training_labels(data.subset(limit) if limit else data, spec, limit)
     except (DataError, OSError) as error:
         raise UsageError(str(error)) from None
     if needed[0] not in splits:
         raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --task / --dataset)")
     spec["label_names"] = list(splits[needed[0]].label_names)
     return splits, spec
+
+
+def check_training_labels(data, spec: dict, max_train_samples: Optional[int] = None) -> None:
+    """Refuse a classifier's training set whose examples all carry one label (a single row, say):
+    the classifier would learn to say that label and nothing else.
+
+    :param data: the training :class:`~pyro_monteclora.data.TextClassificationData` (after
+        ``--max-train-samples``).
+    :param spec: the data specification of :func:`resolve_data`, to name the file.
+    """
+    present = sorted(set(data.labels))
+    if len(present) >= 2:
+        return
+    if spec.get("source") == "files":
+        source = spec["files"]["train"]
+    elif spec.get("source") == "dataset":
+        source = f"{spec['dataset']}[train]"
+    else:
+        source = f"--task {spec.get('task')}"
+    only = repr(data.label_names[present[0]]) if present else "none"
+    limit = f" (--max-train-samples {max_train_samples})" if max_train_samples else ""
+    rows = f"its only row{limit} has" if len(data) == 1 else f"all its {len(data)} rows{limit} have"
+    raise UsageError(f"{source}: a classifier needs at least two labels in its training data, but "
+                     f"{rows} the label {only}")
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -430,15 +462,117 @@ def check_writable(path: Path, option: str) -> None:
 
 
 def check_output_folder(args) -> Path:
-    """``--output`` as a path that is not a file and can be made, with ``--resume`` and
-    ``--overwrite`` not both given."""
+    """``--output`` as a path that is not a file and can be made, that no other process is writing
+    (see :func:`lock_output_folder`), with ``--resume`` and ``--overwrite`` not both given."""
+    from ..atomic import folder_in_use
+
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} exists and is not a folder")
+    if folder_in_use(output):
+        raise UsageError(_in_use(output))
     check_writable(output, "--output")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     return output
+
+
+def _in_use(output: Path) -> str:
+    return (f"--output {output} is in use by another process (a train or sweep still writing it); "
+            f"wait for it to end, or choose another --output")
+
+
+def lock_output_folder(output: Path, args, marker: str, kind: str):
+    """Take ``output``'s :class:`~pyro_monteclora.atomic.FolderLock` (creating the folder) for the
+    rest of the command; without ``--resume``, empty it.
+
+    Called once everything is validated, just before the first write. Under the lock the folder
+    is checked again (another process may have filled it since :func:`check_replaceable`), and
+    without ``--resume`` its old content is deleted (the lock file stays, so the lock is never
+    lost). The kernel drops the lock when the process ends, ``kill -9`` included.
+
+    :returns: the held lock; call its ``release()`` when the command ends.
+    :raises UsageError: when another process holds the folder.
+    """
+    from ..atomic import FolderInUse, FolderLock, clear_folder
+
+    lock = FolderLock(output)
+    try:
+        lock.acquire()
+    except FolderInUse:
+        raise UsageError(_in_use(output)) from None
+    try:
+        if not args.resume:
+            check_replaceable(output, args.overwrite, marker, kind)
+            clear_folder(output)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _real(path) -> str:
+    return os.path.realpath(os.path.expanduser(str(path)))
+
+
+def _within(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, symbolic links resolved."""
+    real, base = _real(path), _real(folder)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _same_file(a, b) -> bool:
+    if _real(a) == _real(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def check_inputs_outside(output: Path, inputs: Sequence[Tuple[str, Optional[object]]],
+                         option: str = "--output") -> None:
+    """Refuse to replace the folder ``output`` when an input the command reads lies inside it:
+    ``--overwrite`` would delete the data, model or checkpoint being used.
+
+    :param inputs: ``(option, path)`` pairs; ``None`` and paths that do not exist (a hub name)
+        are skipped. Paths are compared with symbolic links resolved.
+    """
+    for name, path in inputs:
+        if path is None or not os.path.exists(os.path.expanduser(str(path))):
+            continue
+        if _within(path, output):
+            raise UsageError(f"{option} {output} holds {name} {path}, which this command reads: "
+                             f"replacing {output} would delete it; move it out or choose another "
+                             f"{option}")
+
+
+def check_file_output_not_input(output, option: str,
+                                inputs: Sequence[Tuple[str, Optional[object]]]) -> None:
+    """Refuse a file ``output`` that is an input file, or an existing file inside an input folder
+    (the checkpoint, the model): ``--overwrite`` would replace what the command reads."""
+    if output in (None, "-"):
+        return
+    for name, path in inputs:
+        if path in (None, "-") or not os.path.exists(os.path.expanduser(str(path))):
+            continue
+        if os.path.isdir(path):
+            hit = os.path.lexists(output) and _within(output, path)
+        else:
+            hit = _same_file(output, path)
+        if hit:
+            raise UsageError(f"{option} {output} would replace {name} {path}, which this command "
+                             f"reads; choose another {option}")
+
+
+def check_distinct_outputs(outputs: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """Refuse two output options naming one file (the second write would replace the first)."""
+    given = [(option, value) for option, value in outputs if value not in (None, "-")]
+    for index, (option, value) in enumerate(given):
+        for other, earlier in given[:index]:
+            if _same_file(value, earlier):
+                raise UsageError(f"{other} and {option} name the same file ({value}); give each "
+                                 f"its own path")
 
 
 def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> None:
@@ -454,5 +588,13 @@ def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> 
 
 
 def existing_output(path: Path) -> bool:
-    """Whether ``path`` exists and is not an empty folder."""
-    return path.exists() and (not path.is_dir() or any(os.scandir(path)))
+    """Whether ``path`` exists and is not an empty folder (a lock file left by a killed run does
+    not count)."""
+    from ..atomic import LOCK_NAME
+
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        return True
+    with os.scandir(path) as entries:
+        return any(entry.name != LOCK_NAME for entry in entries)

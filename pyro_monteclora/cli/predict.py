@@ -9,13 +9,12 @@ information (the epistemic part) under ``--num-samples`` posterior samples.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .evaluate import (CLASSIFIER_BATCH_SIZE, add_inference_options, default_samples, load_for_inference, open_model,
                        prediction_rows, recorded_label_names)
-from .options import UsageError, check_writable
+from .options import UsageError, check_file_output_not_input, check_writable
 
 __all__ = ["add_predict_parser", "run_predict"]
 
@@ -39,7 +38,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 
 def _read_texts(args):
     from ..data import TextClassificationData
-    from ..datafiles import DataError, records_to_classification, read_records
+    from ..datafiles import DataError, records_to_classification, read_records, split_lines
 
     if args.input == "-" or Path(args.input).suffix.lower() in ("", ".txt"):
         if args.input == "-":
@@ -55,7 +54,7 @@ def _read_texts(args):
                 text = path.read_bytes().decode("utf-8-sig")
             except UnicodeDecodeError:
                 raise UsageError(f"--input {path} is not UTF-8 text") from None
-        texts = [line.strip() for line in text.splitlines() if line.strip()]
+        texts = [line.strip() for line in split_lines(text) if line.strip()]
         if not texts:
             raise UsageError(f"--input {args.input}: no text (one text per line)")
         return TextClassificationData(texts, [0] * len(texts), ["0"])
@@ -77,13 +76,16 @@ def run_predict(args, parser_defaults: dict) -> int:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace it")
         check_writable(output, "--output")
     metadata = record.get("metadata", {})
+    check_file_output_not_input(args.output, "--output", [
+        ("--input", args.input), ("--checkpoint", directory),
+        ("--model", args.model or metadata.get("model_path"))])
     data = _read_texts(args)
     label_names = recorded_label_names(record)
     model, guide, tokenizer = open_model(directory, record, args, device)
 
     import pyro
 
-    from ..atomic import atomic_write_text
+    from ..atomic import atomic_write_text, json_line
     from ..data import classification_loader
     from ..precision import autocast
     from ..predictive import predict
@@ -98,7 +100,7 @@ def run_predict(args, parser_defaults: dict) -> int:
     rows = []
     for row in prediction_rows(data, result, label_names):
         row["label"] = row.pop("predicted")
-        rows.append(json.dumps(row))
+        rows.append(json_line(row))
     text = "\n".join(rows) + "\n"
     if args.output == "-":
         sys.stdout.write(text)

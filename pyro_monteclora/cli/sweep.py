@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_output_folder, check_replaceable, evaluation_split)
+                      check_inputs_outside, check_output_folder, check_replaceable, evaluation_split,
+                      lock_output_folder)
 
 __all__ = ["add_sweep_parser", "run_sweep", "run_cell", "train_forwarded", "SWEEP_FILE"]
 
@@ -205,7 +206,8 @@ def _validate(args, cells, train_options):
 
         splits, spec = resolve_instruction_data(probe, ("train", "validation", "test"))
     else:
-        splits, spec = resolve_data(probe, ("train", "validation", "test"), optional_unlabelled=("test",))
+        splits, spec = resolve_data(probe, ("train", "validation", "test"), optional_unlabelled=("test",),
+                                    training=True)
     probe.split = args.split
     split = evaluation_split(probe, None)
     if split not in splits:
@@ -236,6 +238,8 @@ def _prepare_output(args, record: dict) -> Path:
                              f"{' or '.join(changed).replace('_', ' ')}; start a new --output")
     else:
         check_replaceable(output, args.overwrite, SWEEP_FILE, "sweep")
+        check_inputs_outside(output, [("--train-file", args.train_file), ("--validation-file", args.validation_file),
+                                      ("--test-file", args.test_file), ("--model", args.model)])
     return output
 
 
@@ -354,14 +358,23 @@ def run_sweep(args, parser_defaults: dict) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "pyro": pyro.__version__, "transformers": transformers.__version__}}
     output = _prepare_output(args, record)
-    if not args.resume and output.exists():
-        shutil.rmtree(output)
-    for folder in ("cells", "logs", "results", "plans"):
-        (output / folder).mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        atomic_write_json(output / SWEEP_FILE, record)
+    lock = lock_output_folder(output, args, SWEEP_FILE, "sweep")  # held until the sweep ends
+    try:
+        for folder in ("cells", "logs", "results", "plans"):
+            (output / folder).mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            atomic_write_json(output / SWEEP_FILE, record)
+        return _run_cells(args, cells, train_options, output, record)
+    finally:
+        lock.release()
 
+
+def _run_cells(args, cells, train_options: List[str], output: Path, record: dict) -> int:
+    """Run every cell without a result in its own process, then write the summary; returns 0,
+    or 1 when a cell failed."""
     from tqdm.auto import tqdm
+
+    from ..atomic import atomic_write_json
 
     failed = []
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")

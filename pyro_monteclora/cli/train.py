@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -25,9 +24,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .options import (UsageError, adapter_config, adapter_dests, add_adapter_options, add_data_options,
-                      add_model_options, check_adapter_options, check_number, check_output_folder,
-                      check_replaceable, option_message, resolve_data, resolve_device,
-                      resolve_model_path, resolve_precision)
+                      add_model_options, check_adapter_options, check_inputs_outside, check_number,
+                      check_output_folder, check_replaceable, lock_output_folder, option_message,
+                      resolve_data, resolve_device, resolve_model_path, resolve_precision)
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
@@ -142,6 +141,8 @@ def _prepare_output(args, parser_defaults: dict):
                              + ", ".join("--" + name.replace("_", "-") for name in changed))
         return saved, recorded
     check_replaceable(output, args.overwrite, RUN_FILE, "pyro-monteclora run")
+    check_inputs_outside(output, [("--train-file", args.train_file), ("--validation-file", args.validation_file),
+                                  ("--test-file", args.test_file), ("--model", args.model)])
     return {name: getattr(args, name) for name in RUN_OPTIONS}, None
 
 
@@ -221,7 +222,7 @@ def run_train(args, parser_defaults: dict) -> int:
                                                      recorded=recorded_data)
     else:
         splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data,
-                                         optional_unlabelled=("test",))
+                                         optional_unlabelled=("test",), training=True)
     if arguments["max_train_samples"]:
         splits["train"] = splits["train"].subset(arguments["max_train_samples"])
     model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
@@ -234,12 +235,14 @@ def run_train(args, parser_defaults: dict) -> int:
         torch_dtype=torch_dtype))
     _check_world_size(splits, arguments)
 
-    from ..distributed import init_distributed
+    from ..distributed import init_distributed, launched_rank
 
-    # everything is validated: from here on a process group may start and rank 0 writes the output
-    distributed = init_distributed(device)
-    finished = False
+    # everything is validated: from here on a process group may start and rank 0 writes the output,
+    # holding its lock until the command ends
+    lock = lock_output_folder(output, args, RUN_FILE, "pyro-monteclora run") if launched_rank() == 0 else None
+    distributed = finished = False
     try:
+        distributed = init_distributed(device)
         status = _train(job)
         finished = True
         return status
@@ -250,6 +253,8 @@ def run_train(args, parser_defaults: dict) -> int:
             if finished:  # no rank tears the group down while another still receives
                 dist.barrier()
             dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
 
 
 @dataclass
@@ -414,9 +419,7 @@ def _write_run_record(job: _TrainingJob) -> None:
     args, output = job.args, job.output
     if not is_main_process():
         return
-    if not args.resume and output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)  # made (and emptied, without --resume) under its lock
     if not args.resume:
         atomic_write_json(output / RUN_FILE, {
             "arguments": job.arguments, "data": job.data_spec, "model_path": job.model_path,
