@@ -1,4 +1,4 @@
-"""Token sequences for decoders: prompt masking, left truncation, batches and response likelihoods.
+"""Token sequences for decoders: prompt masking, left truncation and batches.
 
 A (prompt, response) pair becomes ``prompt_ids + response_ids + [eos]`` with labels ``-100`` on the
 prompt, so that :class:`~pyro_monteclora.likelihoods.CausalLM` observes the response tokens only:
@@ -14,21 +14,18 @@ response, is what matters), and a response longer than ``max_length - 1`` is cut
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .distributed import all_reduce_sums, evaluation_sampler, training_sampler
+from .distributed import evaluation_sampler, training_sampler
 from .hf_defaults import end_token_id, pad_token_id
 from .instructions import InstructionData, format_prompt
 from .likelihoods import IGNORE_INDEX
-from .predictive import adapter_draws, move_batch, uses_mean_adapter
 
-__all__ = ["EncodedPairs", "encode_prompt", "encode_pairs", "causal_lm_loader", "pad_batch",
-           "sequence_log_likelihood", "language_model_metrics", "end_token_id"]
+__all__ = ["EncodedPairs", "encode_prompt", "encode_pairs", "causal_lm_loader", "pad_batch", "end_token_id"]
 
 
 def encode_prompt(tokenizer, prompt: str, input_text: str = "") -> List[int]:
@@ -136,56 +133,3 @@ def causal_lm_loader(data: InstructionData, tokenizer, batch_size: int = 8, max_
     sampler = training_sampler(len(encoded), seed) if shuffle else evaluation_sampler(len(encoded))
     return DataLoader(encoded, batch_size=batch_size, sampler=sampler,
                       generator=torch.Generator().manual_seed(seed), collate_fn=_PairCollator(pad_id))
-
-
-def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per sequence, the summed log-probability of its labelled tokens and their number.
-
-    ``logits[:, t]`` predicts ``labels[:, t + 1]``; labels ``-100`` are skipped. Computed in
-    float32 as ``logit[y] - logsumexp(logits)``, without materialising a log-softmax over the vocabulary.
-
-    :returns: ``(log_likelihood (batch,), tokens (batch,))``.
-    """
-    next_logits, next_labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = next_labels != IGNORE_INDEX
-    picked = next_logits.gather(-1, next_labels.clamp_min(0)[..., None]).squeeze(-1)
-    token_log_probs = (picked - next_logits.logsumexp(-1)) * mask
-    return token_log_probs.sum(-1), mask.sum(-1)
-
-
-@torch.no_grad()
-def language_model_metrics(model, guide, loader, num_samples: int = 0, device=None) -> Dict[str, float]:
-    """Response-token NLL and perplexity of the posterior predictive.
-
-    With :math:`S > 0` each response's predictive likelihood is the sample average
-    :math:`\\bar p(y \\mid x) = \\frac1S \\sum_s p(y \\mid x, A^{(s)})` (a log-mean-exp); :math:`S = 0`
-    uses the mean adapter. ``token_nll`` is :math:`-\\sum_i \\log \\bar p(y_i \\mid x_i) / \\sum_i |y_i|`
-    (nats per token) and ``perplexity`` its exponential. In a process group the sums are taken over
-    every rank's shard (all ranks must call it).
-    """
-    if device is None:
-        device = next(model.parameters()).device
-    draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
-    was_training = model.training
-    model.eval()
-    total_log_likelihood, total_tokens = 0.0, 0
-    try:
-        for batch in loader:
-            batch = move_batch(batch, device)
-            labels = batch.pop("labels")
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-            per_draw = []
-            for run_model in adapter_draws(model, guide, num_samples, inputs):
-                log_likelihood, tokens = sequence_log_likelihood(run_model(**inputs), labels)
-                per_draw.append(log_likelihood.double())
-            log_likelihood = torch.stack(per_draw).logsumexp(0) - math.log(draws)
-            total_log_likelihood += log_likelihood.double().sum().item()
-            total_tokens += int(tokens.sum())
-    finally:
-        model.train(was_training)
-    total_log_likelihood, total_tokens = all_reduce_sums([total_log_likelihood, total_tokens])
-    total_tokens = int(total_tokens)
-    if total_tokens == 0:
-        raise ValueError("language_model_metrics(): the loader has no response tokens")
-    token_nll = -total_log_likelihood / total_tokens
-    return {"token_nll": token_nll, "perplexity": math.exp(min(token_nll, 700.0)), "tokens": total_tokens}

@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable
 
 import torch
 
-from .causal_lm import language_model_metrics
+from .language_model import language_model_metrics
 from .distributed import gather_tensors
 from .likelihoods import CausalLM
 from .metrics import classification_metrics

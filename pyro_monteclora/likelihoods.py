@@ -9,18 +9,21 @@ any Pyro model does), so ``pyro.infer.Predictive`` returns label draws.
 * :class:`CausalLM`: :math:`y_{i,t+1} \\sim \\operatorname{Categorical}(\\text{logits}_{i,t})` for every
   token whose label is not ``-100`` (HF's convention for prompt and padding tokens); the tokens of
   one sequence form one event.
+* :func:`sequence_log_likelihood`: the same masked next-token log-probability summed per sequence,
+  as the evaluation of decoders scores responses and multiple-choice options.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["Likelihood", "SequenceClassification", "CausalLM", "get_likelihood", "IGNORE_INDEX"]
+__all__ = ["Likelihood", "SequenceClassification", "CausalLM", "get_likelihood", "sequence_log_likelihood",
+           "IGNORE_INDEX"]
 
 #: HF's label value for tokens that carry no loss.
 IGNORE_INDEX = -100
@@ -130,6 +133,21 @@ class CausalLM(Likelihood):
         tokens = dist.Categorical(logits=next_logits).mask(mask).to_event(1)
         with self._plate(logits.shape[0], dataset_size, subsample, logits.device):
             return pyro.sample("obs", tokens, obs=next_labels.clamp_min(0))
+
+
+def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence, the summed log-probability of its labelled tokens and their number.
+
+    ``logits[:, t]`` predicts ``labels[:, t + 1]``; labels ``-100`` are skipped. Computed in
+    float32 as ``logit[y] - logsumexp(logits)``, without materialising a log-softmax over the vocabulary.
+
+    :returns: ``(log_likelihood (batch,), tokens (batch,))``.
+    """
+    next_logits, next_labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = next_labels != IGNORE_INDEX
+    picked = next_logits.gather(-1, next_labels.clamp_min(0)[..., None]).squeeze(-1)
+    token_log_probs = (picked - next_logits.logsumexp(-1)) * mask
+    return token_log_probs.sum(-1), mask.sum(-1)
 
 
 _LIKELIHOODS = {cls.task: cls for cls in (SequenceClassification, CausalLM)}

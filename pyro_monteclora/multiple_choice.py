@@ -34,10 +34,10 @@ from typing import List, Optional, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .causal_lm import encode_prompt, pad_batch, sequence_log_likelihood
+from .causal_lm import encode_prompt, pad_batch
 from .datafiles import DataError, read_located_records
 from .hf_defaults import pad_token_id
-from .likelihoods import IGNORE_INDEX
+from .likelihoods import IGNORE_INDEX, sequence_log_likelihood
 from .predictive import PredictiveOutput, posterior_predictive
 
 __all__ = ["MultipleChoiceData", "load_multiple_choice_file", "records_to_multiple_choice",

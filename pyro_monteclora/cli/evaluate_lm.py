@@ -108,7 +108,8 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     pyro.set_rng_seed(args.seed)
     started = time.perf_counter()
     if not args.multiple_choice:
-        from ..causal_lm import causal_lm_loader, language_model_metrics
+        from ..causal_lm import causal_lm_loader
+        from ..language_model import language_model_metrics
 
         loader = causal_lm_loader(data, tokenizer, batch_size, max_length)
         with autocast(device, args.torch_dtype):
