@@ -29,7 +29,7 @@ from .layers import MonteCLoRALinear
 from .likelihoods import CausalLM, Likelihood, SequenceClassification
 from .model import MonteCLoRAModel
 from .generation import GenerationResult, generate_answers
-from .multiple_choice import predict_multiple_choice
+from .language_model import predict_multiple_choice
 from .predictive import PredictiveOutput, predict
 from .priors import MonteCLoRAPrior
 from .serialization import load_pretrained, register_guide, save_pretrained

@@ -10,6 +10,20 @@ the likelihood over :math:`S` adapter draws :math:`A^{(s)} \\sim q` (:math:`S = 
     \\bar p(y \\mid x) = \\frac1S \\sum_{s=1}^S p(y \\mid x, A^{(s)}).
 
 :func:`language_model_metrics` reports the response-token NLL and perplexity of that average.
+
+:func:`predict_multiple_choice` scores each option :math:`c_k` of a question :math:`x` as the
+response, :math:`\\ell_k(A) = \\log p(c_k \\mid x, A)`, so an adapter draw gives a distribution over
+the options, and the posterior predictive averages those:
+
+.. math::
+
+    p(k \\mid x, A) = \\frac{e^{\\ell_k(A)}}{\\sum_j e^{\\ell_j(A)}}, \\qquad
+    \\bar p(k \\mid x) = \\frac1S \\sum_{s=1}^S p(k \\mid x, A^{(s)}).
+
+Accuracy, NLL, ECE and Brier then follow as for a classifier. All options of a question share one
+draw (they sit in the same batch, see :func:`~pyro_monteclora.multiple_choice.multiple_choice_loader`).
+``length_normalize=True`` divides :math:`\\ell_k` by the option's token count first
+(lm-eval-harness's ``acc_norm`` style).
 """
 
 from __future__ import annotations
@@ -21,9 +35,9 @@ import torch
 
 from .distributed import all_reduce_sums
 from .likelihoods import sequence_log_likelihood
-from .predictive import adapter_draws, move_batch, uses_mean_adapter
+from .predictive import PredictiveOutput, adapter_draws, move_batch, posterior_predictive, uses_mean_adapter
 
-__all__ = ["language_model_metrics"]
+__all__ = ["language_model_metrics", "predict_multiple_choice"]
 
 
 @torch.no_grad()
@@ -62,3 +76,31 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
         raise ValueError("language_model_metrics(): the loader has no response tokens")
     token_nll = -total_log_likelihood / total_tokens
     return {"token_nll": token_nll, "perplexity": math.exp(min(token_nll, 700.0)), "tokens": total_tokens}
+
+
+def predict_multiple_choice(model, guide, loader, num_samples: int = 10, device=None,
+                            progress: bool = False, length_normalize: bool = False) -> PredictiveOutput:
+    """The posterior predictive over each question's options (see the module), for batches of
+    :func:`~pyro_monteclora.multiple_choice.multiple_choice_loader`.
+
+    :returns: a :class:`~pyro_monteclora.predictive.PredictiveOutput` whose ``probs`` are
+        ``(questions, most options)``, zero where a question has fewer options.
+    """
+    if model.likelihood.task != "causal-lm":
+        raise ValueError(f"multiple-choice scoring needs a causal-lm model, got {model.likelihood.task!r}")
+
+    width = max(len(choices) for choices in loader.dataset.choices)
+
+    def option_log_probs(run_model, batch: dict) -> torch.Tensor:
+        logits = run_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        scores, tokens = sequence_log_likelihood(logits, batch["target_ids"])
+        scores = scores.double()
+        if length_normalize:
+            scores = scores / tokens.clamp_min(1)
+        table = torch.full((int(batch["num_questions"]), width), float("-inf"), dtype=torch.float64,
+                           device=scores.device)
+        table[batch["option_question"], batch["option_slot"]] = scores
+        return table.log_softmax(-1)
+
+    return posterior_predictive(model, guide, loader, option_log_probs, num_samples, device, progress,
+                                desc="multiple choice")

@@ -1,21 +1,11 @@
-"""Multiple-choice evaluation of decoders (PIQA, SIQA, WinoGrande, ARC, OBQA, BoolQ style).
-
-Each option :math:`c_k` of a question :math:`x` is scored by its log-likelihood as the response,
-:math:`\\ell_k(A) = \\log p(c_k \\mid x, A)` (a sum over the option's tokens), so an adapter draw gives
-a distribution over the options, and the posterior predictive averages those:
-
-.. math::
-
-    p(k \\mid x, A) = \\frac{e^{\\ell_k(A)}}{\\sum_j e^{\\ell_j(A)}}, \\qquad
-    \\bar p(k \\mid x) = \\frac1S \\sum_{s=1}^S p(k \\mid x, A^{(s)}).
-
-Accuracy, NLL, ECE and Brier then follow as for a classifier. All options of a question share one
-draw (they sit in the same batch). ``length_normalize=True`` divides :math:`\\ell_k` by the
-option's token count first (lm-eval-harness's ``acc_norm`` style).
+"""Multiple-choice questions for decoders (PIQA, SIQA, WinoGrande, ARC, OBQA, BoolQ style): records and batches.
 
 Records: ``question`` (text), ``choices`` (a list of texts, or ARC's ``{"text": [...]}``) and
 ``answer``: a 0-based index, a letter (``"B"``), a digit string, LLM-Adapters' ``"answer2"`` /
 ``"option2"`` / ``"solution2"`` / ``"ending2"`` (1-based), or the text of one choice.
+:func:`multiple_choice_loader` puts every option of a question in the same batch, each as the
+response to the question (prompt labels ``-100``), so that
+:func:`~pyro_monteclora.language_model.predict_multiple_choice` can score them.
 
 >>> parse_answer("c", ["x", "y", "z"], "f.jsonl line 1")
 2
@@ -37,11 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 from .causal_lm import encode_prompt, pad_batch
 from .datafiles import DataError, read_located_records
 from .hf_defaults import pad_token_id
-from .likelihoods import IGNORE_INDEX, sequence_log_likelihood
-from .predictive import PredictiveOutput, posterior_predictive
+from .likelihoods import IGNORE_INDEX
 
 __all__ = ["MultipleChoiceData", "load_multiple_choice_file", "records_to_multiple_choice",
-           "parse_answer", "multiple_choice_loader", "predict_multiple_choice"]
+           "parse_answer", "multiple_choice_loader"]
 
 _NUMBERED = re.compile(r"^(?:answer|option|solution|ending)\s*([0-9]{1,9})$", re.IGNORECASE)
 
@@ -180,30 +169,3 @@ def multiple_choice_loader(data: MultipleChoiceData, tokenizer, questions_per_ba
         raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
     return DataLoader(data, batch_size=questions_per_batch,
                       collate_fn=_ChoiceCollator(data, tokenizer, max_length))
-
-
-def predict_multiple_choice(model, guide, loader, num_samples: int = 10, device=None,
-                            progress: bool = False, length_normalize: bool = False) -> PredictiveOutput:
-    """The posterior predictive over each question's options (see the module).
-
-    :returns: a :class:`~pyro_monteclora.predictive.PredictiveOutput` whose ``probs`` are
-        ``(questions, most options)``, zero where a question has fewer options.
-    """
-    if model.likelihood.task != "causal-lm":
-        raise ValueError(f"multiple-choice scoring needs a causal-lm model, got {model.likelihood.task!r}")
-
-    width = max(len(choices) for choices in loader.dataset.choices)
-
-    def option_log_probs(run_model, batch: dict) -> torch.Tensor:
-        logits = run_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        scores, tokens = sequence_log_likelihood(logits, batch["target_ids"])
-        scores = scores.double()
-        if length_normalize:
-            scores = scores / tokens.clamp_min(1)
-        table = torch.full((int(batch["num_questions"]), width), float("-inf"), dtype=torch.float64,
-                           device=scores.device)
-        table[batch["option_question"], batch["option_slot"]] = scores
-        return table.log_softmax(-1)
-
-    return posterior_predictive(model, guide, loader, option_log_probs, num_samples=num_samples,
-                                device=device, progress=progress, desc="multiple choice")

@@ -99,7 +99,7 @@ def posterior_predictive(model: HFPyroModel, guide, loader: Iterable[dict], clas
         of the batch's ``n`` outcomes; ``run_model(**inputs)`` runs the model under the current
         adapter draw and returns its logits. ``batch`` is the loader's batch without ``labels``.
         Classes a row does not have get ``-inf``. :func:`predict` (classifiers) and
-        :func:`~pyro_monteclora.multiple_choice.predict_multiple_choice` are built on it.
+        :func:`~pyro_monteclora.language_model.predict_multiple_choice` are built on it.
     :param int num_samples: :math:`S \\ge 0` adapters per batch; 0 is the mean adapter.
     """
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:

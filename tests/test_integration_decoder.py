@@ -10,7 +10,8 @@ from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, 
 from pyro_monteclora.causal_lm import causal_lm_loader, encode_prompt
 from pyro_monteclora.generation import generate_answers
 from pyro_monteclora.instructions import InstructionData
-from pyro_monteclora.multiple_choice import MultipleChoiceData, multiple_choice_loader, predict_multiple_choice
+from pyro_monteclora.language_model import predict_multiple_choice
+from pyro_monteclora.multiple_choice import MultipleChoiceData, multiple_choice_loader
 from pyro_monteclora.pretrained import default_decoder_path
 from pyro_monteclora.trivia import load_trivia
 

@@ -8,9 +8,9 @@ import torch
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.causal_lm import encode_prompt
 from pyro_monteclora.datafiles import DataError
+from pyro_monteclora.language_model import predict_multiple_choice
 from pyro_monteclora.multiple_choice import (MultipleChoiceData, load_multiple_choice_file,
-                                             multiple_choice_loader, parse_answer,
-                                             predict_multiple_choice)
+                                             multiple_choice_loader, parse_answer)
 
 from conftest import tiny_llama, word_tokenizer
 

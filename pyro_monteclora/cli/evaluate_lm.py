@@ -1,7 +1,7 @@
 """``pyro-monteclora evaluate`` for causal-lm checkpoints.
 
 * ``--multiple-choice``: every option of each question is scored by its log-likelihood under
-  :math:`S` posterior samples (:func:`~pyro_monteclora.multiple_choice.predict_multiple_choice`);
+  :math:`S` posterior samples (:func:`~pyro_monteclora.language_model.predict_multiple_choice`);
   writes ``metrics.json`` (accuracy, NLL, ECE, Brier, error AUROC), ``reliability.png`` and
   ``predictions.jsonl``.
 * otherwise: the posterior predictive's response-token NLL and perplexity on (prompt, response)
@@ -134,7 +134,8 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         return 0
 
     from ..metrics import classification_metrics, reliability_curve
-    from ..multiple_choice import multiple_choice_loader, predict_multiple_choice
+    from ..language_model import predict_multiple_choice
+    from ..multiple_choice import multiple_choice_loader
 
     widest = max(len(choices) for choices in data.choices)
     loader = multiple_choice_loader(data, tokenizer, max(1, batch_size // widest), max_length)
