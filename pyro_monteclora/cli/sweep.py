@@ -188,18 +188,19 @@ def _validate(args, cells, train_options):
 
     :returns: ``(the split the cells are scored on, the base model's path)``.
     """
-    from . import build_parser
-    from .options import check_number, resolve_data, resolve_model_path
-    from .train import _check_arguments
+    from .options import OneLineParser, check_number, resolve_data, resolve_model_path
+    from .train import _check_arguments, add_train_parser
 
     check_number("--num-samples", args.num_samples, minimum=0, integer=True)
     check_number("--max-eval-samples", args.max_eval_samples, minimum=1, integer=True)
     check_number("--eval-batch-size", args.eval_batch_size, minimum=1, integer=True)
     check_number("--max-new-tokens", args.max_new_tokens, minimum=1, integer=True)
     first = cells[0]
-    probe = build_parser().parse_args(["train", *train_options, "--method", first.method,
-                                       "--learning-rate", repr(first.learning_rate), "--batch-size",
-                                       str(first.batch_size), "--output", str(args.output)])
+    commands = OneLineParser(prog="pyro-monteclora").add_subparsers(dest="command", parser_class=OneLineParser)
+    add_train_parser(commands)  # train's own parser, as `pyro-monteclora train` parses
+    probe = commands.choices["train"].parse_args([*train_options, "--method", first.method,
+                                                  "--learning-rate", repr(first.learning_rate), "--batch-size",
+                                                  str(first.batch_size), "--output", str(args.output)])
     _check_arguments(probe)
     if probe.task_type == "causal-lm":
         from .lm_data import resolve_instruction_data
