@@ -24,10 +24,12 @@ from torch import nn
 from ._params import unique_prefix
 from .likelihoods import Likelihood
 from .model import HFPyroModel
+from .serialization import register_model
 
 __all__ = ["FullFineTuneModel"]
 
 
+@register_model
 class FullFineTuneModel(HFPyroModel):
     """A Pyro model that updates all weights of the wrapped HF model (no adapters, no latents).
 

@@ -44,6 +44,7 @@ from .distributions import WishartCholesky
 from .distributions import StandardNormalMatrix
 from .layers import LATENT_SITE, factor_site_names, latent_scale
 from .model import HFPyroModel, MonteCLoRAModel
+from .serialization import register_guide
 
 __all__ = ["MonteCLoRAGuide", "EmptyGuide", "FactorPosterior", "SCALE_TRIL_KINDS"]
 
@@ -72,6 +73,7 @@ class FactorPosterior(nn.Module):
         return tril
 
 
+@register_guide
 class MonteCLoRAGuide(PyroModule):
     """The structured guide for a :class:`~pyro_monteclora.MonteCLoRAModel`.
 
@@ -241,6 +243,7 @@ class MonteCLoRAGuide(PyroModule):
         return kls.sum() if kls is not None else torch.zeros(())
 
 
+@register_guide
 class EmptyGuide(PyroModule):
     """The guide of a model with no latent site: plain LoRA (a
     :class:`~pyro_monteclora.MonteCLoRAModel` with ``adapter_mode="mean"``) or full fine-tuning

@@ -34,6 +34,7 @@ from .config import MonteCLoRAConfig
 from .layers import MonteCLoRALinear, sample_adapter_factors
 from .likelihoods import Likelihood, get_likelihood
 from .priors import MonteCLoRAPrior
+from .serialization import register_model
 
 __all__ = ["HFPyroModel", "MonteCLoRAModel", "inject_adapters"]
 
@@ -243,6 +244,7 @@ class HFPyroModel(PyroModule):
         return logits
 
 
+@register_model
 class MonteCLoRAModel(HFPyroModel):
     """A Pyro model over a Hugging Face model with MonteCLoRA adapters.
 

@@ -15,9 +15,10 @@ A saved model is a folder with two files:
 
 Nothing is ever unpickled: the loader reads JSON and safetensors only, and a file that is not
 valid safetensors (a pickle renamed, a truncated download) is refused with an error naming it.
-Classes are found by name in two registries, :data:`MODEL_CLASSES` and :data:`GUIDE_CLASSES`
-(:func:`register_guide` adds a guide class of your own: it needs a ``checkpoint_options()`` method
-returning its constructor's keyword arguments as JSON). :func:`export_peft` writes the
+Classes are found by name in two registries, :data:`MODEL_CLASSES` and :data:`GUIDE_CLASSES`, which
+the classes join with :func:`register_model` and :func:`register_guide` (so this module imports
+none of them); a guide class of your own needs a ``checkpoint_options()`` method returning its
+constructor's keyword arguments as JSON. :func:`export_peft` writes the
 posterior-mean adapter :math:`E_q[A] = M` in PEFT's LoRA format.
 """
 
@@ -35,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_file, atomic_write_json
 
 __all__ = ["save_pretrained", "load_pretrained", "read_saved_config", "export_peft",
-           "register_guide", "MODEL_CLASSES", "GUIDE_CLASSES", "CONFIG_NAME", "WEIGHTS_NAME",
+           "register_model", "register_guide", "MODEL_CLASSES", "GUIDE_CLASSES", "CONFIG_NAME", "WEIGHTS_NAME",
            "CheckpointError"]
 
 FORMAT = "pyro-monteclora"
@@ -52,23 +53,20 @@ class CheckpointError(ValueError):
     """A saved model that cannot be read or does not fit the base model it is loaded onto."""
 
 
-def _model_classes() -> dict:
-    from .baselines import FullFineTuneModel
-    from .model import MonteCLoRAModel
-
-    return {cls.__name__: cls for cls in (MonteCLoRAModel, FullFineTuneModel)}
-
-
-def _guide_classes() -> dict:
-    from .guides import EmptyGuide, MonteCLoRAGuide
-
-    return {cls.__name__: cls for cls in (MonteCLoRAGuide, EmptyGuide)}
-
-
-#: model classes a checkpoint may name (filled on first use)
+#: model classes a checkpoint may name (:func:`register_model`)
 MODEL_CLASSES: Dict[str, type] = {}
-#: guide classes a checkpoint may name (filled on first use; :func:`register_guide` adds more)
+#: guide classes a checkpoint may name (:func:`register_guide`)
 GUIDE_CLASSES: Dict[str, type] = {}
+
+
+def register_model(cls: type) -> type:
+    """Let checkpoints save and load models of class ``cls`` (a class decorator).
+
+    ``cls(network, config, likelihood=..., adapter_mode=...)`` (or ``cls(network, likelihood=...)``
+    for a class without a config) must rebuild the model around a fresh base.
+    """
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls
 
 
 def register_guide(cls: type) -> type:
@@ -84,10 +82,7 @@ def register_guide(cls: type) -> type:
 
 
 def _registry(kind: str) -> dict:
-    registry, defaults = (MODEL_CLASSES, _model_classes) if kind == "model" else (GUIDE_CLASSES, _guide_classes)
-    for name, cls in defaults().items():
-        registry.setdefault(name, cls)
-    return registry
+    return MODEL_CLASSES if kind == "model" else GUIDE_CLASSES
 
 
 def _base_fingerprint(model) -> Optional[List[float]]:
@@ -320,12 +315,10 @@ def export_peft(model, directory: Union[str, os.PathLike],
     ``peft.PeftModel.from_pretrained(base, directory)``; its logits are the mean adapter's
     (``model.mean_adapters()``). ``modules_to_save`` and trained biases are included.
     """
-    from .model import MonteCLoRAModel
-
-    if not isinstance(model, MonteCLoRAModel):
-        raise ValueError(f"export_peft needs a MonteCLoRAModel (adapters), got {type(model).__name__}")
-    config = model.config
     adapters = model.adapters()
+    if not adapters or getattr(model, "config", None) is None:
+        raise ValueError(f"export_peft needs a model with adapters (a MonteCLoRAModel), got {type(model).__name__}")
+    config = model.config
     tensors = {}
     for name, parameter in model.trainable_parameters():
         if name.endswith(".lora_A_mean"):
