@@ -25,7 +25,9 @@ LEAVES = {
     "_version": set(),
     "config": {"util"},
     "distributions": {"util"},
+    "transforms": set(),  # the lower_cholesky bijection for autoguides
     "distributed": {"util"},
+    "hf_defaults": set(),  # what the package knows about Hugging Face bases (targets, heads, pad ids)
 }
 _LEAF_NAMES = set(LEAVES)
 
@@ -53,6 +55,9 @@ PUBLIC_NAMES = {
     "FactorPosterior", "MonteCLoRALinear", "WishartCholesky", "StandardNormalMatrix", "wishart_kl",
     "kl_scale", "Likelihood", "SequenceClassification", "CausalLM", "fit", "FitResult", "predict",
     "PredictiveOutput", "predict_multiple_choice", "generate_answers", "GenerationResult",
+    # added with the architecture: the prior object, the empty guide, persistence, the bijection
+    "MonteCLoRAPrior", "EmptyGuide", "save_pretrained", "load_pretrained", "register_guide",
+    "LowerCholeskyBijection", "TrainConfig", "ClassificationEvaluator", "LanguageModelEvaluator",
 }
 
 
