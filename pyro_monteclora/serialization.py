@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._fields import FieldError, check_value, get_field, parse_json
 from .atomic import atomic_file, atomic_write_json
 
 __all__ = ["save_pretrained", "load_pretrained", "read_saved_config", "export_peft",
@@ -37,6 +38,7 @@ FORMAT = "pyro-monteclora"
 FORMAT_VERSION = 1
 CONFIG_NAME = "monteclora_config.json"
 WEIGHTS_NAME = "model.safetensors"
+MODEL_CLASSES = ("MonteCLoRAModel", "FullFineTuneModel")
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
@@ -124,7 +126,7 @@ def read_saved_config(directory: Union[str, os.PathLike]) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a saved pyro_monteclora model: no {CONFIG_NAME}")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -132,7 +134,52 @@ def read_saved_config(directory: Union[str, os.PathLike]) -> dict:
     if record.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {record.get('format_version')!r}; "
                               f"this library reads version {FORMAT_VERSION}")
+    try:
+        _check_record(record)
+    except FieldError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     return record
+
+
+def _check_record(record: dict) -> None:
+    """Every field :func:`load_pretrained` reads, of the right type (:class:`FieldError` if not):
+    a missing key or a ``null`` where an object belongs is named here, not met as a ``KeyError``."""
+    from .config import MonteCLoRAConfig
+    from .guides import GUIDE_MODES, SCALE_TRIL_KINDS
+    from .likelihoods import _LIKELIHOODS
+
+    model_class = get_field(record, "model_class", "model_class", MODEL_CLASSES)
+    config = get_field(record, "config", "config", "object", nullable=model_class != "MonteCLoRAModel")
+    rank = None
+    if model_class == "MonteCLoRAModel":
+        try:
+            rank = MonteCLoRAConfig.from_dict(config).rank
+        except (TypeError, ValueError) as error:
+            raise FieldError(f"config: {error}") from None
+    guide = get_field(record, "guide", "guide", "object", nullable=True)
+    if guide is not None:
+        get_field(guide, "mode", "guide.mode", GUIDE_MODES)
+        get_field(guide, "scale_tril", "guide.scale_tril", SCALE_TRIL_KINDS)
+    likelihood = get_field(record, "likelihood", "likelihood", tuple(_LIKELIHOODS))
+    base = get_field(record, "base_model", "base_model", "object")
+    get_field(base, "architecture", "base_model.architecture", "text")
+    get_field(base, "name_or_path", "base_model.name_or_path", "text", nullable=True, default=None)
+    get_field(base, "num_labels", "base_model.num_labels", "integer", minimum=1,
+              nullable=likelihood != "sequence-classification", default=None)
+    get_field(base, "pad_token_id", "base_model.pad_token_id", "integer", minimum=0, nullable=True, default=None)
+    for index, value in enumerate(get_field(base, "fingerprint", "base_model.fingerprint", "list",
+                                            nullable=True, default=None) or []):
+        check_value(f"base_model.fingerprint[{index}]", value, "number")
+    tensors = get_field(record, "tensors", "tensors", "object")
+    for name, shape in tensors.items():
+        check_value(f"tensors.{name}", shape, "list")
+        for size in shape:
+            check_value(f"tensors.{name}", size, "integer", minimum=0)
+        # the rank sizes every adapter: a config whose rank its tensors do not have is refused
+        # before anything of that rank is allocated
+        if rank is not None and name.endswith(".lora_A_mean") and shape[:1] != [rank]:
+            raise FieldError(f"config.rank is {rank} but tensors.{name} has shape {shape}")
+    get_field(record, "metadata", "metadata", "object", default={})
 
 
 def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -189,6 +236,11 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
     if {k: list(v.shape) for k, v in tensors.items()} != record["tensors"]:
         raise CheckpointError(f"{directory / WEIGHTS_NAME} does not hold the tensors that "
                               f"{CONFIG_NAME} lists (a partial or mixed checkpoint)")
+    # every trained tensor is floating point: integers (or booleans) would be cast silently
+    wrong = next((name for name, tensor in tensors.items() if not tensor.is_floating_point()), None)
+    if wrong is not None:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME}: the tensor {wrong} is {tensors[wrong].dtype}, "
+                              f"not floating point")
     network = _load_base(record, base_model, trust_remote_code, torch_dtype)
     described = record["base_model"]
     if type(network).__name__ != described["architecture"]:
