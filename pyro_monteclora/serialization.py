@@ -39,6 +39,8 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "monteclora_config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CLASSES = ("MonteCLoRAModel", "FullFineTuneModel")
+#: the output layers of Hugging Face classification heads (BERT/DistilBERT, decoders, RoBERTa)
+HEAD_WEIGHTS = ("network.classifier.weight", "network.score.weight", "network.classifier.out_proj.weight")
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
@@ -180,6 +182,11 @@ def _check_record(record: dict) -> None:
         if rank is not None and name.endswith(".lora_A_mean") and shape[:1] != [rank]:
             raise FieldError(f"config.rank is {rank} but tensors.{name} has shape {shape}")
     get_field(record, "metadata", "metadata", "object", default={})
+    # the classifier's output layer is saved with the head: it has num_labels rows
+    heads = {shape[0] for name, shape in tensors.items() if shape and name in HEAD_WEIGHTS}
+    if likelihood == "sequence-classification" and heads and base.get("num_labels") not in heads:
+        raise FieldError(f"base_model.num_labels is {base.get('num_labels')} but the saved classifier "
+                         f"has {sorted(heads)[0]} outputs")
 
 
 def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -191,7 +198,7 @@ def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a valid safetensors file ({error})") from None
 
 
-def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):
+def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype, source: Path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     described = record["base_model"]
@@ -206,6 +213,14 @@ def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     if described.get("pad_token_id") is not None:
+        from transformers import AutoConfig
+
+        # an id past the vocabulary fails an assertion deep in the embedding: named here instead
+        vocabulary = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code),
+                             "vocab_size", None)
+        if isinstance(vocabulary, int) and described["pad_token_id"] >= vocabulary:
+            raise CheckpointError(f"{source}: base_model.pad_token_id is {described['pad_token_id']}, "
+                                  f"outside the base model's {vocabulary}-token vocabulary")
         kwargs["pad_token_id"] = described["pad_token_id"]
     if record["likelihood"] == "sequence-classification":
         return AutoModelForSequenceClassification.from_pretrained(
@@ -241,7 +256,7 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
     if wrong is not None:
         raise CheckpointError(f"{directory / WEIGHTS_NAME}: the tensor {wrong} is {tensors[wrong].dtype}, "
                               f"not floating point")
-    network = _load_base(record, base_model, trust_remote_code, torch_dtype)
+    network = _load_base(record, base_model, trust_remote_code, torch_dtype, directory / CONFIG_NAME)
     described = record["base_model"]
     if type(network).__name__ != described["architecture"]:
         raise CheckpointError(f"the checkpoint in {directory} was made for a "
