@@ -320,6 +320,19 @@ def test_json_nested_past_the_recursion_limit_is_a_data_error(tmp_path, name, co
     assert str(path) in str(raised.value)
 
 
+def test_sweep_resume_of_a_nested_or_non_object_sweep_json(model_dir, data_dir, tmp_path, capsys):
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    for content in (NESTED, "[1, 2]"):
+        (folder / "sweep.json").write_text(content)
+        before = files(tmp_path)
+        err = one_line_exit(["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
+                             "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora",
+                             "--output", str(folder), "--resume"], capsys)
+        assert "sweep.json is not readable JSON" in err
+        assert files(tmp_path) == before
+
+
 def test_a_pickle_named_model_safetensors_in_the_base_folder(model_dir, data_dir, run, tmp_path, capsys,
                                                              monkeypatch):
     base = tmp_path / "base"

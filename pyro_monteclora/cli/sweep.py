@@ -246,8 +246,12 @@ def _model_name(model_path: str) -> str:
 def _prepare_output(args, record: dict) -> Path:
     output = check_output_folder(args)
     if args.resume:
+        from .._fields import parse_json
+
         try:
-            saved = json.loads((output / SWEEP_FILE).read_text(encoding="utf-8"))
+            saved = parse_json((output / SWEEP_FILE).read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise json.JSONDecodeError("not an object", "", 0)
         except FileNotFoundError:
             raise UsageError(f"--resume: {output} holds no sweep ({SWEEP_FILE} is missing)") from None
         except (UnicodeDecodeError, json.JSONDecodeError):
