@@ -27,14 +27,16 @@ import json
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from ._fields import parse_json
 from .data import TextClassificationData
 
 __all__ = ["DataError", "split_lines", "read_records", "read_located_records", "load_classification_file",
-           "infer_label_names", "label_key", "records_to_classification", "load_hub_records",
-           "hub_split_names", "SUPPORTED_SUFFIXES"]
+           "infer_label_names", "label_key", "records_to_classification", "has_visible_text",
+           "load_hub_records", "hub_split_names", "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 PathLike = Union[str, os.PathLike]
@@ -132,6 +134,10 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
             _check_unique_columns(reader.fieldnames or [], path, " line 1")
             rows, places = [], []
             for row in reader:
+                if None in row:  # DictReader's key for fields past the header's
+                    raise DataError(f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
+                                    f"fields, the header {len(reader.fieldnames)}; quote a text that holds "
+                                    f"a {'tab' if suffix == '.tsv' else 'comma'}")
                 places.append(f"line {reader.line_num}")
                 rows.append(dict(row))
         except csv.Error as error:
@@ -142,7 +148,7 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line, object_pairs_hook=_unique_keys(f"{path} line {number}"))
+                row = parse_json(line, object_pairs_hook=_unique_keys(f"{path} line {number}"))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
@@ -151,7 +157,7 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
             places.append(f"line {number}")
     else:
         try:
-            value = json.loads(_read_text(path), object_pairs_hook=_unique_keys(str(path)))
+            value = parse_json(_read_text(path), object_pairs_hook=_unique_keys(str(path)))
         except json.JSONDecodeError as error:
             raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
         if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
@@ -232,7 +238,14 @@ def _names_of(keys: Sequence[Union[int, str]], source: str) -> List[str]:
             raise DataError(f"{source}: integer label {max(keys)} would make more than "
                             f"{MAX_LABELS} classes; use label names, or labels 0..K-1")
         return [str(i) for i in range(max(keys) + 1)]
-    return sorted({str(key) for key in keys})
+    names = sorted({str(key) for key in keys})
+    folded = {}
+    for name in names:  # "Positive" and "positive" are taken for a mistake, not two classes
+        if name.casefold() in folded:
+            raise DataError(f"{source}: the labels {folded[name.casefold()]!r} and {name!r} differ only "
+                            f"in case; write each label one way")
+        folded[name.casefold()] = name
+    return names
 
 
 def infer_label_names(values: Sequence, source: str) -> List[str]:
@@ -242,6 +255,17 @@ def infer_label_names(values: Sequence, source: str) -> List[str]:
     :raises DataError: naming the row of a missing, NaN or fractional label.
     """
     return _names_of(_label_keys(values, source, None), source)
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds a character that is not white space, a control or a format character
+    (zero-width spaces and joiners, a byte-order mark, soft hyphens): a text of only those is empty.
+
+    >>> has_visible_text("\u200b \u200d\ufeff"), has_visible_text("\u200bok")
+    (False, True)
+    """
+    return any(not (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp"))
+               for ch in text)
 
 
 def records_to_classification(rows: List[dict], source: str, text_columns: Sequence[str],
@@ -256,6 +280,9 @@ def records_to_classification(rows: List[dict], source: str, text_columns: Seque
     """
     if not 1 <= len(text_columns) <= 2:
         raise DataError(f"give one text column, or two for sentence pairs; got {list(text_columns)}")
+    if label_column is not None and label_column in text_columns:
+        raise DataError(f"{source}: the label column {label_column!r} is also a text column "
+                        f"(every text would be its own class); name the label column")
     columns = list(rows[0])
     wanted = list(text_columns) + ([label_column] if label_column is not None else [])
     for column in wanted:
@@ -265,7 +292,7 @@ def records_to_classification(rows: List[dict], source: str, text_columns: Seque
     for number, row in enumerate(rows, start=1):
         for index, column in enumerate(text_columns):
             value = row.get(column)
-            if not isinstance(value, str) or not value.strip():
+            if not isinstance(value, str) or not has_visible_text(value):
                 shown = "missing" if value is None else repr(value)[:40]
                 raise DataError(f"{source} row {number}: the text in column {column!r} is empty "
                                 f"or not a string ({shown})")
@@ -274,7 +301,9 @@ def records_to_classification(rows: List[dict], source: str, text_columns: Seque
         names = list(label_names) if label_names is not None else ["0"]
         labels = [0] * len(rows)
     else:
-        values = [row.get(label_column) for row in rows]
+        # a name label is its text without surrounding spaces (" pos" from "text, pos" is "pos")
+        values = [value.strip() if isinstance(value, str) else value
+                  for value in (row.get(label_column) for row in rows)]
         keys = _label_keys(values, source, label_column)
         names = list(label_names) if label_names is not None else _names_of(keys, source)
         index_of = {name: i for i, name in enumerate(names)}

@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._fields import FieldError, check_value, get_field, parse_json
 from .atomic import atomic_file, atomic_write_json
 
 __all__ = ["save_pretrained", "load_pretrained", "read_saved_config", "export_peft",
@@ -46,6 +47,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "monteclora_config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: the output layers of Hugging Face classification heads (BERT/DistilBERT, decoders, RoBERTa)
+HEAD_WEIGHTS = ("network.classifier.weight", "network.score.weight", "network.classifier.out_proj.weight")
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
@@ -173,7 +176,7 @@ def read_saved_config(directory: Union[str, os.PathLike]) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a saved pyro_monteclora model: no {CONFIG_NAME}")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -183,6 +186,10 @@ def read_saved_config(directory: Union[str, os.PathLike]) -> dict:
                               f"this library reads versions {list(READABLE_VERSIONS)}")
     if record["format_version"] == 1:
         record = _upgrade_version_1(record)
+    try:
+        _check_record(record)
+    except FieldError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     return record
 
 
@@ -197,6 +204,52 @@ def _upgrade_version_1(record: dict) -> dict:
         record["guide"] = ({"class": "EmptyGuide", "options": {}} if lora else
                            {"class": "MonteCLoRAGuide", "options": {"scale_tril": guide.get("scale_tril", "diagonal")}})
     return record
+
+
+def _check_record(record: dict) -> None:
+    """Every field :func:`load_pretrained` reads, of the right type (:class:`FieldError` if not):
+    a missing key or a ``null`` where an object belongs is named here, not met as a ``KeyError``."""
+    from .config import MonteCLoRAConfig
+
+    model_class = get_field(record, "model_class", "model_class", tuple(MODEL_CLASSES))
+    get_field(record, "adapter_mode", "adapter_mode", ("sample", "mean"))
+    config = get_field(record, "config", "config", "object", nullable=model_class != "MonteCLoRAModel")
+    rank = None
+    if model_class == "MonteCLoRAModel":
+        try:
+            rank = MonteCLoRAConfig.from_dict(config).rank
+        except (TypeError, ValueError) as error:
+            raise FieldError(f"config: {error}") from None
+    guide = get_field(record, "guide", "guide", "object", nullable=True)
+    if guide is not None:
+        get_field(guide, "class", "guide.class", tuple(GUIDE_CLASSES))
+        get_field(guide, "options", "guide.options", "object")
+    # the likelihood's name is checked by the model class it is given to (storage knows no likelihood)
+    likelihood = get_field(record, "likelihood", "likelihood", "text")
+    base = get_field(record, "base_model", "base_model", "object")
+    get_field(base, "architecture", "base_model.architecture", "text")
+    get_field(base, "name_or_path", "base_model.name_or_path", "text", nullable=True, default=None)
+    get_field(base, "num_labels", "base_model.num_labels", "integer", minimum=1,
+              nullable=likelihood != "sequence-classification", default=None)
+    get_field(base, "pad_token_id", "base_model.pad_token_id", "integer", minimum=0, nullable=True, default=None)
+    for index, value in enumerate(get_field(base, "fingerprint", "base_model.fingerprint", "list",
+                                            nullable=True, default=None) or []):
+        check_value(f"base_model.fingerprint[{index}]", value, "number")
+    tensors = get_field(record, "tensors", "tensors", "object")
+    for name, shape in tensors.items():
+        check_value(f"tensors.{name}", shape, "list")
+        for size in shape:
+            check_value(f"tensors.{name}", size, "integer", minimum=0)
+        # the rank sizes every adapter: a config whose rank its tensors do not have is refused
+        # before anything of that rank is allocated
+        if rank is not None and name.endswith(".lora_A_mean") and shape[:1] != [rank]:
+            raise FieldError(f"config.rank is {rank} but tensors.{name} has shape {shape}")
+    get_field(record, "metadata", "metadata", "object", default={})
+    # the classifier's output layer is saved with the head: it has num_labels rows
+    heads = {shape[0] for name, shape in tensors.items() if shape and name in HEAD_WEIGHTS}
+    if likelihood == "sequence-classification" and heads and base.get("num_labels") not in heads:
+        raise FieldError(f"base_model.num_labels is {base.get('num_labels')} but the saved classifier "
+                         f"has {sorted(heads)[0]} outputs")
 
 
 def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -215,7 +268,7 @@ def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
     return tensors
 
 
-def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):
+def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype, source: Path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     described = record["base_model"]
@@ -230,6 +283,14 @@ def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype):
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     if described.get("pad_token_id") is not None:
+        from transformers import AutoConfig
+
+        # an id past the vocabulary fails an assertion deep in the embedding: named here instead
+        vocabulary = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code),
+                             "vocab_size", None)
+        if isinstance(vocabulary, int) and described["pad_token_id"] >= vocabulary:
+            raise CheckpointError(f"{source}: base_model.pad_token_id is {described['pad_token_id']}, "
+                                  f"outside the base model's {vocabulary}-token vocabulary")
         kwargs["pad_token_id"] = described["pad_token_id"]
     if record["likelihood"] == "sequence-classification":
         return AutoModelForSequenceClassification.from_pretrained(
@@ -259,20 +320,25 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
     if {k: list(v.shape) for k, v in tensors.items()} != record["tensors"]:
         raise CheckpointError(f"{directory / WEIGHTS_NAME} does not hold the tensors that "
                               f"{CONFIG_NAME} lists (a partial or mixed checkpoint)")
-    network = _load_base(record, base_model, trust_remote_code, torch_dtype)
+    # every trained tensor is floating point: integers (or booleans) would be cast silently
+    wrong = next((name for name, tensor in tensors.items() if not tensor.is_floating_point()), None)
+    if wrong is not None:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME}: the tensor {wrong} is {tensors[wrong].dtype}, "
+                              f"not floating point")
+    network = _load_base(record, base_model, trust_remote_code, torch_dtype, directory / CONFIG_NAME)
     described = record["base_model"]
     if type(network).__name__ != described["architecture"]:
         raise CheckpointError(f"the checkpoint in {directory} was made for a "
                               f"{described['architecture']}, got a {type(network).__name__}")
-    model_class = _registry("model").get(record["model_class"])
-    if model_class is None:
-        raise CheckpointError(f"unknown model_class {record['model_class']!r} in {directory}; "
-                              f"known classes are {sorted(_registry('model'))}")
-    if record.get("config") is not None:
-        model = model_class(network, MonteCLoRAConfig.from_dict(record["config"]),
-                            likelihood=record["likelihood"], adapter_mode=record["adapter_mode"])
-    else:
-        model = model_class(network, likelihood=record["likelihood"])
+    model_class = _registry("model")[record["model_class"]]  # a registered class (_check_record)
+    try:
+        if record.get("config") is not None:
+            model = model_class(network, MonteCLoRAConfig.from_dict(record["config"]),
+                                likelihood=record["likelihood"], adapter_mode=record["adapter_mode"])
+        else:
+            model = model_class(network, likelihood=record["likelihood"])
+    except (TypeError, ValueError) as error:  # a likelihood or config this model class refuses
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from None
     if check_base and not _same_base(described.get("fingerprint"), model):
         raise CheckpointError(
             f"the checkpoint in {directory} was made for base model "
@@ -280,11 +346,11 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
             f"(pass check_base=False to load it anyway)")
     guide = None
     if record["guide"] is not None:
-        guide_class = _registry("guide").get(record["guide"]["class"])
-        if guide_class is None:
-            raise CheckpointError(f"unknown guide class {record['guide']['class']!r} in {directory}; "
-                                  f"known classes are {sorted(_registry('guide'))} (see register_guide)")
-        guide = guide_class(model, **record["guide"]["options"])
+        guide_class = _registry("guide")[record["guide"]["class"]]  # registered (_check_record)
+        try:
+            guide = guide_class(model, **record["guide"]["options"])
+        except (TypeError, ValueError) as error:  # options this guide class refuses
+            raise CheckpointError(f"{directory / CONFIG_NAME}: guide.options: {error}") from None
     targets = dict(("network." + n, p) for n, p in model.trainable_parameters())
     if guide is not None:
         targets.update(("guide." + n, p) for n, p in guide.named_parameters())

@@ -49,7 +49,7 @@ from .precision import DTYPES, autocast, check_precision
 from .predictive import move_batch
 from .training_state import TrainingState, capture_rng_state, restore_rng_state
 
-__all__ = ["fit", "FitResult", "TrainConfig", "SVIStep", "train_epoch", "Callback", "linear_schedule",
+__all__ = ["fit", "FitResult", "TrainConfig", "SVIStep", "train_epoch", "rank_seed", "Callback", "linear_schedule",
            "evaluate_loader"]
 
 ELBO_KINDS = {"monteclora": MonteCLoRAELBO, "meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
@@ -386,6 +386,17 @@ class _Progress:
             self.bar.close()
 
 
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of ``rank``'s noise in ``epoch`` of a multi-process run: independent across ranks,
+    the same after a resume, and below :math:`2^{32}` as numpy requires (without the modulus a seed
+    of 5 or more overflowed at the first epoch).
+
+    >>> rank_seed(0, 1, 1), rank_seed(10**9, 3, 1) < 2**32
+    (1010, True)
+    """
+    return ((seed * 1_000_003 + epoch) * 1_009 + rank) % 2**32
+
+
 def train_epoch(svi_step: SVIStep, loader: Iterable[dict], epoch: int, step: int,
                 progress: Optional[_Progress] = None) -> Tuple[Dict[str, float], int]:
     """Train on ``loader`` for epoch ``epoch``, from optimiser step ``step`` until the loader ends
@@ -401,7 +412,7 @@ def train_epoch(svi_step: SVIStep, loader: Iterable[dict], epoch: int, step: int
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     if svi_step.world_size > 1:
-        pyro.set_rng_seed(((svi_step.config.seed or 0) * 1_000_003 + epoch) * 1_009 + svi_step.rank)
+        pyro.set_rng_seed(rank_seed(svi_step.config.seed or 0, epoch, svi_step.rank))
     losses = []
     for batch in loader:
         if step >= svi_step.total_steps:

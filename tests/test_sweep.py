@@ -212,7 +212,7 @@ def test_a_cell_that_crashes_is_not_taken_for_a_diverged_one(tmp_path, monkeypat
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"train": ["train", "--output", "x"], "evaluate": None}))
 
-    def crash(argv):
+    def crash(argv, **options):
         raise MemoryError("out of memory")
 
     monkeypatch.setattr(cli, "main", crash)

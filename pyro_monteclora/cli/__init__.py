@@ -59,8 +59,15 @@ def _defaults(parser: OneLineParser, command: str) -> dict:
     return {}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input)."""
+def main(argv: Optional[List[str]] = None, *, os_error_status: int = 1) -> int:
+    """Run the command line; returns the exit status: 2 for bad input, 1 when training stopped on
+    a non-finite loss or a file could not be written (no space left on the device, say: every file
+    is written to a temporary name and renamed when complete, so what was on disk is intact), 130
+    when interrupted.
+
+    :param os_error_status: the status of a failed read or write (``sweep`` gives its cells
+        another, so that such a cell is run again by ``--resume`` instead of counted as diverged).
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     try:
@@ -89,6 +96,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if _first_process():
             print(f"pyro-monteclora train: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # after validation: a write that failed (ENOSPC), a disk gone
+        command = getattr(locals().get("args"), "command", None)
+        where = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+        hint = "; `train --resume --output DIR` continues from the last finished epoch" if command == "train" else ""
+        if _first_process():
+            print(f"pyro-monteclora{' ' + command if command else ''}: error: {where}; the files already "
+                  f"on disk are intact (each is replaced only once complete){hint}", file=sys.stderr)
+        return os_error_status
     except KeyboardInterrupt:
         command = getattr(locals().get("args"), "command", None)
         if command in ("train", "sweep"):

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (UsageError, add_data_options, add_dtype_option, check_inputs_outside, check_number,
-                      check_writable, evaluation_split, existing_output, resolve_data, resolve_device,
-                      resolve_precision, task_of)
+from .options import (LOAD_ERRORS, UsageError, add_data_options, add_dtype_option, check_inputs_outside,
+                      check_number, check_seed, check_writable, evaluation_split, existing_output,
+                      load_error, resolve_data, resolve_device, resolve_precision, task_of)
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "find_checkpoint", "load_for_inference",
            "evaluation_output", "check_evaluation_inputs", "open_model", "default_samples",
@@ -92,12 +92,13 @@ def load_for_inference(args, likelihoods=("sequence-classification",)):
 
     check_number("--num-samples", args.num_samples, minimum=0, integer=True)
     check_number("--batch-size", args.batch_size, minimum=1, integer=True)
-    check_number("--seed", args.seed, minimum=0, integer=True)
+    check_seed("--seed", args.seed)
     directory = find_checkpoint(args.checkpoint)
     try:
         record = read_saved_config(directory)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
+    _check_metadata(record, directory / "monteclora_config.json")
     if record["likelihood"] not in likelihoods:
         kinds = " or ".join(likelihoods)
         raise UsageError(f"--checkpoint {args.checkpoint}: a {record['likelihood']} model; "
@@ -105,6 +106,26 @@ def load_for_inference(args, likelihoods=("sequence-classification",)):
     device = resolve_device(args.device)
     args.torch_dtype = resolve_precision(getattr(args, "dtype", "fp32"), device)
     return directory, record, device
+
+
+def _check_metadata(record: dict, path: Path) -> None:
+    """The ``metadata`` fields the commands read back from a checkpoint, each of the right type
+    (the data specification as ``train --resume`` checks run.json's)."""
+    from .._fields import FieldError, get_field
+    from .options import check_data_spec
+
+    metadata = record.get("metadata", {})
+    name = f"{path}: metadata"
+    try:
+        get_field(metadata, "model_path", f"{name}.model_path", "text", nullable=True, default=None)
+        get_field(metadata, "method", f"{name}.method", "text", default=None)
+        get_field(metadata, "max_length", f"{name}.max_length", "integer", minimum=2, default=None)
+        arguments = get_field(metadata, "arguments", f"{name}.arguments", "object", default={})
+        get_field(arguments, "model", f"{name}.arguments.model", "text", nullable=True, default=None)
+    except FieldError as error:
+        raise UsageError(str(error)) from None
+    if metadata.get("data") is not None:
+        check_data_spec(metadata["data"], f"{name}.data")
 
 
 def open_model(directory: Path, record: dict, args, device):
@@ -129,12 +150,16 @@ def open_model(directory: Path, record: dict, args, device):
     tokenizer_source = directory if (directory / "tokenizer_config.json").is_file() else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=args.trust_remote_code)
+    except Exception as error:  # see LOAD_ERRORS: a bad tokenizer.json raises a bare Exception
+        where = f"--checkpoint {directory}: its tokenizer" if tokenizer_source == directory else f"--model {base}"
+        raise UsageError(f"{where}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    try:
         model, guide = load_pretrained(directory, base_model=base, trust_remote_code=args.trust_remote_code,
                                        device=device)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
-    except (OSError, ValueError, RuntimeError) as error:
-        raise UsageError(f"--model {base}: {error}".splitlines()[0]) from None
+    except LOAD_ERRORS as error:
+        raise UsageError(f"--model {base}: {load_error(error)}") from None
     if getattr(args, "torch_dtype", None) not in (None, torch.float32):
         from ..precision import cast_frozen
 

@@ -18,8 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import (UsageError, add_dtype_option, check_distinct_outputs, check_file_output_not_input,
-                      check_number, check_writable, resolve_device, resolve_model_path,
+from .options import (LOAD_ERRORS, UsageError, add_dtype_option, check_distinct_outputs,
+                      check_file_output_not_input, check_number, check_seed, check_writable, load_error,
+                      resolve_device, resolve_model_path,
                       resolve_precision)
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
@@ -71,11 +72,11 @@ def _check_file_output(value, option: str, overwrite: bool) -> None:
     if value in (None, "-"):
         return
     path = Path(value)
+    check_writable(path, option)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise UsageError(f"{option} {path} already exists; pass --overwrite to replace it")
-    check_writable(path, option)
 
 
 def _read_prompts(args):
@@ -126,10 +127,13 @@ def _open(args, device):
     path = resolve_model_path(args.model, "causal-lm")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+    except Exception as error:  # see LOAD_ERRORS: a bad tokenizer.json raises a bare Exception
+        raise UsageError(f"--model {args.model}: its tokenizer: {type(error).__name__}: {error}".splitlines()[0]) from None
+    try:
         network = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=args.trust_remote_code,
                                                        use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise UsageError(f"--model {args.model}: {error}".splitlines()[0]) from None
+    except LOAD_ERRORS as error:
+        raise UsageError(f"--model {args.model}: {load_error(error)}") from None
     ensure_pad_token(tokenizer)
     model = FullFineTuneModel(network).to(device)
     if args.torch_dtype != torch.float32:
@@ -141,9 +145,9 @@ def run_generate(args, parser_defaults: dict) -> int:
     """Validate, generate with posterior sampling, write JSON lines (and metrics); returns 0."""
     for name, value, low in (("--num-samples", args.num_samples, 0), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--batch-size", args.batch_size, 1), ("--samples-per-pass", args.samples_per_pass, 1),
-                             ("--max-prompts", args.max_prompts, 1), ("--seed", args.seed, 0),
-                             ("--ece-bins", args.ece_bins, 1)):
+                             ("--max-prompts", args.max_prompts, 1), ("--ece-bins", args.ece_bins, 1)):
         check_number(name, value, minimum=low, integer=True)
+    check_seed("--seed", args.seed)
     check_number("--max-length", args.max_length, minimum=args.max_new_tokens + 1, integer=True)
     if args.metrics == "-":
         raise UsageError("--metrics - : give a file name (the generations go to standard output)")

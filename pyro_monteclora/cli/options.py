@@ -9,16 +9,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import math
 import os
 import re
 import typing
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from safetensors import SafetensorError
+
+from .._fields import MAX_SEED, FieldError, check_value, number_problem, shown
 
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "adapter_dests", "adapter_config", "check_adapter_options",
-           "option_message", "check_number", "resolve_data", "resolve_model_path", "resolve_device",
+           "option_message", "check_number", "check_seed", "check_values", "check_data_spec",
+           "MAX_SEED", "LOAD_ERRORS", "load_error", "resolve_data", "resolve_model_path", "resolve_device",
            "check_writable", "existing_output", "check_output_folder", "check_replaceable",
            "check_training_labels", "lock_output_folder", "check_inputs_outside",
            "check_file_output_not_input", "check_distinct_outputs", "data_mode", "task_of",
@@ -47,6 +51,11 @@ ADAPTER_OPTION_OVERRIDES: Mapping[str, Mapping[str, object]] = {
         "help": "comma-separated modules trained as point estimates in addition to the "
                 "classification head and the weights the base model lacks (always trained)"},
 }
+#: what ``from_pretrained`` raises for model files that are not right (a damaged config.json, a
+#: pickle named model.safetensors): each becomes one line naming the folder. Tokenizer loads
+#: catch ``Exception``: the tokenizers library raises a bare one for a tokenizer.json it cannot read.
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError)
+_NO_DEFAULT = object()
 
 
 class UsageError(Exception):
@@ -62,22 +71,57 @@ class OneLineParser(argparse.ArgumentParser):
 
 def check_number(name: str, value, minimum=None, maximum=None, integer: bool = False,
                  exclusive_minimum: bool = False) -> None:
-    """Raise :class:`UsageError` unless ``value`` is finite and in range; ``name`` is the option."""
+    """Raise :class:`UsageError` unless ``value`` is finite and in range; ``name`` is the option.
+    The rule is :func:`~pyro_monteclora._fields.number_problem`'s, which also checks the values
+    read back from a run's files."""
     if value is None:
         return
-    ok = math.isfinite(value) and (not integer or float(value).is_integer())
-    if ok and minimum is not None:
-        ok = value > minimum if exclusive_minimum else value >= minimum
-    if ok and maximum is not None:
-        ok = value <= maximum
-    if not ok:
-        bounds = []
-        if minimum is not None:
-            bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
-        if maximum is not None:
-            bounds.append(f"<= {maximum}")
-        kind = "an integer" if integer else "a finite number"
-        raise UsageError(f"{name} must be {kind} {' and '.join(bounds)}, got {value}")
+    problem = number_problem(value, minimum, maximum, integer, exclusive_minimum)
+    if problem:
+        raise UsageError(f"{name} {problem}")
+
+
+def check_seed(name: str, value) -> None:
+    """A seed: an integer in ``[0, 2**32 - 1]`` (NumPy's generator refuses anything else)."""
+    check_number(name, value, minimum=0, maximum=MAX_SEED, integer=True)
+
+
+def check_values(values: dict, rules: Dict[str, dict], name_of: Callable[[str], str],
+                 read_back: bool = False) -> dict:
+    """Check each of ``values`` that ``rules`` names with :func:`~pyro_monteclora._fields.check_value`
+    (a rule is its keyword arguments: ``{"kind": "integer", "minimum": 1}``, optionally
+    ``"nullable"`` and, for files written before the option existed, ``"default"``).
+
+    The command line and a run's recorded arguments go through the same rules, so a value refused
+    when typed is refused when read back. ``name_of(key)`` is the field in the message
+    (``--batch-size``, ``run.json: arguments.batch_size``).
+
+    :param read_back: a key missing from ``values`` is an error, unless its rule has a default.
+    :returns: ``values`` with the defaults of missing keys filled in.
+    """
+    values = dict(values)
+    for key, rule in rules.items():
+        rule = dict(rule)
+        default = rule.pop("default", _NO_DEFAULT)
+        try:
+            if key not in values:
+                if read_back and default is _NO_DEFAULT:
+                    raise FieldError(f"{name_of(key)} is missing")
+                values[key] = None if default is _NO_DEFAULT else default
+                continue
+            check_value(name_of(key), values[key], **rule)
+        except FieldError as error:
+            raise UsageError(str(error)) from None
+    return values
+
+
+def load_error(error: BaseException) -> str:
+    """One line for an error of :data:`LOAD_ERRORS`: a safetensors error says what it is (its
+    message alone, "header too large", does not)."""
+    text = f"{error}".splitlines()[0] if f"{error}".strip() else type(error).__name__
+    if isinstance(error, SafetensorError):
+        return f"a .safetensors file there is not valid safetensors (a pickle renamed, a truncated file?): {text}"
+    return text
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -311,6 +355,41 @@ def evaluation_split(args, recorded: Optional[dict] = None) -> str:
     return task.evaluation_split if task is not None else "test"
 
 
+_SPEC_TEXT = {"kind": "text", "nullable": True, "default": None}
+#: the data specification recorded with a run and a checkpoint (what :func:`resolve_data` returns),
+#: checked when it is read back
+DATA_SPEC_CHECKS = {
+    "source": {"kind": ("task", "files", "dataset")}, "task": {"kind": TASKS, "nullable": True, "default": None},
+    "task_type": _SPEC_TEXT, "text_columns": {"kind": "texts", "nullable": True, "default": None},
+    "label_column": _SPEC_TEXT, "prompt_column": _SPEC_TEXT, "response_column": _SPEC_TEXT,
+    "label_names": {"kind": "texts", "nullable": True, "default": None},
+    "sha256": {"kind": "object", "default": None}}
+#: the fields each source needs
+SOURCE_CHECKS = {"task": {"split_seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED}},
+                 "files": {"files": {"kind": "object"}},
+                 "dataset": {"dataset": {"kind": "text"}, "dataset_config": _SPEC_TEXT}}
+
+
+def check_data_spec(spec, name: str) -> None:
+    """Raise :class:`UsageError` unless ``spec``, a recorded data specification read back from
+    ``name`` (``run.json: data``), has every field it needs, each of the right type."""
+    def field(key: str) -> str:
+        return f"{name}.{key}"
+
+    if not isinstance(spec, dict):
+        raise UsageError(f"{name} must be an object, got {shown(spec)}")
+    check_values(spec, DATA_SPEC_CHECKS, field, read_back=True)
+    check_values(spec, SOURCE_CHECKS[spec["source"]], field, read_back=True)
+    try:
+        for split, path in spec.get("files", {}).items():
+            check_value(field(f"files.{split}"), split, ("train", "validation", "test"))
+            check_value(field(f"files.{split}"), path, "text")
+        for split, digest in (spec.get("sha256") or {}).items():
+            check_value(field(f"sha256.{split}"), digest, "text", nullable=True)
+    except FieldError as error:
+        raise UsageError(str(error)) from None
+
+
 def file_sha256(path: str) -> str:
     """The SHA-256 of a file, recorded with a run so that a changed data file is noticed."""
     digest = hashlib.sha256()
@@ -384,7 +463,7 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
         if spec["source"] == "dataset":
             available = hub_split_names(spec["dataset"], spec["dataset_config"])
         if spec["source"] == "task":
-            check_number("--split-seed", spec["split_seed"], minimum=0, integer=True)
+            check_seed("--split-seed", spec["split_seed"])
             everything = load_rotten_tomatoes(seed=spec["split_seed"])
             splits = {split: everything[split] for split in needed}
         else:
@@ -451,14 +530,35 @@ def check_training_labels(data, spec: dict, max_train_samples: Optional[int] = N
 
 def check_writable(path: Path, option: str) -> None:
     """Raise :class:`UsageError` unless ``path`` could be created: its nearest existing ancestor
-    must be a writable folder."""
+    must be a writable folder, no part of it a symbolic link that leads nowhere (dangling, or a
+    loop, which ``Path.exists`` reports as absent), ``path`` itself not a device, pipe or socket
+    (``/dev/stdout``: an atomic write would replace it), and nothing of it inside a run's
+    ``checkpoint/`` folder (training replaces that folder whole every epoch)."""
     ancestor = Path(os.path.abspath(path))
+    if ancestor.exists() and not (ancestor.is_file() or ancestor.is_dir()):
+        raise UsageError(f"{option} {path} is not a regular file or folder (a device, pipe or socket); "
+                         "give a file name, or - for stdout")
+    _check_not_in_checkpoint(ancestor, option, path)
     while not ancestor.exists():
+        if os.path.lexists(ancestor):
+            what = "" if ancestor == Path(os.path.abspath(path)) else f": {ancestor}"
+            raise UsageError(f"{option} {path}{what} is a symbolic link to nowhere (dangling, or a "
+                             f"loop); remove it or give another path")
         ancestor = ancestor.parent
     if ancestor != Path(os.path.abspath(path)) and not ancestor.is_dir():
         raise UsageError(f"{option} {path}: {ancestor} is a file, so no folder can be made there")
     if not os.access(ancestor, os.W_OK):
         raise UsageError(f"{option} {path}: {ancestor} is not writable")
+
+
+def _check_not_in_checkpoint(path: Path, option: str, given) -> None:
+    """Refuse ``path`` when it is, or lies inside, a run's checkpoint folder."""
+    from .train import CHECKPOINT_DIR, RUN_FILE
+
+    for folder in (path, *path.parents):
+        if folder.name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old") and (folder.parent / RUN_FILE).is_file():
+            raise UsageError(f"{option} {given} lies inside the run {folder.parent}'s {folder.name}/, which "
+                             f"its training replaces whole every epoch; write elsewhere")
 
 
 def check_output_folder(args) -> Path:

@@ -70,11 +70,11 @@ def run_predict(args, parser_defaults: dict) -> int:
     directory, record, device = load_for_inference(args)
     if args.output != "-":
         output = Path(args.output)
+        check_writable(output, "--output")
         if output.is_dir():
             raise UsageError(f"--output {output} is a folder; give a file name")
         if output.exists() and not args.overwrite:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace it")
-        check_writable(output, "--output")
     metadata = record.get("metadata", {})
     check_file_output_not_input(args.output, "--output", [
         ("--input", args.input), ("--checkpoint", directory),

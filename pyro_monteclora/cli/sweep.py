@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_inputs_outside, check_output_folder, check_replaceable, evaluation_split,
-                      lock_output_folder)
+                      check_inputs_outside, check_output_folder, check_replaceable, check_values,
+                      evaluation_split, lock_output_folder)
 
 __all__ = ["add_sweep_parser", "run_sweep", "run_cell", "train_forwarded", "SWEEP_FILE"]
 
@@ -98,7 +98,8 @@ def _numbers(option: str, text: str, kind) -> list:
         except ValueError:
             raise UsageError(f"{option}: {part!r} is not {'an integer' if kind is int else 'a number'}; "
                              f"give a comma-separated list such as {'16,32' if kind is int else '1e-4,5e-4'}") from None
-        ok = math.isfinite(value) and (value > 0 if option != "--seeds" else value >= 0)
+        # (an integer is never converted to a float: a 400-digit one would overflow)
+        ok = (isinstance(value, int) or math.isfinite(value)) and (value > 0 if option != "--seeds" else value >= 0)
         if not ok:
             raise UsageError(f"{option}: {part} must be {'>= 0' if option == '--seeds' else '> 0'}")
         if value in values:
@@ -128,6 +129,12 @@ def _grid(args):
     cells = sweep_grid(methods, _numbers("--learning-rates", args.learning_rates, float),
                        _numbers("--batch-sizes", args.batch_sizes, int),
                        _numbers("--seeds", args.seeds, int), per_method)
+    from .train import RUN_CHECKS
+
+    grid_options = {"learning_rate": "--learning-rates", "batch_size": "--batch-sizes", "seed": "--seeds"}
+    for cell in cells:  # each value as the cell's train will check it (a seed below 2**32, ...)
+        check_values({key: getattr(cell, key) for key in grid_options},
+                     {key: RUN_CHECKS[key] for key in grid_options}, grid_options.get)
     names = [cell.name for cell in cells]
     clash = next((name for name in names if names.count(name) > 1), None)
     if clash is not None:  # rates equal to 6 significant digits would share a cell folder
@@ -214,7 +221,29 @@ def _validate(args, cells, train_options):
     if split not in splits:
         raise UsageError(f"no labelled {split} data to score the cells on: pass --test-file, or "
                          f"--split validation with --validation-file")
-    return split, resolve_model_path(probe.model, probe.task_type)
+    model_path = resolve_model_path(probe.model, probe.task_type)
+    if any(cell.method != "full" for cell in cells):
+        _check_rank_on_meta(probe, model_path)
+    return split, model_path
+
+
+def _check_rank_on_meta(probe, model_path: str) -> None:
+    """``--rank`` against the adapted layers of the base model built on the meta device (no weight
+    read, nothing allocated), so that a rank too large is refused before the sweep makes its folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .options import LOAD_ERRORS
+    from .train import adapter_config, check_rank
+
+    kind = AutoModelForCausalLM if probe.task_type == "causal-lm" else AutoModelForSequenceClassification
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=probe.trust_remote_code)
+        with torch.device("meta"):
+            network = kind.from_config(config, trust_remote_code=probe.trust_remote_code)
+    except LOAD_ERRORS:
+        return  # each cell's train says what is wrong with the model
+    check_rank(network, adapter_config(network, vars(probe)))
 
 
 def _model_name(model_path: str) -> str:
@@ -227,8 +256,12 @@ def _model_name(model_path: str) -> str:
 def _prepare_output(args, record: dict) -> Path:
     output = check_output_folder(args)
     if args.resume:
+        from .._fields import parse_json
+
         try:
-            saved = json.loads((output / SWEEP_FILE).read_text(encoding="utf-8"))
+            saved = parse_json((output / SWEEP_FILE).read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise json.JSONDecodeError("not an object", "", 0)
         except FileNotFoundError:
             raise UsageError(f"--resume: {output} holds no sweep ({SWEEP_FILE} is missing)") from None
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -262,7 +295,7 @@ def run_cell(plan_file: str) -> int:
     for step in ("train", "evaluate"):
         if plan.get(step):
             try:
-                status = main(plan[step])
+                status = main(plan[step], os_error_status=CELL_CRASHED)
             except Exception:  # out of memory, a network error, a bug: rerun by --resume
                 traceback.print_exc()
                 return CELL_CRASHED

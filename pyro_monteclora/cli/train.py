@@ -23,9 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from .options import (UsageError, adapter_config, adapter_dests, add_adapter_options, add_data_options,
-                      add_model_options, check_adapter_options, check_inputs_outside, check_number,
-                      check_output_folder, check_replaceable, lock_output_folder, option_message,
+from .options import (LOAD_ERRORS, MAX_SEED, METHODS, TASKS, UsageError, adapter_config, adapter_dests,
+                      add_adapter_options, add_data_options, add_model_options, check_adapter_options,
+                      check_inputs_outside, check_output_folder, check_replaceable, check_values,
+                      load_error, lock_output_folder, option_message,
                       resolve_data, resolve_device, resolve_model_path, resolve_precision)
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
@@ -47,6 +48,29 @@ RUN_OPTIONS = ("method", "task_type", "model", "task", "split_seed", "train_file
 TRAIN_DEFAULTS = {"learning_rate": 1e-3, "full_learning_rate": 5e-5, "batch_size": 16, "epochs": 3,
                   "max_length": 128, "causal_lm_max_length": 256}
 TASK_TYPES = ("sequence-classification", "causal-lm")
+_TEXT = {"kind": "text", "nullable": True}
+#: what each run option may be. The command line (``--batch-size 0``) and the arguments that
+#: ``--resume`` reads back from run.json go through this one table (:func:`check_values`), so a
+#: value refused when typed is refused when read back. ``default``: for runs recorded before the
+#: option existed. The adapter options are checked by the config itself (typed or read back:
+#: :func:`~.options.check_adapter_options`), so they have no row here.
+RUN_CHECKS = {
+    "method": {"kind": METHODS}, "task_type": {"kind": TASK_TYPES, "default": TASK_TYPES[0]},
+    "model": _TEXT, "task": {"kind": TASKS, "nullable": True},
+    "split_seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED},
+    "train_file": _TEXT, "validation_file": _TEXT, "test_file": _TEXT,
+    "text_column": {"kind": "texts", "nullable": True}, "label_column": _TEXT,
+    "prompt_column": dict(_TEXT, default=None), "response_column": dict(_TEXT, default=None),
+    "dataset": _TEXT, "dataset_config": _TEXT,
+    "max_length": {"kind": "integer", "minimum": 2, "nullable": True},
+    "learning_rate": {"kind": "number", "minimum": 0, "exclusive_minimum": True, "nullable": True},
+    "batch_size": {"kind": "integer", "minimum": 1}, "epochs": {"kind": "integer", "minimum": 1},
+    "weight_decay": {"kind": "number", "minimum": 0},
+    "warmup_ratio": {"kind": "number", "minimum": 0, "maximum": 0.99},
+    "max_train_samples": {"kind": "integer", "minimum": 1, "nullable": True},
+    "seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED},
+    "eval_num_samples": {"kind": "integer", "minimum": 0}, "no_validation": {"kind": "flag"},
+}
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -98,17 +122,13 @@ def _check_arguments(args) -> None:
             raise UsageError(f"--task {args.task} is a classification task; leave out --task-type "
                              f"causal-lm (or use a decoder task: piqa, siqa, winogrande, arc-e, "
                              f"arc-c, obqa, gsm8k)")
-    check_number("--learning-rate", args.learning_rate, minimum=0, exclusive_minimum=True)
-    check_number("--batch-size", args.batch_size, minimum=1, integer=True)
-    check_number("--epochs", args.epochs, minimum=1, integer=True)
-    check_number("--weight-decay", args.weight_decay, minimum=0)
-    check_number("--warmup-ratio", args.warmup_ratio, minimum=0, maximum=0.99)
-    check_number("--max-train-samples", args.max_train_samples, minimum=1, integer=True)
-    check_number("--seed", args.seed, minimum=0, integer=True)
-    check_number("--eval-num-samples", args.eval_num_samples, minimum=0, integer=True)
-    check_number("--max-length", args.max_length, minimum=2, integer=True)
+    check_values(vars(args), RUN_CHECKS, _option_name)
     if not args.resume:  # a resumed run keeps its recorded (validated) options; changes are refused
         check_adapter_options(args)
+
+
+def _option_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def _prepare_output(args, parser_defaults: dict):
@@ -122,13 +142,7 @@ def _prepare_output(args, parser_defaults: dict):
         run_file = output / RUN_FILE
         if not run_file.is_file():
             raise UsageError(f"--resume: {output} holds no run ({RUN_FILE} is missing)")
-        try:
-            run = json.loads(run_file.read_text(encoding="utf-8"))
-            saved, recorded = run["arguments"], run["data"]
-            saved["model"] = run["model_path"]  # as resolved when the run started
-            processes = int(run.get("processes", 1))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise UsageError(f"--resume: {run_file} is not a readable run record") from None
+        saved, recorded, processes = _read_run(run_file)
         from ..distributed import launched_world_size
 
         if launched_world_size() != processes:  # the step count and data shards depend on it
@@ -144,6 +158,57 @@ def _prepare_output(args, parser_defaults: dict):
     check_inputs_outside(output, [("--train-file", args.train_file), ("--validation-file", args.validation_file),
                                   ("--test-file", args.test_file), ("--model", args.model)])
     return {name: getattr(args, name) for name in RUN_OPTIONS}, None
+
+
+def _read_run(run_file: Path):
+    """``run.json``'s arguments (checked with :data:`RUN_CHECKS`, the command line's own rules),
+    data specification and process count; any bad field is a usage error naming it."""
+    from .._fields import FieldError, get_field, parse_json
+    from .options import check_data_spec
+
+    try:
+        run = parse_json(run_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--resume: {run_file} is not a readable run record ({error})") from None
+    try:
+        saved = get_field(run, "arguments", "arguments", "object")
+        recorded = get_field(run, "data", "data", "object")
+        model_path = get_field(run, "model_path", "model_path", "text")
+        processes = get_field(run, "processes", "processes", "integer", minimum=1, default=1)
+    except FieldError as error:
+        raise UsageError(f"--resume: {run_file}: {error}") from None
+    saved = check_values(saved, RUN_CHECKS, lambda key: f"--resume: {run_file}: arguments.{key}",
+                         read_back=True)
+    try:
+        check_adapter_options(argparse.Namespace(**saved))
+    except UsageError as error:
+        raise UsageError(f"--resume: {run_file}: {error}") from None
+    check_data_spec(recorded, f"--resume: {run_file}: data")
+    saved["model"] = model_path  # as resolved when the run started
+    return saved, recorded, processes
+
+
+def _read_resume_state(checkpoint: Path, arguments: dict, output: Path):
+    """The checkpoint's training state, checked field by field and against the run's epochs."""
+    from ..serialization import CheckpointError
+    from ..training_state import STATE_JSON, load_training_state
+
+    try:
+        state = load_training_state(checkpoint)
+    except CheckpointError as error:
+        raise UsageError(f"--resume: {error}") from None
+    if state.epoch > arguments["epochs"]:
+        raise UsageError(f"--resume: {output / RUN_FILE}: arguments.epochs is {arguments['epochs']}, "
+                         f"fewer than the {state.epoch} epoch(s) {checkpoint / STATE_JSON} has finished")
+    return state
+
+
+def _fit_parameters(model, guide) -> list:
+    """The tensors :func:`~pyro_monteclora.fit` optimises, in its order: the trainable parameters of
+    Pyro's ELBO module over ``(model, guide)``."""
+    import pyro
+
+    return [p for p in pyro.infer.Trace_ELBO()(model, guide).parameters() if p.requires_grad]
 
 
 def _latest_checkpoint(output: Path):
@@ -166,11 +231,28 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
         model = FullFineTuneModel(network)
         return model, EmptyGuide(model)
     config = adapter_config(arguments, network, fresh_modules)
+    check_rank(network, config)
     try:
         model = MonteCLoRAModel(network, config, adapter_mode="sample" if method == "monteclora" else "mean")
     except ValueError as error:  # targets that match no layer
         raise UsageError(option_message(error)) from None
     return model, (MonteCLoRAGuide(model) if method == "monteclora" else EmptyGuide(model))
+
+
+def check_rank(network, config) -> None:
+    """Refuse a rank above ``min(d_in, d_out)`` of a layer the adapters would go into, before
+    anything is allocated: a low-rank update wider than its layer has no use, and its prior's
+    ``rank x rank`` factors are what run out of memory. (``network`` may be on the meta device.)"""
+    from ..model import _is_adaptable
+
+    widths = [(min(module.weight.shape), path, tuple(module.weight.shape))
+              for path, module in network.named_modules()
+              if path and _is_adaptable(module) and config.matches_target(path)
+              and not config.matches_saved(path)]
+    if widths and config.rank > min(widths)[0]:
+        width, path, shape = min(widths)
+        raise UsageError(f"--rank must be at most {width}, the smaller side of the adapted layer {path} "
+                         f"({shape[0]} x {shape[1]}), got {config.rank}")
 
 
 def _load_network(model_path: str, arguments: dict, label_names, trust_remote_code: bool):
@@ -183,6 +265,10 @@ def _load_network(model_path: str, arguments: dict, label_names, trust_remote_co
     causal = arguments.get("task_type") == "causal-lm"
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except Exception as error:  # see LOAD_ERRORS: a bad tokenizer.json raises a bare Exception
+        raise UsageError(f"--model {arguments['model'] or model_path}: its tokenizer: "
+                         f"{type(error).__name__}: {error}".splitlines()[0]) from None
+    try:
         if causal:
             network, loading = AutoModelForCausalLM.from_pretrained(
                 model_path, trust_remote_code=trust_remote_code, use_safetensors=True,
@@ -191,8 +277,8 @@ def _load_network(model_path: str, arguments: dict, label_names, trust_remote_co
             network, loading = AutoModelForSequenceClassification.from_pretrained(
                 model_path, num_labels=len(label_names), trust_remote_code=trust_remote_code,
                 use_safetensors=True, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise UsageError(f"--model {arguments['model'] or model_path}: {error}".splitlines()[0]) from None
+    except LOAD_ERRORS as error:
+        raise UsageError(f"--model {arguments['model'] or model_path}: {load_error(error)}") from None
     # weights the checkpoint lacks are newly initialised: train (and save) them with the head
     fresh_modules = prepare_base(network, tokenizer, None if causal else label_names, loading)
     return tokenizer, network, fresh_modules
@@ -212,6 +298,7 @@ def run_train(args, parser_defaults: dict) -> int:
     if args.resume and checkpoint is None:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again "
                          f"with --overwrite")
+    resume_state = _read_resume_state(checkpoint, arguments, output) if checkpoint is not None else None
     device = resolve_device(args.device)
     torch_dtype = resolve_precision(args.dtype, device)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
@@ -232,7 +319,7 @@ def run_train(args, parser_defaults: dict) -> int:
     job = _load_job(args, arguments, checkpoint, _TrainingJob(
         args=args, arguments=arguments, splits=splits, data_spec=data_spec, model_path=model_path,
         output=output, causal=causal, max_length=max_length, learning_rate=learning_rate, device=device,
-        torch_dtype=torch_dtype))
+        torch_dtype=torch_dtype, resume_state=resume_state))
     _check_world_size(splits, arguments)
 
     from ..distributed import init_distributed, launched_rank
@@ -288,7 +375,7 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
     import torch
 
     from ..serialization import CheckpointError, load_pretrained
-    from ..training_state import load_training_state
+    from ..training_state import STATE_JSON, check_state_fits
 
     pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
     tokenizer, network, fresh_modules = _load_network(job.model_path, arguments, job.data_spec.get("label_names"),
@@ -296,11 +383,10 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
     limit = getattr(network.config, "max_position_embeddings", None)
     if limit and job.max_length > limit:
         raise UsageError(f"--max-length {job.max_length} is more than the model's {limit} positions")
-    resume_state = None
-    if checkpoint is not None:
+    if checkpoint is not None:  # job.resume_state was read and checked field by field already
         try:
             model, guide = load_pretrained(checkpoint, base_model=network)
-            resume_state = load_training_state(checkpoint)
+            check_state_fits(job.resume_state, _fit_parameters(model, guide), checkpoint / STATE_JSON)
         except CheckpointError as error:
             raise UsageError(f"--resume: {error}") from None
     else:
@@ -314,8 +400,7 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
             model.enable_gradient_checkpointing()
         except ValueError as error:
             raise UsageError(f"--gradient-checkpointing: {error}") from None
-    return replace(job, tokenizer=tokenizer, network=network, model=model, guide=guide,
-                   resume_state=resume_state)
+    return replace(job, tokenizer=tokenizer, network=network, model=model, guide=guide)
 
 
 def _check_world_size(splits: dict, arguments: dict) -> None:
@@ -340,6 +425,10 @@ def _train(job: _TrainingJob) -> int:
 
     arguments = job.arguments
     train_loader, evaluate = _loaders(job)
+    steps = arguments["epochs"] * len(train_loader)
+    if job.resume_state is not None and job.resume_state.step > steps:
+        raise UsageError(f"--resume: the checkpoint's training_state.json is at step {job.resume_state.step}, "
+                         f"past this run's {steps} steps")
     _write_run_record(job)
     barrier()  # the run folder exists before any rank trains
     if is_main_process():
