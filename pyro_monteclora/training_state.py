@@ -237,7 +237,7 @@ def _rng_from_record(record: dict, tensors: Dict[str, torch.Tensor], directory: 
                 gauss is None or number_problem(gauss) is None):
             raise ValueError
         random.Random().setstate(python_state)
-    except (TypeError, ValueError, OverflowError, IndexError):
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError):  # KeyError: an object, not a list
         raise FieldError("rng.random is not a Python random state (version, 625 integers, gauss)") from None
     numpy_record = get_field(record, "numpy", "rng.numpy", "list")
     try:

@@ -233,8 +233,8 @@ def _check_rank_on_meta(probe, model_path: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from .options import LOAD_ERRORS
-    from .train import adapter_config, check_rank
+    from .options import LOAD_ERRORS, adapter_config
+    from .train import check_rank
 
     kind = AutoModelForCausalLM if probe.task_type == "causal-lm" else AutoModelForSequenceClassification
     try:
@@ -243,7 +243,7 @@ def _check_rank_on_meta(probe, model_path: str) -> None:
             network = kind.from_config(config, trust_remote_code=probe.trust_remote_code)
     except LOAD_ERRORS:
         return  # each cell's train says what is wrong with the model
-    check_rank(network, adapter_config(network, vars(probe)))
+    check_rank(network, adapter_config(vars(probe), network))
 
 
 def _model_name(model_path: str) -> str:
