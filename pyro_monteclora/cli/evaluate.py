@@ -75,8 +75,10 @@ def find_checkpoint(path: str) -> Path:
     """The saved-model folder: ``path`` itself, or the ``checkpoint`` folder of a run."""
     from ..serialization import CONFIG_NAME
 
+    from .runs import checkpoint_candidates
+
     base = Path(path)
-    for candidate in (base, base / "checkpoint", base / "checkpoint.old"):
+    for candidate in (base, *checkpoint_candidates(base)):
         if (candidate / CONFIG_NAME).is_file():
             return candidate
     raise UsageError(f"--checkpoint {path}: no saved model there ({CONFIG_NAME} is missing)")

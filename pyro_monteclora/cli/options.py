@@ -553,12 +553,12 @@ def check_writable(path: Path, option: str) -> None:
 
 def _check_not_in_checkpoint(path: Path, option: str, given) -> None:
     """Refuse ``path`` when it is, or lies inside, a run's checkpoint folder."""
-    from .train import CHECKPOINT_DIR, RUN_FILE
+    from .runs import is_inside_checkpoint
 
-    for folder in (path, *path.parents):
-        if folder.name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old") and (folder.parent / RUN_FILE).is_file():
-            raise UsageError(f"{option} {given} lies inside the run {folder.parent}'s {folder.name}/, which "
-                             f"its training replaces whole every epoch; write elsewhere")
+    folder = is_inside_checkpoint(path)
+    if folder is not None:
+        raise UsageError(f"{option} {given} lies inside the run {folder.parent}'s {folder.name}/, which "
+                         f"its training replaces whole every epoch; write elsewhere")
 
 
 def check_output_folder(args) -> Path:

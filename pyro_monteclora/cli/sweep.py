@@ -146,11 +146,11 @@ def _grid(args):
 def train_forwarded(sweep_actions) -> Tuple[str, ...]:
     """The ``sweep`` options passed on unchanged to each cell's ``train``: every option the two
     commands share (model, data, adapter and training options) but :data:`SWEEP_OWN`."""
-    from . import build_parser
+    from .options import OneLineParser
+    from .train import add_train_parser
 
-    commands = next(action for action in build_parser()._actions
-                    if isinstance(action, argparse._SubParsersAction))
-    train = {action.dest for action in commands.choices["train"]._actions if action.option_strings}
+    commands = OneLineParser(prog="pyro-monteclora").add_subparsers(dest="command", parser_class=OneLineParser)
+    train = {action.dest for action in add_train_parser(commands)._actions if action.option_strings}
     return tuple(dict.fromkeys(action.dest for action in sweep_actions if action.option_strings
                                and action.dest in train and action.dest not in SWEEP_OWN))
 
@@ -306,10 +306,12 @@ def run_cell(plan_file: str) -> int:
 
 def _plan(cell, commands, output: Path) -> dict:
     """What is left of a cell: its train (resumed or restarted) and evaluate commands, or ``None``."""
+    from .runs import latest_checkpoint
+
     run = output / "cells" / cell.name
     plan = {"train": None, "evaluate": None}
     if not (run / "train_summary.json").is_file():
-        if any((run / name / "training_state.json").is_file() for name in ("checkpoint", "checkpoint.old")):
+        if latest_checkpoint(run) is not None:
             plan["train"] = commands["train"] + ["--resume"]
         else:
             if run.exists():  # started but no epoch finished: start the cell again

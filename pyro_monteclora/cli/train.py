@@ -29,16 +29,15 @@ from .options import (LOAD_ERRORS, MAX_SEED, METHODS, TASKS, UsageError, adapter
                       load_error, lock_output_folder, option_message,
                       resolve_data, resolve_device, resolve_model_path, resolve_precision)
 
-__all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
+from .runs import CHECKPOINT_DIR, RUN_FILE, latest_checkpoint
 
-RUN_FILE = "run.json"
+__all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
 
 class TrainingFault(Exception):
     """Training stopped on a numerical fault (exit status 1, one line naming the step and the
     last good checkpoint)."""
 
-CHECKPOINT_DIR = "checkpoint"
 #: options that define a run; ``--resume`` refuses a command line that changes one of them (the
 #: adapter options are one per MonteCLoRAConfig field: :func:`~.options.adapter_dests`)
 RUN_OPTIONS = ("method", "task_type", "model", "task", "split_seed", "train_file", "validation_file", "test_file",
@@ -211,13 +210,6 @@ def _fit_parameters(model, guide) -> list:
     return [p for p in pyro.infer.Trace_ELBO()(model, guide).parameters() if p.requires_grad]
 
 
-def _latest_checkpoint(output: Path):
-    for candidate in (output / CHECKPOINT_DIR, output / (CHECKPOINT_DIR + ".old")):
-        if (candidate / "training_state.json").is_file():
-            return candidate
-    return None
-
-
 def build_model(method: str, network, arguments: dict, fresh_modules=()):
     """The Pyro model and guide of ``method`` over ``network`` (a fresh HF model).
 
@@ -294,7 +286,7 @@ def run_train(args, parser_defaults: dict) -> int:
                      "label_column"):
             setattr(data_args, name, None)
     output = Path(args.output)
-    checkpoint = _latest_checkpoint(output) if args.resume else None
+    checkpoint = latest_checkpoint(output) if args.resume else None
     if args.resume and checkpoint is None:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again "
                          f"with --overwrite")
@@ -448,7 +440,7 @@ def _train(job: _TrainingJob) -> int:
         result = fit(job.model, job.guide, train_loader, config, evaluate=evaluate,
                      callbacks=[_checkpointer(job)], resume=job.resume_state, device=job.device)
     except FloatingPointError as error:
-        last = _latest_checkpoint(job.output)
+        last = latest_checkpoint(job.output)
         where = (f"the last good checkpoint is {last} (epoch "
                  f"{json.loads((last / 'training_state.json').read_text())['epoch']}); "
                  f"continue from it with --resume --skip-nonfinite" if last
