@@ -28,6 +28,7 @@ LEAVES = {
     "transforms": set(),  # the lower_cholesky bijection for autoguides
     "distributed": {"util"},
     "hf_defaults": set(),  # what the package knows about Hugging Face bases (targets, heads, pad ids)
+    "validation": set(),  # one checker for values typed and values read back from disk
 }
 _LEAF_NAMES = set(LEAVES)
 
