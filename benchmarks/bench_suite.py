@@ -33,9 +33,9 @@ import transformers
 from torch import nn
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.atomic import atomic_file, atomic_write_json, atomic_write_text
-from pyro_monteclora.elbo import MonteCLoRAELBO
-from pyro_monteclora.predictive import predict
+from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json, atomic_write_text
+from pyro_monteclora.infer.elbo import MonteCLoRAELBO
+from pyro_monteclora.infer.predictive import predict
 from provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,7 +46,7 @@ ALL_LINEAR = {"minilm": ["query", "key", "value", "dense"],
 
 def base_model(kind: str):
     if kind == "minilm":
-        from pyro_monteclora.data import default_encoder_path
+        from pyro_monteclora.data.classification import default_encoder_path
 
         return transformers.AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
     config = transformers.LlamaConfig(vocab_size=8000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
@@ -154,7 +154,7 @@ def _no_pyro_step(model, guide, data):
     ``MonteCLoRAGuide.draw_all``), form all perturbations in one batched operation, run the
     network, add the closed-form KL: the SVI step's arithmetic with no trace, plate or replay."""
     from pyro_monteclora.distributions import lora_perturbation
-    from pyro_monteclora.layers import factor_site_names
+    from pyro_monteclora.nn.sites import factor_site_names
 
     params = [p for p in model.parameters() if p.requires_grad] + list(guide.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)

@@ -27,9 +27,9 @@ import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
-from pyro_monteclora.atomic import atomic_write_json, atomic_write_text
-from pyro_monteclora.data import classification_loader, default_encoder_path, load_rotten_tomatoes
-from pyro_monteclora.metrics import classification_metrics
+from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
+from pyro_monteclora.data.classification import classification_loader, default_encoder_path, load_rotten_tomatoes
+from pyro_monteclora.evaluation.metrics import classification_metrics
 from provenance import provenance, provenance_line
 
 #: (name, method, learning rate, sample scaler, KL weight)

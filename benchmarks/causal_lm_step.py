@@ -20,12 +20,12 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.atomic import atomic_write_json
-from pyro_monteclora.causal_lm import causal_lm_loader
-from pyro_monteclora.elbo import MonteCLoRAELBO
-from pyro_monteclora.instructions import InstructionData
-from pyro_monteclora.pretrained import default_decoder_path
-from pyro_monteclora.trivia import load_trivia
+from pyro_monteclora.storage.atomic import atomic_write_json
+from pyro_monteclora.data.causal_lm import causal_lm_loader
+from pyro_monteclora.infer.elbo import MonteCLoRAELBO
+from pyro_monteclora.data.instructions import InstructionData
+from pyro_monteclora.storage.pretrained import default_decoder_path
+from pyro_monteclora.data.trivia import load_trivia
 from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -61,7 +61,7 @@ def run_case(name: str, kind: str, steps: int) -> dict:
     pyro.set_rng_seed(0)
     if name.startswith("predict-S"):
         from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-        from pyro_monteclora.predictive import predict
+        from pyro_monteclora.infer.predictive import predict
 
         samples = int(name.split("S")[-1])
         model = MonteCLoRAModel(bench_suite.base_model(kind),
@@ -127,7 +127,7 @@ def main() -> None:
     import transformers
 
     from provenance import provenance, provenance_line
-    from pyro_monteclora.atomic import atomic_write_json, atomic_write_text
+    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
 
     origin = provenance()
     output = Path(args.output or HERE / "results" / ("memory" if args.model == "minilm" else f"memory_{args.model}"))

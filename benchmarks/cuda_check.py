@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
-from pyro_monteclora.train import ELBO_KINDS
+from pyro_monteclora.training.svi import ELBO_KINDS
 from provenance import provenance
 
 LOSS = "monteclora"  # what fit() uses by default
@@ -27,7 +27,7 @@ MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attent
 
 def minilm_shaped(num_labels=2):
     try:
-        from pyro_monteclora.data import default_encoder_path
+        from pyro_monteclora.data.classification import default_encoder_path
 
         config = transformers.AutoConfig.from_pretrained(default_encoder_path(), num_labels=num_labels)
     except (FileNotFoundError, OSError):
@@ -174,7 +174,7 @@ def main():
         report["profile_monteclora_bf16_32x128_10_steps"] = stream.getvalue()
         print(stream.getvalue(), flush=True)
     if args.json:
-        from pyro_monteclora.atomic import atomic_write_json
+        from pyro_monteclora.storage.atomic import atomic_write_json
 
         atomic_write_json(args.json, report)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import UNKNOWN, checkout_environment, provenance, provenance_line  # noqa: E402

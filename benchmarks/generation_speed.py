@@ -24,11 +24,11 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.atomic import atomic_file, atomic_write_json, atomic_write_text
-from pyro_monteclora.causal_lm import encode_prompt, pad_batch
-from pyro_monteclora.generation import generate_answers
-from pyro_monteclora.pretrained import default_decoder_path
-from pyro_monteclora.trivia import load_trivia
+from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json, atomic_write_text
+from pyro_monteclora.data.causal_lm import encode_prompt, pad_batch
+from pyro_monteclora.evaluation.generation import generate_answers
+from pyro_monteclora.storage.pretrained import default_decoder_path
+from pyro_monteclora.data.trivia import load_trivia
 from provenance import provenance, provenance_line
 
 RESULTS = Path(__file__).resolve().parent / "results"

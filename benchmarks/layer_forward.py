@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_monteclora import MonteCLoRAConfig
-from pyro_monteclora.atomic import atomic_write_json
-from pyro_monteclora.layers import MonteCLoRALinear
+from pyro_monteclora.storage.atomic import atomic_write_json
+from pyro_monteclora.nn.layers import MonteCLoRALinear
 from provenance import provenance
 
 

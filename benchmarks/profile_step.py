@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_suite  # noqa: E402
 
-from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from provenance import provenance, provenance_line  # noqa: E402
 
 

@@ -25,7 +25,7 @@ import transformers
 from pyro import poutine
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.atomic import atomic_write_json
+from pyro_monteclora.storage.atomic import atomic_write_json
 from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling_overhead.json"
@@ -51,7 +51,7 @@ def main() -> None:
     guide = MonteCLoRAGuide(model)
     adapters = list(model.adapters().values())
     try:  # all layers' factors formed together, as MonteCLoRAModel does since 977c9bd
-        from pyro_monteclora.layers import sample_adapter_factors
+        from pyro_monteclora.nn.layers import sample_adapter_factors
 
         def sample_factors():
             sample_adapter_factors(adapters)

@@ -18,9 +18,9 @@ import transformers
 from transformers import AutoModelForSequenceClassification
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.data import default_encoder_path
-from pyro_monteclora.atomic import atomic_write_json
-from pyro_monteclora.train import ELBO_KINDS
+from pyro_monteclora.data.classification import default_encoder_path
+from pyro_monteclora.storage.atomic import atomic_write_json
+from pyro_monteclora.training.svi import ELBO_KINDS
 from provenance import provenance
 
 

@@ -75,7 +75,7 @@ html_show_sourcelink = False
 # -- cross-references to re-exported names --------------------------------------------------------
 # Docstrings refer to public names through the package (``pyro_monteclora.MonteCLoRAModel``,
 # ``pyro_monteclora.fit``); the API pages document each name where it is defined
-# (``pyro_monteclora.model.MonteCLoRAModel``). This resolves the former to the latter.
+# (``pyro_monteclora.nn.models.MonteCLoRAModel``). This resolves the former to the latter.
 def _defining_name(target: str):
     parts = target.split(".")
     if parts[0] != "pyro_monteclora":

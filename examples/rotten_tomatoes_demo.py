@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from example_support import apply_presets, markdown_table, provenance, provenance_line, run_command  # noqa: E402
-from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 #: settings at the defaults and with ``--fast``; an option given on the command line wins
 PRESETS = {
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     import torch
     import transformers
 
-    from pyro_monteclora.plots import plot_reliability_diagram
+    from pyro_monteclora.evaluation.plots import plot_reliability_diagram
 
     first = next(iter(results.values()))
     examples = first["examples"]

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from example_support import apply_presets, markdown_table, provenance, provenance_line, run_command  # noqa: E402
-from pyro_monteclora.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 PRESETS = {
     "default": {"train_samples": 320, "test_samples": 150, "epochs": 2, "num_samples": 5},
@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def write_data(args, folder: Path) -> dict:
     """Split the trivia questions (seeded) and write them as question-answer JSONL."""
-    from pyro_monteclora.trivia import SHORT_ANSWER_LISTS, load_trivia
+    from pyro_monteclora.data.trivia import SHORT_ANSWER_LISTS, load_trivia
 
     records = load_trivia(SHORT_ANSWER_LISTS, seed=args.seed)
     if args.train_samples + args.test_samples > len(records):
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     sizes = write_data(args, output / "data")
     run_folder = output / "monteclora"
-    from pyro_monteclora.pretrained import default_decoder_path
+    from pyro_monteclora.storage.pretrained import default_decoder_path
 
     base = str(default_decoder_path())  # the converted GGUF (once; cached)
     results = {"pretrained (S=0)": generate("pretrained S=0", ["--model", base], 0, args, output)}
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
     import torch
     import transformers
 
-    from pyro_monteclora.plots import plot_reliability_diagram
+    from pyro_monteclora.evaluation.plots import plot_reliability_diagram
 
     figure = plot_reliability_diagram({label: r["reliability"] for label, r in results.items()},
                                       output / "reliability.png",

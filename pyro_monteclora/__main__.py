@@ -1,5 +1,5 @@
 """``python -m pyro_monteclora`` is the ``pyro-monteclora`` command."""
 
-from .cli import console_main
+from pyro_monteclora.cli import console_main
 
 console_main()

@@ -72,7 +72,7 @@ class MonteCLoRAConfig:
     (:math:`D/B` under the data plate), while the KL (weighted by ``kl_weight`` :math:`\\lambda`)
     and the cooperative term (``cooperative_weight`` :math:`w`, once per random factor, neither
     scaled by the plate nor annealed) are counted once, summed over the random factors. So in
-    :func:`~pyro_monteclora.train.fit`'s loss per example they weigh :math:`\\lambda / D` and
+    :func:`~pyro_monteclora.training.svi.fit`'s loss per example they weigh :math:`\\lambda / D` and
     :math:`w / D`: weights :math:`\\lambda'` and :math:`w'` of a loss per example
     (:math:`\\text{mean NLL} + \\lambda' \\sum_\\ell \\mathrm{KL}_\\ell + w' \\sum_\\ell \\sum_k \\pi_{\\ell k}^2`)
     are ``kl_weight`` :math:`= D \\lambda'` and ``cooperative_weight`` :math:`= D w'`; the true

@@ -2,12 +2,12 @@
 
 Under ``torchrun --nproc_per_node K`` or ``accelerate launch`` (both set ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``), :func:`init_distributed` starts the process
-group (``nccl`` on CUDA, ``gloo`` on the CPU) and :func:`~pyro_monteclora.train.fit` then:
+group (``nccl`` on CUDA, ``gloo`` on the CPU) and :func:`~pyro_monteclora.training.svi.fit` then:
 
 * wraps the ELBO module (model and guide together) in ``DistributedDataParallel``, which
   broadcasts rank 0's parameters once and all-reduces (averages) every trainable gradient, the
   adapters' and the guide's, after each backward;
-* expects each rank's loader to hold its shard (:func:`training_sampler`: a ``DistributedSampler``).
+* expects each rank's loader to hold its shard (:func:`~pyro_monteclora.data.samplers.training_sampler`: a ``DistributedSampler``).
   The data plate keeps the **global** data-set size :math:`D`, so each rank's loss is
   :math:`-\\frac1D(\\frac{D}{b}\\sum_{i \\in \\text{shard batch}} \\log p(y_i \\mid x_i, A_r) - \\mathrm{KL})`
   and the averaged gradient is that of one process with the global batch of :math:`K b` examples
@@ -15,7 +15,7 @@ group (``nccl`` on CUDA, ``gloo`` on the CPU) and :func:`~pyro_monteclora.train.
 * seeds each rank's random numbers from ``(seed, epoch, rank)``: the ranks draw independent adapter
   noise, and a resumed run draws what an uninterrupted one would;
 * shows progress and calls the callbacks (``on_epoch_end``: checkpoints) on rank 0 only;
-* gathers the evaluation from all ranks (:func:`evaluation_sampler` shards it without padding).
+* gathers the evaluation from all ranks (:func:`~pyro_monteclora.data.samplers.evaluation_sampler` shards it without padding).
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from typing import Dict, List, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
 
-__all__ = ["world", "is_main_process", "launched_world_size", "launched_rank", "init_distributed",
-           "barrier", "training_sampler", "evaluation_sampler", "EvaluationShardSampler",
+__all__ = ["world", "is_main_process", "launched_world_size", "launched_rank", "init_distributed", "barrier",
            "all_reduce_sums", "gather_tensors", "all_ranks_agree"]
 
 
@@ -73,39 +71,6 @@ def barrier() -> None:
     """Wait for every rank (nothing without a process group)."""
     if world()[1] > 1:
         dist.barrier()
-
-
-def training_sampler(size: int, seed: int = 0):
-    """A shuffling sampler over ``size`` examples: this rank's ``DistributedSampler`` shard
-    (order from ``(seed, epoch)``, padded to equal shards) in a process group, else
-    :class:`~pyro_monteclora.data.EpochShuffleSampler`."""
-    rank, world_size = world()
-    if world_size == 1:
-        from .data import EpochShuffleSampler
-
-        return EpochShuffleSampler(size, seed)
-    from torch.utils.data import DistributedSampler
-
-    return DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-
-
-class EvaluationShardSampler(Sampler):
-    """Examples ``rank, rank + K, rank + 2K, ...``: every example on exactly one rank, no padding."""
-
-    def __init__(self, size: int, rank: int, world_size: int):
-        self.indices = list(range(rank, size, world_size))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-
-def evaluation_sampler(size: int):
-    """This rank's :class:`EvaluationShardSampler` in a process group, else ``None`` (in order)."""
-    rank, world_size = world()
-    return None if world_size == 1 else EvaluationShardSampler(size, rank, world_size)
 
 
 def all_reduce_sums(values: Sequence[float]) -> List[float]:

@@ -35,7 +35,7 @@ _LEAF_NAMES = set(LEAVES)
 #: layer -> the layers it may import (besides itself); "" is the package's ``__init__`` (its facade)
 LAYERS = {
     **LEAVES,
-    "storage": {"util", "_version", "config"},
+    "storage": {"util", "_version", "config", "validation"},
     "nn": _LEAF_NAMES | {"storage"},
     "data": _LEAF_NAMES | {"storage"},
     "infer": _LEAF_NAMES | {"storage", "nn"},

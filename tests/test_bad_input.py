@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.datafiles import DataError, load_classification_file
-from pyro_monteclora.serialization import CheckpointError, load_pretrained, save_pretrained
+from pyro_monteclora.data.records import DataError, load_classification_file
+from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained, save_pretrained
 
 from conftest import tiny_bert_classifier, tiny_llama
 from pyro_monteclora.cli import main

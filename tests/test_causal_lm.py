@@ -9,10 +9,11 @@ import torch
 from pyro import poutine
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit
-from pyro_monteclora.causal_lm import causal_lm_loader, encode_pairs, encode_prompt
-from pyro_monteclora.instructions import InstructionData
-from pyro_monteclora.language_model import language_model_metrics
-from pyro_monteclora.likelihoods import IGNORE_INDEX, sequence_log_likelihood
+from pyro_monteclora.data.causal_lm import causal_lm_loader, encode_pairs, encode_prompt
+from pyro_monteclora.data.instructions import InstructionData
+from pyro_monteclora.evaluation.language_model import language_model_metrics
+from pyro_monteclora.util import IGNORE_INDEX
+from pyro_monteclora.nn.likelihoods import sequence_log_likelihood
 
 from conftest import capital_rows, tiny_llama, word_tokenizer
 

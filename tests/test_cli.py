@@ -115,7 +115,7 @@ def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
 
 def _stop_after_first_checkpoint(monkeypatch):
     """Interrupt the run right after its first checkpoint is complete (moved into place)."""
-    import pyro_monteclora.atomic as atomic
+    import pyro_monteclora.storage.atomic as atomic
 
     original = atomic.replace_directory
     calls = []
@@ -241,7 +241,7 @@ def test_console_script_runs_as_a_module(tmp_path):
 
 def test_hub_dataset_reads_the_splits_it_has(model_dir, tmp_path, monkeypatch):
     """--dataset goes through datasets.load_dataset; here the hub is replaced by local rows."""
-    import pyro_monteclora.datafiles as datafiles
+    import pyro_monteclora.data.records as datafiles
 
     rows = {"train": sentences(16, 0), "test": sentences(8, 1)}  # no validation split
     calls = []

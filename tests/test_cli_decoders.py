@@ -193,8 +193,8 @@ def test_a_classifier_checkpoint_is_refused_by_generate_and_multiple_choice(tmp_
 def test_gsm8k_schema_from_the_hub_and_final_number_answers(decoder_dir, tmp_path, monkeypatch):
     """--dataset goes through datasets.load_dataset (replaced here by local rows); generate
     scores the final number of the worked answers."""
-    import pyro_monteclora.datafiles as datafiles
-    from pyro_monteclora.generation import final_number
+    import pyro_monteclora.data.records as datafiles
+    from pyro_monteclora.evaluation.generation import final_number
 
     rows = {"train": sum_rows(16, 0), "test": sum_rows(6, 1)}
     calls = []

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
-from pyro_monteclora.generation import generate_answers
-from pyro_monteclora.precision import autocast, cast_frozen
+from pyro_monteclora.evaluation.generation import generate_answers
+from pyro_monteclora.nn.precision import autocast, cast_frozen
 
 from conftest import VOCAB, tiny_bert_classifier, tiny_llama, word_tokenizer
 

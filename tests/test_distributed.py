@@ -131,14 +131,17 @@ def test_the_command_line_under_torchrun_writes_its_run_once(tmp_path):
 
 
 def test_more_processes_than_examples_is_refused_before_any_process_group(tmp_path):
+    """A classifier's training set has two labels, so at least two rows (one row is refused as one
+    class): the validation set is where a launch can have more processes than examples."""
     from test_cli import sentences, write_jsonl
 
-    train = write_jsonl(tmp_path / "train.jsonl", sentences(1, 0))
-    done = torchrun(["-m", "pyro_monteclora", "train", "--train-file", str(train), "--output",
-                     str(tmp_path / "run")], tmp_path, timeout=120)
+    train = write_jsonl(tmp_path / "train.jsonl", sentences(4, 0))
+    valid = write_jsonl(tmp_path / "valid.jsonl", sentences(1, 1))
+    done = torchrun(["-m", "pyro_monteclora", "train", "--train-file", str(train), "--validation-file",
+                     str(valid), "--output", str(tmp_path / "run")], tmp_path, timeout=120)
     errors = [line for line in done.stderr.splitlines() if line.startswith("pyro-monteclora")]
-    assert errors == ["pyro-monteclora train: error: WORLD_SIZE=2 processes for 1 training examples: "
-                      "every process needs at least one; launch at most 1"], done.stderr[-2000:]
+    assert errors == ["pyro-monteclora train: error: WORLD_SIZE=2 processes for 1 validation examples: "
+                      "pass --no-validation or a larger validation set"], done.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
 

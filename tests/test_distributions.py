@@ -7,13 +7,8 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, Wishart, kl_divergence
 
-from pyro_monteclora.distributions import (
-    StandardNormalMatrix,
-    WishartCholesky,
-    lora_perturbation,
-    lora_perturbation_mixture,
-    wishart_kl,
-)
+from pyro_monteclora.distributions import (StandardNormalMatrix, WishartCholesky, lora_perturbation,
+                                           lora_perturbation_mixture, wishart_kl)
 
 
 def random_scale_tril(rank, seed=0):
@@ -198,7 +193,7 @@ def test_samplers_follow_the_parameters_dtype_under_a_float64_default(float64_de
 
 def test_a_full_scale_guide_runs_under_a_float64_default(float64_default):
     from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-    from pyro_monteclora.elbo import MonteCLoRAELBO
+    from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 
     from conftest import classification_batch, tiny_bert_classifier
 
@@ -281,7 +276,7 @@ def test_kl_weight_and_cooperative_weight_enter_the_elbo_as_documented(elbo):
     from pyro.infer import TraceMeanField_ELBO
 
     from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, kl_scale
-    from pyro_monteclora.elbo import MonteCLoRAELBO
+    from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 
     from conftest import classification_batch, tiny_bert_classifier
 

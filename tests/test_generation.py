@@ -6,9 +6,9 @@ import pyro
 import torch
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.causal_lm import encode_prompt, pad_batch
-from pyro_monteclora.generation import (extract_answer, final_number, generate_answers, is_correct,
-                                        majority_vote, normalize_answer)
+from pyro_monteclora.data.causal_lm import encode_prompt, pad_batch
+from pyro_monteclora.evaluation.generation import (extract_answer, final_number, generate_answers, is_correct,
+                                                   majority_vote, normalize_answer)
 
 from conftest import tiny_gpt2, tiny_llama, word_tokenizer
 

@@ -10,11 +10,9 @@ from pyro.infer import Predictive, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch.distributions import biject_to, constraints
 
-from pyro_monteclora import (
-    EmptyGuide, LowerCholeskyBijection, MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide,
-    MonteCLoRAModel, predict,
-)
-from pyro_monteclora.train import fit
+from pyro_monteclora import (EmptyGuide, LowerCholeskyBijection, MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide,
+                             MonteCLoRAModel, predict)
+from pyro_monteclora.training.svi import fit
 
 from conftest import classification_batch, tiny_bert_classifier, without_labels
 from test_train import loaders

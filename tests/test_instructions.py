@@ -2,9 +2,9 @@
 
 import pytest
 
-from pyro_monteclora.datafiles import DataError
-from pyro_monteclora.instructions import (ALPACA_INPUT_TEMPLATE, ALPACA_TEMPLATE, format_prompt,
-                                          load_instruction_file)
+from pyro_monteclora.data.records import DataError
+from pyro_monteclora.data.instructions import (ALPACA_INPUT_TEMPLATE, ALPACA_TEMPLATE, format_prompt,
+                                               load_instruction_file)
 
 from conftest import word_tokenizer
 from test_cli import write_jsonl

@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.data import classification_loader, default_encoder_path, load_rotten_tomatoes
-from pyro_monteclora.metrics import classification_metrics
-from pyro_monteclora.predictive import predict
-from pyro_monteclora.train import fit
+from pyro_monteclora.data.classification import classification_loader, default_encoder_path, load_rotten_tomatoes
+from pyro_monteclora.evaluation.metrics import classification_metrics
+from pyro_monteclora.infer.predictive import predict
+from pyro_monteclora.training.svi import fit
 
 pytestmark = pytest.mark.integration
 

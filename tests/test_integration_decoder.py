@@ -7,13 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit
-from pyro_monteclora.causal_lm import causal_lm_loader, encode_prompt
-from pyro_monteclora.generation import generate_answers
-from pyro_monteclora.instructions import InstructionData
-from pyro_monteclora.language_model import predict_multiple_choice
-from pyro_monteclora.multiple_choice import MultipleChoiceData, multiple_choice_loader
-from pyro_monteclora.pretrained import default_decoder_path
-from pyro_monteclora.trivia import load_trivia
+from pyro_monteclora.data.causal_lm import causal_lm_loader, encode_prompt
+from pyro_monteclora.evaluation.generation import generate_answers
+from pyro_monteclora.data.instructions import InstructionData
+from pyro_monteclora.evaluation.language_model import predict_multiple_choice
+from pyro_monteclora.data.multiple_choice import MultipleChoiceData, multiple_choice_loader
+from pyro_monteclora.storage.pretrained import default_decoder_path
+from pyro_monteclora.data.trivia import load_trivia
 
 pytestmark = pytest.mark.integration
 

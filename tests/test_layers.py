@@ -6,7 +6,7 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.layers import MonteCLoRALinear
+from pyro_monteclora.nn.layers import MonteCLoRALinear
 
 from conftest import classification_batch, tiny_bert_classifier
 
@@ -120,7 +120,7 @@ def test_factors_formed_together_equal_each_layers_own_sites_and_gradients_stay_
     64 tall, so its random B differs in shape), yet every layer's A (and B) is exactly
     M + s ||pi|| L Z from its own sites, and d loss / d M of each layer is its own."""
     from conftest import tiny_llama
-    from pyro_monteclora.layers import sample_adapter_factors
+    from pyro_monteclora.nn.layers import sample_adapter_factors
 
     scaler = 0.3
     config = MonteCLoRAConfig(rank=3, sample_scaler=scaler, random_B=True,
@@ -176,7 +176,7 @@ def test_draws_with_a_batch_dimension_pair_each_layer_with_its_own_mean_and_draw
     import pyro
 
     from conftest import tiny_llama
-    from pyro_monteclora.layers import sample_adapter_factors
+    from pyro_monteclora.nn.layers import sample_adapter_factors
 
     scaler = 0.3
     config = MonteCLoRAConfig(rank=3, sample_scaler=scaler, target_modules=["q_proj", "v_proj"])

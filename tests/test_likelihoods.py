@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pyro import poutine
 
 from pyro_monteclora import CausalLM, MonteCLoRAConfig, MonteCLoRAModel, SequenceClassification
-from pyro_monteclora.likelihoods import get_likelihood
+from pyro_monteclora.nn.likelihoods import get_likelihood
 
 from conftest import tiny_bert_classifier, tiny_llama
 

@@ -9,10 +9,9 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_monteclora import (
-    EmptyGuide, MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide, MonteCLoRAModel, WishartCholesky, kl_scale,
-)
-from pyro_monteclora.train import fit
+from pyro_monteclora import (EmptyGuide, MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide, MonteCLoRAModel,
+                             WishartCholesky, kl_scale)
+from pyro_monteclora.training.svi import fit
 
 from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
 
@@ -315,7 +314,7 @@ def test_an_outer_replay_still_decides_the_guide_draws_and_gradients_reach_every
 
 
 def test_the_batched_kl_is_not_used_for_a_site_the_model_conditions_on():
-    from pyro_monteclora.elbo import MonteCLoRAELBO
+    from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 
     model, guide = make(rank=3)
     batch = classification_batch()

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.causal_lm import encode_prompt
-from pyro_monteclora.datafiles import DataError
-from pyro_monteclora.language_model import predict_multiple_choice
-from pyro_monteclora.multiple_choice import (MultipleChoiceData, load_multiple_choice_file,
-                                             multiple_choice_loader, parse_answer)
+from pyro_monteclora.data.causal_lm import encode_prompt
+from pyro_monteclora.data.records import DataError
+from pyro_monteclora.evaluation.language_model import predict_multiple_choice
+from pyro_monteclora.data.multiple_choice import (MultipleChoiceData, load_multiple_choice_file, multiple_choice_loader,
+                                                  parse_answer)
 
 from conftest import tiny_llama, word_tokenizer
 
@@ -47,7 +47,7 @@ def test_bad_records_stop_with_the_file_and_line(tmp_path, row, pattern):
 
 
 def test_arc_style_choices_are_read():
-    from pyro_monteclora.multiple_choice import records_to_multiple_choice
+    from pyro_monteclora.data.multiple_choice import records_to_multiple_choice
 
     data = records_to_multiple_choice(
         [("record 1", {"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answer": "B"})],

@@ -8,7 +8,7 @@ from pyro import poutine
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit
 from pyro_monteclora.distributions import lora_perturbation
-from pyro_monteclora.precision import autocast, cast_frozen, check_precision
+from pyro_monteclora.nn.precision import autocast, cast_frozen, check_precision
 
 from conftest import VOCAB, classification_batch, tiny_bert_classifier, without_labels
 
@@ -79,8 +79,8 @@ def test_precisions_a_device_cannot_run_are_refused(name, device, pattern):
 
 
 def _one_step_gradients(checkpointing: bool):
-    from pyro_monteclora.causal_lm import causal_lm_loader
-    from pyro_monteclora.instructions import InstructionData
+    from pyro_monteclora.data.causal_lm import causal_lm_loader
+    from pyro_monteclora.data.instructions import InstructionData
 
     from conftest import capital_rows, tiny_llama, word_tokenizer
 
@@ -121,7 +121,7 @@ def test_gradient_checkpointing_refuses_several_particles():
 def _bf16_layer_outputs(sample_scaler: float, under_autocast: bool):
     """A bf16 adapted layer's outputs with and without a perturbation s Z of A, the exact (fp32)
     outputs from the same bf16 base output, and that base output."""
-    from pyro_monteclora.layers import MonteCLoRALinear
+    from pyro_monteclora.nn.layers import MonteCLoRALinear
 
     torch.manual_seed(0)  # the base's and M's initialisation
     generator = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.predictive import entropy, predict
+from pyro_monteclora.infer.predictive import entropy, predict
 
 from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
 

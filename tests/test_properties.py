@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyro_monteclora.distributions import WishartCholesky
-from pyro_monteclora.metrics import (accuracy, brier_score, expected_calibration_error,
-                                     negative_log_likelihood)
+from pyro_monteclora.evaluation.metrics import (accuracy, brier_score, expected_calibration_error,
+                                                negative_log_likelihood)
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -89,7 +89,7 @@ from pathlib import Path  # noqa: E402
 
 from hypothesis import HealthCheck, assume  # noqa: E402
 
-from pyro_monteclora.datafiles import DataError, load_classification_file, records_to_classification  # noqa: E402
+from pyro_monteclora.data.records import DataError, load_classification_file, records_to_classification  # noqa: E402
 
 READERS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: any JSON value: scalars (NaN, infinities, 40-digit integers, any unicode) nested in lists and objects

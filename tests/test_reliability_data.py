@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.cli import main
-from pyro_monteclora.datafiles import DataError, has_visible_text, load_classification_file, read_records
-from pyro_monteclora.serialization import CheckpointError, load_pretrained, save_pretrained
+from pyro_monteclora.data.records import DataError, has_visible_text, load_classification_file, read_records
+from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained, save_pretrained
 
 from conftest import tiny_bert_classifier
 from test_cli import data_dir, model_dir, sentences, snapshot, write_jsonl  # noqa: F401 (fixtures)
@@ -162,7 +162,7 @@ def test_predict_and_generate_refuse_to_overwrite_their_own_input(run, decoder_d
 
 # -- 2. one process per run folder ----------------------------------------------------------------
 
-HOLD = ("import sys; from pyro_monteclora.atomic import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys; from pyro_monteclora.storage.atomic import FolderLock; FolderLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); sys.stdin.read()")
 
 
@@ -175,7 +175,7 @@ def _holder(folder: Path) -> subprocess.Popen:
 
 
 def test_the_folder_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path):
-    from pyro_monteclora.atomic import LOCK_NAME, FolderInUse, FolderLock, clear_folder, folder_in_use
+    from pyro_monteclora.storage.atomic import LOCK_NAME, FolderInUse, FolderLock, clear_folder, folder_in_use
 
     folder = tmp_path / "run"
     holder = _holder(folder)
@@ -198,7 +198,7 @@ def test_the_folder_lock_is_exclusive_between_processes_and_dies_with_its_holder
 
 
 def test_train_and_sweep_refuse_a_folder_another_process_holds(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
-    from pyro_monteclora.atomic import folder_in_use
+    from pyro_monteclora.storage.atomic import folder_in_use
 
     output = _old_run(tmp_path / "run")
     holder = _holder(output)
@@ -248,7 +248,7 @@ def test_a_second_train_into_a_running_runs_folder_exits_2(model_dir, data_dir, 
 def test_under_the_lock_a_folder_filled_since_the_checks_is_not_replaced(tmp_path):
     """The lock is taken after the model is loaded; a folder another run filled (and finished)
     in between is checked again, not deleted."""
-    from pyro_monteclora.atomic import folder_in_use
+    from pyro_monteclora.storage.atomic import folder_in_use
     from pyro_monteclora.cli.options import UsageError, lock_output_folder
 
     output = tmp_path / "run"
@@ -354,7 +354,7 @@ def test_a_missing_or_nan_label_is_an_error_naming_the_row(tmp_path, content, pa
 
 
 def test_strings_that_only_look_like_integers_are_names(tmp_path):
-    from pyro_monteclora.datafiles import label_key
+    from pyro_monteclora.data.records import label_key
 
     path = tmp_path / "odd.csv"
     path.write_text("text,label\na,--1\nb,\u00b2\nc,\u0661\nd,1\n")
@@ -368,8 +368,8 @@ def test_strings_that_only_look_like_integers_are_names(tmp_path):
 
 
 def test_task_labels_and_multiple_choice_answers_refuse_unicode_digits():
-    from pyro_monteclora.multiple_choice import parse_answer
-    from pyro_monteclora.tasks import get_task
+    from pyro_monteclora.data.multiple_choice import parse_answer
+    from pyro_monteclora.data.tasks import get_task
 
     mrpc = get_task("mrpc")
     assert mrpc.normalise_label(1.0, "f.jsonl row 1") == mrpc.label_names[1]
@@ -417,7 +417,7 @@ def test_evaluate_refuses_nan_weights_in_one_line(run, data_dir, tmp_path, capsy
 
 
 def test_non_finite_numbers_are_written_as_null(run, data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
-    import pyro_monteclora.predictive as predictive
+    import pyro_monteclora.infer.predictive as predictive
 
     real = predictive.predict
 
@@ -520,7 +520,7 @@ def test_any_labels_load_or_raise_a_data_error_naming_the_file(labels):
         except DataError as error:
             assert str(path) in str(error) and "\n" not in str(error)
             return
-    from pyro_monteclora.datafiles import label_key
+    from pyro_monteclora.data.records import label_key
 
     keys = [label_key(v) for v in labels]
     for i, j in itertools.combinations(range(len(labels)), 2):  # equal keys, one class

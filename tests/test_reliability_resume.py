@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.cli import main
-from pyro_monteclora.datafiles import DataError, load_classification_file, records_to_classification
-from pyro_monteclora.serialization import CheckpointError, load_pretrained, save_pretrained
+from pyro_monteclora.data.records import DataError, load_classification_file, records_to_classification
+from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained, save_pretrained
 
 from conftest import tiny_bert_classifier
 from test_cli import data_dir, model_dir, train_args  # noqa: F401 (fixtures)
@@ -356,7 +356,7 @@ def test_a_pickle_named_model_safetensors_in_the_base_folder(model_dir, data_dir
 def test_a_checkpoint_write_that_runs_out_of_space(model_dir, data_dir, tmp_path, capsys, monkeypatch):
     """The second epoch's checkpoint cannot be written: exit 1 with one line, the first epoch's
     checkpoint intact and no temporary file left; --resume then finishes the run."""
-    import pyro_monteclora.serialization as serialization
+    import pyro_monteclora.storage.checkpoint as serialization
 
     calls = []
 
@@ -384,7 +384,7 @@ def test_a_checkpoint_write_that_runs_out_of_space(model_dir, data_dir, tmp_path
 
 def test_a_sweep_cell_whose_write_fails_is_retried_not_counted_as_diverged(tmp_path, monkeypatch, capsys):
     import pyro_monteclora.cli.train as train
-    from pyro_monteclora.cli.sweep import CELL_CRASHED, run_cell
+    from pyro_monteclora.cli import CELL_CRASHED, run_cell
 
     def full_disk(args, defaults):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x"))
@@ -433,7 +433,7 @@ def test_the_label_column_cannot_be_a_text_column():
 def _reference_state(folder: Path) -> list:
     """Save a real AdamW + LambdaLR state after one step (over two tensors, one without a gradient
     and so without optimiser state) into ``folder``; returns the tensors' shapes."""
-    from pyro_monteclora.training_state import TrainingState, capture_rng_state, save_training_state
+    from pyro_monteclora.training.state import TrainingState, capture_rng_state, save_training_state
 
     parameters = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
     optimizer = torch.optim.AdamW(parameters, lr=1e-3)
@@ -469,8 +469,8 @@ def test_any_damage_to_a_training_state_is_refused_or_usable(tmp_path):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from pyro_monteclora.training_state import (STATE_JSON, STATE_TENSORS, capture_rng_state,
-                                                check_state_fits, load_training_state, restore_rng_state)
+    from pyro_monteclora.training.state import (STATE_JSON, STATE_TENSORS, capture_rng_state, check_state_fits,
+                                                load_training_state, restore_rng_state)
     from test_properties import JSON_VALUES
 
     reference = tmp_path / "reference"

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, predict
-from pyro_monteclora.baselines import FullFineTuneModel
-from pyro_monteclora.serialization import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained
+from pyro_monteclora.nn.baselines import FullFineTuneModel
+from pyro_monteclora.storage.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained
 
 from conftest import classification_batch, tiny_bert_classifier, tiny_gpt2, tiny_llama, without_labels
 
@@ -164,7 +164,7 @@ def test_a_version_1_checkpoint_is_still_read(tmp_path):
 def test_guides_are_found_through_a_registry(tmp_path):
     from pyro.infer.autoguide import AutoNormal
     from pyro_monteclora import register_guide
-    from pyro_monteclora.serialization import GUIDE_CLASSES
+    from pyro_monteclora.storage.checkpoint import GUIDE_CLASSES
 
     model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(**CONFIG))
     with pytest.raises(CheckpointError, match=r"cannot save a AutoNormal guide; registered guide classes are "

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pyro_monteclora.cli import main
-from pyro_monteclora.sweep import summarize, summary_markdown, sweep_grid
+from pyro_monteclora.evaluation.sweep import summarize, summary_markdown, sweep_grid
 
 from test_cli import data_dir, model_dir, snapshot  # noqa: F401 (module fixtures)
 
@@ -206,8 +206,9 @@ def test_a_cell_that_crashes_is_not_taken_for_a_diverged_one(tmp_path, monkeypat
     """Only a non-finite loss (exit 1) is an outcome of the setting; an exception (out of memory, a
     network error, a bug) is a crash that --resume retries."""
     import pyro_monteclora.cli as cli
-    from pyro_monteclora.cli.sweep import CELL_CRASHED, _cell_result, run_cell
-    from pyro_monteclora.sweep import SweepCell
+    from pyro_monteclora.cli import CELL_CRASHED, run_cell
+    from pyro_monteclora.cli.sweep import _cell_result
+    from pyro_monteclora.evaluation.sweep import SweepCell
 
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"train": ["train", "--output", "x"], "evaluate": None}))

@@ -8,9 +8,8 @@ import math
 import pytest
 
 from pyro_monteclora.cli import main
-from pyro_monteclora.datafiles import DataError
-from pyro_monteclora.tasks import (TASKS, commonsense_options, commonsense_to_multiple_choice,
-                                   get_task, task_score)
+from pyro_monteclora.data.records import DataError
+from pyro_monteclora.data.tasks import TASKS, commonsense_options, commonsense_to_multiple_choice, get_task, task_score
 
 from conftest import CAPITALS, COUNTRIES, sum_rows
 from test_cli import NEGATIVE, POSITIVE, model_dir, sentences, write_jsonl  # noqa: F401
@@ -75,7 +74,7 @@ def test_a_glue_or_superglue_task_from_local_files_reports_its_metric(name, mode
 
 def test_a_task_without_files_reads_its_hub_data_set_and_scores_on_validation(model_dir, tmp_path,  # noqa: F811
                                                                                monkeypatch):
-    import pyro_monteclora.datafiles as datafiles
+    import pyro_monteclora.data.records as datafiles
 
     splits = {"train": _schema_rows("rte", 16, 0), "validation": _schema_rows("rte", 8, 1),
               "test": [dict(r, label=-1) for r in _schema_rows("rte", 8, 2)]}  # GLUE hides test labels

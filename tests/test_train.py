@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.train import fit, linear_schedule
+from pyro_monteclora.training.svi import fit, linear_schedule
 
 from conftest import classification_batch, tiny_bert_classifier
 
@@ -159,9 +159,8 @@ def test_a_non_finite_loss_names_the_step_or_is_skipped_when_asked():
 # -- the pieces of fit: TrainConfig, callbacks, evaluate, SVIStep/train_epoch ----------------------
 from dataclasses import FrozenInstanceError, fields  # noqa: E402
 
-from pyro_monteclora.evaluators import (ClassificationEvaluator, LanguageModelEvaluator,  # noqa: E402
-                                        evaluator_for)
-from pyro_monteclora.train import SVIStep, TrainConfig, train_epoch  # noqa: E402
+from pyro_monteclora.evaluation.evaluators import ClassificationEvaluator, LanguageModelEvaluator, evaluator_for
+from pyro_monteclora.training.svi import SVIStep, TrainConfig, train_epoch  # noqa: E402
 
 BAD_FIELDS = [
     ("epochs", 0), ("epochs", 1.5), ("max_steps", 0), ("learning_rate", 0.0), ("learning_rate", math.inf),

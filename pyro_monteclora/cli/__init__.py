@@ -24,21 +24,23 @@ from __future__ import annotations
 import os
 import sys
 from typing import List, Optional
+import json
+from pathlib import Path
 
-from .options import OneLineParser, UsageError
-from .train import TrainingFault
+from pyro_monteclora.cli.options import OneLineParser, UsageError
+from pyro_monteclora.cli.train import TrainingFault
 
-__all__ = ["main", "build_parser", "UsageError"]
+__all__ = ["main", "build_parser", "UsageError", "run_cell"]
 
 
 def build_parser() -> OneLineParser:
     """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict``,
     ``generate`` and ``sweep`` sub-commands (the CLI reference in the docs is generated from it)."""
-    from .evaluate import add_evaluate_parser
-    from .generate import add_generate_parser
-    from .predict import add_predict_parser
-    from .sweep import add_sweep_parser
-    from .train import add_train_parser
+    from pyro_monteclora.cli.evaluate import add_evaluate_parser
+    from pyro_monteclora.cli.generate import add_generate_parser
+    from pyro_monteclora.cli.predict import add_predict_parser
+    from pyro_monteclora.cli.sweep import add_sweep_parser
+    from pyro_monteclora.cli.train import add_train_parser
 
     parser = OneLineParser(prog="pyro-monteclora",
                            description="MonteCLoRA (Bayesian LoRA) fine-tuning with Pyro")
@@ -122,3 +124,28 @@ def _first_process() -> bool:
 def console_main() -> None:
     """The console-script entry point: :func:`main` with ``sys.argv``, then exit with its status."""
     sys.exit(main())
+
+
+#: a cell's exit status when it crashed (an exception), as opposed to 1: training diverged
+CELL_CRASHED = 3
+
+
+def run_cell(plan_file: str) -> int:
+    """Run one cell's ``train`` then ``evaluate`` (in the process the sweep started for it).
+
+    :returns: 0, 1 when training stopped on a non-finite loss, 2 for bad input, or
+        :data:`CELL_CRASHED` for any exception (printed to the cell's log).
+    """
+    import traceback
+
+    plan = json.loads(Path(plan_file).read_text(encoding="utf-8"))
+    for step in ("train", "evaluate"):
+        if plan.get(step):
+            try:
+                status = main(plan[step], os_error_status=CELL_CRASHED)
+            except Exception:  # out of memory, a network error, a bug: rerun by --resume
+                traceback.print_exc()
+                return CELL_CRASHED
+            if status != 0:
+                return status
+    return 0

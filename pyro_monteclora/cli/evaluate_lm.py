@@ -1,7 +1,7 @@
 """``pyro-monteclora evaluate`` for causal-lm checkpoints.
 
 * ``--multiple-choice``: every option of each question is scored by its log-likelihood under
-  :math:`S` posterior samples (:func:`~pyro_monteclora.language_model.predict_multiple_choice`);
+  :math:`S` posterior samples (:func:`~pyro_monteclora.evaluation.language_model.predict_multiple_choice`);
   writes ``metrics.json`` (accuracy, NLL, ECE, Brier, error AUROC), ``reliability.png`` and
   ``predictions.jsonl``.
 * otherwise: the posterior predictive's response-token NLL and perplexity on (prompt, response)
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .options import UsageError
+from pyro_monteclora.cli.options import UsageError
 
 __all__ = ["run_evaluate_causal_lm", "CAUSAL_LM_BATCH_SIZE"]
 
@@ -40,9 +40,9 @@ def _exact_match(args, model, guide, tokenizer, data, num_samples, device, max_l
     posterior draws, with the calibration of its agreement rate; adds them to ``metrics``."""
     import torch
 
-    from ..generation import generate_answers
-    from ..metrics import confidence_metrics
-    from ..precision import autocast
+    from pyro_monteclora.evaluation.generation import generate_answers
+    from pyro_monteclora.evaluation.metrics import confidence_metrics
+    from pyro_monteclora.nn.precision import autocast
 
     references = [refs or [response] for refs, response in zip(data.references, data.responses)]
     with autocast(device, args.torch_dtype):
@@ -63,11 +63,12 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     """Validate the data, load the checkpoint, evaluate and write the results; returns 0."""
     import pyro
 
-    from ..atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
-    from ..precision import autocast
-    from .evaluate import UNITS, check_evaluation_inputs, default_samples, open_model
+    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
+    from pyro_monteclora.nn.precision import autocast
+    from pyro_monteclora.cli.reports import UNITS
+    from pyro_monteclora.cli.checkpoints import check_evaluation_inputs, default_samples, open_model
 
-    from .options import check_number, evaluation_split, task_of
+    from pyro_monteclora.cli.options import check_number, evaluation_split, task_of
 
     metadata = record.get("metadata", {})
     if args.split not in (None, "test") and args.test_file:
@@ -83,13 +84,13 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     if task is not None and task.kind == "multiple-choice":
         args.multiple_choice = True  # a commonsense task is scored over its options
     if args.multiple_choice:
-        from .lm_data import load_multiple_choice_split
+        from pyro_monteclora.cli.lm_data import load_multiple_choice_split
 
         commonsense_record = recorded if task is not None and task.kind == "multiple-choice" else None
         data, data_spec = load_multiple_choice_split(args, args.split, recorded=commonsense_record)
         task = task_of(args, data_spec)
     else:
-        from .lm_data import resolve_instruction_data
+        from pyro_monteclora.cli.lm_data import resolve_instruction_data
 
         if args.length_normalize:
             raise UsageError("--length-normalize applies to --multiple-choice only")
@@ -108,8 +109,8 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     pyro.set_rng_seed(args.seed)
     started = time.perf_counter()
     if not args.multiple_choice:
-        from ..causal_lm import causal_lm_loader
-        from ..language_model import language_model_metrics
+        from pyro_monteclora.data.causal_lm import causal_lm_loader
+        from pyro_monteclora.evaluation.language_model import language_model_metrics
 
         loader = causal_lm_loader(data, tokenizer, batch_size, max_length)
         with autocast(device, args.torch_dtype):
@@ -133,9 +134,9 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         print(f"wrote {output}/metrics.json", file=sys.stderr)
         return 0
 
-    from ..metrics import classification_metrics, reliability_curve
-    from ..language_model import predict_multiple_choice
-    from ..multiple_choice import multiple_choice_loader
+    from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
+    from pyro_monteclora.evaluation.language_model import predict_multiple_choice
+    from pyro_monteclora.data.multiple_choice import multiple_choice_loader
 
     widest = max(len(choices) for choices in data.choices)
     loader = multiple_choice_loader(data, tokenizer, max(1, batch_size // widest), max_length)
@@ -154,7 +155,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         lines = "".join(json_line(row) + "\n" for row in _choice_rows(data, result))
         atomic_write_text(staging / "predictions.jsonl", lines)
         try:
-            from ..plots import plot_reliability_diagram
+            from pyro_monteclora.evaluation.plots import plot_reliability_diagram
 
             plot_reliability_diagram({f"{method} (S={num_samples})": curve}, staging / "reliability.png",
                                      title=f"{len(data):,} questions")

@@ -18,10 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import (LOAD_ERRORS, UsageError, add_dtype_option, check_distinct_outputs,
-                      check_file_output_not_input, check_number, check_seed, check_writable, load_error,
-                      resolve_device, resolve_model_path,
-                      resolve_precision)
+from pyro_monteclora.cli.options import (LOAD_ERRORS, UsageError, add_dtype_option, check_distinct_outputs,
+                                         check_file_output_not_input, check_number, check_seed, check_writable,
+                                         load_error, resolve_device, resolve_model_path, resolve_precision)
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
 
@@ -80,8 +79,8 @@ def _check_file_output(value, option: str, overwrite: bool) -> None:
 
 
 def _read_prompts(args):
-    from ..datafiles import DataError, read_located_records, split_lines
-    from ..instructions import InstructionData, records_to_instructions
+    from pyro_monteclora.data.records import DataError, read_located_records, split_lines
+    from pyro_monteclora.data.instructions import InstructionData, records_to_instructions
 
     if bool(args.prompt) == bool(args.prompt_file):
         raise UsageError("give prompts with --prompt TEXT (repeatable) or --prompt-file FILE, not both")
@@ -110,7 +109,7 @@ def _read_prompts(args):
 
 def _open(args, device):
     """The model (a MonteCLoRA checkpoint, or a bare base model), its guide, tokenizer and record."""
-    from .evaluate import load_for_inference, open_model
+    from pyro_monteclora.cli.checkpoints import load_for_inference, open_model
 
     if args.checkpoint is not None:
         directory, record, _ = load_for_inference(args, ("causal-lm",))
@@ -121,8 +120,8 @@ def _open(args, device):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..baselines import FullFineTuneModel
-    from ..hf_defaults import ensure_pad_token
+    from pyro_monteclora.nn.baselines import FullFineTuneModel
+    from pyro_monteclora.hf_defaults import ensure_pad_token
 
     path = resolve_model_path(args.model, "causal-lm")
     try:
@@ -154,7 +153,7 @@ def run_generate(args, parser_defaults: dict) -> int:
     _check_file_output(args.output, "--output", args.overwrite)
     _check_file_output(args.metrics, "--metrics", args.overwrite)
     check_distinct_outputs([("--output", args.output), ("--metrics", args.metrics)])
-    from .evaluate import find_checkpoint
+    from pyro_monteclora.cli.checkpoints import find_checkpoint
 
     # the saved-model folder, not the run folder around it (where earlier outputs may live)
     saved = find_checkpoint(args.checkpoint) if args.checkpoint is not None else None
@@ -175,11 +174,11 @@ def run_generate(args, parser_defaults: dict) -> int:
 
     import pyro
 
-    from ..atomic import atomic_write_json, atomic_write_text, json_line
-    from ..generation import generate_answers
-    from ..metrics import confidence_metrics, confidence_reliability_curve
-    from ..precision import autocast
-    from .evaluate import default_samples
+    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text, json_line
+    from pyro_monteclora.evaluation.generation import generate_answers
+    from pyro_monteclora.evaluation.metrics import confidence_metrics, confidence_reliability_curve
+    from pyro_monteclora.nn.precision import autocast
+    from pyro_monteclora.cli.checkpoints import default_samples
 
     num_samples = args.num_samples
     if num_samples is None:

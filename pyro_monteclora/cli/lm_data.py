@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from .options import UsageError, data_mode, file_sha256, task_of
+from pyro_monteclora.cli.options import UsageError, data_mode, file_sha256, task_of
 
 __all__ = ["resolve_instruction_data", "load_multiple_choice_split"]
 
@@ -29,7 +29,7 @@ def _check_source(args) -> str:
 
 
 def _located_rows(spec: dict, split: str, available: Optional[dict]):
-    from ..datafiles import load_hub_records, read_located_records
+    from pyro_monteclora.data.records import load_hub_records, read_located_records
 
     if spec["source"] == "files":
         path = spec["files"].get(split)
@@ -77,8 +77,8 @@ def resolve_instruction_data(args, needed: Sequence[str], recorded: Optional[dic
 
     :returns: ``({split: InstructionData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
-    from ..datafiles import DataError, hub_split_names
-    from ..instructions import records_to_instructions
+    from pyro_monteclora.data.records import DataError, hub_split_names
+    from pyro_monteclora.data.instructions import records_to_instructions
 
     spec = _spec(args, recorded, needed[0])
     splits = {}
@@ -101,12 +101,12 @@ def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dic
 
     For a commonsense task (``--task piqa``, or the task recorded with the checkpoint) the records
     are LLM-Adapters' ``commonsense_15k`` ones, each option scored as the trained response (see
-    :mod:`pyro_monteclora.tasks`); with no data on the command line the recorded split is read.
+    :mod:`pyro_monteclora.data.tasks`); with no data on the command line the recorded split is read.
 
     :returns: ``(MultipleChoiceData, spec)``.
     """
-    from ..datafiles import DataError, hub_split_names
-    from ..multiple_choice import records_to_multiple_choice
+    from pyro_monteclora.data.records import DataError, hub_split_names
+    from pyro_monteclora.data.multiple_choice import records_to_multiple_choice
 
     task = task_of(args, recorded)
     commonsense = task is not None and task.kind == "multiple-choice"
@@ -122,7 +122,7 @@ def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dic
         if commonsense and not getattr(args, "task", None) and rows and "instruction" not in rows[0][1]:
             commonsense = False  # a commonsense checkpoint scoring question/choices/answer records
         if commonsense:
-            from ..tasks import commonsense_to_multiple_choice
+            from pyro_monteclora.data.tasks import commonsense_to_multiple_choice
 
             spec["task"] = task.name
             return commonsense_to_multiple_choice(task, rows, source), spec

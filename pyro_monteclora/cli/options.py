@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from safetensors import SafetensorError
 
-from .._fields import MAX_SEED, FieldError, check_value, number_problem, shown
+from pyro_monteclora.validation import MAX_SEED, FieldError, check_value, number_problem, shown
 
 __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
            "add_adapter_options", "adapter_dests", "adapter_config", "check_adapter_options",
@@ -29,8 +29,8 @@ __all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options
            "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
            "METHODS", "ADAPTER_OPTION_OVERRIDES"]
 
-from ..config import MonteCLoRAConfig
-from ..tasks import TASKS as TASK_SPECS
+from pyro_monteclora.config import MonteCLoRAConfig
+from pyro_monteclora.data.tasks import TASKS as TASK_SPECS
 
 TASKS = tuple(TASK_SPECS)
 METHODS = ("monteclora", "lora", "full")
@@ -72,7 +72,7 @@ class OneLineParser(argparse.ArgumentParser):
 def check_number(name: str, value, minimum=None, maximum=None, integer: bool = False,
                  exclusive_minimum: bool = False) -> None:
     """Raise :class:`UsageError` unless ``value`` is finite and in range; ``name`` is the option.
-    The rule is :func:`~pyro_monteclora._fields.number_problem`'s, which also checks the values
+    The rule is :func:`~pyro_monteclora.validation.number_problem`'s, which also checks the values
     read back from a run's files."""
     if value is None:
         return
@@ -88,7 +88,7 @@ def check_seed(name: str, value) -> None:
 
 def check_values(values: dict, rules: Dict[str, dict], name_of: Callable[[str], str],
                  read_back: bool = False) -> dict:
-    """Check each of ``values`` that ``rules`` names with :func:`~pyro_monteclora._fields.check_value`
+    """Check each of ``values`` that ``rules`` names with :func:`~pyro_monteclora.validation.check_value`
     (a rule is its keyword arguments: ``{"kind": "integer", "minimum": 1}``, optionally
     ``"nullable"`` and, for files written before the option existed, ``"default"``).
 
@@ -146,7 +146,7 @@ def add_dtype_option(parser) -> None:
 
 def resolve_precision(name: str, device):
     """The torch dtype of ``--dtype`` on ``device``; one the device cannot run is a usage error."""
-    from ..precision import check_precision
+    from pyro_monteclora.nn.precision import check_precision
 
     try:
         return check_precision(name, device)
@@ -161,7 +161,7 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
                        help="rotten-tomatoes: the built-in 12,808 critic sentences, split 80/10/10 "
                             "with --split-seed; the paper's tasks (GLUE/SuperGLUE, commonsense, "
                             "gsm8k) read --*-file files of their schema, or the hub when none are "
-                            "given (see pyro_monteclora.tasks)")
+                            "given (see pyro_monteclora.data.tasks)")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the built-in task's split")
     for split in splits:
         group.add_argument(f"--{split}-file", default=None,
@@ -238,7 +238,7 @@ def adapter_config(arguments: Mapping[str, object], network=None, new_modules: S
 
     :raises UsageError: naming the option, for a value the config refuses.
     """
-    from ..hf_defaults import default_modules_to_save, default_target_modules, model_type
+    from pyro_monteclora.hf_defaults import default_modules_to_save, default_target_modules, model_type
 
     values = {}
     for field, dest in zip(dataclasses.fields(MonteCLoRAConfig), adapter_dests()):
@@ -289,12 +289,12 @@ def resolve_device(name: str):
 
 def resolve_model_path(name: Optional[str], task_type: str = "sequence-classification") -> str:
     """A local model folder (checked), a ``.gguf`` file (converted once, see
-    :mod:`pyro_monteclora.pretrained`) or a hub name; ``None`` is the packaged default: MiniLM for
+    :mod:`pyro_monteclora.storage.pretrained`) or a hub name; ``None`` is the packaged default: MiniLM for
     classification, SmolLM2-135M-Instruct for ``causal-lm``."""
-    from ..pretrained import default_decoder_path, is_gguf, materialize_gguf
+    from pyro_monteclora.storage.pretrained import default_decoder_path, is_gguf, materialize_gguf
 
     if name is None:
-        from ..data import default_encoder_path
+        from pyro_monteclora.data.classification import default_encoder_path
 
         try:
             return str(default_decoder_path() if task_type == "causal-lm" else default_encoder_path())
@@ -334,7 +334,7 @@ def data_mode(args) -> Optional[str]:
 
 
 def task_of(args, recorded: Optional[dict] = None):
-    """The :class:`~pyro_monteclora.tasks.TaskSpec` of ``--task`` (else of the recorded data), or
+    """The :class:`~pyro_monteclora.data.tasks.TaskSpec` of ``--task`` (else of the recorded data), or
     ``None``."""
     name = getattr(args, "task", None) or (recorded or {}).get("task")
     return TASK_SPECS[name] if name in TASK_SPECS else None
@@ -412,9 +412,9 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
         first ``args.max_train_samples`` examples), checked before the other splits are read.
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
-    from ..data import load_rotten_tomatoes
-    from ..datafiles import (DataError, hub_split_names, load_hub_records, read_records,
-                            records_to_classification)
+    from pyro_monteclora.data.classification import load_rotten_tomatoes
+    from pyro_monteclora.data.records import (DataError, hub_split_names, load_hub_records, read_records,
+                                              records_to_classification)
 
     if getattr(args, "prompt_column", None) or getattr(args, "response_column", None):
         raise UsageError("--prompt-column/--response-column apply to causal-lm data only "
@@ -508,7 +508,7 @@ def check_training_labels(data, spec: dict, max_train_samples: Optional[int] = N
     """Refuse a classifier's training set whose examples all carry one label (a single row, say):
     the classifier would learn to say that label and nothing else.
 
-    :param data: the training :class:`~pyro_monteclora.data.TextClassificationData` (after
+    :param data: the training :class:`~pyro_monteclora.data.classification.TextClassificationData` (after
         ``--max-train-samples``).
     :param spec: the data specification of :func:`resolve_data`, to name the file.
     """
@@ -553,7 +553,7 @@ def check_writable(path: Path, option: str) -> None:
 
 def _check_not_in_checkpoint(path: Path, option: str, given) -> None:
     """Refuse ``path`` when it is, or lies inside, a run's checkpoint folder."""
-    from .runs import is_inside_checkpoint
+    from pyro_monteclora.cli.runs import is_inside_checkpoint
 
     folder = is_inside_checkpoint(path)
     if folder is not None:
@@ -564,7 +564,7 @@ def _check_not_in_checkpoint(path: Path, option: str, given) -> None:
 def check_output_folder(args) -> Path:
     """``--output`` as a path that is not a file and can be made, that no other process is writing
     (see :func:`lock_output_folder`), with ``--resume`` and ``--overwrite`` not both given."""
-    from ..atomic import folder_in_use
+    from pyro_monteclora.storage.atomic import folder_in_use
 
     output = Path(args.output)
     if output.exists() and not output.is_dir():
@@ -583,7 +583,7 @@ def _in_use(output: Path) -> str:
 
 
 def lock_output_folder(output: Path, args, marker: str, kind: str):
-    """Take ``output``'s :class:`~pyro_monteclora.atomic.FolderLock` (creating the folder) for the
+    """Take ``output``'s :class:`~pyro_monteclora.storage.atomic.FolderLock` (creating the folder) for the
     rest of the command; without ``--resume``, empty it.
 
     Called once everything is validated, just before the first write. Under the lock the folder
@@ -594,7 +594,7 @@ def lock_output_folder(output: Path, args, marker: str, kind: str):
     :returns: the held lock; call its ``release()`` when the command ends.
     :raises UsageError: when another process holds the folder.
     """
-    from ..atomic import FolderInUse, FolderLock, clear_folder
+    from pyro_monteclora.storage.atomic import FolderInUse, FolderLock, clear_folder
 
     lock = FolderLock(output)
     try:
@@ -690,7 +690,7 @@ def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> 
 def existing_output(path: Path) -> bool:
     """Whether ``path`` exists and is not an empty folder (a lock file left by a killed run does
     not count)."""
-    from ..atomic import LOCK_NAME
+    from pyro_monteclora.storage.atomic import LOCK_NAME
 
     if not path.exists():
         return False

@@ -12,9 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .evaluate import (CLASSIFIER_BATCH_SIZE, add_inference_options, default_samples, load_for_inference, open_model,
-                       prediction_rows, recorded_label_names)
-from .options import UsageError, check_file_output_not_input, check_writable
+from pyro_monteclora.cli.checkpoints import (CLASSIFIER_BATCH_SIZE, add_inference_options, default_samples,
+                                             load_for_inference, open_model, recorded_label_names)
+from pyro_monteclora.cli.reports import prediction_rows
+from pyro_monteclora.cli.options import UsageError, check_file_output_not_input, check_writable
 
 __all__ = ["add_predict_parser", "run_predict"]
 
@@ -37,8 +38,8 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _read_texts(args):
-    from ..data import TextClassificationData
-    from ..datafiles import DataError, records_to_classification, read_records, split_lines
+    from pyro_monteclora.data.classification import TextClassificationData
+    from pyro_monteclora.data.records import DataError, records_to_classification, read_records, split_lines
 
     if args.input == "-" or Path(args.input).suffix.lower() in ("", ".txt"):
         if args.input == "-":
@@ -85,10 +86,10 @@ def run_predict(args, parser_defaults: dict) -> int:
 
     import pyro
 
-    from ..atomic import atomic_write_text, json_line
-    from ..data import classification_loader
-    from ..precision import autocast
-    from ..predictive import predict
+    from pyro_monteclora.storage.atomic import atomic_write_text, json_line
+    from pyro_monteclora.data.classification import classification_loader
+    from pyro_monteclora.nn.precision import autocast
+    from pyro_monteclora.infer.predictive import predict
 
     loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE,
                                    metadata.get("max_length", 128))

@@ -29,11 +29,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
-                      check_inputs_outside, check_output_folder, check_replaceable, check_values,
-                      evaluation_split, lock_output_folder)
+from pyro_monteclora.cli.options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
+                                         check_inputs_outside, check_output_folder, check_replaceable, check_values,
+                                         evaluation_split, lock_output_folder)
 
-__all__ = ["add_sweep_parser", "run_sweep", "run_cell", "train_forwarded", "SWEEP_FILE"]
+__all__ = ["add_sweep_parser", "run_sweep", "train_forwarded", "SWEEP_FILE"]
 
 SWEEP_FILE = "sweep.json"
 #: options ``train`` shares with ``sweep`` that stay the sweep's own (its folder, not a cell's)
@@ -111,7 +111,7 @@ def _numbers(option: str, text: str, kind) -> list:
 
 
 def _grid(args):
-    from ..sweep import sweep_grid
+    from pyro_monteclora.evaluation.sweep import sweep_grid
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -129,7 +129,7 @@ def _grid(args):
     cells = sweep_grid(methods, _numbers("--learning-rates", args.learning_rates, float),
                        _numbers("--batch-sizes", args.batch_sizes, int),
                        _numbers("--seeds", args.seeds, int), per_method)
-    from .train import RUN_CHECKS
+    from pyro_monteclora.cli.train import RUN_CHECKS
 
     grid_options = {"learning_rate": "--learning-rates", "batch_size": "--batch-sizes", "seed": "--seeds"}
     for cell in cells:  # each value as the cell's train will check it (a seed below 2**32, ...)
@@ -146,8 +146,8 @@ def _grid(args):
 def train_forwarded(sweep_actions) -> Tuple[str, ...]:
     """The ``sweep`` options passed on unchanged to each cell's ``train``: every option the two
     commands share (model, data, adapter and training options) but :data:`SWEEP_OWN`."""
-    from .options import OneLineParser
-    from .train import add_train_parser
+    from pyro_monteclora.cli.options import OneLineParser
+    from pyro_monteclora.cli.train import add_train_parser
 
     commands = OneLineParser(prog="pyro-monteclora").add_subparsers(dest="command", parser_class=OneLineParser)
     train = {action.dest for action in add_train_parser(commands)._actions if action.option_strings}
@@ -195,8 +195,8 @@ def _validate(args, cells, train_options):
 
     :returns: ``(the split the cells are scored on, the base model's path)``.
     """
-    from .options import OneLineParser, check_number, resolve_data, resolve_model_path
-    from .train import _check_arguments, add_train_parser
+    from pyro_monteclora.cli.options import OneLineParser, check_number, resolve_data, resolve_model_path
+    from pyro_monteclora.cli.train import _check_arguments, add_train_parser
 
     check_number("--num-samples", args.num_samples, minimum=0, integer=True)
     check_number("--max-eval-samples", args.max_eval_samples, minimum=1, integer=True)
@@ -210,7 +210,7 @@ def _validate(args, cells, train_options):
                                                   str(first.batch_size), "--output", str(args.output)])
     _check_arguments(probe)
     if probe.task_type == "causal-lm":
-        from .lm_data import resolve_instruction_data
+        from pyro_monteclora.cli.lm_data import resolve_instruction_data
 
         splits, spec = resolve_instruction_data(probe, ("train", "validation", "test"))
     else:
@@ -233,8 +233,8 @@ def _check_rank_on_meta(probe, model_path: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from .options import LOAD_ERRORS, adapter_config
-    from .train import check_rank
+    from pyro_monteclora.cli.options import LOAD_ERRORS, adapter_config
+    from pyro_monteclora.cli.train import check_rank
 
     kind = AutoModelForCausalLM if probe.task_type == "causal-lm" else AutoModelForSequenceClassification
     try:
@@ -256,7 +256,7 @@ def _model_name(model_path: str) -> str:
 def _prepare_output(args, record: dict) -> Path:
     output = check_output_folder(args)
     if args.resume:
-        from .._fields import parse_json
+        from pyro_monteclora.validation import parse_json
 
         try:
             saved = parse_json((output / SWEEP_FILE).read_text(encoding="utf-8"))
@@ -277,36 +277,9 @@ def _prepare_output(args, record: dict) -> Path:
     return output
 
 
-#: a cell's exit status when it crashed (an exception), as opposed to 1: training diverged
-CELL_CRASHED = 3
-
-
-def run_cell(plan_file: str) -> int:
-    """Run one cell's ``train`` then ``evaluate`` (in the process the sweep started for it).
-
-    :returns: 0, 1 when training stopped on a non-finite loss, 2 for bad input, or
-        :data:`CELL_CRASHED` for any exception (printed to the cell's log).
-    """
-    import traceback
-
-    from . import main
-
-    plan = json.loads(Path(plan_file).read_text(encoding="utf-8"))
-    for step in ("train", "evaluate"):
-        if plan.get(step):
-            try:
-                status = main(plan[step], os_error_status=CELL_CRASHED)
-            except Exception:  # out of memory, a network error, a bug: rerun by --resume
-                traceback.print_exc()
-                return CELL_CRASHED
-            if status != 0:
-                return status
-    return 0
-
-
 def _plan(cell, commands, output: Path) -> dict:
     """What is left of a cell: its train (resumed or restarted) and evaluate commands, or ``None``."""
-    from .runs import latest_checkpoint
+    from pyro_monteclora.cli.runs import latest_checkpoint
 
     run = output / "cells" / cell.name
     plan = {"train": None, "evaluate": None}
@@ -349,8 +322,8 @@ def _summary_metrics(results: List[dict]) -> List[str]:
 def write_summary(output: Path, record: dict, results: List[dict]) -> str:
     """``summary.json``, ``summary.md`` and ``sweep.png`` from the finished cells' results;
     returns the markdown table."""
-    from ..atomic import atomic_write_json, atomic_write_text
-    from ..sweep import summarize, summary_markdown
+    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
+    from pyro_monteclora.evaluation.sweep import summarize, summary_markdown
 
     metrics = _summary_metrics(results)
     summary = summarize(results, metrics)
@@ -363,7 +336,7 @@ def write_summary(output: Path, record: dict, results: List[dict]) -> str:
     table = summary_markdown(summary, metrics)
     atomic_write_text(output / "summary.md", f"{title}\n\n{table}\n")
     try:
-        from ..plots import plot_sweep_boxes
+        from pyro_monteclora.evaluation.plots import plot_sweep_boxes
 
         if any(r["status"] == "ok" for r in results):
             plot_sweep_boxes(results, [m for m in metrics if m != "ece"], output / "sweep.png",
@@ -380,7 +353,7 @@ def run_sweep(args, parser_defaults: dict) -> int:
     import torch
     import transformers
 
-    from ..atomic import atomic_write_json
+    from pyro_monteclora.storage.atomic import atomic_write_json
 
     cells = _grid(args)
     train_options = _forward(args.sweep_actions, args, train_forwarded(args.sweep_actions))
@@ -410,11 +383,11 @@ def _run_cells(args, cells, train_options: List[str], output: Path, record: dict
     or 1 when a cell failed."""
     from tqdm.auto import tqdm
 
-    from ..atomic import atomic_write_json
+    from pyro_monteclora.storage.atomic import atomic_write_json
 
     failed = []
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    runner = "import sys; from pyro_monteclora.cli.sweep import run_cell; sys.exit(run_cell(sys.argv[1]))"
+    runner = "import sys; from pyro_monteclora.cli import run_cell; sys.exit(run_cell(sys.argv[1]))"
     progress = tqdm(cells, desc="sweep", unit="cell")
     for cell in progress:
         result_file = output / "results" / f"{cell.name}.json"

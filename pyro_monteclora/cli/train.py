@@ -3,7 +3,7 @@ every epoch.
 
 ``--task-type sequence-classification`` (the default) puts a classifier head on ``--model`` and
 reads labelled texts; ``--task-type causal-lm`` instruction-tunes a decoder on prompt/response
-records (:mod:`pyro_monteclora.instructions`), with the loss on the response tokens only.
+records (:mod:`pyro_monteclora.data.instructions`), with the loss on the response tokens only.
 
 The output folder holds ``run.json`` (the arguments, the data and the versions), ``checkpoint/``
 (the model after the last finished epoch: ``monteclora_config.json`` + ``model.safetensors``, and
@@ -23,13 +23,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from .options import (LOAD_ERRORS, MAX_SEED, METHODS, TASKS, UsageError, adapter_config, adapter_dests,
-                      add_adapter_options, add_data_options, add_model_options, check_adapter_options,
-                      check_inputs_outside, check_output_folder, check_replaceable, check_values,
-                      load_error, lock_output_folder, option_message,
-                      resolve_data, resolve_device, resolve_model_path, resolve_precision)
+from pyro_monteclora.cli.options import (LOAD_ERRORS, MAX_SEED, METHODS, TASKS, UsageError, adapter_config,
+                                         adapter_dests, add_adapter_options, add_data_options, add_model_options,
+                                         check_adapter_options, check_inputs_outside, check_output_folder,
+                                         check_replaceable, check_values, load_error, lock_output_folder,
+                                         option_message, resolve_data, resolve_device, resolve_model_path,
+                                         resolve_precision)
 
-from .runs import CHECKPOINT_DIR, RUN_FILE, latest_checkpoint
+from pyro_monteclora.cli.runs import CHECKPOINT_DIR, RUN_FILE, latest_checkpoint
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
@@ -112,7 +113,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def _check_arguments(args) -> None:
     if args.task is not None:  # a decoder task (piqa, gsm8k, ...) implies --task-type causal-lm
-        from ..tasks import get_task
+        from pyro_monteclora.data.tasks import get_task
 
         needed = get_task(args.task).task_type
         if needed == "causal-lm" and args.task_type == "sequence-classification":
@@ -142,7 +143,7 @@ def _prepare_output(args, parser_defaults: dict):
         if not run_file.is_file():
             raise UsageError(f"--resume: {output} holds no run ({RUN_FILE} is missing)")
         saved, recorded, processes = _read_run(run_file)
-        from ..distributed import launched_world_size
+        from pyro_monteclora.distributed import launched_world_size
 
         if launched_world_size() != processes:  # the step count and data shards depend on it
             raise UsageError(f"--resume: the run was trained by {processes} process(es); resume it "
@@ -162,8 +163,8 @@ def _prepare_output(args, parser_defaults: dict):
 def _read_run(run_file: Path):
     """``run.json``'s arguments (checked with :data:`RUN_CHECKS`, the command line's own rules),
     data specification and process count; any bad field is a usage error naming it."""
-    from .._fields import FieldError, get_field, parse_json
-    from .options import check_data_spec
+    from pyro_monteclora.validation import FieldError, get_field, parse_json
+    from pyro_monteclora.cli.options import check_data_spec
 
     try:
         run = parse_json(run_file.read_text(encoding="utf-8"))
@@ -189,8 +190,8 @@ def _read_run(run_file: Path):
 
 def _read_resume_state(checkpoint: Path, arguments: dict, output: Path):
     """The checkpoint's training state, checked field by field and against the run's epochs."""
-    from ..serialization import CheckpointError
-    from ..training_state import STATE_JSON, load_training_state
+    from pyro_monteclora.storage.checkpoint import CheckpointError
+    from pyro_monteclora.training.state import STATE_JSON, load_training_state
 
     try:
         state = load_training_state(checkpoint)
@@ -216,8 +217,8 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
     ``fresh_modules`` (newly initialised by ``from_pretrained``) are trained as point estimates
     with the classification head, so nothing random and frozen stays in the model.
     """
-    from .. import EmptyGuide, MonteCLoRAGuide, MonteCLoRAModel
-    from ..baselines import FullFineTuneModel
+    from pyro_monteclora import EmptyGuide, MonteCLoRAGuide, MonteCLoRAModel
+    from pyro_monteclora.nn.baselines import FullFineTuneModel
 
     if method == "full":
         model = FullFineTuneModel(network)
@@ -235,7 +236,7 @@ def check_rank(network, config) -> None:
     """Refuse a rank above ``min(d_in, d_out)`` of a layer the adapters would go into, before
     anything is allocated: a low-rank update wider than its layer has no use, and its prior's
     ``rank x rank`` factors are what run out of memory. (``network`` may be on the meta device.)"""
-    from ..model import _is_adaptable
+    from pyro_monteclora.nn.models import _is_adaptable
 
     widths = [(min(module.weight.shape), path, tuple(module.weight.shape))
               for path, module in network.named_modules()
@@ -252,7 +253,7 @@ def _load_network(model_path: str, arguments: dict, label_names, trust_remote_co
     and the modules ``from_pretrained`` initialised afresh; loading errors become exit 2."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..hf_defaults import prepare_base
+    from pyro_monteclora.hf_defaults import prepare_base
 
     causal = arguments.get("task_type") == "causal-lm"
     try:
@@ -295,7 +296,7 @@ def run_train(args, parser_defaults: dict) -> int:
     torch_dtype = resolve_precision(args.dtype, device)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
     if causal:
-        from .lm_data import resolve_instruction_data
+        from pyro_monteclora.cli.lm_data import resolve_instruction_data
 
         splits, data_spec = resolve_instruction_data(data_args, ("train", "validation", "test"),
                                                      recorded=recorded_data)
@@ -314,7 +315,7 @@ def run_train(args, parser_defaults: dict) -> int:
         torch_dtype=torch_dtype, resume_state=resume_state))
     _check_world_size(splits, arguments)
 
-    from ..distributed import init_distributed, launched_rank
+    from pyro_monteclora.distributed import init_distributed, launched_rank
 
     # everything is validated: from here on a process group may start and rank 0 writes the output,
     # holding its lock until the command ends
@@ -366,8 +367,8 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
     import pyro
     import torch
 
-    from ..serialization import CheckpointError, load_pretrained
-    from ..training_state import STATE_JSON, check_state_fits
+    from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained
+    from pyro_monteclora.training.state import STATE_JSON, check_state_fits
 
     pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
     tokenizer, network, fresh_modules = _load_network(job.model_path, arguments, job.data_spec.get("label_names"),
@@ -384,7 +385,7 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
     else:
         model, guide = build_model(arguments["method"], network, arguments, fresh_modules)
     if job.torch_dtype != torch.float32:
-        from ..precision import cast_frozen
+        from pyro_monteclora.nn.precision import cast_frozen
 
         cast_frozen(model.network, job.torch_dtype)
     if args.gradient_checkpointing:
@@ -397,7 +398,7 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
 
 def _check_world_size(splits: dict, arguments: dict) -> None:
     """Every launched process needs at least one training (and validation) example."""
-    from ..distributed import launched_world_size
+    from pyro_monteclora.distributed import launched_world_size
 
     world_size = launched_world_size()
     if world_size > len(splits["train"]):
@@ -412,8 +413,8 @@ def _train(job: _TrainingJob) -> int:
     """Build the (sharded) loaders, write the run folder on rank 0, train, summarise."""
     import torch
 
-    from ..distributed import barrier, is_main_process
-    from ..train import TrainConfig, fit
+    from pyro_monteclora.distributed import barrier, is_main_process
+    from pyro_monteclora.training.svi import TrainConfig, fit
 
     arguments = job.arguments
     train_loader, evaluate = _loaders(job)
@@ -454,7 +455,7 @@ def _train(job: _TrainingJob) -> int:
 def _loaders(job: _TrainingJob):
     """The training loader (this rank's shard) and the per-epoch evaluator (``None`` with
     --no-validation or no validation split), each for the run's task type."""
-    from ..evaluators import ClassificationEvaluator, LanguageModelEvaluator
+    from pyro_monteclora.evaluation.evaluators import ClassificationEvaluator, LanguageModelEvaluator
 
     arguments, splits = job.arguments, job.splits
     batch_size, seed, max_length = arguments["batch_size"], arguments["seed"], job.max_length
@@ -463,8 +464,8 @@ def _loaders(job: _TrainingJob):
     if job.causal:
         import warnings
 
-        from ..causal_lm import causal_lm_loader
-        from ..distributed import is_main_process
+        from pyro_monteclora.data.causal_lm import causal_lm_loader
+        from pyro_monteclora.distributed import is_main_process
 
         with warnings.catch_warnings(record=True) as caught:  # shown as plain lines
             warnings.simplefilter("always")
@@ -477,7 +478,7 @@ def _loaders(job: _TrainingJob):
         for warning in caught if is_main_process() else ():
             print(f"warning: {warning.message}", file=sys.stderr)
     else:
-        from ..data import classification_loader
+        from pyro_monteclora.data.classification import classification_loader
 
         train_loader = classification_loader(splits["train"], job.tokenizer, batch_size, max_length,
                                              shuffle=True, seed=seed)
@@ -494,8 +495,8 @@ def _write_run_record(job: _TrainingJob) -> None:
     import torch
     import transformers
 
-    from ..atomic import atomic_write_json
-    from ..distributed import is_main_process
+    from pyro_monteclora.storage.atomic import atomic_write_json
+    from pyro_monteclora.distributed import is_main_process
 
     args, output = job.args, job.output
     if not is_main_process():
@@ -513,9 +514,9 @@ def _write_run_record(job: _TrainingJob) -> None:
 def _checkpointer(job: _TrainingJob):
     """The callback that replaces ``checkpoint/`` atomically after every epoch: the model and guide,
     the training state and the tokenizer."""
-    from ..atomic import atomic_directory
-    from ..serialization import save_pretrained
-    from ..training_state import save_training_state
+    from pyro_monteclora.storage.atomic import atomic_directory
+    from pyro_monteclora.storage.checkpoint import save_pretrained
+    from pyro_monteclora.training.state import save_training_state
 
     metadata = {"method": job.arguments["method"], "model_path": job.model_path, "data": job.data_spec,
                 "max_length": job.max_length, "arguments": job.arguments}
@@ -533,7 +534,7 @@ def _write_summary(job: _TrainingJob, result, wall_seconds: float) -> None:
     """``train_summary.json``: the epochs' losses and metrics, times and sizes."""
     import torch
 
-    from ..atomic import atomic_write_json
+    from pyro_monteclora.storage.atomic import atomic_write_json
 
     atomic_write_json(job.output / "train_summary.json", {
         "method": job.arguments["method"], "learning_rate": job.learning_rate, "epochs": result.epochs,

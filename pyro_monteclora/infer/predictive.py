@@ -1,0 +1,162 @@
+"""Streaming posterior predictive for classifiers.
+
+For each example, with :math:`S` adapters :math:`A^{(s)} \\sim q` drawn from the guide,
+
+.. math::
+
+    \\bar p(y \\mid x) = \\frac1S \\sum_s p(y \\mid x, A^{(s)}), \\qquad
+    \\underbrace{H[\\bar p]}_{\\text{predictive entropy}}
+    = \\underbrace{\\frac1S \\sum_s H[p(\\cdot \\mid x, A^{(s)})]}_{\\text{expected entropy (aleatoric)}}
+    + \\underbrace{I(y; A \\mid x)}_{\\text{mutual information (epistemic)}}.
+
+The sums are accumulated batch by batch and sample by sample, so memory does not grow with
+:math:`S`, and in float64: the mutual information is a small difference of two entropies
+(often :math:`10^{-4}` nats or less), which float32 arithmetic would round away; the results are
+returned as float32. :math:`S = 0` uses the mean adapter :math:`A = M` (plain LoRA cost); then the mutual
+information is 0. Each draw is a full forward pass of the network under
+``poutine.replay(model, guide_trace)``, the same mechanism as ``pyro.infer.Predictive``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+from pyro import poutine
+
+from pyro_monteclora.nn.models import HFPyroModel
+
+__all__ = ["predict", "posterior_predictive", "PredictiveOutput", "entropy", "move_batch",
+           "adapter_draws", "uses_mean_adapter"]
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) over the last dimension, with :math:`0 \\log 0 = 0`."""
+    return -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(-1)
+
+
+def move_batch(batch: dict, device) -> dict:
+    """Move every tensor of a batch to ``device`` (other values pass through)."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@dataclass
+class PredictiveOutput:
+    """What :func:`predict` returns, one row per example, in loader order.
+
+    :ivar probs: mean predictive probabilities, ``(n, classes)``.
+    :ivar predictive_entropy: :math:`H[\\bar p]`, ``(n,)``.
+    :ivar expected_entropy: :math:`\\frac1S\\sum_s H[p_s]`, ``(n,)``.
+    :ivar mutual_information: their difference (clamped at 0 against round-off), ``(n,)``.
+    :ivar labels: the loader's labels if it had any, else ``None``.
+    """
+
+    probs: torch.Tensor
+    predictive_entropy: torch.Tensor
+    expected_entropy: torch.Tensor
+    mutual_information: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        """The arg-max class of the mean predictive."""
+        return self.probs.argmax(-1)
+
+
+ClassLogProbs = Callable[[Callable[..., torch.Tensor], dict], torch.Tensor]
+
+
+def uses_mean_adapter(model: HFPyroModel, guide, num_samples: int) -> bool:
+    """Whether :math:`S` = ``num_samples`` draws reduce to the mean adapter :math:`A = M`: for
+    :math:`S = 0`, no guide, or a model with mean adapters (LoRA, full fine-tuning: no latent site)."""
+    return num_samples == 0 or guide is None or model.adapter_mode == "mean"
+
+
+def adapter_draws(model: HFPyroModel, guide, num_samples: int, inputs: dict) -> Iterator[Callable[..., torch.Tensor]]:
+    """Yield one function per adapter draw that runs ``model`` under that draw: :math:`S` replays of
+    fresh guide traces (as ``pyro.infer.Predictive`` does), or the model once with its mean adapter
+    (see :func:`uses_mean_adapter`). Consume each before asking for the next."""
+    if uses_mean_adapter(model, guide, num_samples):
+        with model.mean_adapters():
+            yield model.logits
+        return
+    for _ in range(num_samples):
+        yield poutine.replay(model.logits, trace=poutine.trace(guide).get_trace(**inputs))
+
+
+def _classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -> torch.Tensor:
+    return run_model(**batch).double().log_softmax(-1)
+
+
+@torch.no_grad()
+def posterior_predictive(model: HFPyroModel, guide, loader: Iterable[dict], class_log_probs: ClassLogProbs,
+                         num_samples: int = 10, device=None, progress: bool = False,
+                         desc: str = "predict") -> PredictiveOutput:
+    """The streaming posterior predictive over any discrete outcome.
+
+    :param class_log_probs: ``class_log_probs(run_model, batch)`` returns ``(n, K)`` log-probabilities
+        of the batch's ``n`` outcomes; ``run_model(**inputs)`` runs the model under the current
+        adapter draw and returns its logits. ``batch`` is the loader's batch without ``labels``.
+        Classes a row does not have get ``-inf``. :func:`predict` (classifiers) and
+        :func:`~pyro_monteclora.evaluation.language_model.predict_multiple_choice` are built on it.
+    :param int num_samples: :math:`S \\ge 0` adapters per batch; 0 is the mean adapter.
+    """
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+        raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
+    if device is None:
+        device = next(model.parameters()).device
+    draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
+    was_training = model.training
+    model.eval()
+    rows = {"probs": [], "predictive_entropy": [], "expected_entropy": [], "labels": []}
+    iterator = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc=f"{desc} S={num_samples}", leave=False)
+    try:
+        for batch in iterator:
+            batch = move_batch(batch, device)
+            labels = batch.pop("labels", None)
+            batch.pop("example_index", None)
+            mean_probs = expected = 0.0
+            for run_model in adapter_draws(model, guide, num_samples, batch):
+                probs = class_log_probs(run_model, batch).double().exp()
+                mean_probs = mean_probs + probs / draws
+                expected = expected + entropy(probs) / draws
+            rows["probs"].append(mean_probs.cpu())
+            rows["predictive_entropy"].append(entropy(mean_probs).cpu())
+            rows["expected_entropy"].append(expected.cpu())
+            if labels is not None:
+                rows["labels"].append(labels.cpu())
+    finally:
+        model.train(was_training)
+    if not rows["probs"]:
+        raise ValueError("the posterior predictive got an empty loader")
+    out = {k: torch.cat(v) for k, v in rows.items() if v}
+    mutual_information = (out["predictive_entropy"] - out["expected_entropy"]).clamp_min(0.0)
+    return PredictiveOutput(  # float32 out, as the model's logits; the differences were taken in float64
+        probs=out["probs"].float(), predictive_entropy=out["predictive_entropy"].float(),
+        expected_entropy=out["expected_entropy"].float(), mutual_information=mutual_information.float(),
+        labels=out.get("labels"),
+    )
+
+
+def predict(model: HFPyroModel, guide, loader: Iterable[dict], num_samples: int = 10,
+            device=None, progress: bool = False) -> PredictiveOutput:
+    """Posterior predictive of a sequence classifier over every batch of ``loader``.
+
+    :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` with a classification likelihood.
+    :param guide: its :class:`~pyro_monteclora.MonteCLoRAGuide` (or any guide of the same sites).
+    :param loader: batches as dictionaries of tensors (``labels`` optional).
+    :param int num_samples: :math:`S \\ge 0` adapters per batch; 0 is the mean adapter.
+    :param device: where to run (default: where the model's parameters are).
+    :param bool progress: show a tqdm bar.
+    """
+    if model.likelihood.task != "sequence-classification":
+        raise ValueError(
+            f"predict() needs a sequence-classification likelihood, got {model.likelihood.task!r}"
+        )
+    return posterior_predictive(model, guide, loader, _classifier_log_probs, num_samples=num_samples,
+                                device=device, progress=progress)
