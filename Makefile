@@ -10,7 +10,7 @@ DOCS_STAMP := $(VENV)/.pyro-monteclora-docs-installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-fast bench docs clean results results-demo results-sweep \
+.PHONY: setup test test-fast lint format demo demo-fast bench docs clean results results-demo results-sweep \
 	results-trivia results-calibration results-speed results-cuda
 
 $(STAMP): pyproject.toml Makefile
@@ -27,6 +27,15 @@ setup: $(STAMP)
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -n 2 --durations=10 $(PYTEST_ARGS)
+
+# ruff: lint and format checks, one line length (pyproject.toml's [tool.ruff]); `make format` applies them.
+lint: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+format: setup
+	$(BIN)/python -m ruff check --fix .
+	$(BIN)/python -m ruff format .
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 -m "not integration" $(PYTEST_ARGS)

@@ -30,18 +30,20 @@ import pyro
 import torch
 import torch.nn.functional as F
 import transformers
+from provenance import provenance, provenance_line
 from torch import nn
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json, atomic_write_text
 from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 from pyro_monteclora.infer.predictive import predict
-from provenance import provenance, provenance_line
+from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"minilm": ["query", "value"], "llama": ["q_proj", "v_proj"]}
-ALL_LINEAR = {"minilm": ["query", "key", "value", "dense"],
-              "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+ALL_LINEAR = {
+    "minilm": ["query", "key", "value", "dense"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 
 
 def base_model(kind: str):
@@ -49,8 +51,16 @@ def base_model(kind: str):
         from pyro_monteclora.data.classification import default_encoder_path
 
         return transformers.AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
-    config = transformers.LlamaConfig(vocab_size=8000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
-                                      num_attention_heads=6, num_key_value_heads=6, num_labels=2, pad_token_id=0)
+    config = transformers.LlamaConfig(
+        vocab_size=8000,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        num_labels=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForSequenceClassification(config)
 
@@ -58,9 +68,11 @@ def base_model(kind: str):
 def batch(kind: str, size: int = 16, tokens: int = 64):
     generator = torch.Generator().manual_seed(0)
     vocab = 30000 if kind == "minilm" else 8000
-    return {"input_ids": torch.randint(5, vocab, (size, tokens), generator=generator),
-            "attention_mask": torch.ones(size, tokens, dtype=torch.long),
-            "labels": torch.randint(0, 2, (size,), generator=generator)}
+    return {
+        "input_ids": torch.randint(5, vocab, (size, tokens), generator=generator),
+        "attention_mask": torch.ones(size, tokens, dtype=torch.long),
+        "labels": torch.randint(0, 2, (size,), generator=generator),
+    }
 
 
 class PlainLoRALinear(nn.Module):
@@ -105,6 +117,7 @@ def classifier_step(network, data, extra_loss=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+
     return step
 
 
@@ -123,12 +136,18 @@ def make_case(name: str, kind: str, data: dict, rank: int = 8, components: int =
 
             extra["monteclora_config"] = MontecloraConfig(num_samples=components, sample_scaler=5e-3)
         head = "classifier" if kind == "minilm" else "score"
-        peft_model = get_peft_model(network, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
-                                                        modules_to_save=[head], **extra))
+        peft_model = get_peft_model(
+            network, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, modules_to_save=[head], **extra)
+        )
         loss = peft_model.base_model._get_monteclora_loss if name == "peft-monteclora" else None
         return classifier_step(peft_model, data, loss)
-    config = MonteCLoRAConfig(rank=rank, alpha=2 * rank, target_modules=targets, num_components=components,
-                              modules_to_save=["classifier" if kind == "minilm" else "score"])
+    config = MonteCLoRAConfig(
+        rank=rank,
+        alpha=2 * rank,
+        target_modules=targets,
+        num_components=components,
+        modules_to_save=["classifier" if kind == "minilm" else "score"],
+    )
     lora_mode = name == "ours-lora-mode"
     model = MonteCLoRAModel(network, config, adapter_mode="mean" if lora_mode else "sample")
     guide = EmptyGuide(model) if lora_mode else MonteCLoRAGuide(model)
@@ -146,6 +165,7 @@ def make_case(name: str, kind: str, data: dict, rank: int = 8, components: int =
         value.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+
     return step
 
 
@@ -166,8 +186,9 @@ def _no_pyro_step(model, guide, data):
     def step():
         optimizer.zero_grad(set_to_none=True)
         values, _, _ = guide.draw_all()
-        stacked = [torch.stack([values[site[part]] for site in names])
-                   for part in ("covariance", "mixture_weights", "noise")]
+        stacked = [
+            torch.stack([values[site[part]] for site in names]) for part in ("covariance", "mixture_weights", "noise")
+        ]
         delta = lora_perturbation(*stacked, model.config.sample_scaler)
         factors = torch.stack([adapter.lora_A_mean for adapter in adapters]) + delta
         for adapter, A in zip(adapters, factors.unbind(0)):
@@ -179,6 +200,7 @@ def _no_pyro_step(model, guide, data):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+
     return step
 
 
@@ -210,10 +232,12 @@ def compare(times: dict, floor: str, resamples: int = 2000) -> dict:
     for name, values in times.items():
         ratios = [a / b for a, b in zip(values, times[floor])]
         medians = sorted(statistics.median(generator.choices(ratios, k=len(ratios))) for _ in range(resamples))
-        summary[name] = {"median_s": statistics.median(values),
-                         "ratio_of_medians": statistics.median(values) / statistics.median(times[floor]),
-                         "paired_ratio": statistics.median(ratios),
-                         "paired_ratio_ci95": [medians[low], medians[high]]}
+        summary[name] = {
+            "median_s": statistics.median(values),
+            "ratio_of_medians": statistics.median(values) / statistics.median(times[floor]),
+            "paired_ratio": statistics.median(ratios),
+            "paired_ratio_ci95": [medians[low], medians[high]],
+        }
     return summary
 
 
@@ -230,8 +254,13 @@ def predictive_costs(kind: str, samples=(0, 1, 4, 10), rounds: int = 7) -> dict:
             predict(model, guide, loader, num_samples=s)
             seconds[s].append(time.perf_counter() - started)
     medians = {s: statistics.median(v) for s, v in seconds.items()}
-    return {str(s): {"seconds_per_example": medians[s] / 64,
-                     "ratio_to_S_times_mean": (medians[s] / (s * medians[0])) if s else 1.0} for s in samples}
+    return {
+        str(s): {
+            "seconds_per_example": medians[s] / 64,
+            "ratio_to_S_times_mean": (medians[s] / (s * medians[0])) if s else 1.0,
+        }
+        for s in samples
+    }
 
 
 def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
@@ -239,10 +268,14 @@ def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
     LoRA mode of the same settings: each row gives MonteCLoRA against that LoRA mode and against
     the axis's first setting (N = 16 against N = 1 is the flat-in-N target)."""
     all_linear = ALL_LINEAR[kind]
-    axes = {"N": [(n, dict(components=n), {}) for n in (1, 4, 16)],
-            "rank": [(r, dict(rank=r), dict(rank=r)) for r in (4, 8, 32)],
-            "layers": [("query,value", dict(targets=TARGETS[kind]), dict(targets=TARGETS[kind])),
-                       ("all linear", dict(targets=all_linear), dict(targets=all_linear))]}
+    axes = {
+        "N": [(n, dict(components=n), {}) for n in (1, 4, 16)],
+        "rank": [(r, dict(rank=r), dict(rank=r)) for r in (4, 8, 32)],
+        "layers": [
+            ("query,value", dict(targets=TARGETS[kind]), dict(targets=TARGETS[kind])),
+            ("all linear", dict(targets=all_linear), dict(targets=all_linear)),
+        ],
+    }
     rows = []
     for axis, settings in axes.items():
         cases, lora_of = {}, {}
@@ -259,13 +292,20 @@ def scaling(kind: str, data: dict, steps: int, warmup: int) -> list:
             name = f"monteclora {value}"
             to_lora = against[lora_of[value]][name]
             to_first = against[f"monteclora {settings[0][0]}"][name]
-            rows.append({"axis": axis, "value": value, "monteclora_s": to_lora["median_s"],
-                         "lora_s": statistics.median(times[lora_of[value]]),
-                         "ratio": to_lora["ratio_of_medians"], "paired_ratio": to_lora["paired_ratio"],
-                         "paired_ratio_ci95": to_lora["paired_ratio_ci95"],
-                         "ratio_to_first": to_first["ratio_of_medians"],
-                         "paired_ratio_to_first": to_first["paired_ratio"],
-                         "paired_ratio_to_first_ci95": to_first["paired_ratio_ci95"]})
+            rows.append(
+                {
+                    "axis": axis,
+                    "value": value,
+                    "monteclora_s": to_lora["median_s"],
+                    "lora_s": statistics.median(times[lora_of[value]]),
+                    "ratio": to_lora["ratio_of_medians"],
+                    "paired_ratio": to_lora["paired_ratio"],
+                    "paired_ratio_ci95": to_lora["paired_ratio_ci95"],
+                    "ratio_to_first": to_first["ratio_of_medians"],
+                    "paired_ratio_to_first": to_first["paired_ratio"],
+                    "paired_ratio_to_first_ci95": to_first["paired_ratio_ci95"],
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -289,13 +329,26 @@ def main() -> None:
         cases[name] = make_case(name, args.model, data)
     steps_table = compare(interleaved(cases, args.steps, args.warmup), "peft-lora")
     print(json.dumps(steps_table, indent=1), flush=True)
-    report = {"model": args.model, "batch": [16, 64], "rank": 8, "targets": TARGETS[args.model], "floor": "peft-lora",
-              "steps": steps_table, "predictive": predictive_costs(args.model),
-              "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
-                              "pyro": pyro.__version__, "python": platform.python_version(),
-                              "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                              "steps": args.steps, "warmup": args.warmup},
-              "provenance": origin}
+    report = {
+        "model": args.model,
+        "batch": [16, 64],
+        "rank": 8,
+        "targets": TARGETS[args.model],
+        "floor": "peft-lora",
+        "steps": steps_table,
+        "predictive": predictive_costs(args.model),
+        "environment": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "pyro": pyro.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "steps": args.steps,
+            "warmup": args.warmup,
+        },
+        "provenance": origin,
+    }
     try:
         import peft
 
@@ -307,26 +360,39 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output.with_suffix(".json"), report)
-    lines = ["| step | median s | × PEFT LoRA (ratio of medians) | per-round ratio, median [95% CI] |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        "| step | median s | × PEFT LoRA (ratio of medians) | per-round ratio, median [95% CI] |",
+        "|---|---:|---:|---:|",
+    ]
     for name, row in steps_table.items():
         low, high = row["paired_ratio_ci95"]
-        lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio_of_medians']:.3f} | "
-                     f"{row['paired_ratio']:.3f} [{low:.3f}, {high:.3f}] |")
+        lines.append(
+            f"| {name} | {row['median_s']:.3f} | {row['ratio_of_medians']:.3f} | "
+            f"{row['paired_ratio']:.3f} [{low:.3f}, {high:.3f}] |"
+        )
     lines += ["", "| S | s per example | ÷ (S × mean-adapter) |", "|---|---:|---:|"]
-    lines += [f"| {s} | {r['seconds_per_example']:.4f} | {r['ratio_to_S_times_mean']:.2f} |"
-              for s, r in report["predictive"].items()]
+    lines += [
+        f"| {s} | {r['seconds_per_example']:.4f} | {r['ratio_to_S_times_mean']:.2f} |"
+        for s, r in report["predictive"].items()
+    ]
     if "scaling" in report:
-        lines += ["", "| axis | value | MonteCLoRA / LoRA mode: ratio of medians | per-round [95% CI] "
-                  "| MonteCLoRA / the axis's first value: ratio of medians | per-round [95% CI] |",
-                  "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['axis']} | {r['value']} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} "
-                  f"[{r['paired_ratio_ci95'][0]:.3f}, {r['paired_ratio_ci95'][1]:.3f}] | {r['ratio_to_first']:.3f} | "
-                  f"{r['paired_ratio_to_first']:.3f} [{r['paired_ratio_to_first_ci95'][0]:.3f}, "
-                  f"{r['paired_ratio_to_first_ci95'][1]:.3f}] |" for r in report["scaling"]]
+        lines += [
+            "",
+            "| axis | value | MonteCLoRA / LoRA mode: ratio of medians | per-round [95% CI] "
+            "| MonteCLoRA / the axis's first value: ratio of medians | per-round [95% CI] |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['axis']} | {r['value']} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} "
+            f"[{r['paired_ratio_ci95'][0]:.3f}, {r['paired_ratio_ci95'][1]:.3f}] | {r['ratio_to_first']:.3f} | "
+            f"{r['paired_ratio_to_first']:.3f} [{r['paired_ratio_to_first_ci95'][0]:.3f}, "
+            f"{r['paired_ratio_to_first_ci95'][1]:.3f}] |"
+            for r in report["scaling"]
+        ]
     table = "\n".join(lines)
-    atomic_write_text(output.with_suffix(".md"), f"# Benchmark suite ({args.model}, CPU)\n\n{table}\n\n"
-                                                 f"{provenance_line(origin)}\n")
+    atomic_write_text(
+        output.with_suffix(".md"), f"# Benchmark suite ({args.model}, CPU)\n\n{table}\n\n{provenance_line(origin)}\n"
+    )
     _plot(steps_table, output.with_suffix(".png"), args.model)
     print(table)
 
@@ -342,8 +408,10 @@ def _plot(steps_table: dict, path: Path, kind: str) -> None:
     axis = figure.add_subplot()
     names = list(steps_table)
     ratios = [steps_table[n]["paired_ratio"] for n in names]
-    errors = [[r - steps_table[n]["paired_ratio_ci95"][0] for n, r in zip(names, ratios)],
-              [steps_table[n]["paired_ratio_ci95"][1] - r for n, r in zip(names, ratios)]]
+    errors = [
+        [r - steps_table[n]["paired_ratio_ci95"][0] for n, r in zip(names, ratios)],
+        [steps_table[n]["paired_ratio_ci95"][1] - r for n, r in zip(names, ratios)],
+    ]
     axis.barh(names, ratios, xerr=errors, color="#4c72b0", ecolor="black", capsize=3)
     axis.axvline(1.0, color="black", lw=0.8)
     axis.axvline(1.05, color="grey", lw=0.8, ls="--")

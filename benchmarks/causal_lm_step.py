@@ -17,16 +17,16 @@ from pathlib import Path
 import pyro
 import torch
 import transformers
+from provenance import provenance
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.storage.atomic import atomic_write_json
 from pyro_monteclora.data.causal_lm import causal_lm_loader
-from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 from pyro_monteclora.data.instructions import InstructionData
-from pyro_monteclora.storage.pretrained import default_decoder_path
 from pyro_monteclora.data.trivia import load_trivia
-from provenance import provenance
+from pyro_monteclora.infer.elbo import MonteCLoRAELBO
+from pyro_monteclora.storage.atomic import atomic_write_json
+from pyro_monteclora.storage.pretrained import default_decoder_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,12 +41,15 @@ def main() -> None:
     pyro.set_rng_seed(0)
     path = default_decoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = MonteCLoRAModel(AutoModelForCausalLM.from_pretrained(path, use_safetensors=True),
-                            MonteCLoRAConfig(rank=8, target_modules=["q_proj", "k_proj", "v_proj"], sample_scaler=0.05))
+    model = MonteCLoRAModel(
+        AutoModelForCausalLM.from_pretrained(path, use_safetensors=True),
+        MonteCLoRAConfig(rank=8, target_modules=["q_proj", "k_proj", "v_proj"], sample_scaler=0.05),
+    )
     guide = MonteCLoRAGuide(model)
     records = load_trivia(seed=0)[: 8 * args.batches]
-    data = InstructionData([r["question"] + " Reply with the answer only." for r in records],
-                           [r["answer"] for r in records])
+    data = InstructionData(
+        [r["question"] + " Reply with the answer only." for r in records], [r["answer"] for r in records]
+    )
     batches = list(causal_lm_loader(data, tokenizer, batch_size=8, max_length=96))
     model.dataset_size = 320
     loss = MonteCLoRAELBO()(model, guide)
@@ -69,13 +72,20 @@ def main() -> None:
     for batch in batches:
         for keep in (True, False):
             times[keep].append(step(batch, keep))
-    report = {"median_s_skipping_prompt_logits": statistics.median(times[True]),
-              "median_s_all_logits": statistics.median(times[False]),
-              "batch": list(batches[0]["input_ids"].shape), "batches": len(batches),
-              "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
-                              "python": platform.python_version(), "threads": torch.get_num_threads(),
-                              "cpus": os.cpu_count()},
-              "provenance": origin}
+    report = {
+        "median_s_skipping_prompt_logits": statistics.median(times[True]),
+        "median_s_all_logits": statistics.median(times[False]),
+        "batch": list(batches[0]["input_ids"].shape),
+        "batches": len(batches),
+        "environment": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+        },
+        "provenance": origin,
+    }
     report["ratio"] = report["median_s_skipping_prompt_logits"] / report["median_s_all_logits"]
     atomic_write_json(args.output, report)
     print(report)

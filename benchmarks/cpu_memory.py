@@ -51,7 +51,6 @@ def _reset_peak() -> None:
 def run_case(name: str, kind: str, steps: int) -> dict:
     """In this (fresh) process: build the case, warm up, reset the peak, run, read the peak."""
     import pyro
-    import torch
     import transformers
 
     sys.path.insert(0, str(HERE))
@@ -64,8 +63,9 @@ def run_case(name: str, kind: str, steps: int) -> dict:
         from pyro_monteclora.infer.predictive import predict
 
         samples = int(name.split("S")[-1])
-        model = MonteCLoRAModel(bench_suite.base_model(kind),
-                                MonteCLoRAConfig(rank=8, target_modules=bench_suite.TARGETS[kind]))
+        model = MonteCLoRAModel(
+            bench_suite.base_model(kind), MonteCLoRAConfig(rank=8, target_modules=bench_suite.TARGETS[kind])
+        )
         guide = MonteCLoRAGuide(model)
         data = bench_suite.batch(kind, 64)
         loader = [dict(data)]
@@ -91,8 +91,13 @@ def measure(kind: str, repeats: int, steps: int) -> dict:
     runs = {name: [] for name in cases}
     for repeat in range(repeats):
         for name in cases:  # interleaved: every case once per repeat
-            out = subprocess.run([sys.executable, __file__, "--case", name, "--model", kind, "--steps", str(steps)],
-                                 capture_output=True, text=True, env=env, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--case", name, "--model", kind, "--steps", str(steps)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(repeat, name, runs[name][-1], flush=True)
     table = {}
@@ -125,33 +130,51 @@ def main() -> None:
     import pyro
     import torch
     import transformers
-
     from provenance import provenance, provenance_line
+
     from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
 
     origin = provenance()
     output = Path(args.output or HERE / "results" / ("memory" if args.model == "minilm" else f"memory_{args.model}"))
     report = measure(args.model, args.repeats, args.steps)
-    report["setup"] = {"model": args.model, "batch": [16, 64], "predictive_batch": [64, 64], "rank": 8,
-                       "repeats": args.repeats, "steps": args.steps,
-                       "method": "fresh process per case, MALLOC_MMAP_THRESHOLD_=65536, VmHWM reset after 2 warm-up steps"}
-    report["environment"] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                             "pyro": pyro.__version__, "python": platform.python_version(),
-                             "cpus": os.cpu_count()}
+    report["setup"] = {
+        "model": args.model,
+        "batch": [16, 64],
+        "predictive_batch": [64, 64],
+        "rank": 8,
+        "repeats": args.repeats,
+        "steps": args.steps,
+        "method": "fresh process per case, MALLOC_MMAP_THRESHOLD_=65536, VmHWM reset after 2 warm-up steps",
+    }
+    report["environment"] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
     report["provenance"] = origin
     cases = report["cases"]
-    lines = ["| training step | persistent MiB | peak MiB | working MiB | peak × PEFT LoRA | working × PEFT LoRA |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {cases[n]['persistent_mib']:.0f} | {cases[n]['peak_mib']:.0f} | {cases[n]['working_mib']:.0f} "
-              f"| {cases[n]['peak_ratio']:.3f} | {cases[n]['working_ratio']:.3f} |" for n in STEP_CASES]
+    lines = [
+        "| training step | persistent MiB | peak MiB | working MiB | peak × PEFT LoRA | working × PEFT LoRA |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {n} | {cases[n]['persistent_mib']:.0f} | {cases[n]['peak_mib']:.0f} | {cases[n]['working_mib']:.0f} "
+        f"| {cases[n]['peak_ratio']:.3f} | {cases[n]['working_ratio']:.3f} |"
+        for n in STEP_CASES
+    ]
     lines += ["", "| predictive, batch 64 | peak MiB | × S = 1 |", "|---|---:|---:|"]
-    lines += [f"| S = {s} | {cases[f'predict-S{s}']['peak_mib']:.0f} | {cases[f'predict-S{s}']['peak_ratio_to_S1']:.3f} |"
-              for s in PREDICTIVE_SAMPLES]
+    lines += [
+        f"| S = {s} | {cases[f'predict-S{s}']['peak_mib']:.0f} | {cases[f'predict-S{s}']['peak_ratio_to_S1']:.3f} |"
+        for s in PREDICTIVE_SAMPLES
+    ]
     table = "\n".join(lines)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output.with_suffix(".json"), report)
-    atomic_write_text(output.with_suffix(".md"), f"# Peak CPU memory ({args.model})\n\n{table}\n\n"
-                                                 f"{provenance_line(origin)}\n")
+    atomic_write_text(
+        output.with_suffix(".md"), f"# Peak CPU memory ({args.model})\n\n{table}\n\n{provenance_line(origin)}\n"
+    )
     print(table)
 
 

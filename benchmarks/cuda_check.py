@@ -15,14 +15,21 @@ import time
 import pyro
 import torch
 import transformers
+from provenance import provenance
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
 from pyro_monteclora.training.svi import ELBO_KINDS
-from provenance import provenance
 
 LOSS = "monteclora"  # what fit() uses by default
-MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-              intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+MINILM = dict(
+    vocab_size=30522,
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=12,
+    intermediate_size=1536,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+)
 
 
 def minilm_shaped(num_labels=2):
@@ -36,18 +43,21 @@ def minilm_shaped(num_labels=2):
 
 
 def make(mode, device):
-    model = MonteCLoRAModel(minilm_shaped().to(device),
-                            MonteCLoRAConfig(rank=8, target_modules=["query", "value"],
-                                             modules_to_save=["classifier"]),
-                            adapter_mode="sample" if mode == "monteclora" else "mean")
+    model = MonteCLoRAModel(
+        minilm_shaped().to(device),
+        MonteCLoRAConfig(rank=8, target_modules=["query", "value"], modules_to_save=["classifier"]),
+        adapter_mode="sample" if mode == "monteclora" else "mean",
+    )
     return model, MonteCLoRAGuide(model) if mode == "monteclora" else EmptyGuide(model)
 
 
 def step_runner(mode, device, dtype, batch_size, tokens):
     """One optimiser step of ``mode`` on a fixed random batch, returning its wall time."""
-    batch = {"input_ids": torch.randint(1000, 20000, (batch_size, tokens), device=device),
-             "attention_mask": torch.ones(batch_size, tokens, dtype=torch.long, device=device),
-             "labels": torch.randint(0, 2, (batch_size,), device=device)}
+    batch = {
+        "input_ids": torch.randint(1000, 20000, (batch_size, tokens), device=device),
+        "attention_mask": torch.ones(batch_size, tokens, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 2, (batch_size,), device=device),
+    }
     model, guide = make(mode, device)
     model.dataset_size = 10_000
     loss_module = ELBO_KINDS[LOSS]()(model, guide)
@@ -95,10 +105,15 @@ def step_times(device, dtype, batch_size, tokens, steps=20, warmup=5):
             run()
             peaks[mode] = torch.cuda.max_memory_allocated() / 2**20
     med = {mode: statistics.median(v) for mode, v in times.items()}
-    return {"batch": [batch_size, tokens], "dtype": str(dtype), "median_ms": {k: v * 1e3 for k, v in med.items()},
-            "tokens_per_second": {k: batch_size * tokens / v for k, v in med.items()},
-            "ratio": med["monteclora"] / med["lora"], "peak_MiB_incl_both_models": peaks,
-            "host_syncs_per_step": syncs}
+    return {
+        "batch": [batch_size, tokens],
+        "dtype": str(dtype),
+        "median_ms": {k: v * 1e3 for k, v in med.items()},
+        "tokens_per_second": {k: batch_size * tokens / v for k, v in med.items()},
+        "ratio": med["monteclora"] / med["lora"],
+        "peak_MiB_incl_both_models": peaks,
+        "host_syncs_per_step": syncs,
+    }
 
 
 def sync(device):
@@ -110,8 +125,10 @@ def learnable_task(device, size=512, length=16):
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (size,), generator=g)
     ids = torch.where(labels == 1, 1000, 3000)[:, None] + torch.randint(0, 1000, (size, length), generator=g)
-    batches = [{"input_ids": ids[i:i + 32], "attention_mask": torch.ones_like(ids[i:i + 32]),
-                "labels": labels[i:i + 32]} for i in range(0, size, 32)]
+    batches = [
+        {"input_ids": ids[i : i + 32], "attention_mask": torch.ones_like(ids[i : i + 32]), "labels": labels[i : i + 32]}
+        for i in range(0, size, 32)
+    ]
     return batches
 
 
@@ -129,9 +146,13 @@ def main():
     device = torch.device(args.device)
     pyro.set_rng_seed(0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    report = {"device": name, "torch": torch.__version__,
-              "transformers": transformers.__version__, "pyro": pyro.__version__,
-              "provenance": provenance()}
+    report = {
+        "device": name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pyro": pyro.__version__,
+        "provenance": provenance(),
+    }
     # 1. SVI learns on the GPU, fp32 and under bf16 autocast; the predictive runs there.
     for dtype in (torch.float32, torch.bfloat16):
         model, guide = make("monteclora", device)
@@ -143,8 +164,10 @@ def main():
         accuracy = (output.probs.argmax(-1) == output.labels).float().mean().item()
         devices = {str(p.device) for p in list(model.parameters()) + list(guide.parameters())}
         report[f"fit_{dtype}"] = {
-            "first_loss": result.steps[0]["loss"], "last_loss": result.steps[-1]["loss"],
-            "train_accuracy_S4": accuracy, "mean_mutual_information": output.mutual_information.mean().item(),
+            "first_loss": result.steps[0]["loss"],
+            "last_loss": result.steps[-1]["loss"],
+            "train_accuracy_S4": accuracy,
+            "mean_mutual_information": output.mutual_information.mean().item(),
             "parameter_devices": sorted(devices),
             "adapter_dtype": str(next(iter(model.adapters().values())).lora_A_mean.dtype),
         }
@@ -152,8 +175,11 @@ def main():
     # 2. Step time and memory, MonteCLoRA against the LoRA mode of the same code, with Pyro's
     #    validation off as fit() runs its steps.
     pyro.enable_validation(False)
-    report["step_time"] = [step_times(device, dtype, b, t, steps=args.steps) for dtype in (torch.float32, torch.bfloat16)
-                           for b, t in ((16, 64), (32, 128), (64, 256))]
+    report["step_time"] = [
+        step_times(device, dtype, b, t, steps=args.steps)
+        for dtype in (torch.float32, torch.bfloat16)
+        for b, t in ((16, 64), (32, 128), (64, 256))
+    ]
     for row in report["step_time"]:
         print(row, flush=True)
     if args.profile:

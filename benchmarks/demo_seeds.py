@@ -62,17 +62,21 @@ def aggregate(folders, allow_mixed: bool = False) -> dict:
     commits = [o.get("commit", UNKNOWN) for o in origins]
     if len(set(commits)) > 1 and not allow_mixed:
         listed = ", ".join(f"{folder}: {commit[:12]}" for folder, commit in zip(folders, commits))
-        raise MixedCommitsError(f"the runs were measured at different commits ({listed}); rerun them at "
-                                "one commit, or pass --allow-mixed to average them anyway")
-    summary = {"runs": [str(f) for f in folders],
-               "seeds": [r["settings"]["seed"] for r in records],
-               "commits": commits,
-               "dirty": [o.get("dirty") for o in origins],
-               "mixed_commits": len(set(commits)) > 1,
-               "settings": {k: v for k, v in records[0]["settings"].items() if k != "seed"},
-               "total_seconds": [r.get("environment", {}).get("total_seconds") for r in records],
-               "runs_provenance": origins,
-               "models": {}}
+        raise MixedCommitsError(
+            f"the runs were measured at different commits ({listed}); rerun them at "
+            "one commit, or pass --allow-mixed to average them anyway"
+        )
+    summary = {
+        "runs": [str(f) for f in folders],
+        "seeds": [r["settings"]["seed"] for r in records],
+        "commits": commits,
+        "dirty": [o.get("dirty") for o in origins],
+        "mixed_commits": len(set(commits)) > 1,
+        "settings": {k: v for k, v in records[0]["settings"].items() if k != "seed"},
+        "total_seconds": [r.get("environment", {}).get("total_seconds") for r in records],
+        "runs_provenance": origins,
+        "models": {},
+    }
     for model in records[0]["models"]:
         summary["models"][model] = {}
         for key in KEYS:
@@ -80,15 +84,16 @@ def aggregate(folders, allow_mixed: bool = False) -> dict:
             if values:
                 summary["models"][model][key] = {
                     "mean": statistics.mean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "values": values,
+                }
     return summary
 
 
 def markdown(summary: dict) -> str:
     lines = ["| | " + " | ".join(KEYS) + " |", "|---|" + "---:|" * len(KEYS)]
     for model, metrics in summary["models"].items():
-        cells = [f"{metrics[k]['mean']:.4g} ± {metrics[k]['std']:.2g}" if k in metrics else "n/a"
-                 for k in KEYS]
+        cells = [f"{metrics[k]['mean']:.4g} ± {metrics[k]['std']:.2g}" if k in metrics else "n/a" for k in KEYS]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     commits = sorted(set(summary.get("commits", [])))
     dirty = " (some with uncommitted changes)" if any(summary.get("dirty", [])) else ""
@@ -102,15 +107,19 @@ def markdown(summary: dict) -> str:
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--output", default=None,
-                        help="folder of the summary (default: --runs, or the first --aggregate folder's parent)")
-    parser.add_argument("--runs", default=None, help="folder of the per-seed demo runs (default: --output, "
-                                                     "or runs/demo_seeds)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="folder of the summary (default: --runs, or the first --aggregate folder's parent)",
+    )
+    parser.add_argument(
+        "--runs", default=None, help="folder of the per-seed demo runs (default: --output, or runs/demo_seeds)"
+    )
     parser.add_argument("--name", default="summary", help="the summary's file name, without .json/.md")
-    parser.add_argument("--aggregate", nargs="+", default=None,
-                        help="only summarise these finished demo folders")
-    parser.add_argument("--allow-mixed", action="store_true",
-                        help="average runs measured at different commits (the summary says so)")
+    parser.add_argument("--aggregate", nargs="+", default=None, help="only summarise these finished demo folders")
+    parser.add_argument(
+        "--allow-mixed", action="store_true", help="average runs measured at different commits (the summary says so)"
+    )
     args = parser.parse_args(argv)
     if not args.name or "/" in args.name or args.name.startswith("."):
         parser.error(f"--name must be a plain file name, got {args.name!r}")
@@ -123,7 +132,7 @@ def _parse(argv):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    demo_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    demo_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = _parse(argv[: argv.index("--")] if "--" in argv else argv)
     command = ["benchmarks/demo_seeds.py", *argv]
     if args.aggregate:
@@ -135,9 +144,19 @@ def main(argv=None) -> int:
         folders = []
         for seed in args.seeds:
             folder = runs / f"seed{seed}"
-            subprocess.run([sys.executable, str(REPO / "examples" / "rotten_tomatoes_demo.py"),
-                            "--seed", str(seed), "--output", str(folder), *demo_args], check=True,
-                           env=checkout_environment())
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "examples" / "rotten_tomatoes_demo.py"),
+                    "--seed",
+                    str(seed),
+                    "--output",
+                    str(folder),
+                    *demo_args,
+                ],
+                check=True,
+                env=checkout_environment(),
+            )
             folders.append(folder)
     try:
         summary = aggregate(folders, allow_mixed=args.allow_mixed)

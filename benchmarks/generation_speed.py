@@ -21,15 +21,15 @@ from pathlib import Path
 import pyro
 import torch
 import transformers
+from provenance import provenance, provenance_line
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json, atomic_write_text
 from pyro_monteclora.data.causal_lm import encode_prompt, pad_batch
-from pyro_monteclora.evaluation.generation import generate_answers
-from pyro_monteclora.storage.pretrained import default_decoder_path
 from pyro_monteclora.data.trivia import load_trivia
-from provenance import provenance, provenance_line
+from pyro_monteclora.evaluation.generation import generate_answers
+from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json, atomic_write_text
+from pyro_monteclora.storage.pretrained import default_decoder_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,13 +57,19 @@ def main() -> None:
     def plain() -> float:
         started = time.perf_counter()
         with torch.no_grad():
-            network.generate(**batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            network.generate(
+                **batch,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         return time.perf_counter() - started
 
     plain_times = [plain() for _ in range(args.rounds + 1)][1:]
-    model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=["q_proj", "k_proj", "v_proj"],
-                                                      sample_scaler=0.05))
+    model = MonteCLoRAModel(
+        network, MonteCLoRAConfig(rank=8, target_modules=["q_proj", "k_proj", "v_proj"], sample_scaler=0.05)
+    )
     guide = MonteCLoRAGuide(model)
     with torch.no_grad():  # a trained-looking B, so every sample runs the full adapter math
         for adapter in model.adapters().values():
@@ -74,10 +80,14 @@ def main() -> None:
             started = time.perf_counter()
             generate_answers(model, tokenizer, prompts, samples, guide, samples_per_pass=per_pass, **fixed)
             return time.perf_counter() - started
+
         return run
 
-    cases = {"S=0 (mean adapter)": (timed(0), 1), f"S={args.samples}, one batched pass": (timed(args.samples), args.samples),
-             f"S={args.samples}, one draw at a time": (timed(args.samples, 1), args.samples)}
+    cases = {
+        "S=0 (mean adapter)": (timed(0), 1),
+        f"S={args.samples}, one batched pass": (timed(args.samples), args.samples),
+        f"S={args.samples}, one draw at a time": (timed(args.samples, 1), args.samples),
+    }
     times = {name: [] for name in cases}
     for name, (run, _) in cases.items():  # warm-up
         run()
@@ -92,27 +102,43 @@ def main() -> None:
     s0 = rows["S=0 (mean adapter)"]["seconds"]
     batched = rows[f"S={args.samples}, one batched pass"]["seconds"]
     looped = rows[f"S={args.samples}, one draw at a time"]["seconds"]
-    ratios = {"S=0 / pretrained": s0 / rows["pretrained generate (no adapters)"]["seconds"],
-              f"S={args.samples} batched / ({args.samples} x S=0)": batched / (args.samples * s0),
-              f"S={args.samples} one at a time / batched": looped / batched}
-    environment = {"torch": torch.__version__, "transformers": transformers.__version__,
-                   "pyro": pyro.__version__, "python": platform.python_version(),
-                   "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "device": "cpu",
-                   "prompts": args.prompts, "new_tokens": args.new_tokens, "rounds": args.rounds,
-                   "rank": 8, "targets": "q_proj,k_proj,v_proj (90 adapters)"}
+    ratios = {
+        "S=0 / pretrained": s0 / rows["pretrained generate (no adapters)"]["seconds"],
+        f"S={args.samples} batched / ({args.samples} x S=0)": batched / (args.samples * s0),
+        f"S={args.samples} one at a time / batched": looped / batched,
+    }
+    environment = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "device": "cpu",
+        "prompts": args.prompts,
+        "new_tokens": args.new_tokens,
+        "rounds": args.rounds,
+        "rank": 8,
+        "targets": "q_proj,k_proj,v_proj (90 adapters)",
+    }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output.with_suffix(".json"), {"rows": rows, "ratios": ratios, "environment": environment,
-                                                    "provenance": origin})
+    atomic_write_json(
+        output.with_suffix(".json"), {"rows": rows, "ratios": ratios, "environment": environment, "provenance": origin}
+    )
     lines = ["| case | sequences | median s | tokens/s |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {r['sequences']} | {r['seconds']:.2f} | {r['tokens_per_second']:.0f} |"
-              for name, r in rows.items()]
+    lines += [
+        f"| {name} | {r['sequences']} | {r['seconds']:.2f} | {r['tokens_per_second']:.0f} |" for name, r in rows.items()
+    ]
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
     table = "\n".join(lines)
-    atomic_write_text(output.with_suffix(".md"), f"# Generation throughput, SmolLM2-135M-Instruct\n\n{table}\n\n"
-                      f"{args.prompts} trivia prompts, {args.new_tokens} new tokens each, median of "
-                      f"{args.rounds} interleaved rounds; torch {torch.__version__}, "
-                      f"{torch.get_num_threads()} threads of {os.cpu_count()} CPUs.\n\n{provenance_line(origin)}\n")
+    atomic_write_text(
+        output.with_suffix(".md"),
+        f"# Generation throughput, SmolLM2-135M-Instruct\n\n{table}\n\n"
+        f"{args.prompts} trivia prompts, {args.new_tokens} new tokens each, median of "
+        f"{args.rounds} interleaved rounds; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads of {os.cpu_count()} CPUs.\n\n{provenance_line(origin)}\n",
+    )
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

@@ -14,12 +14,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from provenance import provenance
 from torch import nn
 
 from pyro_monteclora import MonteCLoRAConfig
-from pyro_monteclora.storage.atomic import atomic_write_json
 from pyro_monteclora.nn.layers import MonteCLoRALinear
-from provenance import provenance
+from pyro_monteclora.storage.atomic import atomic_write_json
 
 
 def main() -> None:
@@ -50,9 +50,14 @@ def main() -> None:
                 times[name].append(time.perf_counter() - started)
             x.grad = layer.lora_A_mean.grad = layer.lora_B.grad = None
     medians = {name: 1e3 * statistics.median(values) for name, values in times.items()}
-    report = {"median_ms": medians, "ratio": medians["monteclora-linear (fused)"] / medians["peft form"],
-              "repeats": args.repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "provenance": origin}
+    report = {
+        "median_ms": medians,
+        "ratio": medians["monteclora-linear (fused)"] / medians["peft form"],
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "provenance": origin,
+    }
     print(report)
     if args.json:
         atomic_write_json(args.json, report)

@@ -24,9 +24,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_suite  # noqa: E402
+from provenance import provenance, provenance_line  # noqa: E402
 
 from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from provenance import provenance, provenance_line  # noqa: E402
 
 
 def operator_times(step, steps: int, warmup: int = 3) -> dict:
@@ -65,25 +65,47 @@ def main() -> None:
     for key in keys:
         a = lora["operators"].get(key, (0.0, 0))
         b = mc["operators"].get(key, (0.0, 0))
-        rows.append({"operator": key, "lora_ms": 1e3 * a[0], "monteclora_ms": 1e3 * b[0],
-                     "difference_ms": 1e3 * (b[0] - a[0]), "lora_calls": a[1], "monteclora_calls": b[1]})
+        rows.append(
+            {
+                "operator": key,
+                "lora_ms": 1e3 * a[0],
+                "monteclora_ms": 1e3 * b[0],
+                "difference_ms": 1e3 * (b[0] - a[0]),
+                "lora_calls": a[1],
+                "monteclora_calls": b[1],
+            }
+        )
     rows.sort(key=lambda r: -abs(r["difference_ms"]))
     extra = 1e3 * (mc["total_s"] - lora["total_s"])
-    lines = [f"Profiled self CPU time per step ({args.model}, batch 16 x 64, r = 8): LoRA mode "
-             f"{1e3 * lora['total_s']:.1f} ms, MonteCLoRA {1e3 * mc['total_s']:.1f} ms "
-             f"({mc['total_s'] / lora['total_s']:.3f}x, +{extra:.1f} ms).", "",
-             "| operator | LoRA ms | MonteCLoRA ms | difference ms | calls (LoRA / MonteCLoRA) |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| `{r['operator']}` | {r['lora_ms']:.2f} | {r['monteclora_ms']:.2f} | {r['difference_ms']:+.2f} "
-              f"| {r['lora_calls']:.0f} / {r['monteclora_calls']:.0f} |" for r in rows[:args.top]]
+    lines = [
+        f"Profiled self CPU time per step ({args.model}, batch 16 x 64, r = 8): LoRA mode "
+        f"{1e3 * lora['total_s']:.1f} ms, MonteCLoRA {1e3 * mc['total_s']:.1f} ms "
+        f"({mc['total_s'] / lora['total_s']:.3f}x, +{extra:.1f} ms).",
+        "",
+        "| operator | LoRA ms | MonteCLoRA ms | difference ms | calls (LoRA / MonteCLoRA) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| `{r['operator']}` | {r['lora_ms']:.2f} | {r['monteclora_ms']:.2f} | {r['difference_ms']:+.2f} "
+        f"| {r['lora_calls']:.0f} / {r['monteclora_calls']:.0f} |"
+        for r in rows[: args.top]
+    ]
     table = "\n".join(lines)
     output = Path(args.output)
-    atomic_write_json(output.with_suffix(".json"), {"lora_mode_total_s": lora["total_s"],
-                                                    "monteclora_total_s": mc["total_s"], "rows": rows,
-                                                    "torch": torch.__version__, "steps": args.steps,
-                                                    "provenance": origin})
-    atomic_write_text(output.with_suffix(".md"), f"# Profile of one training step\n\n{table}\n\n"
-                                                 f"{provenance_line(origin)}\n")
+    atomic_write_json(
+        output.with_suffix(".json"),
+        {
+            "lora_mode_total_s": lora["total_s"],
+            "monteclora_total_s": mc["total_s"],
+            "rows": rows,
+            "torch": torch.__version__,
+            "steps": args.steps,
+            "provenance": origin,
+        },
+    )
+    atomic_write_text(
+        output.with_suffix(".md"), f"# Profile of one training step\n\n{table}\n\n{provenance_line(origin)}\n"
+    )
     print(table)
 
 

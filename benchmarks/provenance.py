@@ -2,7 +2,8 @@
 README and the docs carries under ``"provenance"`` (and as one line of its markdown).
 
 ``provenance()`` gives the commit of the checkout whose ``pyro_monteclora`` Python imports (the code
-being measured; ``"unknown"`` outside a git checkout, as for a wheel, or without ``git``), whether tracked files under ``pyro_monteclora/``, ``examples/`` or ``benchmarks/`` had
+being measured; ``"unknown"`` outside a git checkout, as for a wheel, or without ``git``), whether
+tracked files under ``pyro_monteclora/``, ``examples/`` or ``benchmarks/`` had
 uncommitted changes (``benchmarks/results/`` is left out: a run of ``make results`` rewrites it
 between steps), the UTC date, the torch and Python versions, the machine and the command line. It
 never raises: a number measured without git is still worth keeping, with its commit unknown. A copy
@@ -25,8 +26,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-__all__ = ["provenance", "provenance_line", "git_state", "checkout_environment", "WATCHED", "UNKNOWN",
-           "COMMIT_VARIABLE"]
+__all__ = [
+    "provenance",
+    "provenance_line",
+    "git_state",
+    "checkout_environment",
+    "WATCHED",
+    "UNKNOWN",
+    "COMMIT_VARIABLE",
+]
 
 #: the folders whose uncommitted changes make a result "dirty" (pathspecs from the repository root)
 WATCHED = ("pyro_monteclora", "examples", "benchmarks", ":(exclude)benchmarks/results")
@@ -39,8 +47,14 @@ REPO = Path(__file__).resolve().parents[1]
 def _git(args: Sequence[str], cwd: Path) -> Optional[str]:
     """``git args`` in ``cwd``: its stripped stdout, or ``None`` when git is missing or fails."""
     try:
-        done = subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True,
-                              timeout=30, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+        done = subprocess.run(
+            ["git", *args],
+            cwd=str(cwd),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -116,8 +130,10 @@ def provenance_line(record: dict) -> str:
     dirty = state.get(record.get("dirty"), "")
     gpu = f", {record['gpu']}" if record.get("gpu") else ""
     command = " ".join(str(part) for part in record.get("command", []))
-    return (f"Measured at commit `{commit}`{dirty} on {record.get('date')}, torch {record.get('torch')}, "
-            f"Python {record.get('python')}, {record.get('machine')}{gpu}; command: `{command}`")
+    return (
+        f"Measured at commit `{commit}`{dirty} on {record.get('date')}, torch {record.get('torch')}, "
+        f"Python {record.get('python')}, {record.get('machine')}{gpu}; command: `{command}`"
+    )
 
 
 def checkout_environment() -> dict:

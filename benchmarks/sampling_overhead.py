@@ -22,11 +22,11 @@ from pathlib import Path
 import pyro
 import torch
 import transformers
+from provenance import provenance
 from pyro import poutine
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.storage.atomic import atomic_write_json
-from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling_overhead.json"
 
@@ -35,8 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--label", required=True, help="what code this is (e.g. a commit)")
-    parser.add_argument("--model", choices=["minilm", "llama"], default="minilm",
-                        help="llama: bench_suite.py's random 6-layer Llama")
+    parser.add_argument(
+        "--model", choices=["minilm", "llama"], default="minilm", help="llama: bench_suite.py's random 6-layer Llama"
+    )
     parser.add_argument("--all-linear", action="store_true", help="adapt every linear layer, not q/v")
     args = parser.parse_args()
     origin = provenance()  # of the imported pyro_monteclora: maybe another checkout
@@ -56,6 +57,7 @@ def main() -> None:
         def sample_factors():
             sample_adapter_factors(adapters)
     except ImportError:  # an older checkout: one layer at a time
+
         def sample_factors():
             for adapter in adapters:
                 adapter.sample_factors()
@@ -82,8 +84,14 @@ def main() -> None:
     names = ("guide", "model_sites", "kl", "backward")
     row = {name: 1e3 * statistics.median(t[i] for t in times) for i, name in enumerate(names)}
     row["total"] = 1e3 * statistics.median(sum(t) for t in times)
-    row.update(label=args.label, model=args.model, steps=args.steps, layers=len(adapters), torch=torch.__version__,
-               provenance=origin)
+    row.update(
+        label=args.label,
+        model=args.model,
+        steps=args.steps,
+        layers=len(adapters),
+        torch=torch.__version__,
+        provenance=origin,
+    )
     runs = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     atomic_write_json(RESULTS, [r for r in runs if r.get("label") != args.label] + [row])
     print(json.dumps(row))

@@ -15,20 +15,22 @@ import time
 import pyro
 import torch
 import transformers
+from provenance import provenance
 from transformers import AutoModelForSequenceClassification
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.data.classification import default_encoder_path
 from pyro_monteclora.storage.atomic import atomic_write_json
 from pyro_monteclora.training.svi import ELBO_KINDS
-from provenance import provenance
 
 
 def make_step(mode: str, batch: dict, dataset_size: int, loss: str):
     hf = AutoModelForSequenceClassification.from_pretrained(default_encoder_path(), num_labels=2)
-    model = MonteCLoRAModel(hf, MonteCLoRAConfig(rank=8, target_modules=["query", "value"],
-                                                 modules_to_save=["classifier"]),
-                            adapter_mode="sample" if mode == "monteclora" else "mean")
+    model = MonteCLoRAModel(
+        hf,
+        MonteCLoRAConfig(rank=8, target_modules=["query", "value"], modules_to_save=["classifier"]),
+        adapter_mode="sample" if mode == "monteclora" else "mean",
+    )
     guide = MonteCLoRAGuide(model) if mode == "monteclora" else EmptyGuide(model)
     model.dataset_size = dataset_size
     loss_module = ELBO_KINDS[loss]()(model, guide)
@@ -77,13 +79,23 @@ def main() -> None:
     medians = {mode: statistics.median(values) for mode, values in times.items()}
     ratio = medians["monteclora"] / medians["lora"]
     result = {
-        "model": "all-MiniLM-L6-v2", "batch": [args.batch_size, args.tokens], "rank": 8,
-        "targets": ["query", "value"], "loss": args.loss, "steps": args.steps,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__,
-        "median_seconds": medians, "ratio_monteclora_over_lora": ratio, "provenance": origin,
+        "model": "all-MiniLM-L6-v2",
+        "batch": [args.batch_size, args.tokens],
+        "rank": 8,
+        "targets": ["query", "value"],
+        "loss": args.loss,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "median_seconds": medians,
+        "ratio_monteclora_over_lora": ratio,
+        "provenance": origin,
     }
-    print(f"median SVI step: MonteCLoRA {medians['monteclora'] * 1e3:.1f} ms, "
-          f"LoRA mode {medians['lora'] * 1e3:.1f} ms, ratio {ratio:.3f}x")
+    print(
+        f"median SVI step: MonteCLoRA {medians['monteclora'] * 1e3:.1f} ms, "
+        f"LoRA mode {medians['lora'] * 1e3:.1f} ms, ratio {ratio:.3f}x"
+    )
     if args.json:
         atomic_write_json(args.json, result)
 

@@ -35,10 +35,29 @@ from provenance import checkout_environment, provenance, provenance_line  # noqa
 __all__ = ["MEASURED", "collect", "main"]
 
 #: the grid behind the README's sweep table (``benchmarks/results/sweep_rotten_tomatoes/sweep.json``)
-MEASURED = ["--methods", "monteclora,lora,full", "--learning-rates", "1e-3,2e-3,5e-3,1e-2",
-            "--batch-sizes", "16,32", "--full-learning-rates", "5e-5,5e-4", "--full-batch-sizes", "16",
-            "--max-train-samples", "500", "--epochs", "5", "--sample-scaler", "2e-2", "--num-samples", "8",
-            "--max-eval-samples", "400", "--overwrite"]
+MEASURED = [
+    "--methods",
+    "monteclora,lora,full",
+    "--learning-rates",
+    "1e-3,2e-3,5e-3,1e-2",
+    "--batch-sizes",
+    "16,32",
+    "--full-learning-rates",
+    "5e-5,5e-4",
+    "--full-batch-sizes",
+    "16",
+    "--max-train-samples",
+    "500",
+    "--epochs",
+    "5",
+    "--sample-scaler",
+    "2e-2",
+    "--num-samples",
+    "8",
+    "--max-eval-samples",
+    "400",
+    "--overwrite",
+]
 COPIED = ("sweep.json", "sweep.png")
 
 
@@ -51,14 +70,17 @@ def collect(runs: Path, results: Path, origin: dict, wall_seconds: float) -> Non
         if (runs / name).is_file():
             with atomic_file(results / name) as temporary:
                 temporary.write_bytes((runs / name).read_bytes())
-    atomic_write_text(results / "summary.md", (runs / "summary.md").read_text(encoding="utf-8")
-                      + f"\nWall time {wall_seconds / 60:.1f} min. {provenance_line(origin)}\n")
+    atomic_write_text(
+        results / "summary.md",
+        (runs / "summary.md").read_text(encoding="utf-8")
+        + f"\nWall time {wall_seconds / 60:.1f} min. {provenance_line(origin)}\n",
+    )
     atomic_write_json(results / "summary.json", summary)  # last: it marks the copy complete
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = argv[argv.index("--") + 1:] if "--" in argv else list(MEASURED)
+    options = argv[argv.index("--") + 1 :] if "--" in argv else list(MEASURED)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="runs/sweep_rt", help="the sweep's own --output (checkpoints)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "sweep_rotten_tomatoes"))
@@ -67,11 +89,11 @@ def main(argv=None) -> int:
         parser.error("the sweep's --output is --runs here; leave it out of the options after --")
     origin = provenance(argv=["benchmarks/sweep_results.py", *argv])
     started = time.perf_counter()
-    status = subprocess.run([sys.executable, "-m", "pyro_monteclora", "sweep", *options,
-                             "--output", args.runs], env=checkout_environment()).returncode
+    status = subprocess.run(
+        [sys.executable, "-m", "pyro_monteclora", "sweep", *options, "--output", args.runs], env=checkout_environment()
+    ).returncode
     if status != 0:
-        print(f"sweep_results.py: the sweep exited with {status}; nothing copied to {args.results}",
-              file=sys.stderr)
+        print(f"sweep_results.py: the sweep exited with {status}; nothing copied to {args.results}", file=sys.stderr)
         return status
     collect(Path(args.runs), Path(args.results), origin, time.perf_counter() - started)
     print(f"wrote {args.results}/summary.json, summary.md, {', '.join(COPIED)}", file=sys.stderr)

@@ -113,8 +113,7 @@ def _resolve_reexport(app, env, node, contnode):
         name = _defining_name(candidate)
         if name is None:
             continue
-        resolved = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name,
-                                       node, contnode)
+        resolved = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name, node, contnode)
         if resolved is not None:
             return resolved
     return None

@@ -16,8 +16,9 @@ __all__ = ["apply_presets", "run_command", "markdown_table", "provenance", "prov
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
-def apply_presets(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                  presets: Mapping[str, Mapping[str, object]]) -> argparse.Namespace:
+def apply_presets(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, presets: Mapping[str, Mapping[str, object]]
+) -> argparse.Namespace:
     """Turn on the fast mode with ``--fast`` or ``PYRO_MONTECLORA_FAST``, then fill every option
     left at ``None`` from ``presets["fast"]`` or ``presets["default"]``."""
     env = os.environ.get("PYRO_MONTECLORA_FAST", "").strip().lower()
@@ -38,8 +39,9 @@ def run_command(argv: Sequence[str]) -> None:
         raise SystemExit(status)
 
 
-def markdown_table(columns: Mapping[str, Mapping[str, Optional[float]]],
-                   rows: Sequence[Tuple[str, str, str]], corner: str = "metric") -> str:
+def markdown_table(
+    columns: Mapping[str, Mapping[str, Optional[float]]], rows: Sequence[Tuple[str, str, str]], corner: str = "metric"
+) -> str:
     """A markdown table: one column per entry of ``columns`` (label -> metrics), one row per
     ``(label, metric key, format)``; missing values print as ``n/a``."""
     lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]

@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from example_support import apply_presets, markdown_table, provenance, provenance_line, run_command  # noqa: E402
+
 from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 #: settings at the defaults and with ``--fast``; an option given on the command line wins
@@ -57,21 +58,30 @@ ROWS = [  # (label, key, format)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="MonteCLoRA vs LoRA on Rotten Tomatoes with MiniLM "
-                                                 "(offline, CPU)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="MonteCLoRA vs LoRA on Rotten Tomatoes with MiniLM (offline, CPU)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--output", default="runs/demo")
-    parser.add_argument("--train-samples", type=int, default=None,
-                        help=f"training sentences (default {PRESETS['default']['train_samples']})")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"passes over them (default {PRESETS['default']['epochs']})")
-    parser.add_argument("--test-samples", type=int, default=None,
-                        help="test sentences (default: the whole test split, 1,281)")
-    parser.add_argument("--num-samples", type=int, default=None,
-                        help="S for MonteCLoRA's posterior predictive (default 10)")
+    parser.add_argument(
+        "--train-samples",
+        type=int,
+        default=None,
+        help=f"training sentences (default {PRESETS['default']['train_samples']})",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help=f"passes over them (default {PRESETS['default']['epochs']})"
+    )
+    parser.add_argument(
+        "--test-samples", type=int, default=None, help="test sentences (default: the whole test split, 1,281)"
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=None, help="S for MonteCLoRA's posterior predictive (default 10)"
+    )
     parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--sample-scaler", type=float, default=2e-2,
-                        help="s; 2e-2 measured best of {5e-3, 2e-2} at this learning rate")
+    parser.add_argument(
+        "--sample-scaler", type=float, default=2e-2, help="s; 2e-2 measured best of {5e-3, 2e-2} at this learning rate"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seeds the inits, SVI and sampling")
@@ -82,22 +92,52 @@ def parse_args(argv=None) -> argparse.Namespace:
 def train_and_evaluate(method: str, args, output: Path) -> dict:
     folder = output / method
     common = ["--seed", str(args.seed)]
-    run_command(["train", "--method", method, "--max-train-samples", str(args.train_samples),
-         "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
-         "--sample-scaler", str(args.sample_scaler), "--batch-size", str(args.batch_size),
-         "--max-length", str(args.max_length), "--no-validation", "--output", str(folder),
-         "--overwrite", *common])
+    run_command(
+        [
+            "train",
+            "--method",
+            method,
+            "--max-train-samples",
+            str(args.train_samples),
+            "--epochs",
+            str(args.epochs),
+            "--learning-rate",
+            str(args.learning_rate),
+            "--sample-scaler",
+            str(args.sample_scaler),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+            "--no-validation",
+            "--output",
+            str(folder),
+            "--overwrite",
+            *common,
+        ]
+    )
     samples = args.num_samples if method == "monteclora" else 0
-    evaluate = ["evaluate", "--checkpoint", str(folder), "--num-samples", str(samples),
-                "--output", str(folder / "evaluation"), "--overwrite", *common]
+    evaluate = [
+        "evaluate",
+        "--checkpoint",
+        str(folder),
+        "--num-samples",
+        str(samples),
+        "--output",
+        str(folder / "evaluation"),
+        "--overwrite",
+        *common,
+    ]
     if args.test_samples:
         evaluate += ["--max-samples", str(args.test_samples)]
     run_command(evaluate)
     results = json.loads((folder / "evaluation" / "metrics.json").read_text())
     summary = json.loads((folder / "train_summary.json").read_text())
-    results["metrics"].update(train_seconds=summary["train_seconds"],
-                              eval_seconds=results["eval_seconds"],
-                              trainable_parameters=summary["trainable_parameters"])
+    results["metrics"].update(
+        train_seconds=summary["train_seconds"],
+        eval_seconds=results["eval_seconds"],
+        trainable_parameters=summary["trainable_parameters"],
+    )
     return results
 
 
@@ -111,8 +151,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     results = {method: train_and_evaluate(method, args, output) for method in METHODS}
     total_seconds = time.perf_counter() - started
-    table = markdown_table({f"{METHODS[m]} (S={r['num_samples']})": r["metrics"] for m, r in results.items()},
-                           ROWS)
+    table = markdown_table({f"{METHODS[m]} (S={r['num_samples']})": r["metrics"] for m, r in results.items()}, ROWS)
     print("\n" + table, flush=True)
 
     import pyro
@@ -126,24 +165,55 @@ def main(argv=None) -> dict:
     figure = plot_reliability_diagram(
         {f"{METHODS[m]} (S={r['num_samples']})": r["reliability"] for m, r in results.items()},
         output / "reliability.png",
-        title=f"Rotten Tomatoes test ({examples:,} sentences), MiniLM + rank-8 adapters")
-    settings = {key: getattr(args, key) for key in (
-        "train_samples", "epochs", "learning_rate", "sample_scaler", "num_samples", "batch_size",
-        "max_length", "seed", "fast")}
-    settings.update(test_samples=examples, rank=8, alpha=16, target_modules=["query", "value"],
-                    modules_to_save=["classifier"], warmup_ratio=0.1, split_seed=0,
-                    schedule="AdamW, linear warm-up then linear decay, grad-norm clip 1.0")
-    environment = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                   "python": platform.python_version(), "torch": torch.__version__,
-                   "pyro": pyro.__version__, "transformers": transformers.__version__,
-                   "platform": platform.platform(), "total_seconds": total_seconds}
-    record = {"settings": settings, "environment": environment, "provenance": origin,
-              "models": {m: r["metrics"] for m, r in results.items()},
-              "reliability": {m: r["reliability"] for m, r in results.items()}}
+        title=f"Rotten Tomatoes test ({examples:,} sentences), MiniLM + rank-8 adapters",
+    )
+    settings = {
+        key: getattr(args, key)
+        for key in (
+            "train_samples",
+            "epochs",
+            "learning_rate",
+            "sample_scaler",
+            "num_samples",
+            "batch_size",
+            "max_length",
+            "seed",
+            "fast",
+        )
+    }
+    settings.update(
+        test_samples=examples,
+        rank=8,
+        alpha=16,
+        target_modules=["query", "value"],
+        modules_to_save=["classifier"],
+        warmup_ratio=0.1,
+        split_seed=0,
+        schedule="AdamW, linear warm-up then linear decay, grad-norm clip 1.0",
+    )
+    environment = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "total_seconds": total_seconds,
+    }
+    record = {
+        "settings": settings,
+        "environment": environment,
+        "provenance": origin,
+        "models": {m: r["metrics"] for m, r in results.items()},
+        "reliability": {m: r["reliability"] for m, r in results.items()},
+    }
     atomic_write_json(output / "metrics.json", record)
     command = " ".join(["python", "examples/rotten_tomatoes_demo.py", *given])
     settings_lines = "\n".join(f"- `{key}`: {value}" for key, value in settings.items())
-    atomic_write_text(output / "report.md", f"""# MonteCLoRA vs LoRA on Rotten Tomatoes (MiniLM, CPU)
+    atomic_write_text(
+        output / "report.md",
+        f"""# MonteCLoRA vs LoRA on Rotten Tomatoes (MiniLM, CPU)
 
 {table}
 
@@ -170,7 +240,8 @@ One seed moves accuracy by about ±1.5 points and ECE by about ±0.01: see the R
 - {provenance_line(origin)}
 
 Reproduce: `{command}`
-""")
+""",
+    )
     print(f"\nwrote {output / 'report.md'}, {output / 'metrics.json'}, {figure}", flush=True)
     return record
 

@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from example_support import apply_presets, markdown_table, provenance, provenance_line, run_command  # noqa: E402
+
 from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 PRESETS = {
@@ -56,14 +57,23 @@ ROWS = [  # (label, key, format)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Trivia generation with SmolLM2 and MonteCLoRA "
-                                                 "(offline, CPU)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="Trivia generation with SmolLM2 and MonteCLoRA (offline, CPU)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--output", default="runs/trivia")
-    parser.add_argument("--train-samples", type=int, default=None,
-                        help=f"training questions (default {PRESETS['default']['train_samples']})")
-    parser.add_argument("--test-samples", type=int, default=None,
-                        help=f"held-out questions (default {PRESETS['default']['test_samples']})")
+    parser.add_argument(
+        "--train-samples",
+        type=int,
+        default=None,
+        help=f"training questions (default {PRESETS['default']['train_samples']})",
+    )
+    parser.add_argument(
+        "--test-samples",
+        type=int,
+        default=None,
+        help=f"held-out questions (default {PRESETS['default']['test_samples']})",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=None, help="S posterior samples (default 5)")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
@@ -72,12 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, the inits, SVI and sampling")
-    parser.add_argument("--with-lora", action="store_true",
-                        help="also train the LoRA baseline (same budget and seed) and generate with it")
+    parser.add_argument(
+        "--with-lora",
+        action="store_true",
+        help="also train the LoRA baseline (same budget and seed) and generate with it",
+    )
     parser.add_argument("--fast", action="store_true", help="tiny smoke-test settings")
     args = apply_presets(parser, parser.parse_args(argv), PRESETS)
-    for name in ("train_samples", "test_samples", "epochs", "num_samples", "batch_size", "rank",
-                 "max_new_tokens"):
+    for name in ("train_samples", "test_samples", "epochs", "num_samples", "batch_size", "rank", "max_new_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.learning_rate > 0 or not args.sample_scaler >= 0:
@@ -92,7 +104,7 @@ def write_data(args, folder: Path) -> dict:
     records = load_trivia(SHORT_ANSWER_LISTS, seed=args.seed)
     if args.train_samples + args.test_samples > len(records):
         raise SystemExit(f"--train-samples + --test-samples must be at most {len(records)}")
-    test, train = records[: args.test_samples], records[args.test_samples: args.test_samples + args.train_samples]
+    test, train = records[: args.test_samples], records[args.test_samples : args.test_samples + args.train_samples]
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
         lines = "".join(json.dumps(dict(row, question=row["question"] + INSTRUCTION)) + "\n" for row in rows)
@@ -104,10 +116,27 @@ def generate(label: str, source: list, samples: int, args, output: Path) -> dict
     name = label.replace(" ", "_").replace("=", "")
     metrics = output / f"{name}.metrics.json"
     started = time.perf_counter()
-    run_command(["generate", *source, "--prompt-file", str(output / "data" / "test.jsonl"),
-         "--num-samples", str(samples), "--max-new-tokens", str(args.max_new_tokens),
-         "--batch-size", "16", "--seed", str(args.seed), "--output", str(output / f"{name}.jsonl"),
-         "--metrics", str(metrics), "--overwrite"])
+    run_command(
+        [
+            "generate",
+            *source,
+            "--prompt-file",
+            str(output / "data" / "test.jsonl"),
+            "--num-samples",
+            str(samples),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--batch-size",
+            "16",
+            "--seed",
+            str(args.seed),
+            "--output",
+            str(output / f"{name}.jsonl"),
+            "--metrics",
+            str(metrics),
+            "--overwrite",
+        ]
+    )
     record = json.loads(metrics.read_text())
     record["metrics"]["seconds"] = time.perf_counter() - started
     return record
@@ -128,16 +157,40 @@ def main(argv=None) -> dict:
     base = str(default_decoder_path())  # the converted GGUF (once; cached)
     results = {"pretrained (S=0)": generate("pretrained S=0", ["--model", base], 0, args, output)}
     for method in ("lora", "monteclora") if args.with_lora else ("monteclora",):
-        run_command(["train", "--task-type", "causal-lm", "--train-file", str(output / "data" / "train.jsonl"),
-             "--method", method, "--rank", str(args.rank), "--epochs", str(args.epochs),
-             "--learning-rate", str(args.learning_rate), "--sample-scaler", str(args.sample_scaler),
-             "--batch-size", str(args.batch_size), "--max-length", "96", "--seed", str(args.seed),
-             "--output", str(output / method), "--overwrite"])
+        run_command(
+            [
+                "train",
+                "--task-type",
+                "causal-lm",
+                "--train-file",
+                str(output / "data" / "train.jsonl"),
+                "--method",
+                method,
+                "--rank",
+                str(args.rank),
+                "--epochs",
+                str(args.epochs),
+                "--learning-rate",
+                str(args.learning_rate),
+                "--sample-scaler",
+                str(args.sample_scaler),
+                "--batch-size",
+                str(args.batch_size),
+                "--max-length",
+                "96",
+                "--seed",
+                str(args.seed),
+                "--output",
+                str(output / method),
+                "--overwrite",
+            ]
+        )
     if args.with_lora:
         results["LoRA (S=0)"] = generate("lora S=0", ["--checkpoint", str(output / "lora")], 0, args, output)
     results["MonteCLoRA (S=0)"] = generate("monteclora S=0", ["--checkpoint", str(run_folder)], 0, args, output)
     results[f"MonteCLoRA (S={args.num_samples})"] = generate(
-        f"monteclora S={args.num_samples}", ["--checkpoint", str(run_folder)], args.num_samples, args, output)
+        f"monteclora S={args.num_samples}", ["--checkpoint", str(run_folder)], args.num_samples, args, output
+    )
     table = markdown_table({label: r["metrics"] for label, r in results.items()}, ROWS, corner="")
     print("\n" + table, flush=True)
 
@@ -147,36 +200,68 @@ def main(argv=None) -> dict:
 
     from pyro_monteclora.evaluation.plots import plot_reliability_diagram
 
-    figure = plot_reliability_diagram({label: r["reliability"] for label, r in results.items()},
-                                      output / "reliability.png",
-                                      title=f"agreement rate as confidence, {sizes['test']} trivia questions",
-                                      confidence_label="agreement rate of the samples' answers")
+    figure = plot_reliability_diagram(
+        {label: r["reliability"] for label, r in results.items()},
+        output / "reliability.png",
+        title=f"agreement rate as confidence, {sizes['test']} trivia questions",
+        confidence_label="agreement rate of the samples' answers",
+    )
     train_summary = json.loads((run_folder / "train_summary.json").read_text())
     trained = ("lora", "monteclora") if args.with_lora else ("monteclora",)
-    train_seconds = {method: json.loads((output / method / "train_summary.json").read_text())["train_seconds"]
-                     for method in trained}
-    settings = {key: getattr(args, key) for key in (
-        "train_samples", "test_samples", "epochs", "num_samples", "learning_rate", "sample_scaler",
-        "rank", "batch_size", "max_new_tokens", "seed", "with_lora", "fast")}
-    settings.update(target_modules=["q_proj", "k_proj", "v_proj"], answer_type="short",
-                    prompt_suffix=INSTRUCTION.strip(), lists=sizes["lists"])
-    environment = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                   "python": platform.python_version(), "torch": torch.__version__,
-                   "pyro": pyro.__version__, "transformers": transformers.__version__,
-                   "total_seconds": time.perf_counter() - started,
-                   "train_seconds": train_summary["train_seconds"],
-                   "train_seconds_by_method": train_seconds}
-    record = {"settings": settings, "environment": environment, "provenance": origin,
-              "models": {label: r["metrics"] for label, r in results.items()},
-              "reliability": {label: r["reliability"] for label, r in results.items()}}
+    train_seconds = {
+        method: json.loads((output / method / "train_summary.json").read_text())["train_seconds"] for method in trained
+    }
+    settings = {
+        key: getattr(args, key)
+        for key in (
+            "train_samples",
+            "test_samples",
+            "epochs",
+            "num_samples",
+            "learning_rate",
+            "sample_scaler",
+            "rank",
+            "batch_size",
+            "max_new_tokens",
+            "seed",
+            "with_lora",
+            "fast",
+        )
+    }
+    settings.update(
+        target_modules=["q_proj", "k_proj", "v_proj"],
+        answer_type="short",
+        prompt_suffix=INSTRUCTION.strip(),
+        lists=sizes["lists"],
+    )
+    environment = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "transformers": transformers.__version__,
+        "total_seconds": time.perf_counter() - started,
+        "train_seconds": train_summary["train_seconds"],
+        "train_seconds_by_method": train_seconds,
+    }
+    record = {
+        "settings": settings,
+        "environment": environment,
+        "provenance": origin,
+        "models": {label: r["metrics"] for label, r in results.items()},
+        "reliability": {label: r["reliability"] for label, r in results.items()},
+    }
     atomic_write_json(output / "metrics.json", record)
     command = " ".join(["python", "examples/trivia_generation.py", *given])
-    atomic_write_text(output / "report.md", f"""# Trivia with SmolLM2-135M-Instruct: MonteCLoRA generation with posterior sampling
+    atomic_write_text(
+        output / "report.md",
+        f"""# Trivia with SmolLM2-135M-Instruct: MonteCLoRA generation with posterior sampling
 
 {table}
 
-{sizes['test']} held-out questions from red-trivia's short-answer lists; {sizes['train']} training
-questions, {args.epochs} epochs ({train_summary['train_seconds']:.0f} s of training). An answer is the first
+{sizes["test"]} held-out questions from red-trivia's short-answer lists; {sizes["train"]} training
+questions, {args.epochs} epochs ({train_summary["train_seconds"]:.0f} s of training). An answer is the first
 line of a generation, lower-cased, without punctuation or articles, and is right when it equals one
 of the question's accepted answers normalised the same way. With S > 0 each of S adapters drawn from
 the guide decodes greedily; the majority answer is scored and the fraction of samples that gave it
@@ -195,12 +280,14 @@ is trained with the same data, steps, learning rate and seed.
 
 - torch {torch.__version__} ({torch.get_num_threads()} threads of {os.cpu_count()} CPUs), pyro
   {pyro.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}
-- total wall time: {environment['total_seconds']:.0f} s; training: {", ".join(
-    f"{method} {seconds:.0f} s" for method, seconds in train_seconds.items())}
+- total wall time: {environment["total_seconds"]:.0f} s; training: {
+            ", ".join(f"{method} {seconds:.0f} s" for method, seconds in train_seconds.items())
+        }
 - {provenance_line(origin)}
 
 Reproduce: `{command}`
-""")
+""",
+    )
     print(f"\nwrote {output / 'report.md'}, {output / 'metrics.json'}, {figure}", flush=True)
     return record
 

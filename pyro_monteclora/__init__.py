@@ -19,25 +19,24 @@ The pieces, each swappable (as TyXe's bnn / priors / guides / likelihoods):
   ``export_peft``, and the ``pyro-monteclora`` command (:mod:`pyro_monteclora.cli`).
 """
 
-from pyro_monteclora.nn.baselines import FullFineTuneModel
+from pyro_monteclora._version import __version__  # noqa: F401  (the package version, not in __all__)
 from pyro_monteclora.config import MonteCLoRAConfig
-from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 from pyro_monteclora.distributions import StandardNormalMatrix, WishartCholesky, wishart_kl
+from pyro_monteclora.evaluation.evaluators import ClassificationEvaluator, LanguageModelEvaluator
+from pyro_monteclora.evaluation.generation import GenerationResult, generate_answers
+from pyro_monteclora.evaluation.language_model import predict_multiple_choice
+from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 from pyro_monteclora.infer.guides import EmptyGuide, FactorPosterior, MonteCLoRAGuide
+from pyro_monteclora.infer.predictive import PredictiveOutput, predict
+from pyro_monteclora.nn.baselines import FullFineTuneModel
 from pyro_monteclora.nn.handlers import kl_scale
 from pyro_monteclora.nn.layers import MonteCLoRALinear
 from pyro_monteclora.nn.likelihoods import CausalLM, Likelihood, SequenceClassification
 from pyro_monteclora.nn.models import MonteCLoRAModel
-from pyro_monteclora.evaluation.generation import GenerationResult, generate_answers
-from pyro_monteclora.evaluation.language_model import predict_multiple_choice
-from pyro_monteclora.infer.predictive import PredictiveOutput, predict
 from pyro_monteclora.nn.priors import MonteCLoRAPrior
 from pyro_monteclora.storage.checkpoint import load_pretrained, register_guide, save_pretrained
-from pyro_monteclora.transforms import LowerCholeskyBijection  # registers biject_to(lower_cholesky) for autoguides
-from pyro_monteclora.evaluation.evaluators import ClassificationEvaluator, LanguageModelEvaluator
 from pyro_monteclora.training.svi import FitResult, TrainConfig, fit
-from pyro_monteclora._version import __version__  # noqa: F401  (the package version, not in __all__)
-
+from pyro_monteclora.transforms import LowerCholeskyBijection  # registers biject_to(lower_cholesky) for autoguides
 
 __all__ = [
     "MonteCLoRAConfig",

@@ -87,74 +87,93 @@ class MonteCLoRAConfig:
     target_modules: Union[Sequence[str], str] = _field(
         ("query", "value"),
         "the linear layers to adapt: a list matches a module whose path equals a name or ends with "
-        "'.' + name (PEFT's rule); a string is a regular expression matched against the whole path")
+        "'.' + name (PEFT's rule); a string is a regular expression matched against the whole path",
+    )
     modules_to_save: Sequence[str] = _field(
-        (), "modules (for example the classification head) trained as point estimates, matched "
-            "like a target_modules list")
-    num_components: int = _field(4, "number N of mixture components (an integer >= 1; the paper "
-                                    "uses 4)")
+        (),
+        "modules (for example the classification head) trained as point estimates, matched like a target_modules list",
+    )
+    num_components: int = _field(4, "number N of mixture components (an integer >= 1; the paper uses 4)")
     wishart_df: Optional[float] = _field(
-        None, "degrees of freedom nu > r - 1 of the Wishart prior on each covariance (None: the "
-              "rank)")
+        None, "degrees of freedom nu > r - 1 of the Wishart prior on each covariance (None: the rank)"
+    )
     sample_scaler: float = _field(
-        5e-3, "the sample scaler s >= 0 (the paper's 5e-3 for encoders): 0 makes every sampled "
-              "adapter the mean adapter (LoRA's predictive); a large s (>= 1) swamps the mean with "
-              "noise. The demo's study found 2e-2 best for MiniLM at learning rate 3e-3")
+        5e-3,
+        "the sample scaler s >= 0 (the paper's 5e-3 for encoders): 0 makes every sampled "
+        "adapter the mean adapter (LoRA's predictive); a large s (>= 1) swamps the mean with "
+        "noise. The demo's study found 2e-2 best for MiniLM at learning rate 3e-3",
+    )
     dirichlet_concentration: float = _field(
-        1.0, "prior concentration alpha_0 > 0 of the Dirichlet on the mixture weights")
+        1.0, "prior concentration alpha_0 > 0 of the Dirichlet on the mixture weights"
+    )
     cooperative_weight: float = _field(
-        0.0, "weight w >= 0 of the paper's cooperative term -w * sum_k pi_k^2 added to the ELBO "
-             "(0 keeps the true ELBO)")
-    kl_weight: float = _field(1.0, "weight lambda >= 0 on the latent sites' KL terms (1 is the "
-                                   "true ELBO)")
-    random_B: bool = _field(False, "also make B random, with its own Wishart and Dirichlet (off in "
-                                   "the paper)")
+        0.0, "weight w >= 0 of the paper's cooperative term -w * sum_k pi_k^2 added to the ELBO (0 keeps the true ELBO)"
+    )
+    kl_weight: float = _field(1.0, "weight lambda >= 0 on the latent sites' KL terms (1 is the true ELBO)")
+    random_B: bool = _field(False, "also make B random, with its own Wishart and Dirichlet (off in the paper)")
     bias: str = _field(
-        "none", "'none' (frozen biases, PEFT's default) or 'all' (the biases of adapted layers "
-                "trained as point estimates)", choices=BIAS_CHOICES)
+        "none",
+        "'none' (frozen biases, PEFT's default) or 'all' (the biases of adapted layers trained as point estimates)",
+        choices=BIAS_CHOICES,
+    )
 
     def __post_init__(self) -> None:
         _require(
             isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
-            "rank", "an integer >= 1", self.rank,
+            "rank",
+            "an integer >= 1",
+            self.rank,
         )
-        _require(_is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0,
-                 "alpha", "a finite number > 0", self.alpha)
-        _require(_is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
-                 "dropout", "a number in [0, 1)", self.dropout)
         _require(
-            isinstance(self.num_components, int) and not isinstance(self.num_components, bool)
+            _is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0,
+            "alpha",
+            "a finite number > 0",
+            self.alpha,
+        )
+        _require(_is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "a number in [0, 1)", self.dropout)
+        _require(
+            isinstance(self.num_components, int)
+            and not isinstance(self.num_components, bool)
             and self.num_components >= 1,
-            "num_components", "an integer >= 1", self.num_components,
+            "num_components",
+            "an integer >= 1",
+            self.num_components,
         )
         # normalised values are set with object.__setattr__: the dataclass is frozen
         if self.wishart_df is None:
             object.__setattr__(self, "wishart_df", float(self.rank))
         _require(
-            _is_number(self.wishart_df) and math.isfinite(self.wishart_df)
-            and self.wishart_df > self.rank - 1,
-            "wishart_df", f"a finite number > rank - 1 = {self.rank - 1}", self.wishart_df,
+            _is_number(self.wishart_df) and math.isfinite(self.wishart_df) and self.wishart_df > self.rank - 1,
+            "wishart_df",
+            f"a finite number > rank - 1 = {self.rank - 1}",
+            self.wishart_df,
         )
         object.__setattr__(self, "wishart_df", float(self.wishart_df))
         for name in ("sample_scaler", "cooperative_weight", "kl_weight"):
             value = getattr(self, name)
-            _require(_is_number(value) and math.isfinite(value) and value >= 0,
-                     name, "a finite number >= 0", value)
+            _require(_is_number(value) and math.isfinite(value) and value >= 0, name, "a finite number >= 0", value)
         _require(
-            _is_number(self.dirichlet_concentration) and math.isfinite(self.dirichlet_concentration)
+            _is_number(self.dirichlet_concentration)
+            and math.isfinite(self.dirichlet_concentration)
             and self.dirichlet_concentration > 0,
-            "dirichlet_concentration", "a finite number > 0", self.dirichlet_concentration,
+            "dirichlet_concentration",
+            "a finite number > 0",
+            self.dirichlet_concentration,
         )
         _require(isinstance(self.random_B, bool), "random_B", "True or False", self.random_B)
-        _require(self.bias in BIAS_CHOICES, "bias",
-                 "one of " + ", ".join(repr(choice) for choice in BIAS_CHOICES), self.bias)
-        object.__setattr__(self, "target_modules",
-                           self._check_names("target_modules", self.target_modules, allow_regex=True))
-        object.__setattr__(self, "modules_to_save",
-                           self._check_names("modules_to_save", self.modules_to_save, allow_regex=False))
+        _require(
+            self.bias in BIAS_CHOICES, "bias", "one of " + ", ".join(repr(choice) for choice in BIAS_CHOICES), self.bias
+        )
+        object.__setattr__(
+            self, "target_modules", self._check_names("target_modules", self.target_modules, allow_regex=True)
+        )
+        object.__setattr__(
+            self, "modules_to_save", self._check_names("modules_to_save", self.modules_to_save, allow_regex=False)
+        )
         _require(
             not (isinstance(self.target_modules, tuple) and len(self.target_modules) == 0),
-            "target_modules", "a non-empty list of module names or a regular expression",
+            "target_modules",
+            "a non-empty list of module names or a regular expression",
             self.target_modules,
         )
 
@@ -171,9 +190,7 @@ class MonteCLoRAConfig:
                     f"expression, got {value!r} ({error})"
                 ) from None
             return value
-        if isinstance(value, (list, tuple, set, frozenset)) and all(
-            isinstance(item, str) and item for item in value
-        ):
+        if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(item, str) and item for item in value):
             return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else tuple(value)
         raise ValueError(
             f"MonteCLoRAConfig.{name} must be a list of non-empty module names"
@@ -210,16 +227,16 @@ class MonteCLoRAConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
-                f"MonteCLoRAConfig got unknown fields {unknown}; allowed fields are {sorted(known)}"
-            )
+            raise ValueError(f"MonteCLoRAConfig got unknown fields {unknown}; allowed fields are {sorted(known)}")
         return cls(**data)
 
 
 def _document_fields(cls) -> None:
     """Append a ``:param:`` entry per field, made from its ``metadata["help"]``, to the docstring."""
-    lines = [f"    :param {field.name}: {field.metadata['help']}; default ``{field.default!r}``."
-             for field in dataclasses.fields(cls)]
+    lines = [
+        f"    :param {field.name}: {field.metadata['help']}; default ``{field.default!r}``."
+        for field in dataclasses.fields(cls)
+    ]
     cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,8 @@ group (``nccl`` on CUDA, ``gloo`` on the CPU) and :func:`~pyro_monteclora.traini
 * wraps the ELBO module (model and guide together) in ``DistributedDataParallel``, which
   broadcasts rank 0's parameters once and all-reduces (averages) every trainable gradient, the
   adapters' and the guide's, after each backward;
-* expects each rank's loader to hold its shard (:func:`~pyro_monteclora.data.samplers.training_sampler`: a ``DistributedSampler``).
+* expects each rank's loader to hold its shard
+  (:func:`~pyro_monteclora.data.samplers.training_sampler`: a ``DistributedSampler``).
   The data plate keeps the **global** data-set size :math:`D`, so each rank's loss is
   :math:`-\\frac1D(\\frac{D}{b}\\sum_{i \\in \\text{shard batch}} \\log p(y_i \\mid x_i, A_r) - \\mathrm{KL})`
   and the averaged gradient is that of one process with the global batch of :math:`K b` examples
@@ -15,7 +16,8 @@ group (``nccl`` on CUDA, ``gloo`` on the CPU) and :func:`~pyro_monteclora.traini
 * seeds each rank's random numbers from ``(seed, epoch, rank)``: the ranks draw independent adapter
   noise, and a resumed run draws what an uninterrupted one would;
 * shows progress and calls the callbacks (``on_epoch_end``: checkpoints) on rank 0 only;
-* gathers the evaluation from all ranks (:func:`~pyro_monteclora.data.samplers.evaluation_sampler` shards it without padding).
+* gathers the evaluation from all ranks (:func:`~pyro_monteclora.data.samplers.evaluation_sampler`
+  shards it without padding).
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ from typing import Dict, List, Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["world", "is_main_process", "launched_world_size", "launched_rank", "init_distributed", "barrier",
-           "all_reduce_sums", "gather_tensors", "all_ranks_agree"]
+__all__ = [
+    "world",
+    "is_main_process",
+    "launched_world_size",
+    "launched_rank",
+    "init_distributed",
+    "barrier",
+    "all_reduce_sums",
+    "gather_tensors",
+    "all_ranks_agree",
+]
 
 
 def world() -> tuple:

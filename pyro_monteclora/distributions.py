@@ -96,12 +96,13 @@ def _as_df(df, rank: int) -> float:
         if df.numel() != 1:
             raise ValueError("WishartCholesky.df must be a single number (a hyper-parameter)")
         if df.requires_grad:
-            raise ValueError("WishartCholesky.df must be a number (a fixed hyper-parameter), got a tensor "
-                             "that requires grad: its gradient would be lost; use "
-                             "torch.distributions.Wishart for a learnable df")
+            raise ValueError(
+                "WishartCholesky.df must be a number (a fixed hyper-parameter), got a tensor "
+                "that requires grad: its gradient would be lost; use "
+                "torch.distributions.Wishart for a learnable df"
+            )
         df = df.item()
-    if not (isinstance(df, (int, float)) and not isinstance(df, bool) and math.isfinite(df)
-            and df > rank - 1):
+    if not (isinstance(df, (int, float)) and not isinstance(df, bool) and math.isfinite(df) and df > rank - 1):
         raise ValueError(f"WishartCholesky.df must be a finite number > r - 1 = {rank - 1}, got {df!r}")
     return float(df)
 
@@ -128,8 +129,14 @@ class WishartCholesky(TorchDistribution):
     support = constraints.lower_cholesky
     has_rsample = True
 
-    def __init__(self, df, scale_tril: Optional[torch.Tensor] = None,
-                 validate_args: Optional[bool] = None, *, log_scale_diagonal: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        df,
+        scale_tril: Optional[torch.Tensor] = None,
+        validate_args: Optional[bool] = None,
+        *,
+        log_scale_diagonal: Optional[torch.Tensor] = None,
+    ):
         if (scale_tril is None) == (log_scale_diagonal is None):
             raise ValueError("WishartCholesky needs exactly one of scale_tril and log_scale_diagonal")
         if scale_tril is not None:
@@ -149,8 +156,7 @@ class WishartCholesky(TorchDistribution):
         super().__init__(batch_shape, torch.Size((rank, rank)), validate_args=validate_args)
 
     @classmethod
-    def from_log_diagonal(cls, df, log_scale: torch.Tensor,
-                          validate_args: Optional[bool] = None) -> "WishartCholesky":
+    def from_log_diagonal(cls, df, log_scale: torch.Tensor, validate_args: Optional[bool] = None) -> "WishartCholesky":
         """The Wishart with :math:`S = \\operatorname{diag}(e^{\\sigma})`, ``log_scale`` :math:`= \\sigma`."""
         return cls(df, None, validate_args, log_scale_diagonal=log_scale)
 
@@ -215,8 +221,12 @@ class WishartCholesky(TorchDistribution):
             scale_tril = self._scale_tril.to(value.dtype)
             whitened = torch.linalg.solve_triangular(scale_tril, value, upper=False)
             log_det_scale = scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return ((powers * log_diag).sum(-1) - 0.5 * whitened.pow(2).sum((-2, -1))
-                - self.df * log_det_scale + self._log_normalizer())
+        return (
+            (powers * log_diag).sum(-1)
+            - 0.5 * whitened.pow(2).sum((-2, -1))
+            - self.df * log_det_scale
+            + self._log_normalizer()
+        )
 
     def matrix_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Wishart log density of :math:`\\Sigma = L L^\\top`, evaluated from ``value`` :math:`= L`."""
@@ -265,15 +275,22 @@ def _cholesky_entropy_constant(df: float, rank: int) -> float:
     """The part of :meth:`WishartCholesky.entropy` that does not depend on the scale."""
     offsets = torch.arange(rank, dtype=torch.float64)
     expected_log_chi2 = torch.digamma(0.5 * (df - offsets)) + math.log(2.0)  # E log chi^2_{nu - j}
-    return (-0.5 * ((df - offsets - 1.0) * expected_log_chi2).sum().item()
-            + 0.5 * df * rank * (1.0 + math.log(2.0)) - rank * math.log(2.0) + _mvlgamma(0.5 * df, rank))
+    return (
+        -0.5 * ((df - offsets - 1.0) * expected_log_chi2).sum().item()
+        + 0.5 * df * rank * (1.0 + math.log(2.0))
+        - rank * math.log(2.0)
+        + _mvlgamma(0.5 * df, rank)
+    )
 
 
 def _df_terms(df_p: float, df_q: float, rank: int) -> float:
     if df_p == df_q:
         return 0.0
-    return (_mvlgamma(0.5 * df_q, rank) - _mvlgamma(0.5 * df_p, rank)
-            + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item())
+    return (
+        _mvlgamma(0.5 * df_q, rank)
+        - _mvlgamma(0.5 * df_p, rank)
+        + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank).item()
+    )
 
 
 def _df_tensor(df, rank: int, device) -> torch.Tensor:
@@ -288,8 +305,11 @@ def _df_tensor(df, rank: int, device) -> torch.Tensor:
 
 def _df_terms_tensor(df_p: torch.Tensor, df_q: torch.Tensor, rank: int) -> torch.Tensor:
     """:func:`_df_terms` of tensors (fp64), differentiable in both degrees of freedom."""
-    return (torch.mvlgamma(0.5 * df_q, rank) - torch.mvlgamma(0.5 * df_p, rank)
-            + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank))
+    return (
+        torch.mvlgamma(0.5 * df_q, rank)
+        - torch.mvlgamma(0.5 * df_p, rank)
+        + 0.5 * (df_p - df_q) * multivariate_digamma(0.5 * df_p, rank)
+    )
 
 
 def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tensor) -> torch.Tensor:
@@ -319,9 +339,7 @@ def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tenso
     with _Fp32(scale_tril_p):
         scale_tril_p, scale_tril_q = scale_tril_p.to(dtype), scale_tril_q.to(dtype)
         shape = torch.broadcast_shapes(scale_tril_p.shape, scale_tril_q.shape)
-        whitened = torch.linalg.solve_triangular(
-            scale_tril_q.expand(shape), scale_tril_p.expand(shape), upper=False
-        )
+        whitened = torch.linalg.solve_triangular(scale_tril_q.expand(shape), scale_tril_p.expand(shape), upper=False)
         trace = whitened.pow(2).sum((-2, -1))
         log_det_p = 2.0 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         log_det_q = 2.0 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
@@ -336,8 +354,9 @@ def _kl_wishart_cholesky(p: WishartCholesky, q: WishartCholesky) -> torch.Tensor
         with _Fp32(p.log_scale_diagonal):
             dtype = _math_dtype(p.log_scale_diagonal, q.log_scale_diagonal)
             sigma_p, sigma_q = p.log_scale_diagonal.to(dtype), q.log_scale_diagonal.to(dtype)
-            kl = (q.df * (sigma_q.sum(-1) - sigma_p.sum(-1))
-                  + 0.5 * p.df * ((2.0 * (sigma_p - sigma_q)).exp().sum(-1) - p.rank))
+            kl = q.df * (sigma_q.sum(-1) - sigma_p.sum(-1)) + 0.5 * p.df * (
+                (2.0 * (sigma_p - sigma_q)).exp().sum(-1) - p.rank
+            )
             return kl + _df_terms(p.df, q.df, p.rank)
     return wishart_kl(p.df, p.scale_tril, q.df, q.scale_tril)
 
@@ -367,8 +386,7 @@ class StandardNormalMatrix(TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(StandardNormalMatrix, _instance)
         new.device = self.device
-        super(StandardNormalMatrix, new).__init__(torch.Size(batch_shape), self.event_shape,
-                                                  validate_args=False)
+        super(StandardNormalMatrix, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
         return new
 
     @property

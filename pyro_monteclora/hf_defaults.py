@@ -21,18 +21,37 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["TARGET_MODULES_BY_MODEL_TYPE", "HEAD_NAMES", "model_type", "default_target_modules",
-           "default_modules_to_save", "newly_initialised_modules", "end_token_id", "pad_token_id",
-           "ensure_pad_token", "set_label_names", "prepare_base"]
+__all__ = [
+    "TARGET_MODULES_BY_MODEL_TYPE",
+    "HEAD_NAMES",
+    "model_type",
+    "default_target_modules",
+    "default_modules_to_save",
+    "newly_initialised_modules",
+    "end_token_id",
+    "pad_token_id",
+    "ensure_pad_token",
+    "set_label_names",
+    "prepare_base",
+]
 
 #: default adapted layers per ``config.model_type``: the paper's query/value projections for
 #: encoders, the attention's query/key/value projections for decoders
-TARGET_MODULES_BY_MODEL_TYPE: Mapping[str, Tuple[str, ...]] = MappingProxyType({
-    "bert": ("query", "value"), "roberta": ("query", "value"), "xlm-roberta": ("query", "value"),
-    "electra": ("query", "value"), "deberta": ("in_proj",), "deberta-v2": ("query_proj", "value_proj"),
-    "distilbert": ("q_lin", "v_lin"), "gpt2": ("c_attn",), "llama": ("q_proj", "k_proj", "v_proj"),
-    "mistral": ("q_proj", "k_proj", "v_proj"), "qwen2": ("q_proj", "k_proj", "v_proj"),
-})
+TARGET_MODULES_BY_MODEL_TYPE: Mapping[str, Tuple[str, ...]] = MappingProxyType(
+    {
+        "bert": ("query", "value"),
+        "roberta": ("query", "value"),
+        "xlm-roberta": ("query", "value"),
+        "electra": ("query", "value"),
+        "deberta": ("in_proj",),
+        "deberta-v2": ("query_proj", "value_proj"),
+        "distilbert": ("q_lin", "v_lin"),
+        "gpt2": ("c_attn",),
+        "llama": ("q_proj", "k_proj", "v_proj"),
+        "mistral": ("q_proj", "k_proj", "v_proj"),
+        "qwen2": ("q_proj", "k_proj", "v_proj"),
+    }
+)
 #: names of the classification heads of ``AutoModelForSequenceClassification`` models (BERT's
 #: ``classifier``, DistilBERT's ``pre_classifier``, the decoders' ``score``)
 HEAD_NAMES: Tuple[str, ...] = ("pre_classifier", "classifier", "score")
@@ -50,8 +69,10 @@ def default_target_modules(network) -> List[str]:
     """
     kind = model_type(network)
     if kind not in TARGET_MODULES_BY_MODEL_TYPE:
-        raise ValueError(f"no default target modules for model type {kind!r} (there are defaults for "
-                         f"{', '.join(sorted(TARGET_MODULES_BY_MODEL_TYPE))}); name the layers to adapt")
+        raise ValueError(
+            f"no default target modules for model type {kind!r} (there are defaults for "
+            f"{', '.join(sorted(TARGET_MODULES_BY_MODEL_TYPE))}); name the layers to adapt"
+        )
     return list(TARGET_MODULES_BY_MODEL_TYPE[kind])
 
 
@@ -109,14 +130,14 @@ def set_label_names(network, label_names: Sequence[str]) -> None:
     names = list(label_names)
     num_labels = getattr(network.config, "num_labels", len(names))
     if len(set(names)) != len(names) or num_labels != len(names):
-        raise ValueError(f"label_names must be {num_labels} distinct names (the head's number of "
-                         f"labels), got {names}")
+        raise ValueError(f"label_names must be {num_labels} distinct names (the head's number of labels), got {names}")
     network.config.id2label = dict(enumerate(names))
     network.config.label2id = {name: index for index, name in enumerate(names)}
 
 
-def prepare_base(network, tokenizer, label_names: Optional[Sequence[str]] = None,
-                 loading_info: Optional[Mapping[str, Any]] = None) -> List[str]:
+def prepare_base(
+    network, tokenizer, label_names: Optional[Sequence[str]] = None, loading_info: Optional[Mapping[str, Any]] = None
+) -> List[str]:
     """Prepare a base just loaded with ``from_pretrained`` for training: the label names (a
     classifier; see :func:`set_label_names`), a padding token (:func:`ensure_pad_token`).
 

@@ -44,8 +44,9 @@ def shown(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def number_problem(value, minimum=None, maximum=None, integer: bool = False,
-                   exclusive_minimum: bool = False) -> Optional[str]:
+def number_problem(
+    value, minimum=None, maximum=None, integer: bool = False, exclusive_minimum: bool = False
+) -> Optional[str]:
     """``None`` when ``value`` is a finite number in range (a Python ``int`` when ``integer``; a
     ``bool`` is never a number), else what it must be: ``"must be an integer >= 1, got 0"``."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -85,8 +86,13 @@ def check_value(name: str, value, kind, *, nullable: bool = False, **bounds) -> 
         if problem:
             raise FieldError(f"{name} {problem}")
         return
-    expected = {"flag": (bool, "true or false"), "text": (str, "a string"), "object": (dict, "an object"),
-                "list": (list, "a list"), "texts": (list, "a non-empty list of strings")}[kind]
+    expected = {
+        "flag": (bool, "true or false"),
+        "text": (str, "a string"),
+        "object": (dict, "an object"),
+        "list": (list, "a list"),
+        "texts": (list, "a non-empty list of strings"),
+    }[kind]
     ok = isinstance(value, expected[0])
     if ok and kind == "texts":
         ok = bool(value) and all(isinstance(item, str) for item in value)
@@ -94,8 +100,7 @@ def check_value(name: str, value, kind, *, nullable: bool = False, **bounds) -> 
         raise FieldError(f"{name} must be {expected[1]}{' or null' if nullable else ''}, got {shown(value)}")
 
 
-def get_field(record, key: str, name: str, kind, *, default: Any = _MISSING, nullable: bool = False,
-              **bounds):
+def get_field(record, key: str, name: str, kind, *, default: Any = _MISSING, nullable: bool = False, **bounds):
     """``record[key]`` checked with :func:`check_value`; a missing key is an error unless a
     ``default`` is given. ``name`` is the field as the message shows it."""
     if not isinstance(record, dict):

@@ -35,9 +35,15 @@ def tiny_bert_classifier(num_labels: int = 2, seed: int = 0):
     """A 2-layer, 32-wide random BERT classifier without dropout (deterministic forwards)."""
     torch.manual_seed(seed)
     config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.BertForSequenceClassification(config)
 
@@ -47,8 +53,13 @@ def tiny_llama(seed: int = 0, initializer_range: float = 0.02):
     by about ``initializer_range * hidden_size``: tests that must learn a mapping raise it."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
         initializer_range=initializer_range,
     )
     return transformers.LlamaForCausalLM(config)
@@ -78,13 +89,25 @@ def without_labels(batch: dict) -> dict:
 COUNTRIES = ["france", "peru", "japan", "kenya", "chile", "spain", "egypt", "india"]
 CAPITALS = ["paris", "lima", "tokyo", "nairobi", "santiago", "madrid", "cairo", "delhi"]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3, as LlamaConfig's bos=1 / eos=2
-QUESTION_WORDS = ["what", "is", "the", "capital", "of", "?", "a", "b", "c", "yes", "no", "answer",
-                  "plus", "####"] + [str(digit) for digit in range(10)]
+QUESTION_WORDS = ["what", "is", "the", "capital", "of", "?", "a", "b", "c", "yes", "no", "answer", "plus", "####"] + [
+    str(digit) for digit in range(10)
+]
 #: the commonsense_15k schema's answer words (appended: the ids above stay as they were)
-CHOICE_WORDS = ["correct", "choose", "solution1", "solution2", "option1", "option2", "answer1",
-                "answer2", "answer3", "format:"]
-CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}"
-                 "{% if add_generation_prompt %} answer{% endif %}")
+CHOICE_WORDS = [
+    "correct",
+    "choose",
+    "solution1",
+    "solution2",
+    "option1",
+    "option2",
+    "answer1",
+    "answer2",
+    "answer3",
+    "format:",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}{% if add_generation_prompt %} answer{% endif %}"
+)
 
 
 def word_tokenizer(chat_template: bool = False):
@@ -97,7 +120,8 @@ def word_tokenizer(chat_template: bool = False):
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -105,8 +129,10 @@ def word_tokenizer(chat_template: bool = False):
 
 def capital_rows():
     """(question, answer) records in the question-answer schema, one per country."""
-    return [{"question": f"what is the capital of {country} ?", "answer": capital}
-            for country, capital in zip(COUNTRIES, CAPITALS)]
+    return [
+        {"question": f"what is the capital of {country} ?", "answer": capital}
+        for country, capital in zip(COUNTRIES, CAPITALS)
+    ]
 
 
 def sum_rows(count: int = 8, seed: int = 0):

@@ -52,13 +52,37 @@ SHIMS = frozenset()
 
 #: what ``from pyro_monteclora import *`` gave before the package was split into subpackages
 PUBLIC_NAMES = {
-    "MonteCLoRAConfig", "MonteCLoRAModel", "MonteCLoRAGuide", "FullFineTuneModel", "MonteCLoRAELBO",
-    "FactorPosterior", "MonteCLoRALinear", "WishartCholesky", "StandardNormalMatrix", "wishart_kl",
-    "kl_scale", "Likelihood", "SequenceClassification", "CausalLM", "fit", "FitResult", "predict",
-    "PredictiveOutput", "predict_multiple_choice", "generate_answers", "GenerationResult",
+    "MonteCLoRAConfig",
+    "MonteCLoRAModel",
+    "MonteCLoRAGuide",
+    "FullFineTuneModel",
+    "MonteCLoRAELBO",
+    "FactorPosterior",
+    "MonteCLoRALinear",
+    "WishartCholesky",
+    "StandardNormalMatrix",
+    "wishart_kl",
+    "kl_scale",
+    "Likelihood",
+    "SequenceClassification",
+    "CausalLM",
+    "fit",
+    "FitResult",
+    "predict",
+    "PredictiveOutput",
+    "predict_multiple_choice",
+    "generate_answers",
+    "GenerationResult",
     # added with the architecture: the prior object, the empty guide, persistence, the bijection
-    "MonteCLoRAPrior", "EmptyGuide", "save_pretrained", "load_pretrained", "register_guide",
-    "LowerCholeskyBijection", "TrainConfig", "ClassificationEvaluator", "LanguageModelEvaluator",
+    "MonteCLoRAPrior",
+    "EmptyGuide",
+    "save_pretrained",
+    "load_pretrained",
+    "register_guide",
+    "LowerCholeskyBijection",
+    "TrainConfig",
+    "ClassificationEvaluator",
+    "LanguageModelEvaluator",
 }
 
 
@@ -111,9 +135,13 @@ def imports_of(module: str):
                 target = submodule if submodule in MODULES else _known(base)
                 if target:
                     yield node.lineno, target
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")
+        ):
             if _known(node.args[0].value):
                 yield node.lineno, _known(node.args[0].value)
 
@@ -175,7 +203,7 @@ def _cycles(edges):
         while True:  # walk inside the component until a module repeats
             nxt = min(n for n in graph[path[-1]] if n in component)
             if nxt in seen:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
                 break
             path.append(nxt)
             seen.add(nxt)
@@ -189,22 +217,28 @@ def test_the_modules_are_where_the_layer_table_knows_them():
 
 def test_no_import_cycles_between_modules_of_the_package():
     cycles = _cycles(EDGES)
-    message = "\n".join(" -> ".join(cycle) + "\n    " + "\n    ".join(
-        _where((a, b)) for a, b in zip(cycle, cycle[1:])) for cycle in cycles)
+    message = "\n".join(
+        " -> ".join(cycle) + "\n    " + "\n    ".join(_where((a, b)) for a, b in zip(cycle, cycle[1:]))
+        for cycle in cycles
+    )
     assert not cycles, f"import cycles (lazy imports included):\n{message}"
 
 
 def test_every_import_follows_the_layers():
-    wrong = [f"{_where(edge)}  ({layer(edge[0]) or PACKAGE} may not import {layer(edge[1]) or PACKAGE})"
-             for edge in sorted(EDGES)
-             if layer(edge[0]) in LAYERS and layer(edge[0]) != layer(edge[1])
-             and layer(edge[1]) not in LAYERS[layer(edge[0])]]
+    wrong = [
+        f"{_where(edge)}  ({layer(edge[0]) or PACKAGE} may not import {layer(edge[1]) or PACKAGE})"
+        for edge in sorted(EDGES)
+        if layer(edge[0]) in LAYERS
+        and layer(edge[0]) != layer(edge[1])
+        and layer(edge[1]) not in LAYERS[layer(edge[0])]
+    ]
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
 
 
 def test_nothing_imports_the_command_line_but_itself():
-    wrong = [_where(edge) for edge in sorted(EDGES)
-             if layer(edge[1]) == "cli" and layer(edge[0]) not in ("cli", "__main__")]
+    wrong = [
+        _where(edge) for edge in sorted(EDGES) if layer(edge[1]) == "cli" and layer(edge[0]) not in ("cli", "__main__")
+    ]
     assert not wrong, "only pyro_monteclora.cli and __main__ may import the command line:\n" + "\n".join(wrong)
 
 

@@ -2,8 +2,13 @@
 
 import pytest
 
-from pyro_monteclora.storage.atomic import (atomic_directory, atomic_file, atomic_write_json, finite_or_none,
-                                            replace_directory)
+from pyro_monteclora.storage.atomic import (
+    atomic_directory,
+    atomic_file,
+    atomic_write_json,
+    finite_or_none,
+    replace_directory,
+)
 
 
 def test_a_failed_directory_write_leaves_the_old_one(tmp_path):

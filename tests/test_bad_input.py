@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_bert_classifier, tiny_llama
+from test_cli import bad_inputs, data_dir, model_dir, snapshot  # noqa: F401 (fixtures)
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
+from pyro_monteclora.cli import main
 from pyro_monteclora.data.records import DataError, load_classification_file
 from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained, save_pretrained
-
-from conftest import tiny_bert_classifier, tiny_llama
-from pyro_monteclora.cli import main
-from test_cli import bad_inputs, data_dir, model_dir, snapshot  # noqa: F401 (fixtures)
 
 CONFIG_CASES = [  # (fields, error pattern)
     ({"rank": 0}, r"rank must be an integer >= 1, got 0"),
@@ -73,8 +72,11 @@ DATA_CASES = [  # (file name, content, error pattern)
     ("table.xlsx", "x", r"unsupported file type '.xlsx'"),
     ("duplicate.csv", "text,text,label\na,b,1\n", r"line 1: the column 'text' appears twice"),
     ("duplicate.jsonl", '{"text": "a", "label": 1, "label": 0}\n', r"line 1: the field 'label' appears twice"),
-    ("nan-label.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": NaN}\n',
-     r"row 2: label 'nan' in column 'label' is not a finite number"),
+    (
+        "nan-label.jsonl",
+        '{"text": "a", "label": 0}\n{"text": "b", "label": NaN}\n',
+        r"row 2: label 'nan' in column 'label' is not a finite number",
+    ),
     ("fraction.csv", "text,label\na,0.5\n", r"row 1: label '0.5' in column 'label' is a number with a fraction"),
 ]
 
@@ -112,25 +114,54 @@ def _snapshot(folder: Path) -> dict:
 CHECKPOINT_CASES = [  # (what is done to the checkpoint, the base model, error pattern)
     ("nothing", lambda f: None, lambda: tiny_bert_classifier(seed=1), r"made for base model"),
     ("nothing", lambda f: None, tiny_llama, r"made for a BertForSequenceClassification"),
-    ("truncate", lambda f: _write(f / "model.safetensors", (f / "model.safetensors").read_bytes()[:100]),
-     tiny_bert_classifier, r"not a valid safetensors file"),
-    ("pickle", lambda f: _write(f / "model.safetensors", pickle.dumps({"x": 1})),
-     tiny_bert_classifier, r"not a valid safetensors file"),
-    ("no config", lambda f: (f / "monteclora_config.json").unlink(), tiny_bert_classifier,
-     r"not a saved pyro_monteclora model"),
-    ("other format", lambda f: _write(f / "monteclora_config.json", json.dumps({"format": "x"})),
-     tiny_bert_classifier, r"format is not 'pyro-monteclora'"),
-    ("future version", lambda f: _write(f / "monteclora_config.json", json.dumps(
-        {**json.loads((f / "monteclora_config.json").read_text()), "format_version": 99})),
-     tiny_bert_classifier, r"format_version 99"),
-    ("listed tensors differ", lambda f: _write(f / "monteclora_config.json", json.dumps(
-        {**json.loads((f / "monteclora_config.json").read_text()), "tensors": {}})),
-     tiny_bert_classifier, r"does not hold the tensors"),
+    (
+        "truncate",
+        lambda f: _write(f / "model.safetensors", (f / "model.safetensors").read_bytes()[:100]),
+        tiny_bert_classifier,
+        r"not a valid safetensors file",
+    ),
+    (
+        "pickle",
+        lambda f: _write(f / "model.safetensors", pickle.dumps({"x": 1})),
+        tiny_bert_classifier,
+        r"not a valid safetensors file",
+    ),
+    (
+        "no config",
+        lambda f: (f / "monteclora_config.json").unlink(),
+        tiny_bert_classifier,
+        r"not a saved pyro_monteclora model",
+    ),
+    (
+        "other format",
+        lambda f: _write(f / "monteclora_config.json", json.dumps({"format": "x"})),
+        tiny_bert_classifier,
+        r"format is not 'pyro-monteclora'",
+    ),
+    (
+        "future version",
+        lambda f: _write(
+            f / "monteclora_config.json",
+            json.dumps({**json.loads((f / "monteclora_config.json").read_text()), "format_version": 99}),
+        ),
+        tiny_bert_classifier,
+        r"format_version 99",
+    ),
+    (
+        "listed tensors differ",
+        lambda f: _write(
+            f / "monteclora_config.json",
+            json.dumps({**json.loads((f / "monteclora_config.json").read_text()), "tensors": {}}),
+        ),
+        tiny_bert_classifier,
+        r"does not hold the tensors",
+    ),
 ]
 
 
-@pytest.mark.parametrize("change, damage, base, pattern", CHECKPOINT_CASES,
-                         ids=[f"{c[0]}-{c[3][:20]}" for c in CHECKPOINT_CASES])
+@pytest.mark.parametrize(
+    "change, damage, base, pattern", CHECKPOINT_CASES, ids=[f"{c[0]}-{c[3][:20]}" for c in CHECKPOINT_CASES]
+)
 def test_bad_checkpoints(saved, monkeypatch, change, damage, base, pattern):
     damage(saved)
     before = _snapshot(saved)
@@ -170,9 +201,26 @@ def test_paths_inside_a_checkpoint_never_become_places_to_write(model_dir, data_
     """A checkpoint whose JSON points its model and data elsewhere: the run reads what it names,
     and writes only into --output."""
     run = tmp_path / "run"
-    assert main(["train", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-                 "--test-file", str(data_dir / "test.jsonl"), "--epochs", "1", "--max-length", "16",
-                 "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(model_dir),
+                "--train-file",
+                str(data_dir / "train.jsonl"),
+                "--test-file",
+                str(data_dir / "test.jsonl"),
+                "--epochs",
+                "1",
+                "--max-length",
+                "16",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     config_path = run / "checkpoint" / "monteclora_config.json"
     record = json.loads(config_path.read_text())
     record["metadata"]["data"]["files"]["test"] = str(tmp_path / ".." / "elsewhere" / "test.jsonl")
@@ -181,8 +229,10 @@ def test_paths_inside_a_checkpoint_never_become_places_to_write(model_dir, data_
     before = snapshot(tmp_path)
     out = tmp_path / "out"
     assert main(["evaluate", "--checkpoint", str(run), "--output", str(out)]) == 2  # no such data
-    assert main(["evaluate", "--checkpoint", str(run), "--output", str(out),
-                 "--test-file", str(data_dir / "test.jsonl")]) == 2  # no such model folder
+    assert (
+        main(["evaluate", "--checkpoint", str(run), "--output", str(out), "--test-file", str(data_dir / "test.jsonl")])
+        == 2
+    )  # no such model folder
     assert snapshot(tmp_path) == before
     assert not (tmp_path.parent / "elsewhere").exists() and not (tmp_path / "evil-model").exists()
 
@@ -194,7 +244,6 @@ def test_remote_code_is_off_unless_asked_for():
 
     parser = build_parser()
     for command in ("train", "evaluate", "predict"):
-        args = parser.parse_args([command, "--output", "x"] if command == "train"
-                                 else [command, "--checkpoint", "x"])
+        args = parser.parse_args([command, "--output", "x"] if command == "train" else [command, "--checkpoint", "x"])
         assert args.trust_remote_code is False, command
     assert inspect.signature(load_pretrained).parameters["trust_remote_code"].default is False

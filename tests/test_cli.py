@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import tiny_bert_classifier
 from safetensors.torch import load_file
 
 from pyro_monteclora.cli import main
 
-from conftest import tiny_bert_classifier
-
-WORDS = ["good", "great", "fine", "fun", "bad", "dull", "awful", "boring", "a", "film", "very",
-         "not", "plot", "acting"]
+WORDS = ["good", "great", "fine", "fun", "bad", "dull", "awful", "boring", "a", "film", "very", "not", "plot", "acting"]
 POSITIVE, NEGATIVE = WORDS[:4], WORDS[4:8]
 
 
@@ -36,8 +34,7 @@ def sentences(count, seed):
         label = i % 2
         words = POSITIVE if label else NEGATIVE
         picks = torch.randint(0, 4, (3,), generator=generator).tolist()
-        rows.append({"text": "a film " + " ".join(words[p] for p in picks),
-                     "label": "pos" if label else "neg"})
+        rows.append({"text": "a film " + " ".join(words[p] for p in picks), "label": "pos" if label else "neg"})
     return rows
 
 
@@ -51,17 +48,34 @@ def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     write_jsonl(folder / "train.jsonl", sentences(48, 0))
     validation = sentences(16, 1)
-    (folder / "validation.csv").write_text(
-        "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in validation))
+    (folder / "validation.csv").write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in validation))
     write_jsonl(folder / "test.jsonl", sentences(24, 2))
     return folder
 
 
 def train_args(model_dir, data_dir, output, *extra):
-    return ["train", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-            "--validation-file", str(data_dir / "validation.csv"),
-            "--test-file", str(data_dir / "test.jsonl"), "--rank", "4", "--batch-size", "8",
-            "--max-length", "16", "--learning-rate", "0.01", "--output", str(output), *extra]
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--train-file",
+        str(data_dir / "train.jsonl"),
+        "--validation-file",
+        str(data_dir / "validation.csv"),
+        "--test-file",
+        str(data_dir / "test.jsonl"),
+        "--rank",
+        "4",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "16",
+        "--learning-rate",
+        "0.01",
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
@@ -73,8 +87,12 @@ def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
     assert [e["epoch"] for e in summary["epochs"]] == [0, 1] and summary["steps"] == 12
     assert {"accuracy", "nll", "ece"} <= set(summary["epochs"][-1])  # per-epoch validation ran
     assert {p.name for p in (run / "checkpoint").iterdir()} >= {
-        "monteclora_config.json", "model.safetensors", "training_state.json",
-        "training_state.safetensors", "tokenizer_config.json"}
+        "monteclora_config.json",
+        "model.safetensors",
+        "training_state.json",
+        "training_state.safetensors",
+        "tokenizer_config.json",
+    }
 
     assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "3", "--ece-bins", "5"]) == 0
     results = json.loads((run / "evaluation" / "metrics.json").read_text())
@@ -92,8 +110,22 @@ def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
     assert sum(r["mutual_information"] for r in rows) > 0  # S = 3 draws really differ
     assert (run / "evaluation" / "reliability.png").stat().st_size > 1000
     # another split of the recorded data, into another folder
-    assert main(["evaluate", "--checkpoint", str(run), "--split", "validation", "--num-samples", "0",
-                 "--output", str(tmp_path / "val")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run),
+                "--split",
+                "validation",
+                "--num-samples",
+                "0",
+                "--output",
+                str(tmp_path / "val"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "val" / "metrics.json").read_text())["examples"] == 16
 
     texts = tmp_path / "new.txt"
@@ -102,12 +134,20 @@ def test_train_evaluate_predict(model_dir, data_dir, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(run), "--input", str(texts), "--num-samples", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["text"] for line in lines] == ["a very good film", "a dull boring plot"]
-    assert all(line["label"] in ("neg", "pos") and set(line["probabilities"]) == {"neg", "pos"}
-               for line in lines)
+    assert all(line["label"] in ("neg", "pos") and set(line["probabilities"]) == {"neg", "pos"} for line in lines)
     # a table file in, a JSONL file out (refused the second time without --overwrite)
     out = tmp_path / "predictions.jsonl"
-    argv = ["predict", "--checkpoint", str(run), "--input", str(data_dir / "validation.csv"),
-            "--output", str(out), "--num-samples", "0"]
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(run),
+        "--input",
+        str(data_dir / "validation.csv"),
+        "--output",
+        str(out),
+        "--num-samples",
+        "0",
+    ]
     assert main(argv) == 0
     assert len(out.read_text().splitlines()) == 16
     assert main(argv) == 2 and main(argv + ["--overwrite"]) == 0
@@ -130,7 +170,8 @@ def _stop_after_first_checkpoint(monkeypatch):
 
 
 def test_a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(
-        model_dir, data_dir, tmp_path, monkeypatch, capsys):
+    model_dir, data_dir, tmp_path, monkeypatch, capsys
+):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ("--epochs", "3", "--lora-dropout", "0.1", "--eval-num-samples", "2")
     assert main(train_args(model_dir, data_dir, straight, *args)) == 0
@@ -156,8 +197,7 @@ def test_a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(
 @pytest.mark.parametrize("method, trained_fraction", [("lora", 0.2), ("full", 0.99)])
 def test_baselines_train_and_evaluate(model_dir, data_dir, tmp_path, method, trained_fraction):
     run = tmp_path / method
-    assert main(train_args(model_dir, data_dir, run, "--method", method, "--epochs", "1",
-                           "--no-validation")) == 0
+    assert main(train_args(model_dir, data_dir, run, "--method", method, "--epochs", "1", "--no-validation")) == 0
     summary = json.loads((run / "train_summary.json").read_text())
     total = sum(p.numel() for p in tiny_bert_classifier().parameters())
     fraction = summary["trainable_parameters"] / total
@@ -172,15 +212,41 @@ def test_sentence_pairs_from_parquet(model_dir, tmp_path):
     import pyarrow.parquet as parquet
 
     rows = sentences(16, 3)
-    table = pyarrow.table({"premise": [r["text"] for r in rows],
-                           "hypothesis": [r["text"].split()[-1] for r in rows],
-                           "gold": [int(r["label"] == "pos") for r in rows]})
+    table = pyarrow.table(
+        {
+            "premise": [r["text"] for r in rows],
+            "hypothesis": [r["text"].split()[-1] for r in rows],
+            "gold": [int(r["label"] == "pos") for r in rows],
+        }
+    )
     parquet.write_table(table, tmp_path / "pairs.parquet")
     run = tmp_path / "pairs"
-    assert main(["train", "--model", str(model_dir), "--train-file", str(tmp_path / "pairs.parquet"),
-                 "--test-file", str(tmp_path / "pairs.parquet"), "--text-column", "premise",
-                 "--text-column", "hypothesis", "--label-column", "gold", "--epochs", "1",
-                 "--max-length", "16", "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(model_dir),
+                "--train-file",
+                str(tmp_path / "pairs.parquet"),
+                "--test-file",
+                str(tmp_path / "pairs.parquet"),
+                "--text-column",
+                "premise",
+                "--text-column",
+                "hypothesis",
+                "--label-column",
+                "gold",
+                "--epochs",
+                "1",
+                "--max-length",
+                "16",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "run.json").read_text())["data"]["label_names"] == ["0", "1"]
     assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "1"]) == 0
     first = json.loads((run / "evaluation" / "predictions.jsonl").read_text().splitlines()[0])
@@ -188,8 +254,10 @@ def test_sentence_pairs_from_parquet(model_dir, tmp_path):
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def bad_inputs(model_dir, data_dir, tmp_path):
@@ -211,11 +279,24 @@ def bad_inputs(model_dir, data_dir, tmp_path):
         ("NaN sample scaler", base + ["--train-file", str(good), "--sample-scaler", "nan"]),
         ("rank 0", base + ["--train-file", str(good), "--rank", "0"]),
         ("targets match nothing", base + ["--train-file", str(good), "--target-modules", "q_proj"]),
-        ("existing output", ["train", "--model", str(model_dir), "--train-file", str(good),
-                             "--output", str(tmp_path / "existing")]),
+        (
+            "existing output",
+            ["train", "--model", str(model_dir), "--train-file", str(good), "--output", str(tmp_path / "existing")],
+        ),
         ("resume without a run", ["train", "--output", str(tmp_path / "existing"), "--resume"]),
-        ("overwrite a foreign folder", ["train", "--model", str(model_dir), "--train-file", str(good),
-                                        "--output", str(tmp_path / "existing"), "--overwrite"]),
+        (
+            "overwrite a foreign folder",
+            [
+                "train",
+                "--model",
+                str(model_dir),
+                "--train-file",
+                str(good),
+                "--output",
+                str(tmp_path / "existing"),
+                "--overwrite",
+            ],
+        ),
         ("evaluate without checkpoint", ["evaluate", "--checkpoint", str(tmp_path / "existing")]),
         ("model folder without config", base + ["--train-file", str(good), "--model", str(tmp_path)]),
         ("two data sources", base + ["--train-file", str(good), "--task", "rotten-tomatoes"]),
@@ -229,13 +310,17 @@ def test_console_script_runs_as_a_module(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "pyro_monteclora", "train", "--method", "x",
-                             "--output", str(tmp_path / "o")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_monteclora", "train", "--method", "x", "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "pyro-monteclora train: error: argument --method: invalid choice: 'x'"), lines
+        "pyro-monteclora train: error: argument --method: invalid choice: 'x'"
+    ), lines
     assert "monteclora" in lines[0] and "full" in lines[0]
 
 
@@ -253,9 +338,28 @@ def test_hub_dataset_reads_the_splits_it_has(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(datafiles, "hub_split_names", lambda name, config: {s: s for s in rows})
     monkeypatch.setattr(datafiles, "load_hub_records", load)
     run = tmp_path / "hub"
-    assert main(["train", "--model", str(model_dir), "--dataset", "glue", "--dataset-config", "sst2",
-                 "--text-column", "sentence", "--epochs", "1", "--max-length", "16",
-                 "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(model_dir),
+                "--dataset",
+                "glue",
+                "--dataset-config",
+                "sst2",
+                "--text-column",
+                "sentence",
+                "--epochs",
+                "1",
+                "--max-length",
+                "16",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert calls == [("glue", "sst2", "train"), ("glue", "sst2", "test")]
     data = json.loads((run / "run.json").read_text())["data"]
     assert data["source"] == "dataset" and data["label_names"] == ["0", "1"]
@@ -267,8 +371,24 @@ def test_resume_refuses_changed_data(model_dir, data_dir, tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text((data_dir / "train.jsonl").read_text())
     run = tmp_path / "run"
-    assert main(["train", "--model", str(model_dir), "--train-file", str(train), "--epochs", "1",
-                 "--max-length", "16", "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(model_dir),
+                "--train-file",
+                str(train),
+                "--epochs",
+                "1",
+                "--max-length",
+                "16",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert main(["train", "--output", str(run), "--resume"]) == 0  # unchanged: nothing to do
     write_jsonl(train, sentences(48, 7))
     assert main(["train", "--output", str(run), "--resume"]) == 2
@@ -277,8 +397,9 @@ def test_resume_refuses_changed_data(model_dir, data_dir, tmp_path):
 def test_newly_initialised_weights_are_trained_and_saved(tmp_path, data_dir, model_dir):
     """A base saved without a pooler: the pooler is new, so it is trained and saved with the head."""
     folder = tmp_path / "no-pooler"
-    tiny_bert_classifier().bert.__class__(tiny_bert_classifier().config,
-                                          add_pooling_layer=False).save_pretrained(folder)
+    tiny_bert_classifier().bert.__class__(tiny_bert_classifier().config, add_pooling_layer=False).save_pretrained(
+        folder
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).write_bytes((model_dir / name).read_bytes())
     run = tmp_path / "run"
@@ -288,8 +409,9 @@ def test_newly_initialised_weights_are_trained_and_saved(tmp_path, data_dir, mod
 
 
 def test_a_diverging_run_stops_with_one_line_naming_the_step(model_dir, data_dir, tmp_path, capsys):
-    status = main(train_args(model_dir, data_dir, tmp_path / "run", "--learning-rate", "1e30",
-                             "--epochs", "2", "--no-validation"))
+    status = main(
+        train_args(model_dir, data_dir, tmp_path / "run", "--learning-rate", "1e30", "--epochs", "2", "--no-validation")
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 1
     assert err.startswith("pyro-monteclora train: error: fit(): the loss is nan at step"), err
@@ -309,9 +431,12 @@ def test_sigkill_mid_run_then_resume_ends_like_an_uninterrupted_run(model_dir, d
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(train_args(model_dir, data_dir, straight, *args)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # as this process
-    process = subprocess.Popen([sys.executable, "-m", "pyro_monteclora",
-                                *train_args(model_dir, data_dir, killed, *args)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyro_monteclora", *train_args(model_dir, data_dir, killed, *args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = killed / "checkpoint" / "training_state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:

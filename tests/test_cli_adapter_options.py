@@ -7,13 +7,12 @@ import json
 import re
 
 import pytest
+from test_cli import data_dir, model_dir, train_args  # noqa: F401 (module fixtures)
 
 from pyro_monteclora import MonteCLoRAConfig
 from pyro_monteclora.cli import build_parser, main
 from pyro_monteclora.cli.options import adapter_config
 from pyro_monteclora.cli.sweep import _forward, train_forwarded
-
-from test_cli import data_dir, model_dir, train_args  # noqa: F401 (module fixtures)
 
 #: field -> (command-line words, the value the config then holds); every field must be here
 VALUES = {
@@ -58,27 +57,45 @@ def test_every_config_field_is_a_train_option_parsed_into_the_config():
 def test_the_sweep_takes_the_same_options_and_passes_them_to_every_cell():
     args = build_parser().parse_args(["sweep", "--output", "x", *ARGV, "--epochs", "2", "--seeds", "0,1"])
     forwarded = train_forwarded(args.sweep_actions)
-    assert set(forwarded) >= {"model", "task", "train_file", "max_length", "epochs", "lora_dropout",
-                              "wishart_df", "random_B", "gradient_checkpointing"}
+    assert set(forwarded) >= {
+        "model",
+        "task",
+        "train_file",
+        "max_length",
+        "epochs",
+        "lora_dropout",
+        "wishart_df",
+        "random_B",
+        "gradient_checkpointing",
+    }
     assert not set(forwarded) & {"output", "overwrite", "resume", "seeds", "num_samples", "split"}
     cell = build_parser().parse_args(["train", *_forward(args.sweep_actions, args, forwarded), "--output", "y"])
     assert cell.epochs == 2
     assert adapter_config(vars(cell)) == adapter_config(vars(args))
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--wishart-df", "2"], "--wishart-df must be a finite number > rank - 1 = 3, got 2.0"),
-    (["--dirichlet-concentration", "0"], "--dirichlet-concentration must be a finite number > 0, got 0.0"),
-    (["--cooperative-weight", "-1"], "--cooperative-weight must be a finite number >= 0, got -1.0"),
-    (["--lora-dropout", "1"], "--lora-dropout must be a number in [0, 1), got 1.0"),
-    (["--bias", "lora_only"], "argument --bias: invalid choice: 'lora_only' (choose from"),
-    (["--target-modules", " , "], "--target-modules must be a non-empty list of module names or a regular "
-                                  "expression, got ()"),
-    (["--modules-to-save", "pooler,heads"], "--modules-to-save: heads matches no module of "
-                                           "BertForSequenceClassification"),
-    (["--target-modules", "q_proj"], "--target-modules=('q_proj',) matches no linear layer of "
-                                     "BertForSequenceClassification"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--wishart-df", "2"], "--wishart-df must be a finite number > rank - 1 = 3, got 2.0"),
+        (["--dirichlet-concentration", "0"], "--dirichlet-concentration must be a finite number > 0, got 0.0"),
+        (["--cooperative-weight", "-1"], "--cooperative-weight must be a finite number >= 0, got -1.0"),
+        (["--lora-dropout", "1"], "--lora-dropout must be a number in [0, 1), got 1.0"),
+        (["--bias", "lora_only"], "argument --bias: invalid choice: 'lora_only' (choose from"),
+        (
+            ["--target-modules", " , "],
+            "--target-modules must be a non-empty list of module names or a regular expression, got ()",
+        ),
+        (
+            ["--modules-to-save", "pooler,heads"],
+            "--modules-to-save: heads matches no module of BertForSequenceClassification",
+        ),
+        (
+            ["--target-modules", "q_proj"],
+            "--target-modules=('q_proj',) matches no linear layer of BertForSequenceClassification",
+        ),
+    ],
+)
 def test_a_bad_prior_option_is_one_line_naming_it(model_dir, data_dir, tmp_path, capsys, extra, message):  # noqa: F811
     output = tmp_path / "run"
     assert main(train_args(model_dir, data_dir, output, *extra)) == 2
@@ -90,22 +107,69 @@ def test_a_bad_prior_option_is_one_line_naming_it(model_dir, data_dir, tmp_path,
 
 def test_prior_options_are_recorded_and_resume_gives_them_back(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
     run = tmp_path / "run"
-    prior = ["--target-modules", "query,key,value", "--modules-to-save", "pooler", "--num-components", "2",
-             "--wishart-df", "6", "--dirichlet-concentration", "0.5", "--cooperative-weight", "0.1",
-             "--kl-weight", "0.5", "--random-B", "--bias", "all", "--lora-dropout", "0.05"]
+    prior = [
+        "--target-modules",
+        "query,key,value",
+        "--modules-to-save",
+        "pooler",
+        "--num-components",
+        "2",
+        "--wishart-df",
+        "6",
+        "--dirichlet-concentration",
+        "0.5",
+        "--cooperative-weight",
+        "0.1",
+        "--kl-weight",
+        "0.5",
+        "--random-B",
+        "--bias",
+        "all",
+        "--lora-dropout",
+        "0.05",
+    ]
     assert main(train_args(model_dir, data_dir, run, "--epochs", "1", "--no-validation", *prior)) == 0
     arguments = json.loads((run / "run.json").read_text())["arguments"]
-    assert {name: arguments[name] for name in ("target_modules", "modules_to_save", "num_components",
-                                               "wishart_df", "dirichlet_concentration", "cooperative_weight",
-                                               "kl_weight", "random_B", "bias", "lora_dropout")} == {
-        "target_modules": "query,key,value", "modules_to_save": "pooler", "num_components": 2,
-        "wishart_df": 6.0, "dirichlet_concentration": 0.5, "cooperative_weight": 0.1, "kl_weight": 0.5,
-        "random_B": True, "bias": "all", "lora_dropout": 0.05}
+    assert {
+        name: arguments[name]
+        for name in (
+            "target_modules",
+            "modules_to_save",
+            "num_components",
+            "wishart_df",
+            "dirichlet_concentration",
+            "cooperative_weight",
+            "kl_weight",
+            "random_B",
+            "bias",
+            "lora_dropout",
+        )
+    } == {
+        "target_modules": "query,key,value",
+        "modules_to_save": "pooler",
+        "num_components": 2,
+        "wishart_df": 6.0,
+        "dirichlet_concentration": 0.5,
+        "cooperative_weight": 0.1,
+        "kl_weight": 0.5,
+        "random_B": True,
+        "bias": "all",
+        "lora_dropout": 0.05,
+    }
     saved = json.loads((run / "checkpoint" / "monteclora_config.json").read_text())["config"]
     assert MonteCLoRAConfig.from_dict(saved) == MonteCLoRAConfig(
-        rank=4, dropout=0.05, target_modules=["query", "key", "value"], modules_to_save=["classifier", "pooler"],
-        num_components=2, wishart_df=6.0, dirichlet_concentration=0.5, cooperative_weight=0.1,
-        kl_weight=0.5, random_B=True, bias="all")
+        rank=4,
+        dropout=0.05,
+        target_modules=["query", "key", "value"],
+        modules_to_save=["classifier", "pooler"],
+        num_components=2,
+        wishart_df=6.0,
+        dirichlet_concentration=0.5,
+        cooperative_weight=0.1,
+        kl_weight=0.5,
+        random_B=True,
+        bias="all",
+    )
     # the recorded values are the run's: giving them again is no change, another value is refused
     assert main(["train", "--output", str(run), "--resume", *prior]) == 0
     capsys.readouterr()

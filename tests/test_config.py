@@ -18,15 +18,31 @@ def test_defaults_follow_the_paper():
     assert cfg.scaling == cfg.alpha / cfg.rank
 
 
-@pytest.mark.parametrize("field,value", [
-    ("rank", 0), ("rank", -3), ("rank", 2.5), ("rank", True),
-    ("num_components", 0), ("alpha", 0), ("alpha", math.inf),
-    ("dropout", 1.0), ("dropout", -0.1),
-    ("sample_scaler", -1e-3), ("sample_scaler", math.nan),
-    ("kl_weight", -1.0), ("cooperative_weight", -0.5), ("dirichlet_concentration", 0.0),
-    ("bias", "lora_only"), ("target_modules", []), ("target_modules", "query("),
-    ("target_modules", [""]), ("modules_to_save", [3]), ("random_B", "yes"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("rank", 0),
+        ("rank", -3),
+        ("rank", 2.5),
+        ("rank", True),
+        ("num_components", 0),
+        ("alpha", 0),
+        ("alpha", math.inf),
+        ("dropout", 1.0),
+        ("dropout", -0.1),
+        ("sample_scaler", -1e-3),
+        ("sample_scaler", math.nan),
+        ("kl_weight", -1.0),
+        ("cooperative_weight", -0.5),
+        ("dirichlet_concentration", 0.0),
+        ("bias", "lora_only"),
+        ("target_modules", []),
+        ("target_modules", "query("),
+        ("target_modules", [""]),
+        ("modules_to_save", [3]),
+        ("random_B", "yes"),
+    ],
+)
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         MonteCLoRAConfig(**{field: value})

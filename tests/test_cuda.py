@@ -3,31 +3,36 @@ gradient scaler), the predictive against the CPU's, and generation with stacked 
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_bert_classifier, tiny_llama, word_tokenizer
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit, predict
 from pyro_monteclora.evaluation.generation import generate_answers
 from pyro_monteclora.nn.precision import autocast, cast_frozen
 
-from conftest import VOCAB, tiny_bert_classifier, tiny_llama, word_tokenizer
-
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def batches(device, count=4, size=8):
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1, VOCAB, (count * size, 8), generator=generator)
     labels = (ids[:, 0] > VOCAB // 2).long()
-    return [{"input_ids": ids[i:i + size].to(device), "attention_mask": torch.ones(size, 8, dtype=torch.long, device=device),
-             "labels": labels[i:i + size].to(device)} for i in range(0, count * size, size)]
+    return [
+        {
+            "input_ids": ids[i : i + size].to(device),
+            "attention_mask": torch.ones(size, 8, dtype=torch.long, device=device),
+            "labels": labels[i : i + size].to(device),
+        }
+        for i in range(0, count * size, size)
+    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_svi_trains_on_cuda_in_each_precision(dtype):
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")
-    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(
-        rank=4, sample_scaler=1e-2, modules_to_save=["classifier"])).cuda()
+    model = MonteCLoRAModel(
+        tiny_bert_classifier(), MonteCLoRAConfig(rank=4, sample_scaler=1e-2, modules_to_save=["classifier"])
+    ).cuda()
     guide = MonteCLoRAGuide(model)
     if dtype != torch.float32:
         cast_frozen(model.network, dtype)
@@ -54,12 +59,21 @@ def test_the_predictive_on_cuda_matches_the_cpu():
 
 
 def test_generation_with_stacked_draws_on_cuda():
-    model = MonteCLoRAModel(tiny_llama(initializer_range=0.2), MonteCLoRAConfig(
-        rank=4, target_modules=["q_proj", "v_proj"], sample_scaler=1.0)).cuda()
+    model = MonteCLoRAModel(
+        tiny_llama(initializer_range=0.2),
+        MonteCLoRAConfig(rank=4, target_modules=["q_proj", "v_proj"], sample_scaler=1.0),
+    ).cuda()
     with torch.no_grad():
         for adapter in model.adapters().values():
             adapter.lora_B.normal_(0, 0.5)
     guide = MonteCLoRAGuide(model)
-    results = generate_answers(model, word_tokenizer(), ["what is the capital of peru ?", "capital ?"], 4, guide,
-                               max_new_tokens=4, answer_type="text")
+    results = generate_answers(
+        model,
+        word_tokenizer(),
+        ["what is the capital of peru ?", "capital ?"],
+        4,
+        guide,
+        max_new_tokens=4,
+        answer_type="text",
+    )
     assert all(len(r.generations) == 4 for r in results)

@@ -4,8 +4,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from pyro_monteclora.data.classification import (TextClassificationData, classification_loader, default_encoder_path,
-                                                 load_rotten_tomatoes, packaged_model_path)
+from pyro_monteclora.data.classification import (
+    TextClassificationData,
+    classification_loader,
+    default_encoder_path,
+    load_rotten_tomatoes,
+    packaged_model_path,
+)
 
 
 @pytest.fixture(scope="module")

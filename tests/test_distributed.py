@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_bert_classifier
 from safetensors.torch import load_file
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit
 
-from conftest import VOCAB, tiny_bert_classifier
-
 pytestmark = pytest.mark.integration
 TESTS = Path(__file__).resolve().parent
 
-SCRIPT = '''
+SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import pyro, torch
@@ -48,15 +47,16 @@ if rank == 0:
     save_file(tensors, {out!r})
 dist.barrier()  # no rank tears the group down while another still receives
 dist.destroy_process_group()
-'''
+"""
 
 
 def make_model():
     import pyro
 
     pyro.set_rng_seed(0)
-    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(
-        rank=4, sample_scaler=0.0, modules_to_save=["classifier"]))  # s = 0: the noise is controlled
+    model = MonteCLoRAModel(
+        tiny_bert_classifier(), MonteCLoRAConfig(rank=4, sample_scaler=0.0, modules_to_save=["classifier"])
+    )  # s = 0: the noise is controlled
     return model, MonteCLoRAGuide(model)
 
 
@@ -64,16 +64,29 @@ def global_batches():
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1, VOCAB, (32, 8), generator=generator)
     labels = (ids[:, 0] > VOCAB // 2).long()
-    return [{"input_ids": ids[i:i + 8], "attention_mask": torch.ones(8, 8, dtype=torch.long),
-             "labels": labels[i:i + 8], "example_index": torch.arange(i, i + 8)} for i in range(0, 32, 8)]
+    return [
+        {
+            "input_ids": ids[i : i + 8],
+            "attention_mask": torch.ones(8, 8, dtype=torch.long),
+            "labels": labels[i : i + 8],
+            "example_index": torch.arange(i, i + 8),
+        }
+        for i in range(0, 32, 8)
+    ]
 
 
 def torchrun(args, tmp_path, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYRO_MONTECLORA_TEST_THREADS="1")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_two_gloo_processes_match_one_process_over_the_same_global_batches(tmp_path):
@@ -104,11 +117,8 @@ def make_model_parameter(name):
 
 
 def test_the_command_line_under_torchrun_writes_its_run_once(tmp_path):
-    from test_cli import sentences, write_jsonl
-
     import transformers
-
-    from test_cli import WORDS
+    from test_cli import WORDS, sentences, write_jsonl
 
     folder = tmp_path / "model"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
@@ -117,9 +127,32 @@ def test_the_command_line_under_torchrun_writes_its_run_once(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", sentences(40, 0))
     valid = write_jsonl(tmp_path / "valid.jsonl", sentences(9, 1))
     run = tmp_path / "run"
-    done = torchrun(["-m", "pyro_monteclora", "train", "--model", str(folder), "--train-file", str(train),
-                     "--validation-file", str(valid), "--epochs", "2", "--batch-size", "4", "--rank", "4",
-                     "--max-length", "16", "--learning-rate", "0.01", "--output", str(run)], tmp_path)
+    done = torchrun(
+        [
+            "-m",
+            "pyro_monteclora",
+            "train",
+            "--model",
+            str(folder),
+            "--train-file",
+            str(train),
+            "--validation-file",
+            str(valid),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--rank",
+            "4",
+            "--max-length",
+            "16",
+            "--learning-rate",
+            "0.01",
+            "--output",
+            str(run),
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("wrote ") == 1 and "2 processes" in done.stderr
     summary = json.loads((run / "train_summary.json").read_text())
@@ -137,11 +170,26 @@ def test_more_processes_than_examples_is_refused_before_any_process_group(tmp_pa
 
     train = write_jsonl(tmp_path / "train.jsonl", sentences(4, 0))
     valid = write_jsonl(tmp_path / "valid.jsonl", sentences(1, 1))
-    done = torchrun(["-m", "pyro_monteclora", "train", "--train-file", str(train), "--validation-file",
-                     str(valid), "--output", str(tmp_path / "run")], tmp_path, timeout=120)
+    done = torchrun(
+        [
+            "-m",
+            "pyro_monteclora",
+            "train",
+            "--train-file",
+            str(train),
+            "--validation-file",
+            str(valid),
+            "--output",
+            str(tmp_path / "run"),
+        ],
+        tmp_path,
+        timeout=120,
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("pyro-monteclora")]
-    assert errors == ["pyro-monteclora train: error: WORLD_SIZE=2 processes for 1 validation examples: "
-                      "pass --no-validation or a larger validation set"], done.stderr[-2000:]
+    assert errors == [
+        "pyro-monteclora train: error: WORLD_SIZE=2 processes for 1 validation examples: "
+        "pass --no-validation or a larger validation set"
+    ], done.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
 
@@ -150,11 +198,15 @@ def test_inference_commands_refuse_a_multi_process_launch(monkeypatch, tmp_path,
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    for command in (["evaluate", "--checkpoint", str(tmp_path)], ["predict", "--checkpoint", str(tmp_path)],
-                    ["generate", "--model", str(tmp_path), "--prompt", "x"]):
+    for command in (
+        ["evaluate", "--checkpoint", str(tmp_path)],
+        ["predict", "--checkpoint", str(tmp_path)],
+        ["generate", "--model", str(tmp_path), "--prompt", "x"],
+    ):
         assert main(command) == 2
         assert capsys.readouterr().err.strip() == (
             f"pyro-monteclora {command[0]}: error: {command[0]} runs in one process (only train is "
-            f"multi-process); launch it without torchrun / accelerate")
+            f"multi-process); launch it without torchrun / accelerate"
+        )
     monkeypatch.setenv("RANK", "1")  # the other ranks exit the same way, silently
     assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2 and capsys.readouterr().err == ""

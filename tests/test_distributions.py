@@ -7,8 +7,13 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, Wishart, kl_divergence
 
-from pyro_monteclora.distributions import (StandardNormalMatrix, WishartCholesky, lora_perturbation,
-                                           lora_perturbation_mixture, wishart_kl)
+from pyro_monteclora.distributions import (
+    StandardNormalMatrix,
+    WishartCholesky,
+    lora_perturbation,
+    lora_perturbation_mixture,
+    wishart_kl,
+)
 
 
 def random_scale_tril(rank, seed=0):
@@ -90,8 +95,9 @@ def test_kl_closed_form_matches_monte_carlo(df_p, df_q):
     assert abs(closed - mc) < 5 * stderr
     assert closed > 0
     # the same KL is registered for torch's own Wishart
-    torch_kl = kl_divergence(Wishart(torch.tensor(df_p), scale_tril=p.scale_tril),
-                             Wishart(torch.tensor(df_q), scale_tril=q.scale_tril))
+    torch_kl = kl_divergence(
+        Wishart(torch.tensor(df_p), scale_tril=p.scale_tril), Wishart(torch.tensor(df_q), scale_tril=q.scale_tril)
+    )
     torch.testing.assert_close(torch_kl, closed, rtol=1e-5, atol=1e-5)
 
 
@@ -107,7 +113,9 @@ def test_gradients_reach_the_log_scale():
     (L @ L.mT).diagonal(dim1=-2, dim2=-1).sum().backward()
     assert sigma.grad is not None and torch.all(sigma.grad != 0)
     sigma.grad = None
-    kl_divergence(WishartCholesky(4.0, torch.diag_embed(sigma.exp()) * 2), WishartCholesky(4.0, torch.eye(4))).backward()
+    kl_divergence(
+        WishartCholesky(4.0, torch.diag_embed(sigma.exp()) * 2), WishartCholesky(4.0, torch.eye(4))
+    ).backward()
     assert torch.all(sigma.grad != 0)
 
 
@@ -192,10 +200,10 @@ def test_samplers_follow_the_parameters_dtype_under_a_float64_default(float64_de
 
 
 def test_a_full_scale_guide_runs_under_a_float64_default(float64_default):
+    from conftest import classification_batch, tiny_bert_classifier
+
     from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
     from pyro_monteclora.infer.elbo import MonteCLoRAELBO
-
-    from conftest import classification_batch, tiny_bert_classifier
 
     model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, modules_to_save=["classifier"]))
     guide = MonteCLoRAGuide(model, scale_tril="full")
@@ -240,11 +248,13 @@ def test_torch_wishart_kl_is_differentiable_in_a_learnable_df():
     assert df_p.grad is not None and df_q.grad is not None
     step = 1e-5
     for which, grad in (("p", df_p.grad), ("q", df_q.grad)):
+
         def at(shift):
             with torch.no_grad():
                 p = df_p + (shift if which == "p" else 0.0)
                 q = df_q + (shift if which == "q" else 0.0)
                 return _torch_wishart_kl(p, q, scale_p, scale_q).item()
+
         finite_difference = (at(step) - at(-step)) / (2 * step)
         assert abs(finite_difference) > 0.1
         assert math.isclose(grad.item(), finite_difference, rel_tol=1e-6), which
@@ -272,13 +282,12 @@ def test_kl_weight_and_cooperative_weight_enter_the_elbo_as_documented(elbo):
     # -ELBO = -(D/B) sum log p + lambda_t sum_l KL_l + w sum_l sum_k pi_lk^2 (docs/method.rst): the
     # KLs and the cooperative term once per factor, neither scaled by D/B; annealing scales only KL
     import pyro
+    from conftest import classification_batch, tiny_bert_classifier
     from pyro import poutine
     from pyro.infer import TraceMeanField_ELBO
 
     from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, kl_scale
     from pyro_monteclora.infer.elbo import MonteCLoRAELBO
-
-    from conftest import classification_batch, tiny_bert_classifier
 
     batch, dataset_size = classification_batch(), 100
     estimator = MonteCLoRAELBO() if elbo == "monteclora" else TraceMeanField_ELBO()
@@ -286,16 +295,23 @@ def test_kl_weight_and_cooperative_weight_enter_the_elbo_as_documented(elbo):
     def negative_elbo(kl_weight, cooperative_weight, anneal=1.0):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(
-            rank=4, kl_weight=kl_weight, cooperative_weight=cooperative_weight, modules_to_save=["classifier"]))
+        model = MonteCLoRAModel(
+            tiny_bert_classifier(),
+            MonteCLoRAConfig(
+                rank=4, kl_weight=kl_weight, cooperative_weight=cooperative_weight, modules_to_save=["classifier"]
+            ),
+        )
         guide = MonteCLoRAGuide(model)
         pyro.set_rng_seed(1)
         guide_trace = poutine.trace(guide).get_trace()
         pyro.set_rng_seed(1)
         with kl_scale(anneal):
             loss = estimator.differentiable_loss(model, guide, **batch, dataset_size=dataset_size).item()
-        cooperative = sum(site["value"].pow(2).sum().item() for name, site in guide_trace.nodes.items()
-                          if name.endswith(".mixture_weights"))
+        cooperative = sum(
+            site["value"].pow(2).sum().item()
+            for name, site in guide_trace.nodes.items()
+            if name.endswith(".mixture_weights")
+        )
         return loss, guide.kl_divergence().item(), cooperative, len(model.adapters())
 
     plain, kl, cooperative, layers = negative_elbo(0.0, 0.0)

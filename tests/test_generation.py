@@ -1,23 +1,36 @@
 """Generation with posterior sampling: answer extraction, majority vote, stacked draws against one
 draw at a time, greedy mean-adapter decoding, and the agreement rate."""
 
-import pytest
 import pyro
+import pytest
 import torch
+from conftest import tiny_gpt2, tiny_llama, word_tokenizer
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.data.causal_lm import encode_prompt, pad_batch
-from pyro_monteclora.evaluation.generation import (extract_answer, final_number, generate_answers, is_correct,
-                                                   majority_vote, normalize_answer)
-
-from conftest import tiny_gpt2, tiny_llama, word_tokenizer
+from pyro_monteclora.evaluation.generation import (
+    extract_answer,
+    final_number,
+    generate_answers,
+    is_correct,
+    majority_vote,
+    normalize_answer,
+)
 
 PROMPTS = ["what is the capital of peru ?", "capital ?", "what is the capital of the capital of japan ?"]
 
 
-@pytest.mark.parametrize("text, number", [
-    ("Natalia sold 48/2 = 24 clips.\n#### 72", "72"), ("so the answer is 1,234.", "1234"),
-    ("x = -3.50", "-3.5"), ("7.0 apples", "7"), ("no digits", None), ("#### 5\nthen 6", "5")])
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("Natalia sold 48/2 = 24 clips.\n#### 72", "72"),
+        ("so the answer is 1,234.", "1234"),
+        ("x = -3.50", "-3.5"),
+        ("7.0 apples", "7"),
+        ("no digits", None),
+        ("#### 5\nthen 6", "5"),
+    ],
+)
 def test_final_number(text, number):
     assert final_number(text) == number
 
@@ -39,8 +52,9 @@ def test_majority_vote_breaks_ties_by_first_seen_and_counts_empty_answers():
 
 
 def adapted(network, sample_scaler, targets=("q_proj", "v_proj"), random_B=False):
-    model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=4, target_modules=list(targets),
-                                                      sample_scaler=sample_scaler, random_B=random_B))
+    model = MonteCLoRAModel(
+        network, MonteCLoRAConfig(rank=4, target_modules=list(targets), sample_scaler=sample_scaler, random_B=random_B)
+    )
     with torch.no_grad():
         for adapter in model.adapters().values():
             adapter.lora_B.normal_(0, 0.5)
@@ -62,7 +76,7 @@ def test_stacked_draws_give_each_group_of_rows_its_own_adapter(random_B):
                 A, B = held[path]
                 adapter.hold_factors(A[k], B[k] if random_B else B)
             single = model.network(input_ids=ids).logits
-            torch.testing.assert_close(stacked[2 * k: 2 * k + 2], single, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(stacked[2 * k : 2 * k + 2], single, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(stacked[:2], stacked[2:4])
     for adapter in model.adapters().values():
         adapter.clear_factors()
@@ -75,14 +89,16 @@ def test_stacked_draws_give_each_group_of_rows_its_own_adapter(random_B):
 def test_mean_adapter_generation_is_greedy_decoding_of_the_mean_model():
     tokenizer = word_tokenizer()
     model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=1.0)
-    results = generate_answers(model, tokenizer, PROMPTS, num_samples=0, guide=guide, max_new_tokens=4,
-                               answer_type="text", batch_size=2)
+    results = generate_answers(
+        model, tokenizer, PROMPTS, num_samples=0, guide=guide, max_new_tokens=4, answer_type="text", batch_size=2
+    )
     for prompt, result in zip(PROMPTS, results):
         ids = torch.tensor([encode_prompt(tokenizer, prompt)])
         with torch.no_grad(), model.mean_adapters():
-            out = model.network.generate(input_ids=ids, max_new_tokens=4, do_sample=False,
-                                         pad_token_id=0, eos_token_id=2)
-        assert result.generations == [tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)]
+            out = model.network.generate(
+                input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=2
+            )
+        assert result.generations == [tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)]
         assert result.agreement == (1.0 if result.answer is not None else 0.0) and result.num_samples == 0
 
 
@@ -90,18 +106,29 @@ def test_s_batched_samples_match_one_sample_at_a_time_with_left_padding():
     tokenizer = word_tokenizer()
     model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=2.0)
     pyro.set_rng_seed(3)
-    together = generate_answers(model, tokenizer, PROMPTS, num_samples=4, guide=guide, max_new_tokens=5,
-                                answer_type="text", batch_size=3)
+    together = generate_answers(
+        model, tokenizer, PROMPTS, num_samples=4, guide=guide, max_new_tokens=5, answer_type="text", batch_size=3
+    )
     pyro.set_rng_seed(3)
-    apart = generate_answers(model, tokenizer, PROMPTS, num_samples=4, guide=guide, max_new_tokens=5,
-                             answer_type="text", batch_size=3, samples_per_pass=1)
+    apart = generate_answers(
+        model,
+        tokenizer,
+        PROMPTS,
+        num_samples=4,
+        guide=guide,
+        max_new_tokens=5,
+        answer_type="text",
+        batch_size=3,
+        samples_per_pass=1,
+    )
     assert [r.generations for r in together] == [r.generations for r in apart]
     # one prompt at a time (no padding; the same four draws after the same seed) agrees with
     # the left-padded batch
     for index, prompt in enumerate(PROMPTS):
         pyro.set_rng_seed(3)
-        alone = generate_answers(model, tokenizer, [prompt], num_samples=4, guide=guide,
-                                 max_new_tokens=5, answer_type="text", batch_size=1)
+        alone = generate_answers(
+            model, tokenizer, [prompt], num_samples=4, guide=guide, max_new_tokens=5, answer_type="text", batch_size=1
+        )
         assert alone[0].generations == together[index].generations
     assert len({tuple(r.generations) for r in together}) > 1
     assert any(len(set(r.generations)) > 1 for r in together)  # the draws differ
@@ -121,8 +148,9 @@ def test_references_fill_correct_and_long_prompts_are_cut_with_a_warning():
     tokenizer = word_tokenizer(chat_template=True)  # "<s> capital ? </s> answer" is 5 tokens
     model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=0.5)
     with pytest.warns(UserWarning, match=r"2 of 3 prompts were longer than max_length - max_new_tokens = 6"):
-        results = generate_answers(model, tokenizer, PROMPTS, 2, guide, max_new_tokens=4, max_length=10,
-                                   references=[["lima"], None, ["tokyo"]])
+        results = generate_answers(
+            model, tokenizer, PROMPTS, 2, guide, max_new_tokens=4, max_length=10, references=[["lima"], None, ["tokyo"]]
+        )
     assert results[1].correct is None and isinstance(results[0].correct, bool)
     assert results[0].correct == (results[0].answer == "lima")
 
@@ -143,8 +171,7 @@ def test_gpt2_conv1d_decoders_generate_with_stacked_draws_too():
 
 def test_a_lora_guide_decodes_once_with_its_mean():
     tokenizer = word_tokenizer()
-    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=4, target_modules=["q_proj"]),
-                            adapter_mode="mean")
+    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=4, target_modules=["q_proj"]), adapter_mode="mean")
     guide = EmptyGuide(model)
     results = generate_answers(model, tokenizer, PROMPTS[:1], 5, guide, max_new_tokens=2)
     assert results[0].num_samples == 0 and len(results[0].generations) == 1

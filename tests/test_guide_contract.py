@@ -5,17 +5,23 @@ over guides as Pyro's own tests are; and the one prior object both sides of the 
 import pyro
 import pytest
 import torch
+from conftest import classification_batch, tiny_bert_classifier, without_labels
 from pyro import poutine
 from pyro.infer import Predictive, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
+from test_train import loaders
 from torch.distributions import biject_to, constraints
 
-from pyro_monteclora import (EmptyGuide, LowerCholeskyBijection, MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide,
-                             MonteCLoRAModel, predict)
+from pyro_monteclora import (
+    EmptyGuide,
+    LowerCholeskyBijection,
+    MonteCLoRAConfig,
+    MonteCLoRAELBO,
+    MonteCLoRAGuide,
+    MonteCLoRAModel,
+    predict,
+)
 from pyro_monteclora.training.svi import fit
-
-from conftest import classification_batch, tiny_bert_classifier, without_labels
-from test_train import loaders
 
 GUIDES = {
     "structured": ("sample", MonteCLoRAGuide),
@@ -36,8 +42,9 @@ def test_every_guide_trains_through_fit_and_predicts(kind):
     model, guide = make(kind)
     train, test = loaders()
     means_before = {n: p.detach().clone() for n, p in model.trainable_parameters()}
-    result = fit(model, guide, train, epochs=6, learning_rate=5e-3, seed=0, progress=False,
-                 eval_loader=test, eval_num_samples=4)
+    result = fit(
+        model, guide, train, epochs=6, learning_rate=5e-3, seed=0, progress=False, eval_loader=test, eval_num_samples=4
+    )
     losses = [epoch["loss"] for epoch in result.epochs]
     assert losses[-1] < losses[0] - 0.1, losses
     assert result.epochs[-1]["accuracy"] > 0.9
@@ -100,5 +107,6 @@ def test_batched_kl_and_pyro_elbo_agree_for_a_non_default_prior():
     default_model, default_guide = make("structured", rank=3, kl_weight=0.6)
     default_guide.load_state_dict(guide.state_dict())
     default_kl = TraceMeanField_ELBO().differentiable_loss(
-        poutine.block(default_model, hide=["obs"]), default_guide, **without_labels(batch))
+        poutine.block(default_model, hide=["obs"]), default_guide, **without_labels(batch)
+    )
     assert abs(kl.item() - default_kl.item()) > 1.0

@@ -19,16 +19,16 @@ def test_minilm_monteclora_beats_the_majority_class():
     path = default_encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     splits = load_rotten_tomatoes(seed=0)
-    train = classification_loader(splits["train"].subset(1920), tokenizer, batch_size=16,
-                                  max_length=32, shuffle=True, seed=0)
+    train = classification_loader(
+        splits["train"].subset(1920), tokenizer, batch_size=16, max_length=32, shuffle=True, seed=0
+    )
     test_data = splits["test"].subset(256)
     test = classification_loader(test_data, tokenizer, batch_size=64, max_length=32)
     hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     model = MonteCLoRAModel(hf, MonteCLoRAConfig(rank=8, modules_to_save=["classifier"]))
     guide = MonteCLoRAGuide(model)
     assert model.num_trainable_parameters() < 0.01 * sum(p.numel() for p in model.parameters())
-    result = fit(model, guide, train, epochs=1, learning_rate=3e-3, warmup_ratio=0.1, seed=0,
-                 progress=False)
+    result = fit(model, guide, train, epochs=1, learning_rate=3e-3, warmup_ratio=0.1, seed=0, progress=False)
     first, last = result.steps[0]["loss"], sum(s["loss"] for s in result.steps[-10:]) / 10
     assert last < first
     output = predict(model, guide, test, num_samples=3)

@@ -1,14 +1,13 @@
 """MonteCLoRALinear: exact base output at B = 0, equality with hand-written LoRA, the law of A, gradients."""
 
 import torch
+from conftest import classification_batch, tiny_bert_classifier
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.nn.layers import MonteCLoRALinear
-
-from conftest import classification_batch, tiny_bert_classifier
 
 
 def make_layer(**config):
@@ -120,11 +119,13 @@ def test_factors_formed_together_equal_each_layers_own_sites_and_gradients_stay_
     64 tall, so its random B differs in shape), yet every layer's A (and B) is exactly
     M + s ||pi|| L Z from its own sites, and d loss / d M of each layer is its own."""
     from conftest import tiny_llama
+
     from pyro_monteclora.nn.layers import sample_adapter_factors
 
     scaler = 0.3
-    config = MonteCLoRAConfig(rank=3, sample_scaler=scaler, random_B=True,
-                              target_modules=["q_proj", "v_proj", "up_proj"])
+    config = MonteCLoRAConfig(
+        rank=3, sample_scaler=scaler, random_B=True, target_modules=["q_proj", "v_proj", "up_proj"]
+    )
     model = MonteCLoRAModel(tiny_llama(), config, likelihood="causal-lm")
     adapters = model.adapters()
     assert len(adapters) == 6
@@ -174,8 +175,8 @@ def test_draws_with_a_batch_dimension_pair_each_layer_with_its_own_mean_and_draw
     """Under a plate of P draws (vectorised prediction), P = the number of layers on purpose: a
     stacking that mixed the layer axis with the draws' axis would pair layer p with draw p."""
     import pyro
-
     from conftest import tiny_llama
+
     from pyro_monteclora.nn.layers import sample_adapter_factors
 
     scaler = 0.3

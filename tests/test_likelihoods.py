@@ -3,12 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_bert_classifier, tiny_llama
 from pyro import poutine
 
 from pyro_monteclora import CausalLM, MonteCLoRAConfig, MonteCLoRAModel, SequenceClassification
 from pyro_monteclora.nn.likelihoods import get_likelihood
-
-from conftest import tiny_bert_classifier, tiny_llama
 
 
 def observe(likelihood, logits, labels, dataset_size=None):
@@ -29,15 +28,20 @@ def test_causal_lm_masks_ignored_tokens_and_shifts():
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 1, 2, -100, -100]])
     site = observe(CausalLM(), logits, labels)
-    shifted = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1),
-                              ignore_index=-100, reduction="sum")
+    shifted = F.cross_entropy(
+        logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
     torch.testing.assert_close(site["log_prob_sum"], -shifted)
     assert site["value"].shape == (2, 4)
 
 
 def test_causal_lm_model_end_to_end_matches_hf_loss():
-    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj", "v_proj"]),
-                            likelihood="causal-lm", adapter_mode="mean")
+    model = MonteCLoRAModel(
+        tiny_llama(),
+        MonteCLoRAConfig(rank=2, target_modules=["q_proj", "v_proj"]),
+        likelihood="causal-lm",
+        adapter_mode="mean",
+    )
     ids = torch.randint(1, 64, (3, 6))
     labels = ids.clone()
     labels[:, :2] = -100

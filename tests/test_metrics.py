@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from pyro_monteclora.evaluation.metrics import (accuracy, auroc, brier_score, classification_metrics,
-                                                expected_calibration_error, negative_log_likelihood, reliability_curve)
+from pyro_monteclora.evaluation.metrics import (
+    accuracy,
+    auroc,
+    brier_score,
+    classification_metrics,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+)
 
 PROBS = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
 LABELS = torch.tensor([0, 1, 1, 1])

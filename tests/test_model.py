@@ -6,14 +6,20 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_monteclora import (EmptyGuide, MonteCLoRAConfig, MonteCLoRAELBO, MonteCLoRAGuide, MonteCLoRAModel,
-                             WishartCholesky, kl_scale)
+from pyro_monteclora import (
+    EmptyGuide,
+    MonteCLoRAConfig,
+    MonteCLoRAELBO,
+    MonteCLoRAGuide,
+    MonteCLoRAModel,
+    WishartCholesky,
+    kl_scale,
+)
 from pyro_monteclora.training.svi import fit
-
-from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
 
 QUERY = "bert.encoder.layer.0.attention.self.query"
 
@@ -89,8 +95,7 @@ def test_pyro_svi_with_pyro_optim_trains_the_model(elbo):
 def test_predictive_returns_posterior_samples_of_A():
     model, guide = make()
     inputs = without_labels(classification_batch())
-    samples = Predictive(model, guide=guide, num_samples=5,
-                         return_sites=[f"{QUERY}.lora_A", "_RETURN"])(**inputs)
+    samples = Predictive(model, guide=guide, num_samples=5, return_sites=[f"{QUERY}.lora_A", "_RETURN"])(**inputs)
     # Pyro pads a site outside the model's plates with one singleton dimension per plate level
     # (here the data plate of the sampled labels)
     assert samples[f"{QUERY}.lora_A"].shape == (5, 1, 4, 32)
@@ -182,8 +187,9 @@ def test_lora_mode_has_no_latent_sites_and_uses_the_mean():
 
 
 def test_generation_reuses_one_draw_per_model_execution():
-    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj", "v_proj"],
-                                                            sample_scaler=0.5))
+    model = MonteCLoRAModel(
+        tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj", "v_proj"], sample_scaler=0.5)
+    )
     MonteCLoRAGuide(model)
     ids = torch.randint(1, 64, (1, 4))
     with poutine.trace() as tracer:
@@ -194,10 +200,13 @@ def test_generation_reuses_one_draw_per_model_execution():
     assert len(covariance_sites) == 4  # one per adapted layer, not one per generated token
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(target_modules=["no_such_layer"]), "target_modules"),
-    (dict(modules_to_save=["no_such_head"]), "modules_to_save"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(target_modules=["no_such_layer"]), "target_modules"),
+        (dict(modules_to_save=["no_such_head"]), "modules_to_save"),
+    ],
+)
 def test_configs_that_match_nothing_are_rejected(kwargs, field):
     with pytest.raises(ValueError, match=field):
         MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2, **kwargs))
@@ -207,8 +216,9 @@ def test_likelihood_and_model_mismatch_is_rejected():
     with pytest.raises(ValueError, match="causal-lm"):
         MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2), likelihood="causal-lm")
     with pytest.raises(ValueError, match="sequence-classification"):
-        MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj"]),
-                        likelihood="sequence-classification")
+        MonteCLoRAModel(
+            tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj"]), likelihood="sequence-classification"
+        )
     with pytest.raises(ValueError, match="likelihood must be one of"):
         MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2), likelihood="regression")
 
@@ -305,8 +315,11 @@ def test_an_outer_replay_still_decides_the_guide_draws_and_gradients_reach_every
         if site["type"] == "sample":
             assert torch.equal(again.nodes[name]["value"], site["value"]), name
     trace = poutine.trace(guide).get_trace()
-    loss = sum(site["value"].pow(2).sum() for site_name, site in trace.nodes.items()
-               if site["type"] == "sample" and not site_name.endswith(".noise"))
+    loss = sum(
+        site["value"].pow(2).sum()
+        for site_name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_name.endswith(".noise")
+    )
     loss.backward()
     for stem, posterior in guide.factor_posteriors().items():
         assert posterior.log_scale.grad is not None and posterior.log_scale.grad.abs().sum() > 0, stem

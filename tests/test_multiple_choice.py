@@ -5,38 +5,63 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_llama, word_tokenizer
+
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.data.causal_lm import encode_prompt
+from pyro_monteclora.data.multiple_choice import (
+    MultipleChoiceData,
+    load_multiple_choice_file,
+    multiple_choice_loader,
+    parse_answer,
+)
 from pyro_monteclora.data.records import DataError
 from pyro_monteclora.evaluation.language_model import predict_multiple_choice
-from pyro_monteclora.data.multiple_choice import (MultipleChoiceData, load_multiple_choice_file, multiple_choice_loader,
-                                                  parse_answer)
-
-from conftest import tiny_llama, word_tokenizer
 
 CHOICES = ["paris", "lima", "tokyo"]
 
 
-@pytest.mark.parametrize("value, index", [
-    (0, 0), (2, 2), ("B", 1), ("c", 2), ("1", 1), ("answer1", 0), ("option3", 2), ("Solution2", 1),
-    ("ending1", 0), ("tokyo", 2)])
+@pytest.mark.parametrize(
+    "value, index",
+    [
+        (0, 0),
+        (2, 2),
+        ("B", 1),
+        ("c", 2),
+        ("1", 1),
+        ("answer1", 0),
+        ("option3", 2),
+        ("Solution2", 1),
+        ("ending1", 0),
+        ("tokyo", 2),
+    ],
+)
 def test_answer_forms(value, index):
     assert parse_answer(value, CHOICES, "here") == index
 
 
 @pytest.mark.parametrize("value", [3, -1, "D", "answer4", "answer0", "london", True, None, 1.5])
 def test_answers_outside_the_choices_name_the_place_and_the_allowed_values(value):
-    with pytest.raises(DataError, match=r"^f\.jsonl line 7: answer .* is not one of the 3 choices; "
-                                        r"use an index 0\.\.2, a letter A\.\.C, answer1\.\.answer3"):
+    with pytest.raises(
+        DataError,
+        match=r"^f\.jsonl line 7: answer .* is not one of the 3 choices; "
+        r"use an index 0\.\.2, a letter A\.\.C, answer1\.\.answer3",
+    ):
         parse_answer(value, CHOICES, "f.jsonl line 7")
 
 
-@pytest.mark.parametrize("row, pattern", [
-    ({"choices": CHOICES, "answer": 0}, r"line 2: field 'question' \(the question\) is missing"),
-    ({"question": "q", "choices": ["only"], "answer": 0}, r"line 2: field 'choices' must be a list of at least two"),
-    ({"question": "q", "choices": CHOICES}, r"line 2: no 'answer' field"),
-    ({"question": "q", "choices": CHOICES, "answer": "E"}, r"line 2: answer 'E' is not one of the 3 choices"),
-])
+@pytest.mark.parametrize(
+    "row, pattern",
+    [
+        ({"choices": CHOICES, "answer": 0}, r"line 2: field 'question' \(the question\) is missing"),
+        (
+            {"question": "q", "choices": ["only"], "answer": 0},
+            r"line 2: field 'choices' must be a list of at least two",
+        ),
+        ({"question": "q", "choices": CHOICES}, r"line 2: no 'answer' field"),
+        ({"question": "q", "choices": CHOICES, "answer": "E"}, r"line 2: answer 'E' is not one of the 3 choices"),
+    ],
+)
 def test_bad_records_stop_with_the_file_and_line(tmp_path, row, pattern):
     path = tmp_path / "mc.jsonl"
     good = {"question": "what is the capital of peru ?", "choices": CHOICES, "answer": "B"}
@@ -50,14 +75,16 @@ def test_arc_style_choices_are_read():
     from pyro_monteclora.data.multiple_choice import records_to_multiple_choice
 
     data = records_to_multiple_choice(
-        [("record 1", {"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answer": "B"})],
-        "arc")
+        [("record 1", {"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answer": "B"})], "arc"
+    )
     assert data.choices == [["x", "y"]] and data.answers == [1]
 
 
 def adapted(sample_scaler):
-    model = MonteCLoRAModel(tiny_llama(initializer_range=0.2), MonteCLoRAConfig(
-        rank=4, target_modules=["q_proj", "v_proj"], sample_scaler=sample_scaler))
+    model = MonteCLoRAModel(
+        tiny_llama(initializer_range=0.2),
+        MonteCLoRAConfig(rank=4, target_modules=["q_proj", "v_proj"], sample_scaler=sample_scaler),
+    )
     with torch.no_grad():
         for adapter in model.adapters().values():
             adapter.lora_B.normal_(0, 0.5)
@@ -67,7 +94,10 @@ def adapted(sample_scaler):
 def questions():
     return MultipleChoiceData(
         ["what is the capital of peru ?", "what is the capital of japan ?", "is the capital of india delhi ?"],
-        [CHOICES, ["tokyo", "cairo", "madrid", "lima"], ["yes", "no"]], [1, 0, 0], "mc")
+        [CHOICES, ["tokyo", "cairo", "madrid", "lima"], ["yes", "no"]],
+        [1, 0, 0],
+        "mc",
+    )
 
 
 def test_option_probabilities_are_a_softmax_of_hand_computed_log_likelihoods():
@@ -87,7 +117,7 @@ def test_option_probabilities_are_a_softmax_of_hand_computed_log_likelihoods():
             scores.append(sum(log_probs[len(prompt) - 1 + t, token] for t, token in enumerate(option)))
         expected = torch.stack(scores).softmax(-1)
         torch.testing.assert_close(output.probs[q, : len(scores)], expected.float(), rtol=1e-4, atol=1e-6)
-        assert torch.all(output.probs[q, len(scores):] == 0)  # a question with fewer options
+        assert torch.all(output.probs[q, len(scores) :] == 0)  # a question with fewer options
     assert output.labels.tolist() == [1, 0, 0]
 
 
@@ -128,5 +158,7 @@ def test_non_ascii_letters_and_many_choices_are_errors_not_crashes():
         parse_answer("É", CHOICES, "here")
     many = [f"option text {i}" for i in range(30)]
     assert parse_answer("answer30", many, "here") == 29
-    with pytest.raises(DataError, match=r"answer 'answer31' is not one of the 30 choices; use an index 0\.\.29, answer1"):
+    with pytest.raises(
+        DataError, match=r"answer 'answer31' is not one of the 30 choices; use an index 0\.\.29, answer1"
+    ):
         parse_answer("answer31", many, "here")

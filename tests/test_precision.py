@@ -4,18 +4,18 @@ and precisions a device cannot run are refused."""
 
 import pytest
 import torch
+from conftest import VOCAB, classification_batch, tiny_bert_classifier, without_labels
 from pyro import poutine
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, fit
 from pyro_monteclora.distributions import lora_perturbation
 from pyro_monteclora.nn.precision import autocast, cast_frozen, check_precision
 
-from conftest import VOCAB, classification_batch, tiny_bert_classifier, without_labels
-
 
 def bf16_model(sample_scaler):
-    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(
-        rank=4, sample_scaler=sample_scaler, modules_to_save=["classifier"]))
+    model = MonteCLoRAModel(
+        tiny_bert_classifier(), MonteCLoRAConfig(rank=4, sample_scaler=sample_scaler, modules_to_save=["classifier"])
+    )
     cast_frozen(model.network, torch.bfloat16)
     return model, MonteCLoRAGuide(model)
 
@@ -37,9 +37,12 @@ def test_a_1e_minus_6_perturbation_survives_bf16_autocast():
     for path, adapter in model.adapters().items():
         A = trace.nodes[f"{path}.lora_A"]["value"]
         assert A.dtype == torch.float32
-        expected = lora_perturbation(trace.nodes[f"{path}.covariance"]["value"],
-                                     trace.nodes[f"{path}.mixture_weights"]["value"],
-                                     trace.nodes[f"{path}.lora_A.noise"]["value"], 1e-6)
+        expected = lora_perturbation(
+            trace.nodes[f"{path}.covariance"]["value"],
+            trace.nodes[f"{path}.mixture_weights"]["value"],
+            trace.nodes[f"{path}.lora_A.noise"]["value"],
+            1e-6,
+        )
         delta = A - adapter.lora_A_mean
         # exact up to fp32's rounding of A = M + delta (|M| < 1: an absolute error below 1.2e-7)
         torch.testing.assert_close(delta, expected, rtol=0, atol=1.2e-7 * adapter.lora_A_mean.abs().max().item())
@@ -55,20 +58,24 @@ def test_svi_under_bf16_autocast_trains_and_reaches_the_guide():
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1, VOCAB, (32, 8), generator=generator)
     labels = (ids[:, 0] > VOCAB // 2).long()
-    data = [{"input_ids": ids[i:i + 8], "attention_mask": torch.ones(8, 8, dtype=torch.long),
-             "labels": labels[i:i + 8]} for i in range(0, 32, 8)]
+    data = [
+        {"input_ids": ids[i : i + 8], "attention_mask": torch.ones(8, 8, dtype=torch.long), "labels": labels[i : i + 8]}
+        for i in range(0, 32, 8)
+    ]
     model.dataset_size = 32
-    result = fit(model, guide, data, epochs=3, learning_rate=1e-2, dtype=torch.bfloat16, progress=False,
-                 seed=0)
+    result = fit(model, guide, data, epochs=3, learning_rate=1e-2, dtype=torch.bfloat16, progress=False, seed=0)
     assert all(torch.isfinite(torch.tensor(step["loss"])) for step in result.steps)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in guide.parameters())
     assert all(p.dtype == torch.float32 for _, p in model.trainable_parameters())
 
 
-@pytest.mark.parametrize("name, device, pattern", [
-    ("fp16", "cpu", r"dtype fp16 needs a CUDA device"),
-    ("fp8", "cpu", r"dtype must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"),
-])
+@pytest.mark.parametrize(
+    "name, device, pattern",
+    [
+        ("fp16", "cpu", r"dtype fp16 needs a CUDA device"),
+        ("fp8", "cpu", r"dtype must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"),
+    ],
+)
 def test_precisions_a_device_cannot_run_are_refused(name, device, pattern):
     with pytest.raises(ValueError, match=pattern):
         check_precision(name, device)
@@ -79,13 +86,15 @@ def test_precisions_a_device_cannot_run_are_refused(name, device, pattern):
 
 
 def _one_step_gradients(checkpointing: bool):
+    from conftest import capital_rows, tiny_llama, word_tokenizer
+
     from pyro_monteclora.data.causal_lm import causal_lm_loader
     from pyro_monteclora.data.instructions import InstructionData
 
-    from conftest import capital_rows, tiny_llama, word_tokenizer
-
-    model = MonteCLoRAModel(tiny_llama(initializer_range=0.2), MonteCLoRAConfig(
-        rank=4, target_modules=["q_proj", "v_proj"], sample_scaler=0.5))
+    model = MonteCLoRAModel(
+        tiny_llama(initializer_range=0.2),
+        MonteCLoRAConfig(rank=4, target_modules=["q_proj", "v_proj"], sample_scaler=0.5),
+    )
     with torch.no_grad():
         for adapter in model.adapters().values():
             adapter.lora_B.normal_(0, 0.5)
@@ -142,8 +151,7 @@ def _bf16_layer_outputs(sample_scaler: float, under_autocast: bool):
             outputs.append(layer(x))
         result = layer.base_layer(x)
     assert result.dtype == outputs[0].dtype == torch.bfloat16  # what the next layer expects
-    exact = [result.float() + torch.nn.functional.linear(x.float() @ factor.T, B * layer.scaling)
-             for factor in (M, A)]
+    exact = [result.float() + torch.nn.functional.linear(x.float() @ factor.T, B * layer.scaling) for factor in (M, A)]
     return outputs, exact, result
 
 
@@ -165,7 +173,7 @@ def test_a_bf16_output_moves_by_one_rounding_of_the_exact_perturbation(sample_sc
     dy = (exact - exact_plain).abs()
     spacing = torch.maximum(_bf16_spacing(exact), _bf16_spacing(exact_plain))
     assert moved[dy > spacing].all()  # a perturbation over one bf16 step always shows
-    assert moved[dy > 2 ** -7 * torch.maximum(exact.abs(), exact_plain.abs())].all()  # the docs' bound
+    assert moved[dy > 2**-7 * torch.maximum(exact.abs(), exact_plain.abs())].all()  # the docs' bound
     predicted = (dy / spacing).clamp(max=1).mean().item()
     observed = moved.float().mean().item()
     assert abs(observed - predicted) < 0.1 * predicted + 3 * (predicted / moved.numel()) ** 0.5
@@ -174,8 +182,10 @@ def test_a_bf16_output_moves_by_one_rounding_of_the_exact_perturbation(sample_sc
     # and docs/method.rst's table: (one rounding, two roundings as when the update was cast first)
     documented = {1e-6: (0.011, 0.004), 1e-4: (0.37, 0.30), 1e-2: (0.99, 0.98)}.get(sample_scaler)
     if documented is not None:
+
         def rounded_twice(exact_output):
             return result + (exact_output - result.float()).bfloat16()
+
         twice = (rounded_twice(exact) != rounded_twice(exact_plain)).float().mean().item()
         assert abs(observed - documented[0]) < 0.1 * documented[0]
         assert abs(twice - documented[1]) < 0.12 * documented[1]

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.infer.predictive import entropy, predict
-
-from conftest import classification_batch, tiny_bert_classifier, tiny_llama, without_labels
 
 
 def make(sample_scaler=1.0):
@@ -76,8 +75,9 @@ def test_predict_restores_training_mode_and_validates_input():
 
 @pytest.mark.parametrize("scaler", [0.0, 1e4])
 def test_extreme_sample_scalers_behave_as_documented(scaler):
-    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
     from conftest import classification_batch, tiny_bert_classifier
+
+    from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 
     model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, sample_scaler=scaler))
     guide = MonteCLoRAGuide(model)

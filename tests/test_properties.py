@@ -9,8 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyro_monteclora.distributions import WishartCholesky
-from pyro_monteclora.evaluation.metrics import (accuracy, brier_score, expected_calibration_error,
-                                                negative_log_likelihood)
+from pyro_monteclora.evaluation.metrics import (
+    accuracy,
+    brier_score,
+    expected_calibration_error,
+    negative_log_likelihood,
+)
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -48,8 +52,12 @@ def test_metrics_do_not_depend_on_the_order_of_examples(data, rng):
 
 
 @SETTINGS
-@given(st.integers(1, 6), st.floats(0.0, 5.0), st.lists(st.floats(-3, 3), min_size=6, max_size=6),
-       st.integers(0, 2**31 - 1))
+@given(
+    st.integers(1, 6),
+    st.floats(0.0, 5.0),
+    st.lists(st.floats(-3, 3), min_size=6, max_size=6),
+    st.integers(0, 2**31 - 1),
+)
 def test_wishart_cholesky_draws_are_valid_factors_with_finite_density(rank, extra_df, log_scale, seed):
     df = rank - 1 + 1e-3 + extra_df
     torch.manual_seed(seed)
@@ -94,13 +102,15 @@ from pyro_monteclora.data.records import DataError, load_classification_file, re
 READERS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: any JSON value: scalars (NaN, infinities, 40-digit integers, any unicode) nested in lists and objects
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**40, 10**40) | st.floats() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(10**40), 10**40) | st.floats() | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
-    max_leaves=6)
+    max_leaves=6,
+)
 #: texts with the characters that break line- and field-splitting: separators, quotes, U+2028,
 #: form feeds, zero-width and control characters
-AWKWARD_TEXT = st.text(st.sampled_from(list("ab ,\t\"'\n\r\x0c\x1c\x00\u2028\u2029\u200b\ufeff\u0301é😀"))
-                       | st.characters(), max_size=12)
+AWKWARD_TEXT = st.text(
+    st.sampled_from(list("ab ,\t\"'\n\r\x0c\x1c\x00\u2028\u2029\u200b\ufeff\u0301é😀")) | st.characters(), max_size=12
+)
 
 
 def loaded_or_named_error(path: Path, text_columns=("text",), label_column="label", rows=None):
@@ -129,8 +139,10 @@ def test_any_bytes_load_or_fail_naming_the_file(content, suffix):
 
 
 @READERS
-@given(st.lists(st.fixed_dictionaries({"text": JSON_VALUES | AWKWARD_TEXT, "label": JSON_VALUES}),
-                min_size=1, max_size=6), st.sampled_from([".json", ".jsonl"]))
+@given(
+    st.lists(st.fixed_dictionaries({"text": JSON_VALUES | AWKWARD_TEXT, "label": JSON_VALUES}), min_size=1, max_size=6),
+    st.sampled_from([".json", ".jsonl"]),
+)
 def test_any_json_records_load_or_fail_naming_the_file_and_row(rows, suffix):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"data{suffix}"
@@ -142,8 +154,7 @@ def test_any_json_records_load_or_fail_naming_the_file_and_row(rows, suffix):
 
 
 @READERS
-@given(st.lists(st.lists(AWKWARD_TEXT, min_size=1, max_size=3), min_size=1, max_size=6),
-       st.sampled_from([",", "\t"]))
+@given(st.lists(st.lists(AWKWARD_TEXT, min_size=1, max_size=3), min_size=1, max_size=6), st.sampled_from([",", "\t"]))
 def test_csv_written_by_the_csv_module_reads_back_what_it_holds(rows, delimiter):
     """Whatever the fields hold (separators, quotes, line breaks), a file written by ``csv.writer``
     under a ``text,label`` header loads only when every row has those two fields, and then with the
@@ -167,8 +178,10 @@ def test_nesting_at_any_depth_loads_or_fails_naming_the_file(depth, opener):
     closer = "]" if opener == "[" else "}"
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "data.jsonl"
-        path.write_text('{"text": "a", "label": ' + opener * depth + "1" + closer * depth + "}\n"
-                        '{"text": "b", "label": 0}\n', encoding="utf-8")
+        path.write_text(
+            '{"text": "a", "label": ' + opener * depth + "1" + closer * depth + '}\n{"text": "b", "label": 0}\n',
+            encoding="utf-8",
+        )
         loaded_or_named_error(path, rows=2)
 
 
@@ -177,8 +190,9 @@ def test_nesting_at_any_depth_loads_or_fails_naming_the_file(depth, opener):
 def test_label_parsing_of_any_values(labels, with_label_set):
     rows = [{"text": f"text {i}", "label": label} for i, label in enumerate(labels)]
     try:
-        data = records_to_classification(rows, "source.jsonl", ["text"], "label",
-                                         ["0", "1", "neg", "pos"] if with_label_set else None)
+        data = records_to_classification(
+            rows, "source.jsonl", ["text"], "label", ["0", "1", "neg", "pos"] if with_label_set else None
+        )
     except DataError as error:
         assert str(error).startswith("source.jsonl"), str(error)
         return

@@ -25,16 +25,26 @@ def load(name):
 
 
 def git(folder, *args):
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false",
-                           *args], cwd=folder, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", *args],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 @pytest.fixture
 def repository(tmp_path):
     """A git repository with the project's layout and one commit."""
     root = tmp_path / "repo"
-    for name in ("pyro_monteclora/core.py", "examples/demo.py", "benchmarks/bench.py",
-                 "benchmarks/results/bench.json", "README.md"):
+    for name in (
+        "pyro_monteclora/core.py",
+        "examples/demo.py",
+        "benchmarks/bench.py",
+        "benchmarks/results/bench.json",
+        "README.md",
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("x = 1\n")
     git(root, "init", "-q")
@@ -62,13 +72,16 @@ def test_records_the_commit_of_the_checkout(repository, monkeypatch):
 
 
 @needs_git
-@pytest.mark.parametrize("changed, dirty", [
-    ("pyro_monteclora/core.py", True),
-    ("examples/demo.py", True),
-    ("benchmarks/bench.py", True),
-    ("benchmarks/results/bench.json", False),  # make results rewrites it between its steps
-    ("README.md", False),
-])
+@pytest.mark.parametrize(
+    "changed, dirty",
+    [
+        ("pyro_monteclora/core.py", True),
+        ("examples/demo.py", True),
+        ("benchmarks/bench.py", True),
+        ("benchmarks/results/bench.json", False),  # make results rewrites it between its steps
+        ("README.md", False),
+    ],
+)
 def test_dirty_means_uncommitted_changes_to_the_measured_code(repository, changed, dirty):
     provenance = load("provenance")
     (repository / changed).write_text("x = 2\n")
@@ -92,9 +105,11 @@ def test_outside_git_the_commit_is_unknown(tmp_path, monkeypatch):
 
 
 def write_run(folder: Path, seed: int, commit, accuracy: float) -> Path:
-    record = {"settings": {"seed": seed, "epochs": 6}, "environment": {"total_seconds": 400.0},
-              "models": {"monteclora": {"accuracy": accuracy, "nll": 0.6},
-                         "lora": {"accuracy": accuracy - 0.01, "nll": 0.8}}}
+    record = {
+        "settings": {"seed": seed, "epochs": 6},
+        "environment": {"total_seconds": 400.0},
+        "models": {"monteclora": {"accuracy": accuracy, "nll": 0.6}, "lora": {"accuracy": accuracy - 0.01, "nll": 0.8}},
+    }
     if commit is not None:
         record["provenance"] = {"commit": commit, "dirty": False}
     folder.mkdir(parents=True)
@@ -105,8 +120,9 @@ def write_run(folder: Path, seed: int, commit, accuracy: float) -> Path:
 def test_demo_seeds_aggregates_runs_of_one_commit(tmp_path):
     demo_seeds = load("demo_seeds")
     runs = [write_run(tmp_path / f"seed{s}", s, "a" * 40, 0.74 + 0.01 * s) for s in range(3)]
-    status = demo_seeds.main(["--aggregate", *map(str, runs), "--output", str(tmp_path / "out"),
-                              "--name", "demo_summary"])
+    status = demo_seeds.main(
+        ["--aggregate", *map(str, runs), "--output", str(tmp_path / "out"), "--name", "demo_summary"]
+    )
     assert status == 0
     summary = json.loads((tmp_path / "out" / "demo_summary.json").read_text())
     assert summary["commits"] == ["a" * 40] * 3 and summary["mixed_commits"] is False

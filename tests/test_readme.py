@@ -30,5 +30,5 @@ def test_readme_examples_run(tmp_path):
     save = blocks[2].replace('"runs/', f'"{tmp_path}/')
     assert save != blocks[2]
     exec(compile(save, str(README), "exec"), namespace)
-    again = namespace["again"]
+    assert namespace["again"].config == namespace["model"].config
     assert namespace["again_guide"] is not None and (tmp_path / "my-adapter-peft" / "adapter_config.json").is_file()

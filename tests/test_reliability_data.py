@@ -23,24 +23,39 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_bert_classifier
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from test_cli import data_dir, model_dir, sentences, snapshot, write_jsonl  # noqa: F401 (fixtures)
+from test_cli_decoders import decoder_dir  # noqa: F401 (fixture)
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.cli import main
 from pyro_monteclora.data.records import DataError, has_visible_text, load_classification_file, read_records
 from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained, save_pretrained
 
-from conftest import tiny_bert_classifier
-from test_cli import data_dir, model_dir, sentences, snapshot, write_jsonl  # noqa: F401 (fixtures)
-from test_cli_decoders import decoder_dir  # noqa: F401 (fixture)
-
 
 def tiny_train(model_dir, train_file, output, *extra):
-    return ["train", "--model", str(model_dir), "--train-file", str(train_file), "--rank", "4",
-            "--batch-size", "8", "--max-length", "16", "--epochs", "1", "--no-validation",
-            "--output", str(output), *extra]
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--train-file",
+        str(train_file),
+        "--rank",
+        "4",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "16",
+        "--epochs",
+        "1",
+        "--no-validation",
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def refused(capsys, argv, pattern=None):
@@ -56,8 +71,10 @@ def refused(capsys, argv, pattern=None):
 
 def strict_json(text: str):
     """``json.loads`` that refuses NaN and infinities (as every other JSON reader does)."""
+
     def no_constant(name):
         raise ValueError(f"{name} is not JSON")
+
     return json.loads(text, parse_constant=no_constant)
 
 
@@ -77,21 +94,26 @@ def run(model_dir, data_dir, tmp_path_factory):  # noqa: F811
 
 # -- 1. --overwrite never deletes what the command reads -----------------------------------------
 
+
 def test_overwrite_refuses_a_run_folder_that_holds_the_training_data(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
     output = _old_run(tmp_path / "myrun")
     shutil.copy(data_dir / "train.jsonl", output / "train.jsonl")
     link = tmp_path / "link.jsonl"
     link.symlink_to(output / "train.jsonl")
     before = snapshot(tmp_path)
-    refused(capsys, tiny_train(model_dir, output / "train.jsonl", output, "--overwrite"),
-            r"--output .*myrun holds --train-file .*train\.jsonl, which this command reads")
+    refused(
+        capsys,
+        tiny_train(model_dir, output / "train.jsonl", output, "--overwrite"),
+        r"--output .*myrun holds --train-file .*train\.jsonl, which this command reads",
+    )
     # through a symbolic link that resolves inside the folder, and a relative path to it
     refused(capsys, tiny_train(model_dir, link, output, "--overwrite"), r"holds --train-file")
     cwd = os.getcwd()
     try:
         os.chdir(tmp_path)
-        refused(capsys, tiny_train(model_dir, "myrun/train.jsonl", "./myrun/../myrun", "--overwrite"),
-                r"holds --train-file")
+        refused(
+            capsys, tiny_train(model_dir, "myrun/train.jsonl", "./myrun/../myrun", "--overwrite"), r"holds --train-file"
+        )
     finally:
         os.chdir(cwd)
     assert snapshot(tmp_path) == before
@@ -102,10 +124,16 @@ def test_overwrite_refuses_a_run_folder_that_holds_the_model_or_a_test_file(mode
     shutil.copytree(model_dir, output / "base")
     shutil.copy(data_dir / "test.jsonl", output / "test.jsonl")
     before = snapshot(tmp_path)
-    refused(capsys, tiny_train(output / "base", data_dir / "train.jsonl", output, "--overwrite"),
-            r"holds --model .*base")
-    refused(capsys, tiny_train(model_dir, data_dir / "train.jsonl", output, "--overwrite",
-                               "--test-file", str(output / "test.jsonl")), r"holds --test-file")
+    refused(
+        capsys, tiny_train(output / "base", data_dir / "train.jsonl", output, "--overwrite"), r"holds --model .*base"
+    )
+    refused(
+        capsys,
+        tiny_train(
+            model_dir, data_dir / "train.jsonl", output, "--overwrite", "--test-file", str(output / "test.jsonl")
+        ),
+        r"holds --test-file",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -115,10 +143,34 @@ def test_sweep_overwrite_refuses_a_folder_that_holds_its_data(model_dir, data_di
     (output / "sweep.json").write_text("{}")
     shutil.copy(data_dir / "train.jsonl", output / "train.jsonl")
     before = snapshot(tmp_path)
-    refused(capsys, ["sweep", "--model", str(model_dir), "--train-file", str(output / "train.jsonl"),
-                     "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora", "--learning-rates",
-                     "0.01", "--batch-sizes", "8", "--epochs", "1", "--max-length", "16", "--rank", "4",
-                     "--output", str(output), "--overwrite"], r"holds --train-file")
+    refused(
+        capsys,
+        [
+            "sweep",
+            "--model",
+            str(model_dir),
+            "--train-file",
+            str(output / "train.jsonl"),
+            "--test-file",
+            str(data_dir / "test.jsonl"),
+            "--methods",
+            "lora",
+            "--learning-rates",
+            "0.01",
+            "--batch-sizes",
+            "8",
+            "--epochs",
+            "1",
+            "--max-length",
+            "16",
+            "--rank",
+            "4",
+            "--output",
+            str(output),
+            "--overwrite",
+        ],
+        r"holds --train-file",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -129,11 +181,34 @@ def test_evaluate_overwrite_refuses_a_folder_that_holds_the_checkpoint_or_the_da
     shutil.copytree(run, results / "run")
     shutil.copy(data_dir / "test.jsonl", results / "test.jsonl")
     before = snapshot(tmp_path)
-    refused(capsys, ["evaluate", "--checkpoint", str(results / "run"), "--output", str(results),
-                     "--overwrite", "--test-file", str(data_dir / "test.jsonl")],
-            r"holds --checkpoint .*run/checkpoint")
-    refused(capsys, ["evaluate", "--checkpoint", str(run), "--output", str(results), "--overwrite",
-                     "--test-file", str(results / "test.jsonl")], r"holds the test data")
+    refused(
+        capsys,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(results / "run"),
+            "--output",
+            str(results),
+            "--overwrite",
+            "--test-file",
+            str(data_dir / "test.jsonl"),
+        ],
+        r"holds --checkpoint .*run/checkpoint",
+    )
+    refused(
+        capsys,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--output",
+            str(results),
+            "--overwrite",
+            "--test-file",
+            str(results / "test.jsonl"),
+        ],
+        r"holds the test data",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -145,31 +220,75 @@ def test_predict_and_generate_refuse_to_overwrite_their_own_input(run, decoder_d
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     before = snapshot(tmp_path)
-    refused(capsys, ["predict", "--checkpoint", str(run), "--input", str(texts), "--output", str(texts),
-                     "--overwrite"], r"--output .*texts\.txt would replace --input")
-    refused(capsys, ["predict", "--checkpoint", str(copy), "--input", str(texts), "--overwrite",
-                     "--output", str(copy / "checkpoint" / "model.safetensors")],
-            r"would replace --checkpoint|inside the run .*checkpoint/")  # either check refuses it first
-    refused(capsys, ["generate", "--model", str(decoder_dir), "--prompt-file", str(prompts),
-                     "--max-new-tokens", "2", "--output", str(prompts), "--overwrite"],
-            r"would replace --prompt-file")
+    refused(
+        capsys,
+        ["predict", "--checkpoint", str(run), "--input", str(texts), "--output", str(texts), "--overwrite"],
+        r"--output .*texts\.txt would replace --input",
+    )
+    refused(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            str(copy),
+            "--input",
+            str(texts),
+            "--overwrite",
+            "--output",
+            str(copy / "checkpoint" / "model.safetensors"),
+        ],
+        r"would replace --checkpoint|inside the run .*checkpoint/",
+    )  # either check refuses it first
+    refused(
+        capsys,
+        [
+            "generate",
+            "--model",
+            str(decoder_dir),
+            "--prompt-file",
+            str(prompts),
+            "--max-new-tokens",
+            "2",
+            "--output",
+            str(prompts),
+            "--overwrite",
+        ],
+        r"would replace --prompt-file",
+    )
     assert snapshot(tmp_path) == before
     # a new file in the run folder, next to the checkpoint, is fine
-    assert main(["predict", "--checkpoint", str(copy), "--input", str(texts), "--num-samples", "0",
-                 "--output", str(copy / "predictions.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(copy),
+                "--input",
+                str(texts),
+                "--num-samples",
+                "0",
+                "--output",
+                str(copy / "predictions.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert len((copy / "predictions.jsonl").read_text().splitlines()) == 2
 
 
 # -- 2. one process per run folder ----------------------------------------------------------------
 
-HOLD = ("import sys; from pyro_monteclora.storage.atomic import FolderLock; FolderLock(sys.argv[1]).acquire(); "
-        "print('held', flush=True); sys.stdin.read()")
+HOLD = (
+    "import sys; from pyro_monteclora.storage.atomic import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+    "print('held', flush=True); sys.stdin.read()"
+)
 
 
 def _holder(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s lock until it is killed."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "held"
     return process
 
@@ -208,9 +327,24 @@ def test_train_and_sweep_refuse_a_folder_another_process_holds(model_dir, data_d
         train = tiny_train(model_dir, data_dir / "train.jsonl", output)
         for extra in ([], ["--overwrite"], ["--resume"]):
             refused(capsys, train + extra, r"--output .*run is in use by another process")
-        refused(capsys, ["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-                         "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora", "--output",
-                         str(output), "--overwrite"], r"in use by another process")
+        refused(
+            capsys,
+            [
+                "sweep",
+                "--model",
+                str(model_dir),
+                "--train-file",
+                str(data_dir / "train.jsonl"),
+                "--test-file",
+                str(data_dir / "test.jsonl"),
+                "--methods",
+                "lora",
+                "--output",
+                str(output),
+                "--overwrite",
+            ],
+            r"in use by another process",
+        )
         assert snapshot(tmp_path) == before
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -226,8 +360,9 @@ def test_a_second_train_into_a_running_runs_folder_exits_2(model_dir, data_dir, 
     output = tmp_path / "run"
     argv = tiny_train(model_dir, data_dir / "train.jsonl", output, "--epochs", "400")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "pyro_monteclora", *argv], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pyro_monteclora", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 120
         while not (output / "checkpoint" / "training_state.json").is_file():
@@ -248,8 +383,8 @@ def test_a_second_train_into_a_running_runs_folder_exits_2(model_dir, data_dir, 
 def test_under_the_lock_a_folder_filled_since_the_checks_is_not_replaced(tmp_path):
     """The lock is taken after the model is loaded; a folder another run filled (and finished)
     in between is checked again, not deleted."""
-    from pyro_monteclora.storage.atomic import folder_in_use
     from pyro_monteclora.cli.options import UsageError, lock_output_folder
+    from pyro_monteclora.storage.atomic import folder_in_use
 
     output = tmp_path / "run"
     output.mkdir()
@@ -265,8 +400,11 @@ def test_under_the_lock_a_folder_filled_since_the_checks_is_not_replaced(tmp_pat
 DUPLICATES = [  # (file name, content, where)
     ("dup.csv", "text,text,label\na film,good,1\nb,c,0\n", r"dup\.csv line 1: the column 'text' appears twice"),
     ("dup.tsv", "text\tlabel\tlabel\na\t1\t0\n", r"dup\.tsv line 1: the column 'label' appears twice"),
-    ("dup.jsonl", '{"text": "a", "label": 1}\n{"text": "a", "text": "b", "label": 0}\n',
-     r"dup\.jsonl line 2: the field 'text' appears twice"),
+    (
+        "dup.jsonl",
+        '{"text": "a", "label": 1}\n{"text": "a", "text": "b", "label": 0}\n',
+        r"dup\.jsonl line 2: the field 'text' appears twice",
+    ),
     ("dup.json", '[{"text": "a", "label": 1, "label": 0}]', r"dup\.json: the field 'label' appears twice"),
 ]
 
@@ -284,8 +422,12 @@ def test_duplicate_parquet_columns_are_refused_in_one_line(tmp_path):
     import pyarrow.parquet as parquet
 
     path = tmp_path / "dup.parquet"
-    parquet.write_table(pyarrow.table([pyarrow.array(["a"]), pyarrow.array(["b"]), pyarrow.array([1])],
-                                      names=["text", "text", "label"]), path)
+    parquet.write_table(
+        pyarrow.table(
+            [pyarrow.array(["a"]), pyarrow.array(["b"]), pyarrow.array([1])], names=["text", "text", "label"]
+        ),
+        path,
+    )
     with pytest.raises(DataError, match=r"dup\.parquet: the column 'text' appears twice") as raised:
         read_records(path)
     assert "\n" not in str(raised.value)
@@ -300,28 +442,57 @@ def test_train_refuses_a_csv_with_a_duplicate_column(model_dir, tmp_path, capsys
 
 # -- 4. a classifier needs two labels --------------------------------------------------------------
 
+
 def test_a_one_class_training_set_is_refused(model_dir, data_dir, tmp_path, capsys):  # noqa: F811
     one_class = write_jsonl(tmp_path / "pos.jsonl", [r for r in sentences(16, 0) if r["label"] == "pos"])
     one_row = write_jsonl(tmp_path / "one.jsonl", sentences(1, 0))
     integers = write_jsonl(tmp_path / "ones.jsonl", [{"text": "a film", "label": 1}] * 4)
     out = tmp_path / "out"
-    refused(capsys, tiny_train(model_dir, one_class, out),
-            r"pos\.jsonl: a classifier needs at least two labels .*, but all its 8 rows have the label 'pos'")
+    refused(
+        capsys,
+        tiny_train(model_dir, one_class, out),
+        r"pos\.jsonl: a classifier needs at least two labels .*, but all its 8 rows have the label 'pos'",
+    )
     refused(capsys, tiny_train(model_dir, one_row, out), r"one\.jsonl: .*, but its only row has the label")
     refused(capsys, tiny_train(model_dir, integers, out), r"ones\.jsonl: .* have the label '1'")
-    refused(capsys, tiny_train(model_dir, data_dir / "train.jsonl", out, "--max-train-samples", "1"),
-            r"train\.jsonl: .*its only row \(--max-train-samples 1\) has the label 'neg'")
-    refused(capsys, ["sweep", "--model", str(model_dir), "--train-file", str(one_class), "--methods", "lora",
-                     "--test-file", str(data_dir / "test.jsonl"), "--output", str(out)],
-            r"needs at least two labels")
+    refused(
+        capsys,
+        tiny_train(model_dir, data_dir / "train.jsonl", out, "--max-train-samples", "1"),
+        r"train\.jsonl: .*its only row \(--max-train-samples 1\) has the label 'neg'",
+    )
+    refused(
+        capsys,
+        [
+            "sweep",
+            "--model",
+            str(model_dir),
+            "--train-file",
+            str(one_class),
+            "--methods",
+            "lora",
+            "--test-file",
+            str(data_dir / "test.jsonl"),
+            "--output",
+            str(out),
+        ],
+        r"needs at least two labels",
+    )
     assert not out.exists()
 
 
 # -- 5. labels ---------------------------------------------------------------------------------------
 
+
 def test_one_and_one_point_zero_are_one_label(tmp_path):
-    path = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": 1.0},
-                                                  {"text": "c", "label": "1"}, {"text": "d", "label": 0}])
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"text": "a", "label": 1},
+            {"text": "b", "label": 1.0},
+            {"text": "c", "label": "1"},
+            {"text": "d", "label": 0},
+        ],
+    )
     data = load_classification_file(path, ["text"], "label")
     assert data.label_names == ["0", "1"] and data.labels == [1, 1, 1, 0]
     csv = tmp_path / "mixed.csv"
@@ -334,7 +505,10 @@ def test_one_and_one_point_zero_are_one_label(tmp_path):
 
 
 BAD_LABELS = [  # (jsonl lines, error pattern)
-    ('{"text": "a", "label": 0}\n{"text": "b", "label": NaN}\n', r"row 2: label 'nan' in column 'label' is not a finite number"),
+    (
+        '{"text": "a", "label": 0}\n{"text": "b", "label": NaN}\n',
+        r"row 2: label 'nan' in column 'label' is not a finite number",
+    ),
     ('{"text": "a", "label": Infinity}\n', r"row 1: label 'inf' .* is not a finite number"),
     ('{"text": "a", "label": 0.5}\n', r"row 1: label '0.5' .* is a number with a fraction"),
     ('{"text": "a", "label": null}\n', r"row 1: no label in column 'label'"),
@@ -383,6 +557,7 @@ def test_task_labels_and_multiple_choice_answers_refuse_unicode_digits():
 
 # -- 6. NaN weights and strict JSON ----------------------------------------------------------------
 
+
 def _poison(folder: Path, name_part: str, value: float) -> str:
     path = folder / "model.safetensors"
     tensors = load_file(str(path))
@@ -410,8 +585,11 @@ def test_evaluate_refuses_nan_weights_in_one_line(run, data_dir, tmp_path, capsy
     texts = tmp_path / "texts.txt"
     texts.write_text("a film\n")
     before = snapshot(tmp_path)
-    refused(capsys, ["evaluate", "--checkpoint", str(damaged), "--num-samples", "0", "--test-file", str(data_dir / "test.jsonl")],
-            r"model\.safetensors: tensor 'network\..*classifier.*' holds NaN or infinite values")
+    refused(
+        capsys,
+        ["evaluate", "--checkpoint", str(damaged), "--num-samples", "0", "--test-file", str(data_dir / "test.jsonl")],
+        r"model\.safetensors: tensor 'network\..*classifier.*' holds NaN or infinite values",
+    )
     refused(capsys, ["predict", "--checkpoint", str(damaged), "--input", str(texts)], r"holds NaN")
     assert snapshot(tmp_path) == before
 
@@ -429,8 +607,22 @@ def test_non_finite_numbers_are_written_as_null(run, data_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(predictive, "predict", nan_predict)
     output = tmp_path / "evaluation"
-    assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "0", "--output", str(output),
-                 "--test-file", str(data_dir / "test.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run),
+                "--num-samples",
+                "0",
+                "--output",
+                str(output),
+                "--test-file",
+                str(data_dir / "test.jsonl"),
+            ]
+        )
+        == 0
+    )
     rows = [strict_json(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
     assert set(rows[0]["probabilities"].values()) == {None} and rows[1]["mutual_information"] is None
     strict_json((output / "metrics.json").read_text())
@@ -476,6 +668,7 @@ def test_generate_reads_one_prompt_per_line(tmp_path):
 
 # -- 8. two outputs, one file --------------------------------------------------------------------------
 
+
 def test_generate_refuses_the_same_file_for_output_and_metrics(decoder_dir, tmp_path, capsys):  # noqa: F811
     work = tmp_path / "work"
     work.mkdir()
@@ -485,13 +678,14 @@ def test_generate_refuses_the_same_file_for_output_and_metrics(decoder_dir, tmp_
     link.symlink_to(both)
     base = ["generate", "--model", str(decoder_dir), "--prompt-file", str(prompts), "--max-new-tokens", "2"]
     before = snapshot(work)
-    refused(capsys, base + ["--output", str(both), "--metrics", str(both)],
-            r"--output and --metrics name the same file")
+    refused(
+        capsys, base + ["--output", str(both), "--metrics", str(both)], r"--output and --metrics name the same file"
+    )
     # a link to --output's path: the same file (or, while that file does not exist, a dangling link)
-    refused(capsys, base + ["--output", str(both), "--metrics", str(link)],
-            r"name the same file|symbolic link to nowhere")
-    refused(capsys, base + ["--output", str(both), "--metrics", str(work / "." / "both.json")],
-            r"name the same file")
+    refused(
+        capsys, base + ["--output", str(both), "--metrics", str(link)], r"name the same file|symbolic link to nowhere"
+    )
+    refused(capsys, base + ["--output", str(both), "--metrics", str(work / "." / "both.json")], r"name the same file")
     refused(capsys, base + ["--metrics", "-"], r"--metrics - : give a file name")
     assert snapshot(work) == before
     assert main(base + ["--output", str(work / "gen.jsonl"), "--metrics", str(both)]) == 0
@@ -501,8 +695,14 @@ def test_generate_refuses_the_same_file_for_output_and_metrics(decoder_dir, tmp_
 
 # -- properties: a data file loads or raises a DataError naming it, nothing else ---------------------
 
-LABELS = st.one_of(st.text(max_size=8), st.integers(-3, 12), st.floats(), st.booleans(), st.none(),
-                   st.sampled_from(["1", "1.0", " 2 ", "--1", "\u00b2", "\u0661", "nan", "1e0"]))
+LABELS = st.one_of(
+    st.text(max_size=8),
+    st.integers(-3, 12),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["1", "1.0", " 2 ", "--1", "\u00b2", "\u0661", "nan", "1e0"]),
+)
 TEXTS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 
@@ -534,8 +734,10 @@ def test_any_labels_load_or_raise_a_data_error_naming_the_file(labels):
 def test_any_text_in_a_jsonl_file_reads_back_as_written(texts):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "texts.jsonl"
-        path.write_text("".join(json.dumps({"text": t, "label": i % 2}, ensure_ascii=False) + "\n"
-                                for i, t in enumerate(texts)), encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps({"text": t, "label": i % 2}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+            encoding="utf-8",
+        )
         try:
             data = load_classification_file(path, ["text"], "label")
         except DataError as error:

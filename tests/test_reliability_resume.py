@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_bert_classifier
 from safetensors.torch import load_file, save_file
+from test_cli import data_dir, model_dir, train_args  # noqa: F401 (fixtures)
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.cli import main
 from pyro_monteclora.data.records import DataError, load_classification_file, records_to_classification
 from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained, save_pretrained
-
-from conftest import tiny_bert_classifier
-from test_cli import data_dir, model_dir, train_args  # noqa: F401 (fixtures)
 
 NESTED = "[" * 100_000 + "]" * 100_000  # past Python's recursion limit
 
@@ -36,8 +35,10 @@ def files(folder: Path) -> dict:
             path = Path(root) / name
             info = os.lstat(path)
             found[str(path.relative_to(folder))] = (
-                (info.st_mtime_ns, path.read_bytes()) if path.is_file() and not path.is_symlink()
-                else (info.st_mode, os.readlink(path) if path.is_symlink() else None))
+                (info.st_mtime_ns, path.read_bytes())
+                if path.is_file() and not path.is_symlink()
+                else (info.st_mode, os.readlink(path) if path.is_symlink() else None)
+            )
     return found
 
 
@@ -78,17 +79,35 @@ def nested(name: str):
 
 # -- 9. seeds: [0, 2**32 - 1], refused before any model loads or folder is made ---------------------
 
+
 def test_seeds_outside_32_bits_are_refused_up_front(model_dir, data_dir, run, tmp_path, capsys):
     before = files(tmp_path)
     for seed in (str(2**32), "1" + "0" * 400):
         err = one_line_exit(train_args(model_dir, data_dir, tmp_path / "out", "--seed", seed), capsys)
         assert "--seed must be an integer >= 0 and <= 4294967295, got" in err
-    err = one_line_exit(["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-                         "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora",
-                         "--seeds", f"0,{2**32}", "--output", str(tmp_path / "sweep")], capsys)
+    err = one_line_exit(
+        [
+            "sweep",
+            "--model",
+            str(model_dir),
+            "--train-file",
+            str(data_dir / "train.jsonl"),
+            "--test-file",
+            str(data_dir / "test.jsonl"),
+            "--methods",
+            "lora",
+            "--seeds",
+            f"0,{2**32}",
+            "--output",
+            str(tmp_path / "sweep"),
+        ],
+        capsys,
+    )
     assert f"--seeds must be an integer >= 0 and <= 4294967295, got {2**32}" in err
-    for command in (["evaluate", "--checkpoint", str(run), "--output", str(tmp_path / "eval")],
-                    ["predict", "--checkpoint", str(run), "--input", str(data_dir / "test.jsonl")]):
+    for command in (
+        ["evaluate", "--checkpoint", str(run), "--output", str(tmp_path / "eval")],
+        ["predict", "--checkpoint", str(run), "--input", str(data_dir / "test.jsonl")],
+    ):
         err = one_line_exit(command + ["--seed", str(2**32)], capsys)
         assert "--seed must be an integer >= 0 and <= 4294967295" in err
     assert files(tmp_path) == before
@@ -96,22 +115,37 @@ def test_seeds_outside_32_bits_are_refused_up_front(model_dir, data_dir, run, tm
 
 # -- 10. a rank wider than the adapted layers ----------------------------------------------------------
 
-def test_a_rank_wider_than_the_layers_is_refused_before_anything_is_written(model_dir, data_dir, tmp_path,
-                                                                            capsys):
+
+def test_a_rank_wider_than_the_layers_is_refused_before_anything_is_written(model_dir, data_dir, tmp_path, capsys):
     before = files(tmp_path)
     err = one_line_exit(train_args(model_dir, data_dir, tmp_path / "out", "--rank", "33"), capsys)
     assert "--rank must be at most 32, the smaller side of the adapted layer bert.encoder.layer.0" in err
-    err = one_line_exit(["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-                         "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora",
-                         "--rank", "100000", "--output", str(tmp_path / "sweep")], capsys)
+    err = one_line_exit(
+        [
+            "sweep",
+            "--model",
+            str(model_dir),
+            "--train-file",
+            str(data_dir / "train.jsonl"),
+            "--test-file",
+            str(data_dir / "test.jsonl"),
+            "--methods",
+            "lora",
+            "--rank",
+            "100000",
+            "--output",
+            str(tmp_path / "sweep"),
+        ],
+        capsys,
+    )
     assert "--rank must be at most 32" in err
     assert files(tmp_path) == before
 
 
 # -- 11. outputs: symbolic links to nowhere, devices, another run's checkpoint/ ------------------------
 
-def test_outputs_that_are_links_to_nowhere_devices_or_inside_a_checkpoint(model_dir, data_dir, run, tmp_path,
-                                                                          capsys):
+
+def test_outputs_that_are_links_to_nowhere_devices_or_inside_a_checkpoint(model_dir, data_dir, run, tmp_path, capsys):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     os.mkfifo(tmp_path / "fifo")
@@ -120,30 +154,46 @@ def test_outputs_that_are_links_to_nowhere_devices_or_inside_a_checkpoint(model_
     texts = str(data_dir / "test.jsonl")
     for name in ("dangling", "loop", "loop/inner"):
         target = str(tmp_path / name)
-        for argv in (train_args(model_dir, data_dir, target),
-                     ["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-                      "--test-file", texts, "--methods", "lora", "--output", target],
-                     ["evaluate", "--checkpoint", str(run), "--output", target],
-                     ["predict", "--checkpoint", str(run), "--input", texts, "--output", target],
-                     ["generate", "--model", str(model_dir), "--prompt", "hi", "--output", target]):
+        for argv in (
+            train_args(model_dir, data_dir, target),
+            [
+                "sweep",
+                "--model",
+                str(model_dir),
+                "--train-file",
+                str(data_dir / "train.jsonl"),
+                "--test-file",
+                texts,
+                "--methods",
+                "lora",
+                "--output",
+                target,
+            ],
+            ["evaluate", "--checkpoint", str(run), "--output", target],
+            ["predict", "--checkpoint", str(run), "--input", texts, "--output", target],
+            ["generate", "--model", str(model_dir), "--prompt", "hi", "--output", target],
+        ):
             err = one_line_exit(argv, capsys)
             assert "is a symbolic link to nowhere (dangling, or a loop)" in err, (argv[0], err)
-    for argv in (["predict", "--checkpoint", str(run), "--input", texts, "--output", str(tmp_path / "fifo")],
-                 ["predict", "--checkpoint", str(run), "--input", texts, "--output", str(tmp_path / "fifo"),
-                  "--overwrite"],
-                 ["generate", "--model", str(model_dir), "--prompt", "hi", "--metrics", str(tmp_path / "fifo")]):
+    for argv in (
+        ["predict", "--checkpoint", str(run), "--input", texts, "--output", str(tmp_path / "fifo")],
+        ["predict", "--checkpoint", str(run), "--input", texts, "--output", str(tmp_path / "fifo"), "--overwrite"],
+        ["generate", "--model", str(model_dir), "--prompt", "hi", "--metrics", str(tmp_path / "fifo")],
+    ):
         err = one_line_exit(argv, capsys)
         assert "is not a regular file or folder (a device, pipe or socket); give a file name, or - " in err
-    for argv in (train_args(model_dir, data_dir, run / "checkpoint" / "inner"),
-                 ["evaluate", "--checkpoint", str(run), "--output", str(run / "checkpoint" / "eval")],
-                 ["predict", "--checkpoint", str(run), "--input", texts, "--output",
-                  str(run / "checkpoint" / "p.jsonl")]):
+    for argv in (
+        train_args(model_dir, data_dir, run / "checkpoint" / "inner"),
+        ["evaluate", "--checkpoint", str(run), "--output", str(run / "checkpoint" / "eval")],
+        ["predict", "--checkpoint", str(run), "--input", texts, "--output", str(run / "checkpoint" / "p.jsonl")],
+    ):
         err = one_line_exit(argv, capsys)
         assert f"lies inside the run {run}'s checkpoint/" in err
     assert files(tmp_path) == before and files(run) == run_before
 
 
 # -- 12. --resume of a damaged run.json or training_state.json -----------------------------------------
+
 
 def _arguments(**changes):
     return lambda record: record["arguments"].update(changes)
@@ -192,6 +242,7 @@ def _state_tensors(change):
         tensors = load_file(str(path))
         change(tensors)
         save_file(tensors, str(path))
+
     return damage
 
 
@@ -214,22 +265,33 @@ STATE_CASES = [  # (what is done to the checkpoint's training state, the message
     (_state(lambda r: r["rng"]["numpy"][1].pop()), r"rng.numpy is not a NumPy random state"),
     (_state(lambda r: r["rng"]["numpy"].__setitem__(2, -5)), r"rng.numpy is not a NumPy random state"),
     (_state(lambda r: r.update(rng=None)), r"rng must be an object, got None"),
-    (_state_tensors(lambda t: t.update({"rng.torch": t["rng.torch"][:100].clone()})), r"rng.torch .* is not a torch random"),
+    (
+        _state_tensors(lambda t: t.update({"rng.torch": t["rng.torch"][:100].clone()})),
+        r"rng.torch .* is not a torch random",
+    ),
     (_state_tensors(lambda t: t.pop("rng.torch")), r"the tensor rng.torch is missing"),
     (_first_group(lr="fast"), r"optimizer.param_groups\[0\].lr must be a finite number >= 0, got 'fast'"),
     (_first_group(betas=[0.9]), r"optimizer.param_groups\[0\].betas must be a list of two numbers"),
     (_state(lambda r: r["optimizer"].update(param_groups=[])), r"optimizer.param_groups is empty"),
-    (_state(_drop_last_parameter),
-     r"optimizer.param_groups list \d+ parameter\(s\); the model has \d+ trained tensors"),
+    (
+        _state(_drop_last_parameter),
+        r"optimizer.param_groups list \d+ parameter\(s\); the model has \d+ trained tensors",
+    ),
     (_state(lambda r: r["optimizer"]["state"].update({"999": {}})), r"optimizer.state.999: no parameter group"),
     (_state(lambda r: r["scheduler"].update(base_lrs=[])), r"scheduler.base_lrs has 0 entries for 1"),
     (_state(lambda r: r["scheduler"].update(last_epoch=None)), r"scheduler.last_epoch must be an integer"),
-    (_state_tensors(lambda t: t.update({"optimizer.0.exp_avg": torch.zeros(3), "optimizer.0.exp_avg_sq": torch.zeros(3)})),
-     r"optimizer.state.0 has shape \(3,\); its parameter has"),
+    (
+        _state_tensors(
+            lambda t: t.update({"optimizer.0.exp_avg": torch.zeros(3), "optimizer.0.exp_avg_sq": torch.zeros(3)})
+        ),
+        r"optimizer.state.0 has shape \(3,\); its parameter has",
+    ),
     (_state_tensors(lambda t: t.pop("optimizer.0.exp_avg_sq")), r"optimizer.state.0: the tensor exp_avg_sq is missing"),
     (nested("checkpoint/training_state.json"), r"is not valid JSON: nested too deeply"),
-    (lambda f: (f / "checkpoint" / "training_state.safetensors").write_bytes(pickle.dumps({"x": 1})),
-     r"training_state.safetensors is not a valid safetensors file"),
+    (
+        lambda f: (f / "checkpoint" / "training_state.safetensors").write_bytes(pickle.dumps({"x": 1})),
+        r"training_state.safetensors is not a valid safetensors file",
+    ),
 ]
 
 
@@ -255,6 +317,7 @@ def test_typed_and_recorded_arguments_share_one_table():
 
 # -- 13. a damaged monteclora_config.json, blamed on the checkpoint ------------------------------------
 
+
 def _config(change):
     return lambda folder: edit_json(folder / "checkpoint" / "monteclora_config.json", change)
 
@@ -264,34 +327,43 @@ CONFIG_CASES = [  # (what is done to the checkpoint, the message)
     (_config(lambda r: r.update(base_model=None)), r"monteclora_config.json: base_model must be an object, got None"),
     (_config(lambda r: r["base_model"].pop("architecture")), r"base_model.architecture is missing"),
     (_config(lambda r: r["base_model"].update(num_labels="2")), r"base_model.num_labels must be an integer >= 1"),
-    (_config(lambda r: r["base_model"].update(num_labels=10**12)),
-     r"base_model.num_labels is 1000000000000 but the saved classifier has 2 outputs"),
-    (_config(lambda r: r["base_model"].update(pad_token_id=10**9)),
-     r"base_model.pad_token_id is 1000000000, outside the base model's 64-token vocabulary"),
+    (
+        _config(lambda r: r["base_model"].update(num_labels=10**12)),
+        r"base_model.num_labels is 1000000000000 but the saved classifier has 2 outputs",
+    ),
+    (
+        _config(lambda r: r["base_model"].update(pad_token_id=10**9)),
+        r"base_model.pad_token_id is 1000000000, outside the base model's 64-token vocabulary",
+    ),
     (_config(lambda r: r.update(config=None)), r"monteclora_config.json: config must be an object, got None"),
     (_config(lambda r: r["config"].update(rank="4")), r"config: MonteCLoRAConfig.rank must be an integer"),
-    (_config(lambda r: r["config"].update(rank=10**9, wishart_df=None)), r"config.rank is 1000000000 but tensors.network.*lora_A_mean has shape \[4, 32\]"),
+    (
+        _config(lambda r: r["config"].update(rank=10**9, wishart_df=None)),
+        r"config.rank is 1000000000 but tensors.network.*lora_A_mean has shape \[4, 32\]",
+    ),
     (_config(lambda r: r.update(guide={"class": 5})), r"guide.class must be one of .*got 5"),
-    (_config(lambda r: r.update(guide={"class": "MonteCLoRAGuide", "options": {"scale_tril": "banded"}})),
-     r"guide.options: MonteCLoRAGuide.scale_tril must be one of"),
+    (
+        _config(lambda r: r.update(guide={"class": "MonteCLoRAGuide", "options": {"scale_tril": "banded"}})),
+        r"guide.options: MonteCLoRAGuide.scale_tril must be one of",
+    ),
     (_config(lambda r: r.update(tensors=[])), r"tensors must be an object, got \[\]"),
     (_config(lambda r: r.update(metadata=[])), r"metadata must be an object, got \[\]"),
     (_config(lambda r: r["metadata"].update(data=5)), r"metadata.data must be an object, got 5"),
     (_config(lambda r: r["metadata"]["data"].update(source=None)), r"metadata.data.source must be one of"),
     (_config(lambda r: r["metadata"].update(max_length="16")), r"metadata.max_length must be an integer >= 2"),
     (nested("checkpoint/monteclora_config.json"), r"monteclora_config.json is not valid JSON: nested too deep"),
-    (lambda f: (f / "checkpoint" / "tokenizer_config.json").write_text("{"),
-     r"--checkpoint .*checkpoint: its tokenizer: JSONDecodeError"),
+    (
+        lambda f: (f / "checkpoint" / "tokenizer_config.json").write_text("{"),
+        r"--checkpoint .*checkpoint: its tokenizer: JSONDecodeError",
+    ),
 ]
 
 
 @pytest.mark.parametrize("damage, pattern", CONFIG_CASES, ids=[c[1][:40] for c in CONFIG_CASES])
-def test_evaluate_a_damaged_checkpoint_names_the_file_and_the_field(run_copy, tmp_path, capsys, damage,
-                                                                    pattern):
+def test_evaluate_a_damaged_checkpoint_names_the_file_and_the_field(run_copy, tmp_path, capsys, damage, pattern):
     damage(run_copy)
     before = files(tmp_path)
-    err = one_line_exit(["evaluate", "--checkpoint", str(run_copy), "--output", str(tmp_path / "eval")],
-                        capsys)
+    err = one_line_exit(["evaluate", "--checkpoint", str(run_copy), "--output", str(tmp_path / "eval")], capsys)
     assert re.search(pattern, err), err
     assert "--model" not in err  # the checkpoint is at fault, not the base model
     assert files(tmp_path) == before
@@ -315,9 +387,15 @@ def test_integer_weights_in_a_checkpoint_are_refused_not_cast(saved):
 
 # -- 14. nesting, a pickle named model.safetensors, a disk that fills up ------------------------------
 
-@pytest.mark.parametrize("name, content", [
-    ("deep.json", NESTED), ("deep.jsonl", '{"text": "a", "label": ' + NESTED + "}\n"),
-    ("digits.jsonl", '{"text": "a", "label": ' + "7" * 5000 + "}\n")])
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("deep.json", NESTED),
+        ("deep.jsonl", '{"text": "a", "label": ' + NESTED + "}\n"),
+        ("digits.jsonl", '{"text": "a", "label": ' + "7" * 5000 + "}\n"),
+    ],
+)
 def test_json_nested_past_the_recursion_limit_is_a_data_error(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content)
@@ -332,22 +410,37 @@ def test_sweep_resume_of_a_nested_or_non_object_sweep_json(model_dir, data_dir, 
     for content in (NESTED, "[1, 2]"):
         (folder / "sweep.json").write_text(content)
         before = files(tmp_path)
-        err = one_line_exit(["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-                             "--test-file", str(data_dir / "test.jsonl"), "--methods", "lora",
-                             "--output", str(folder), "--resume"], capsys)
+        err = one_line_exit(
+            [
+                "sweep",
+                "--model",
+                str(model_dir),
+                "--train-file",
+                str(data_dir / "train.jsonl"),
+                "--test-file",
+                str(data_dir / "test.jsonl"),
+                "--methods",
+                "lora",
+                "--output",
+                str(folder),
+                "--resume",
+            ],
+            capsys,
+        )
         assert "sweep.json is not readable JSON" in err
         assert files(tmp_path) == before
 
 
-def test_a_pickle_named_model_safetensors_in_the_base_folder(model_dir, data_dir, run, tmp_path, capsys,
-                                                             monkeypatch):
+def test_a_pickle_named_model_safetensors_in_the_base_folder(model_dir, data_dir, run, tmp_path, capsys, monkeypatch):
     base = tmp_path / "base"
     shutil.copytree(model_dir, base)
     (base / "model.safetensors").write_bytes(pickle.dumps({"weight": [1.0]}))
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle.loads must never run"))
     before = files(tmp_path)
-    for argv in (train_args(base, data_dir, tmp_path / "out"),
-                 ["evaluate", "--checkpoint", str(run), "--model", str(base), "--output", str(tmp_path / "eval")]):
+    for argv in (
+        train_args(base, data_dir, tmp_path / "out"),
+        ["evaluate", "--checkpoint", str(run), "--model", str(base), "--output", str(tmp_path / "eval")],
+    ):
         err = one_line_exit(argv, capsys)
         assert f"--model {base}: a .safetensors file there is not valid safetensors" in err
     assert files(tmp_path) == before
@@ -398,6 +491,7 @@ def test_a_sweep_cell_whose_write_fails_is_retried_not_counted_as_diverged(tmp_p
 
 # -- the doubtful list -------------------------------------------------------------------------------
 
+
 def _rows(*pairs):
     return [{"text": text, "label": label} for text, label in pairs]
 
@@ -430,6 +524,7 @@ def test_the_label_column_cannot_be_a_text_column():
 
 # -- any damage to a training state: refused, or usable as the run would use it -----------------------
 
+
 def _reference_state(folder: Path) -> list:
     """Save a real AdamW + LambdaLR state after one step (over two tensors, one without a gradient
     and so without optimiser state) into ``folder``; returns the tensors' shapes."""
@@ -441,10 +536,17 @@ def _reference_state(folder: Path) -> list:
     parameters[0].sum().backward()
     optimizer.step()
     scheduler.step()
-    save_training_state(folder, TrainingState(
-        epoch=1, step=1, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-        rng=capture_rng_state(), history={"steps": [{"loss": 1.0}], "epochs": [{"epoch": 0, "loss": 1.0}],
-                                          "train_seconds": 0.5}))
+    save_training_state(
+        folder,
+        TrainingState(
+            epoch=1,
+            step=1,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            rng=capture_rng_state(),
+            history={"steps": [{"loss": 1.0}], "epochs": [{"epoch": 0, "loss": 1.0}], "train_seconds": 0.5},
+        ),
+    )
     return [tuple(p.shape) for p in parameters]
 
 
@@ -455,7 +557,7 @@ def _places(value, prefix=()):
         for key, item in value.items():
             yield from _places(item, prefix + (key,))
     elif isinstance(value, list):
-        for index in ([0, len(value) - 1] if len(value) > 8 else range(len(value))):
+        for index in [0, len(value) - 1] if len(value) > 8 else range(len(value)):
             yield from _places(value[index], prefix + (index,))
 
 
@@ -468,10 +570,16 @@ def test_any_damage_to_a_training_state_is_refused_or_usable(tmp_path):
     import numpy as np
     from hypothesis import given, settings
     from hypothesis import strategies as st
-
-    from pyro_monteclora.training.state import (STATE_JSON, STATE_TENSORS, capture_rng_state, check_state_fits,
-                                                load_training_state, restore_rng_state)
     from test_properties import JSON_VALUES
+
+    from pyro_monteclora.training.state import (
+        STATE_JSON,
+        STATE_TENSORS,
+        capture_rng_state,
+        check_state_fits,
+        load_training_state,
+        restore_rng_state,
+    )
 
     reference = tmp_path / "reference"
     shapes = _reference_state(reference)
@@ -523,7 +631,6 @@ def test_any_damage_to_a_saved_config_is_refused_or_loads(saved, tmp_path):
     a CheckpointError, or gives a model (never a KeyError, TypeError, or a huge allocation)."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
-
     from test_properties import JSON_VALUES
 
     original = json.loads((saved / "monteclora_config.json").read_text())

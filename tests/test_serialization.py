@@ -6,16 +6,14 @@ import pickle
 import pyro
 import pytest
 import torch
+from conftest import classification_batch, tiny_bert_classifier, tiny_gpt2, tiny_llama, without_labels
 from safetensors.torch import load_file
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel, predict
 from pyro_monteclora.nn.baselines import FullFineTuneModel
 from pyro_monteclora.storage.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained
 
-from conftest import classification_batch, tiny_bert_classifier, tiny_gpt2, tiny_llama, without_labels
-
-CONFIG = dict(rank=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"],
-              sample_scaler=0.3)
+CONFIG = dict(rank=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"], sample_scaler=0.3)
 
 
 def trained_like(model, guide, seed=3):
@@ -163,12 +161,16 @@ def test_a_version_1_checkpoint_is_still_read(tmp_path):
 
 def test_guides_are_found_through_a_registry(tmp_path):
     from pyro.infer.autoguide import AutoNormal
+
     from pyro_monteclora import register_guide
     from pyro_monteclora.storage.checkpoint import GUIDE_CLASSES
 
     model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(**CONFIG))
-    with pytest.raises(CheckpointError, match=r"cannot save a AutoNormal guide; registered guide classes are "
-                                              r"\['EmptyGuide', 'MonteCLoRAGuide'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cannot save a AutoNormal guide; registered guide classes are "
+        r"\['EmptyGuide', 'MonteCLoRAGuide'\]",
+    ):
         model.save_pretrained(tmp_path, guide=AutoNormal(model))
     assert not (tmp_path / CONFIG_NAME).exists()
     with pytest.raises(ValueError, match="no checkpoint_options"):

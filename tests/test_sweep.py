@@ -9,22 +9,40 @@ import subprocess
 import sys
 
 import pytest
+from test_cli import data_dir, model_dir, snapshot  # noqa: F401 (module fixtures)
 
 from pyro_monteclora.cli import main
 from pyro_monteclora.evaluation.sweep import summarize, summary_markdown, sweep_grid
 
-from test_cli import data_dir, model_dir, snapshot  # noqa: F401 (module fixtures)
-
 
 def sweep_args(model_dir, data_dir, output, *extra):
-    return ["sweep", "--model", str(model_dir), "--train-file", str(data_dir / "train.jsonl"),
-            "--test-file", str(data_dir / "test.jsonl"), "--rank", "4", "--max-length", "16",
-            "--epochs", "1", "--num-samples", "3", "--output", str(output), *extra]
+    return [
+        "sweep",
+        "--model",
+        str(model_dir),
+        "--train-file",
+        str(data_dir / "train.jsonl"),
+        "--test-file",
+        str(data_dir / "test.jsonl"),
+        "--rank",
+        "4",
+        "--max-length",
+        "16",
+        "--epochs",
+        "1",
+        "--num-samples",
+        "3",
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def test_summary_statistics_are_the_hand_computed_ones():
-    rows = [{"method": "lora", "status": "ok", "metrics": {"accuracy": a, "nll": n}}
-            for a, n in ((0.70, 0.60), (0.90, 0.40), (0.50, 1.20), (0.80, 0.50))]
+    rows = [
+        {"method": "lora", "status": "ok", "metrics": {"accuracy": a, "nll": n}}
+        for a, n in ((0.70, 0.60), (0.90, 0.40), (0.50, 1.20), (0.80, 0.50))
+    ]
     rows.append({"method": "lora", "status": "diverged"})
     rows.append({"method": "full", "status": "ok", "metrics": {"accuracy": 0.6, "nll": 0.7}})
     summary = summarize(rows, ["accuracy", "nll"])
@@ -44,8 +62,13 @@ def test_summary_statistics_are_the_hand_computed_ones():
 
 
 def test_the_grid_takes_its_own_rates_for_full_fine_tuning():
-    cells = sweep_grid(["monteclora", "full"], [1e-3, 5e-4], [16, 32], [0, 1],
-                       {"full": {"learning_rates": [5e-5], "batch_sizes": None}})
+    cells = sweep_grid(
+        ["monteclora", "full"],
+        [1e-3, 5e-4],
+        [16, 32],
+        [0, 1],
+        {"full": {"learning_rates": [5e-5], "batch_sizes": None}},
+    )
     assert len(cells) == 2 * 2 * 2 + 1 * 2 * 2
     assert {c.learning_rate for c in cells if c.method == "full"} == {5e-5}
     assert len({c.name for c in cells}) == len(cells)
@@ -54,8 +77,19 @@ def test_the_grid_takes_its_own_rates_for_full_fine_tuning():
 @pytest.fixture(scope="module")
 def finished_sweep(model_dir, data_dir, tmp_path_factory):  # noqa: F811
     output = tmp_path_factory.mktemp("sweeps") / "grid"
-    status = main(sweep_args(model_dir, data_dir, output, "--methods", "monteclora,lora",
-                             "--learning-rates", "0.05,0.01", "--batch-sizes", "8"))
+    status = main(
+        sweep_args(
+            model_dir,
+            data_dir,
+            output,
+            "--methods",
+            "monteclora,lora",
+            "--learning-rates",
+            "0.05,0.01",
+            "--batch-sizes",
+            "8",
+        )
+    )
     assert status == 0
     return output
 
@@ -64,15 +98,22 @@ def test_every_cell_is_trained_evaluated_summarised_and_plotted(finished_sweep):
     output = finished_sweep
     summary = json.loads((output / "summary.json").read_text())
     names = [r["name"] for r in summary["results"]]
-    assert names == ["monteclora-lr0.05-bs8-seed0", "monteclora-lr0.01-bs8-seed0",
-                     "lora-lr0.05-bs8-seed0", "lora-lr0.01-bs8-seed0"]
+    assert names == [
+        "monteclora-lr0.05-bs8-seed0",
+        "monteclora-lr0.01-bs8-seed0",
+        "lora-lr0.05-bs8-seed0",
+        "lora-lr0.01-bs8-seed0",
+    ]
     for row in summary["results"]:
         evaluation = json.loads((output / "cells" / row["name"] / "evaluation" / "metrics.json").read_text())
         assert row["status"] == "ok" and row["metrics"]["nll"] == evaluation["metrics"]["nll"]
         assert evaluation["num_samples"] == (3 if row["method"] == "monteclora" else 0)
         run = json.loads((output / "cells" / row["name"] / "run.json").read_text())["arguments"]
         assert (run["method"], run["learning_rate"], run["batch_size"]) == (
-            row["method"], row["learning_rate"], row["batch_size"])
+            row["method"],
+            row["learning_rate"],
+            row["batch_size"],
+        )
     assert summary["metrics"] == ["accuracy", "nll", "ece"]
     lora = [r["metrics"]["accuracy"] for r in summary["results"] if r["method"] == "lora"]
     assert summary["summary"]["lora"]["accuracy"]["spread"] == pytest.approx(max(lora) - min(lora))
@@ -85,8 +126,14 @@ def test_a_cell_carries_no_state_from_the_cells_before_it(finished_sweep, model_
     """lora at 0.01 ran after three other cells (two of them MonteCLoRA, with Pyro's parameter store
     and random state); alone, it gives the very same numbers."""
     alone = tmp_path / "alone"
-    assert main(sweep_args(model_dir, data_dir, alone, "--methods", "lora", "--learning-rates", "0.01",
-                           "--batch-sizes", "8")) == 0
+    assert (
+        main(
+            sweep_args(
+                model_dir, data_dir, alone, "--methods", "lora", "--learning-rates", "0.01", "--batch-sizes", "8"
+            )
+        )
+        == 0
+    )
     name = "lora-lr0.01-bs8-seed0"
     after = json.loads((finished_sweep / "results" / f"{name}.json").read_text())["metrics"]
     assert json.loads((alone / "results" / f"{name}.json").read_text())["metrics"] == after
@@ -94,8 +141,19 @@ def test_a_cell_carries_no_state_from_the_cells_before_it(finished_sweep, model_
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(model_dir, data_dir, tmp_path):  # noqa: F811
     output = tmp_path / "grid"
-    args = sweep_args(model_dir, data_dir, output, "--methods", "monteclora,lora", "--learning-rates",
-                      "0.02", "--batch-sizes", "8", "--epochs", "2")
+    args = sweep_args(
+        model_dir,
+        data_dir,
+        output,
+        "--methods",
+        "monteclora,lora",
+        "--learning-rates",
+        "0.02",
+        "--batch-sizes",
+        "8",
+        "--epochs",
+        "2",
+    )
     assert main(args) == 0
     before = json.loads((output / "summary.json").read_text())["results"]
     kept = output / "results" / "monteclora-lr0.02-bs8-seed0.json"
@@ -105,6 +163,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(model_dir, data_dir, tmp_
     for name in ("train_summary.json",):
         (cell / name).unlink()
     import shutil
+
     shutil.rmtree(cell / "evaluation")
     (output / "results" / "lora-lr0.02-bs8-seed0.json").unlink()
     state = json.loads((cell / "checkpoint" / "training_state.json").read_text())
@@ -117,23 +176,52 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(model_dir, data_dir, tmp_
     assert os.stat(kept).st_mtime_ns == kept_mtime  # the finished cell did not run again
     after = json.loads((output / "summary.json").read_text())["results"]
     assert [r["metrics"] for r in after] == [r["metrics"] for r in before]
-    changed = sweep_args(model_dir, data_dir, output, "--methods", "lora", "--learning-rates", "0.02",
-                         "--batch-sizes", "8", "--epochs", "2", "--resume")
+    changed = sweep_args(
+        model_dir,
+        data_dir,
+        output,
+        "--methods",
+        "lora",
+        "--learning-rates",
+        "0.02",
+        "--batch-sizes",
+        "8",
+        "--epochs",
+        "2",
+        "--resume",
+    )
     assert main(changed) == 2
 
 
-def test_a_sweep_killed_mid_way_resumes_and_ends_as_an_uninterrupted_one(finished_sweep, model_dir,  # noqa: F811
-                                                                         data_dir, tmp_path):
+def test_a_sweep_killed_mid_way_resumes_and_ends_as_an_uninterrupted_one(
+    finished_sweep,
+    model_dir,  # noqa: F811
+    data_dir,
+    tmp_path,
+):
     """A real SIGKILL of the sweep and the cell it is running (the whole process group) once the
     first cell is done; --resume then ends with exactly the uninterrupted sweep's numbers."""
     import signal
     import time
 
     output = tmp_path / "killed"
-    args = sweep_args(model_dir, data_dir, output, "--methods", "monteclora,lora", "--learning-rates",
-                      "0.05,0.01", "--batch-sizes", "8")
-    process = subprocess.Popen([sys.executable, "-m", "pyro_monteclora", *args], start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = sweep_args(
+        model_dir,
+        data_dir,
+        output,
+        "--methods",
+        "monteclora,lora",
+        "--learning-rates",
+        "0.05,0.01",
+        "--batch-sizes",
+        "8",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyro_monteclora", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if (output / "results").is_dir() and any((output / "results").iterdir()):
@@ -152,8 +240,14 @@ def test_a_sweep_killed_mid_way_resumes_and_ends_as_an_uninterrupted_one(finishe
 
 def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(model_dir, data_dir, tmp_path):  # noqa: F811
     output = tmp_path / "grid"
-    assert main(sweep_args(model_dir, data_dir, output, "--methods", "lora", "--learning-rates", "1e30",
-                           "--batch-sizes", "8")) == 0
+    assert (
+        main(
+            sweep_args(
+                model_dir, data_dir, output, "--methods", "lora", "--learning-rates", "1e30", "--batch-sizes", "8"
+            )
+        )
+        == 0
+    )
     result = json.loads((output / "results" / "lora-lr1e+30-bs8-seed0.json").read_text())
     assert result["status"] == "diverged" and "the loss is nan" in result["error"]
     summary = json.loads((output / "summary.json").read_text())["summary"]
@@ -161,20 +255,34 @@ def test_a_diverging_cell_is_recorded_and_the_sweep_goes_on(model_dir, data_dir,
     assert not (output / "sweep.png").exists()  # nothing finished to plot
 
 
-@pytest.mark.parametrize("name,extra,pattern", [
-    ("unknown method", ["--methods", "lora,bayes"], r"--methods: 'lora,bayes'; give distinct names from monteclora, lora, full"),
-    ("a rate that is not a number", ["--learning-rates", "1e-3,fast"], r"--learning-rates: 'fast' is not a number"),
-    ("a rate of zero", ["--learning-rates=1e-3,0"], r"--learning-rates: 0 must be > 0"),
-    ("a repeated batch size", ["--batch-sizes", "8,8"], r"--batch-sizes: 8 is given twice"),
-    ("full rates without full", ["--methods", "lora", "--full-learning-rates", "1e-5"], r"need full in --methods"),
-    ("a bad adapter option", ["--rank", "0"], r"--rank must be an integer >= 1"),
-    ("a bad prior option", ["--wishart-df", "2"], r"--wishart-df must be a finite number > rank - 1 = 3, got 2.0"),
-    ("no labelled test data", ["--split", "validation"], r"no labelled validation data"),
-    ("a classification task as causal-lm", ["--task-type", "causal-lm"], r"causal-lm data|prompt"),
-    ("two cells in one folder", ["--learning-rates", "1e-3,1.0000001e-3"], r"two cells would share the folder"),
-])
-def test_bad_input_exits_2_with_one_line_before_any_cell(model_dir, data_dir, tmp_path, capsys,  # noqa: F811
-                                                        name, extra, pattern):
+@pytest.mark.parametrize(
+    "name,extra,pattern",
+    [
+        (
+            "unknown method",
+            ["--methods", "lora,bayes"],
+            r"--methods: 'lora,bayes'; give distinct names from monteclora, lora, full",
+        ),
+        ("a rate that is not a number", ["--learning-rates", "1e-3,fast"], r"--learning-rates: 'fast' is not a number"),
+        ("a rate of zero", ["--learning-rates=1e-3,0"], r"--learning-rates: 0 must be > 0"),
+        ("a repeated batch size", ["--batch-sizes", "8,8"], r"--batch-sizes: 8 is given twice"),
+        ("full rates without full", ["--methods", "lora", "--full-learning-rates", "1e-5"], r"need full in --methods"),
+        ("a bad adapter option", ["--rank", "0"], r"--rank must be an integer >= 1"),
+        ("a bad prior option", ["--wishart-df", "2"], r"--wishart-df must be a finite number > rank - 1 = 3, got 2.0"),
+        ("no labelled test data", ["--split", "validation"], r"no labelled validation data"),
+        ("a classification task as causal-lm", ["--task-type", "causal-lm"], r"causal-lm data|prompt"),
+        ("two cells in one folder", ["--learning-rates", "1e-3,1.0000001e-3"], r"two cells would share the folder"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_before_any_cell(
+    model_dir,
+    data_dir,
+    tmp_path,
+    capsys,  # noqa: F811
+    name,
+    extra,
+    pattern,
+):
     import re
 
     output = tmp_path / "grid"
@@ -197,8 +305,9 @@ def test_an_existing_folder_that_is_not_a_sweep_is_never_deleted(model_dir, data
 
 
 def test_the_sweep_command_is_listed_in_the_help():
-    result = subprocess.run([sys.executable, "-m", "pyro_monteclora", "sweep", "--help"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_monteclora", "sweep", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "--learning-rates" in result.stdout and "--full-learning-rates" in result.stdout
 
 

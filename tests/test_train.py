@@ -7,12 +7,11 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import classification_batch, tiny_bert_classifier
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_monteclora import EmptyGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.training.svi import fit, linear_schedule
-
-from conftest import classification_batch, tiny_bert_classifier
 
 
 class TokenSetTask(Dataset):
@@ -28,21 +27,31 @@ class TokenSetTask(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return {"input_ids": self.input_ids[i], "attention_mask": torch.ones_like(self.input_ids[i]),
-                "labels": self.labels[i], "example_index": torch.tensor(i)}
+        return {
+            "input_ids": self.input_ids[i],
+            "attention_mask": torch.ones_like(self.input_ids[i]),
+            "labels": self.labels[i],
+            "example_index": torch.tensor(i),
+        }
 
 
 def loaders(train_size=256, test_size=128, batch_size=16):
-    train = DataLoader(TokenSetTask(train_size, seed=0), batch_size=batch_size, shuffle=True,
-                       generator=torch.Generator().manual_seed(0))
+    train = DataLoader(
+        TokenSetTask(train_size, seed=0),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     test = DataLoader(TokenSetTask(test_size, seed=1), batch_size=64)
     return train, test
 
 
 def make(mode="monteclora", **config):
-    model = MonteCLoRAModel(tiny_bert_classifier(),
-                            MonteCLoRAConfig(rank=4, modules_to_save=["classifier"], **config),
-                            adapter_mode="sample" if mode == "monteclora" else "mean")
+    model = MonteCLoRAModel(
+        tiny_bert_classifier(),
+        MonteCLoRAConfig(rank=4, modules_to_save=["classifier"], **config),
+        adapter_mode="sample" if mode == "monteclora" else "mean",
+    )
     return model, (MonteCLoRAGuide(model) if mode == "monteclora" else EmptyGuide(model))
 
 
@@ -50,8 +59,9 @@ def make(mode="monteclora", **config):
 def test_fit_learns_a_synthetic_task(mode):
     model, guide = make(mode, sample_scaler=0.05)
     train, test = loaders()
-    result = fit(model, guide, train, epochs=8, learning_rate=5e-3, seed=0, progress=False,
-                 eval_loader=test, eval_num_samples=4)
+    result = fit(
+        model, guide, train, epochs=8, learning_rate=5e-3, seed=0, progress=False, eval_loader=test, eval_num_samples=4
+    )
     losses = [s["loss"] for s in result.steps]
     assert len(losses) == 128
     assert sum(losses[-16:]) / 16 < 0.5 * sum(losses[:16]) / 16
@@ -63,8 +73,9 @@ def test_lora_mode_loss_is_the_mean_cross_entropy():
     model, guide = make("lora")
     batch = classification_batch(batch_size=16)
     with torch.no_grad():
-        expected = F.cross_entropy(model.network(**{k: v for k, v in batch.items() if k != "labels"}).logits,
-                                   batch["labels"])
+        expected = F.cross_entropy(
+            model.network(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]
+        )
     model.dataset_size = 1000
     result = fit(model, guide, [batch], epochs=1, learning_rate=1e-9, max_grad_norm=None, progress=False)
     assert result.steps[0]["loss"] == pytest.approx(expected.item(), rel=1e-5)
@@ -84,8 +95,17 @@ def test_fit_is_reproducible_with_a_seed():
 def test_kl_annealing_and_schedule_are_recorded():
     model, guide = make()
     train, _ = loaders(train_size=64)
-    result = fit(model, guide, train, epochs=1, kl_anneal_steps=2, warmup_ratio=0.5, log_every=1,
-                 learning_rate=1e-3, progress=False)
+    result = fit(
+        model,
+        guide,
+        train,
+        epochs=1,
+        kl_anneal_steps=2,
+        warmup_ratio=0.5,
+        log_every=1,
+        learning_rate=1e-3,
+        progress=False,
+    )
     assert [s["kl_factor"] for s in result.steps] == [0.0, 0.5, 1.0, 1.0]
     assert [round(s["lr"] / 1e-3, 6) for s in result.steps] == [1.0, 1.0, 0.5, 0.0]
     assert all(math.isfinite(s["kl"]) and s["kl"] >= 0 for s in result.steps)
@@ -122,12 +142,19 @@ def test_a_non_finite_loss_stops_with_the_step():
         fit(model, guide, train, progress=False)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    (dict(learning_rate=-1.0), "learning_rate"), (dict(learning_rate=float("nan")), "learning_rate"),
-    (dict(epochs=0), "epochs"), (dict(warmup_ratio=1.0), "warmup_ratio"),
-    (dict(loss="elbo"), "loss"), (dict(max_grad_norm=0), "max_grad_norm"),
-    (dict(eval_num_samples=-1), "eval_num_samples"), (dict(weight_decay=-0.1), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+        (dict(epochs=0), "epochs"),
+        (dict(warmup_ratio=1.0), "warmup_ratio"),
+        (dict(loss="elbo"), "loss"),
+        (dict(max_grad_norm=0), "max_grad_norm"),
+        (dict(eval_num_samples=-1), "eval_num_samples"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+    ],
+)
 def test_bad_settings_fail_before_any_step(kwargs, field):
     model, guide = make()
     before = [p.detach().clone() for p in model.parameters()]
@@ -141,6 +168,7 @@ def _poison_after_first_epoch(model):
     def poison(state):
         with torch.no_grad():
             model.network.classifier.weight.fill_(float("inf"))
+
     return poison
 
 
@@ -150,8 +178,15 @@ def test_a_non_finite_loss_names_the_step_or_is_skipped_when_asked():
     with pytest.raises(FloatingPointError, match=r"at step 2 \(epoch 1\)"):
         fit(model, guide, train, epochs=2, progress=False, on_epoch_end=_poison_after_first_epoch(model))
     model, guide = make()
-    result = fit(model, guide, train, epochs=2, progress=False, skip_nonfinite=True,
-                 on_epoch_end=_poison_after_first_epoch(model))
+    result = fit(
+        model,
+        guide,
+        train,
+        epochs=2,
+        progress=False,
+        skip_nonfinite=True,
+        on_epoch_end=_poison_after_first_epoch(model),
+    )
     assert [bool(s.get("skipped")) for s in result.steps] == [False, False, True, True]
     assert result.steps[-1]["lr"] == 0.0  # the schedule went on through the skipped steps
 
@@ -159,15 +194,36 @@ def test_a_non_finite_loss_names_the_step_or_is_skipped_when_asked():
 # -- the pieces of fit: TrainConfig, callbacks, evaluate, SVIStep/train_epoch ----------------------
 from dataclasses import FrozenInstanceError, fields  # noqa: E402
 
-from pyro_monteclora.evaluation.evaluators import ClassificationEvaluator, LanguageModelEvaluator, evaluator_for
+from pyro_monteclora.evaluation.evaluators import (  # noqa: E402
+    ClassificationEvaluator,
+    LanguageModelEvaluator,
+    evaluator_for,
+)
 from pyro_monteclora.training.svi import SVIStep, TrainConfig, train_epoch  # noqa: E402
 
 BAD_FIELDS = [
-    ("epochs", 0), ("epochs", 1.5), ("max_steps", 0), ("learning_rate", 0.0), ("learning_rate", math.inf),
-    ("weight_decay", -1e-3), ("warmup_ratio", -0.1), ("warmup_ratio", True), ("max_grad_norm", -1.0),
-    ("loss", "elbo"), ("loss", None), ("num_particles", 0), ("kl_anneal_steps", -1), ("log_every", 0),
-    ("seed", -1), ("seed", 1.0), ("skip_nonfinite", 1), ("dtype", torch.float64), ("dtype", "bf16"),
-    ("validate_args", "yes"), ("progress", None), ("desc", 3),
+    ("epochs", 0),
+    ("epochs", 1.5),
+    ("max_steps", 0),
+    ("learning_rate", 0.0),
+    ("learning_rate", math.inf),
+    ("weight_decay", -1e-3),
+    ("warmup_ratio", -0.1),
+    ("warmup_ratio", True),
+    ("max_grad_norm", -1.0),
+    ("loss", "elbo"),
+    ("loss", None),
+    ("num_particles", 0),
+    ("kl_anneal_steps", -1),
+    ("log_every", 0),
+    ("seed", -1),
+    ("seed", 1.0),
+    ("skip_nonfinite", 1),
+    ("dtype", torch.float64),
+    ("dtype", "bf16"),
+    ("validate_args", "yes"),
+    ("progress", None),
+    ("desc", 3),
 ]
 
 
@@ -198,9 +254,15 @@ def test_callbacks_get_the_training_state_after_every_epoch():
     model, guide = make()
     train, _ = loaders(train_size=32)
     calls = []
-    result = fit(model, guide, train, epochs=3, progress=False,
-                 callbacks=[lambda state: calls.append(("a", state)), lambda state: calls.append(("b", state))],
-                 on_epoch_end=lambda state: calls.append(("on_epoch_end", state)))
+    result = fit(
+        model,
+        guide,
+        train,
+        epochs=3,
+        progress=False,
+        callbacks=[lambda state: calls.append(("a", state)), lambda state: calls.append(("b", state))],
+        on_epoch_end=lambda state: calls.append(("on_epoch_end", state)),
+    )
     assert [name for name, _ in calls] == ["a", "b", "on_epoch_end"] * 3
     states = [state for name, state in calls if name == "a"]
     assert [(s.epoch, s.step) for s in states] == [(1, 2), (2, 4), (3, 6)]
@@ -237,8 +299,11 @@ def test_eval_loader_is_the_evaluator_of_the_likelihood():
     for explicit in (False, True):
         model, guide = make(sample_scaler=0.1)
         train, test = loaders(train_size=32)  # a fresh shuffle generator for each run
-        evaluation = (dict(evaluate=ClassificationEvaluator(test, num_samples=2, ece_bins=5)) if explicit
-                      else dict(eval_loader=test, eval_num_samples=2, ece_bins=5))
+        evaluation = (
+            dict(evaluate=ClassificationEvaluator(test, num_samples=2, ece_bins=5))
+            if explicit
+            else dict(eval_loader=test, eval_num_samples=2, ece_bins=5)
+        )
         epochs.append(fit(model, guide, train, epochs=2, seed=0, progress=False, **evaluation).epochs)
     assert epochs[0] == epochs[1] and "ece" in epochs[0][0]
     assert isinstance(evaluator_for(model, test), ClassificationEvaluator)

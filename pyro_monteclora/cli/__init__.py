@@ -21,11 +21,11 @@ status 2, before anything is written.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from typing import List, Optional
-import json
 from pathlib import Path
+from typing import List, Optional
 
 from pyro_monteclora.cli.options import OneLineParser, UsageError
 from pyro_monteclora.cli.train import TrainingFault
@@ -42,8 +42,7 @@ def build_parser() -> OneLineParser:
     from pyro_monteclora.cli.sweep import add_sweep_parser
     from pyro_monteclora.cli.train import add_train_parser
 
-    parser = OneLineParser(prog="pyro-monteclora",
-                           description="MonteCLoRA (Bayesian LoRA) fine-tuning with Pyro")
+    parser = OneLineParser(prog="pyro-monteclora", description="MonteCLoRA (Bayesian LoRA) fine-tuning with Pyro")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_train_parser(subparsers)
     add_evaluate_parser(subparsers)
@@ -80,8 +79,10 @@ def main(argv: Optional[List[str]] = None, *, os_error_status: int = 1) -> int:
 
         pyro.clear_param_store()  # each command starts clean, also when called in-process
         if args.command != "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-            raise UsageError(f"{args.command} runs in one process (only train is multi-process); "
-                             f"launch it without torchrun / accelerate")
+            raise UsageError(
+                f"{args.command} runs in one process (only train is multi-process); "
+                f"launch it without torchrun / accelerate"
+            )
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
@@ -103,15 +104,21 @@ def main(argv: Optional[List[str]] = None, *, os_error_status: int = 1) -> int:
         where = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
         hint = "; `train --resume --output DIR` continues from the last finished epoch" if command == "train" else ""
         if _first_process():
-            print(f"pyro-monteclora{' ' + command if command else ''}: error: {where}; the files already "
-                  f"on disk are intact (each is replaced only once complete){hint}", file=sys.stderr)
+            print(
+                f"pyro-monteclora{' ' + command if command else ''}: error: {where}; the files already "
+                f"on disk are intact (each is replaced only once complete){hint}",
+                file=sys.stderr,
+            )
         return os_error_status
     except KeyboardInterrupt:
         command = getattr(locals().get("args"), "command", None)
         if command in ("train", "sweep"):
             where = "epoch" if command == "train" else "cell (and a cell from its last epoch)"
-            print(f"pyro-monteclora: interrupted; `{command} --resume --output DIR` continues from the "
-                  f"last finished {where}", file=sys.stderr)
+            print(
+                f"pyro-monteclora: interrupted; `{command} --resume --output DIR` continues from the "
+                f"last finished {where}",
+                file=sys.stderr,
+            )
         else:
             print("pyro-monteclora: interrupted", file=sys.stderr)
         return 130

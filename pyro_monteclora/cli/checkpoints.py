@@ -7,19 +7,35 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_monteclora.cli.options import (LOAD_ERRORS, UsageError, add_dtype_option, check_inputs_outside,
-                                         check_number, check_seed, load_error, resolve_device,
-                                         resolve_precision)
+from pyro_monteclora.cli.options import (
+    LOAD_ERRORS,
+    UsageError,
+    add_dtype_option,
+    check_inputs_outside,
+    check_number,
+    check_seed,
+    load_error,
+    resolve_device,
+    resolve_precision,
+)
 
-__all__ = ["CLASSIFIER_BATCH_SIZE", "add_inference_options", "find_checkpoint", "load_for_inference", "open_model",
-           "recorded_label_names", "default_samples", "check_evaluation_inputs"]
+__all__ = [
+    "CLASSIFIER_BATCH_SIZE",
+    "add_inference_options",
+    "find_checkpoint",
+    "load_for_inference",
+    "open_model",
+    "recorded_label_names",
+    "default_samples",
+    "check_evaluation_inputs",
+]
 
 
 def _check_metadata(record: dict, path: Path) -> None:
     """The ``metadata`` fields the commands read back from a checkpoint, each of the right type
     (the data specification as ``train --resume`` checks run.json's)."""
-    from pyro_monteclora.validation import FieldError, get_field
     from pyro_monteclora.cli.options import check_data_spec
+    from pyro_monteclora.validation import FieldError, get_field
 
     metadata = record.get("metadata", {})
     name = f"{path}: metadata"
@@ -41,17 +57,23 @@ CLASSIFIER_BATCH_SIZE = 64
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``evaluate`` and ``predict``: the checkpoint, S, batch size, seed, device."""
-    parser.add_argument("--checkpoint", required=True,
-                        help="a run folder from `train`, or a folder written by save_pretrained")
-    parser.add_argument("--num-samples", type=int, default=None,
-                        help="S posterior samples per example (default: 10 for monteclora, else 0; "
-                             "0 = the mean adapter)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="examples per batch (default: 64 for a classifier, 16 sequences for a "
-                             "causal LM)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a run folder from `train`, or a folder written by save_pretrained"
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="S posterior samples per example (default: 10 for monteclora, else 0; 0 = the mean adapter)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="examples per batch (default: 64 for a classifier, 16 sequences for a causal LM)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior samples")
-    parser.add_argument("--model", default=None,
-                        help="the base model (default: the one the checkpoint was trained on)")
+    parser.add_argument("--model", default=None, help="the base model (default: the one the checkpoint was trained on)")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_dtype_option(parser)
@@ -59,9 +81,8 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 def find_checkpoint(path: str) -> Path:
     """The saved-model folder: ``path`` itself, or the ``checkpoint`` folder of a run."""
-    from pyro_monteclora.storage.checkpoint import CONFIG_NAME
-
     from pyro_monteclora.cli.runs import checkpoint_candidates
+    from pyro_monteclora.storage.checkpoint import CONFIG_NAME
 
     base = Path(path)
     for candidate in (base, *checkpoint_candidates(base)):
@@ -89,8 +110,9 @@ def load_for_inference(args, likelihoods=("sequence-classification",)):
     _check_metadata(record, directory / "monteclora_config.json")
     if record["likelihood"] not in likelihoods:
         kinds = " or ".join(likelihoods)
-        raise UsageError(f"--checkpoint {args.checkpoint}: a {record['likelihood']} model; "
-                         f"this command takes {kinds} models")
+        raise UsageError(
+            f"--checkpoint {args.checkpoint}: a {record['likelihood']} model; this command takes {kinds} models"
+        )
     device = resolve_device(args.device)
     args.torch_dtype = resolve_precision(getattr(args, "dtype", "fp32"), device)
     return directory, record, device
@@ -122,8 +144,9 @@ def open_model(directory: Path, record: dict, args, device):
         where = f"--checkpoint {directory}: its tokenizer" if tokenizer_source == directory else f"--model {base}"
         raise UsageError(f"{where}: {type(error).__name__}: {error}".splitlines()[0]) from None
     try:
-        model, guide = load_pretrained(directory, base_model=base, trust_remote_code=args.trust_remote_code,
-                                       device=device)
+        model, guide = load_pretrained(
+            directory, base_model=base, trust_remote_code=args.trust_remote_code, device=device
+        )
     except CheckpointError as error:
         raise UsageError(str(error)) from None
     except LOAD_ERRORS as error:

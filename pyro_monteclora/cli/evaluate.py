@@ -12,11 +12,25 @@ import sys
 import time
 from pathlib import Path
 
-from pyro_monteclora.cli.options import (UsageError, add_data_options, check_number,
-                                         check_writable, evaluation_split, existing_output, resolve_data, task_of)
-from pyro_monteclora.cli.checkpoints import (CLASSIFIER_BATCH_SIZE, add_inference_options, check_evaluation_inputs,
-                                             default_samples, load_for_inference, open_model,
-                                             recorded_label_names)
+from pyro_monteclora.cli.checkpoints import (
+    CLASSIFIER_BATCH_SIZE,
+    add_inference_options,
+    check_evaluation_inputs,
+    default_samples,
+    load_for_inference,
+    open_model,
+    recorded_label_names,
+)
+from pyro_monteclora.cli.options import (
+    UsageError,
+    add_data_options,
+    check_number,
+    check_writable,
+    evaluation_split,
+    existing_output,
+    resolve_data,
+    task_of,
+)
 from pyro_monteclora.cli.reports import UNITS, prediction_rows
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "evaluation_output"]
@@ -25,25 +39,42 @@ __all__ = ["add_evaluate_parser", "run_evaluate", "evaluation_output"]
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` sub-command and its options."""
     parser = subparsers.add_parser(
-        "evaluate", help="posterior-predictive metrics, a reliability diagram and per-example output",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "evaluate",
+        help="posterior-predictive metrics, a reliability diagram and per-example output",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_inference_options(parser)
     add_data_options(parser, ("test",))
     parser.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins of the ECE")
-    parser.add_argument("--split", default=None, choices=["test", "validation", "train"],
-                        help="which split of the checkpoint's data (or of --task/--dataset) to use "
-                             "(default: test when it has labels, else validation, as for GLUE)")
-    parser.add_argument("--max-samples", type=int, default=None,
-                        help="evaluate on the first N examples only (default: all)")
-    parser.add_argument("--multiple-choice", action="store_true",
-                        help="causal-lm: score each option of question/choices/answer records by its "
-                             "log-likelihood (accuracy, NLL, ECE, Brier over the options)")
-    parser.add_argument("--length-normalize", action="store_true",
-                        help="with --multiple-choice: divide each option's log-likelihood by its tokens")
-    parser.add_argument("--max-new-tokens", type=int, default=256,
-                        help="generation tasks (gsm8k): tokens generated per answer for the exact match")
-    parser.add_argument("--output", default=None,
-                        help="folder for the results (default: <run>/evaluation)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        choices=["test", "validation", "train"],
+        help="which split of the checkpoint's data (or of --task/--dataset) to use "
+        "(default: test when it has labels, else validation, as for GLUE)",
+    )
+    parser.add_argument(
+        "--max-samples", type=int, default=None, help="evaluate on the first N examples only (default: all)"
+    )
+    parser.add_argument(
+        "--multiple-choice",
+        action="store_true",
+        help="causal-lm: score each option of question/choices/answer records by its "
+        "log-likelihood (accuracy, NLL, ECE, Brier over the options)",
+    )
+    parser.add_argument(
+        "--length-normalize",
+        action="store_true",
+        help="with --multiple-choice: divide each option's log-likelihood by its tokens",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=256,
+        help="generation tasks (gsm8k): tokens generated per answer for the exact match",
+    )
+    parser.add_argument("--output", default=None, help="folder for the results (default: <run>/evaluation)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     parser.set_defaults(handler=run_evaluate)
     return parser
@@ -60,8 +91,9 @@ def evaluation_output(args, directory: Path) -> Path:
         if not args.overwrite:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace its results")
         if not (output / "metrics.json").is_file():
-            raise UsageError(f"--overwrite: {output} holds no earlier evaluation (no metrics.json); "
-                             f"refusing to replace it")
+            raise UsageError(
+                f"--overwrite: {output} holds no earlier evaluation (no metrics.json); refusing to replace it"
+            )
     return output
 
 
@@ -76,43 +108,48 @@ def run_evaluate(args, parser_defaults: dict) -> int:
 
         return run_evaluate_causal_lm(args, directory, record, device, output)
     if args.multiple_choice:
-        raise UsageError("--multiple-choice scores the options with a causal-lm checkpoint; "
-                         f"{args.checkpoint} holds a classifier")
+        raise UsageError(
+            f"--multiple-choice scores the options with a causal-lm checkpoint; {args.checkpoint} holds a classifier"
+        )
     metadata = record.get("metadata", {})
     label_names = recorded_label_names(record)
     if args.split not in (None, "test") and args.test_file:
-        raise UsageError("--split names a split of the recorded data, --task or --dataset; "
-                         "with --test-file leave it out")
+        raise UsageError(
+            "--split names a split of the recorded data, --task or --dataset; with --test-file leave it out"
+        )
     args.split = evaluation_split(args, metadata.get("data"))
-    splits, data_spec = resolve_data(args, (args.split,), label_names=label_names,
-                                     recorded=metadata.get("data"))
+    splits, data_spec = resolve_data(args, (args.split,), label_names=label_names, recorded=metadata.get("data"))
     check_evaluation_inputs(args, output, directory, record, data_spec)
     task = task_of(args, data_spec)
     model, guide, tokenizer = open_model(directory, record, args, device)
 
     import pyro
 
-    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
     from pyro_monteclora.data.classification import classification_loader
     from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
-    from pyro_monteclora.nn.precision import autocast
     from pyro_monteclora.infer.predictive import predict
+    from pyro_monteclora.nn.precision import autocast
+    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
 
     data = splits[args.split]
     if args.max_samples:
         data = data.subset(args.max_samples)
     num_samples = default_samples(record, args.num_samples)
-    loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE,
-                                   metadata.get("max_length", 128))
+    loader = classification_loader(
+        data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, metadata.get("max_length", 128)
+    )
     pyro.set_rng_seed(args.seed)
     started = time.perf_counter()
     with autocast(device, args.torch_dtype):
         result = predict(model, guide, loader, num_samples=num_samples, progress=True)
     seconds = time.perf_counter() - started
-    metrics = classification_metrics(result.probs, result.labels, args.ece_bins,
-                                     uncertainty=result.predictive_entropy)
-    metrics.update({"mean_predictive_entropy": result.predictive_entropy.mean().item(),
-                    "mean_mutual_information": result.mutual_information.mean().item()})
+    metrics = classification_metrics(result.probs, result.labels, args.ece_bins, uncertainty=result.predictive_entropy)
+    metrics.update(
+        {
+            "mean_predictive_entropy": result.predictive_entropy.mean().item(),
+            "mean_mutual_information": result.mutual_information.mean().item(),
+        }
+    )
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
     method = metadata.get("method", record["model_class"])
     with atomic_directory(output) as staging:  # the three files appear together, or not at all
@@ -121,17 +158,30 @@ def run_evaluate(args, parser_defaults: dict) -> int:
         try:
             from pyro_monteclora.evaluation.plots import plot_reliability_diagram
 
-            plot_reliability_diagram({f"{method} (S={num_samples})": curve},
-                                     staging / "reliability.png", title=f"{len(data):,} examples")
+            plot_reliability_diagram(
+                {f"{method} (S={num_samples})": curve}, staging / "reliability.png", title=f"{len(data):,} examples"
+            )
         except ImportError:
-            print("reliability.png skipped: matplotlib is not installed (pip install matplotlib)",
-                  file=sys.stderr)
-        atomic_write_json(staging / "metrics.json", {
-            "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
-            "task": task.name if task else None, "task_metric": task.metric if task else "accuracy",
-            "ece_bins": args.ece_bins, "examples": len(data), "split": args.split,
-            "seed": args.seed, "checkpoint": str(directory), "data": data_spec,
-            "eval_seconds": seconds, "reliability": curve})
+            print("reliability.png skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        atomic_write_json(
+            staging / "metrics.json",
+            {
+                "units": UNITS,
+                "metrics": metrics,
+                "method": method,
+                "num_samples": num_samples,
+                "task": task.name if task else None,
+                "task_metric": task.metric if task else "accuracy",
+                "ece_bins": args.ece_bins,
+                "examples": len(data),
+                "split": args.split,
+                "seed": args.seed,
+                "checkpoint": str(directory),
+                "data": data_spec,
+                "eval_seconds": seconds,
+                "reliability": curve,
+            },
+        )
     print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
     print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)
     return 0

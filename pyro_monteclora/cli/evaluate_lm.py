@@ -26,10 +26,15 @@ def _choice_rows(data, output):
         choices = data.choices[index]
         probs = output.probs[index, : len(choices)].tolist()
         predicted = max(range(len(probs)), key=probs.__getitem__)
-        row = {"index": index, "question": data.questions[index], "choices": choices,
-               "predicted": predicted, "probabilities": probs,
-               "predictive_entropy": output.predictive_entropy[index].item(),
-               "mutual_information": output.mutual_information[index].item()}
+        row = {
+            "index": index,
+            "question": data.questions[index],
+            "choices": choices,
+            "predicted": predicted,
+            "probabilities": probs,
+            "predictive_entropy": output.predictive_entropy[index].item(),
+            "mutual_information": output.mutual_information[index].item(),
+        }
         if data.answers is not None:
             row.update(answer=data.answers[index], correct=predicted == data.answers[index])
         yield row
@@ -46,11 +51,20 @@ def _exact_match(args, model, guide, tokenizer, data, num_samples, device, max_l
 
     references = [refs or [response] for refs, response in zip(data.references, data.responses)]
     with autocast(device, args.torch_dtype):
-        results = generate_answers(model, tokenizer, data.prompts, num_samples, guide, inputs=data.inputs,
-                                   references=references, answer_type="number",
-                                   max_new_tokens=args.max_new_tokens,
-                                   max_length=max_length + args.max_new_tokens,
-                                   batch_size=max(1, batch_size // max(1, num_samples)), progress=True)
+        results = generate_answers(
+            model,
+            tokenizer,
+            data.prompts,
+            num_samples,
+            guide,
+            inputs=data.inputs,
+            references=references,
+            answer_type="number",
+            max_new_tokens=args.max_new_tokens,
+            max_length=max_length + args.max_new_tokens,
+            batch_size=max(1, batch_size // max(1, num_samples)),
+            progress=True,
+        )
     correct = torch.tensor([bool(r.correct) for r in results])
     agreement = torch.tensor([r.agreement for r in results], dtype=torch.float64)
     scored = confidence_metrics(agreement, correct, args.ece_bins)
@@ -63,17 +77,15 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     """Validate the data, load the checkpoint, evaluate and write the results; returns 0."""
     import pyro
 
-    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
-    from pyro_monteclora.nn.precision import autocast
-    from pyro_monteclora.cli.reports import UNITS
     from pyro_monteclora.cli.checkpoints import check_evaluation_inputs, default_samples, open_model
-
     from pyro_monteclora.cli.options import check_number, evaluation_split, task_of
+    from pyro_monteclora.cli.reports import UNITS
+    from pyro_monteclora.nn.precision import autocast
+    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
 
     metadata = record.get("metadata", {})
     if args.split not in (None, "test") and args.test_file:
-        raise UsageError("--split names a split of the recorded data or --dataset; with --test-file "
-                         "leave it out")
+        raise UsageError("--split names a split of the recorded data or --dataset; with --test-file leave it out")
     check_number("--max-new-tokens", args.max_new_tokens, minimum=1, integer=True)
     recorded = metadata.get("data") or {}
     args.split = evaluation_split(args, recorded)
@@ -117,39 +129,55 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
             metrics = language_model_metrics(model, guide, loader, num_samples)
         generated = None
         if task is not None and task.kind == "generation":
-            metrics, generated = _exact_match(args, model, guide, tokenizer, data, num_samples, device,
-                                              max_length, batch_size, metrics)
+            metrics, generated = _exact_match(
+                args, model, guide, tokenizer, data, num_samples, device, max_length, batch_size, metrics
+            )
         with atomic_directory(output) as staging:
             if generated is not None:
-                atomic_write_text(staging / "predictions.jsonl",
-                                  "".join(json_line(r.to_dict()) + "\n" for r in generated))
-            atomic_write_json(staging / "metrics.json", {
-                "units": "token_nll is in nats per response token; exact_match and agreement are "
-                         "fractions", "metrics": metrics, "task": task.name if task else None,
-                "task_metric": task.metric if task else "token_nll",
-                "method": method, "num_samples": num_samples, "examples": len(data),
-                "split": args.split, "seed": args.seed, "checkpoint": str(directory), "data": data_spec,
-                "eval_seconds": time.perf_counter() - started})
+                atomic_write_text(
+                    staging / "predictions.jsonl", "".join(json_line(r.to_dict()) + "\n" for r in generated)
+                )
+            atomic_write_json(
+                staging / "metrics.json",
+                {
+                    "units": "token_nll is in nats per response token; exact_match and agreement are fractions",
+                    "metrics": metrics,
+                    "task": task.name if task else None,
+                    "task_metric": task.metric if task else "token_nll",
+                    "method": method,
+                    "num_samples": num_samples,
+                    "examples": len(data),
+                    "split": args.split,
+                    "seed": args.seed,
+                    "checkpoint": str(directory),
+                    "data": data_spec,
+                    "eval_seconds": time.perf_counter() - started,
+                },
+            )
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
         print(f"wrote {output}/metrics.json", file=sys.stderr)
         return 0
 
-    from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
-    from pyro_monteclora.evaluation.language_model import predict_multiple_choice
     from pyro_monteclora.data.multiple_choice import multiple_choice_loader
+    from pyro_monteclora.evaluation.language_model import predict_multiple_choice
+    from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
 
     widest = max(len(choices) for choices in data.choices)
     loader = multiple_choice_loader(data, tokenizer, max(1, batch_size // widest), max_length)
     with autocast(device, args.torch_dtype):
-        result = predict_multiple_choice(model, guide, loader, num_samples, progress=True,
-                                         length_normalize=args.length_normalize)
+        result = predict_multiple_choice(
+            model, guide, loader, num_samples, progress=True, length_normalize=args.length_normalize
+        )
     seconds = time.perf_counter() - started
     if result.labels is None:
         raise UsageError("--multiple-choice: the questions have no answer field to score against")
-    metrics = classification_metrics(result.probs, result.labels, args.ece_bins,
-                                     uncertainty=result.predictive_entropy)
-    metrics.update({"mean_predictive_entropy": result.predictive_entropy.mean().item(),
-                    "mean_mutual_information": result.mutual_information.mean().item()})
+    metrics = classification_metrics(result.probs, result.labels, args.ece_bins, uncertainty=result.predictive_entropy)
+    metrics.update(
+        {
+            "mean_predictive_entropy": result.predictive_entropy.mean().item(),
+            "mean_mutual_information": result.mutual_information.mean().item(),
+        }
+    )
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
     with atomic_directory(output) as staging:
         lines = "".join(json_line(row) + "\n" for row in _choice_rows(data, result))
@@ -157,17 +185,31 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         try:
             from pyro_monteclora.evaluation.plots import plot_reliability_diagram
 
-            plot_reliability_diagram({f"{method} (S={num_samples})": curve}, staging / "reliability.png",
-                                     title=f"{len(data):,} questions")
+            plot_reliability_diagram(
+                {f"{method} (S={num_samples})": curve}, staging / "reliability.png", title=f"{len(data):,} questions"
+            )
         except ImportError:
             print("reliability.png skipped: matplotlib is not installed", file=sys.stderr)
-        atomic_write_json(staging / "metrics.json", {
-            "units": UNITS, "metrics": metrics, "method": method, "num_samples": num_samples,
-            "ece_bins": args.ece_bins, "examples": len(data), "split": args.split,
-            "task": task.name if task else None, "task_metric": task.metric if task else "accuracy",
-            "length_normalize": args.length_normalize, "seed": args.seed,
-            "checkpoint": str(directory), "data": data_spec, "eval_seconds": seconds,
-            "reliability": curve})
+        atomic_write_json(
+            staging / "metrics.json",
+            {
+                "units": UNITS,
+                "metrics": metrics,
+                "method": method,
+                "num_samples": num_samples,
+                "ece_bins": args.ece_bins,
+                "examples": len(data),
+                "split": args.split,
+                "task": task.name if task else None,
+                "task_metric": task.metric if task else "accuracy",
+                "length_normalize": args.length_normalize,
+                "seed": args.seed,
+                "checkpoint": str(directory),
+                "data": data_spec,
+                "eval_seconds": seconds,
+                "reliability": curve,
+            },
+        )
     print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
     print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)
     return 0

@@ -18,9 +18,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyro_monteclora.cli.options import (LOAD_ERRORS, UsageError, add_dtype_option, check_distinct_outputs,
-                                         check_file_output_not_input, check_number, check_seed, check_writable,
-                                         load_error, resolve_device, resolve_model_path, resolve_precision)
+from pyro_monteclora.cli.options import (
+    LOAD_ERRORS,
+    UsageError,
+    add_dtype_option,
+    check_distinct_outputs,
+    check_file_output_not_input,
+    check_number,
+    check_seed,
+    check_writable,
+    load_error,
+    resolve_device,
+    resolve_model_path,
+    resolve_precision,
+)
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
 
@@ -31,29 +42,47 @@ GENERATE_SAMPLES = 5
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``generate`` sub-command and its options."""
     parser = subparsers.add_parser(
-        "generate", help="generate answers with posterior sampling (JSON lines)",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "generate",
+        help="generate answers with posterior sampling (JSON lines)",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     source = parser.add_argument_group("model (one of)")
     source.add_argument("--checkpoint", default=None, help="a causal-lm run folder from `train`")
-    source.add_argument("--model", default=None,
-                        help="with --checkpoint: its base model; alone: a base model without "
-                             "adapters (folder, hub name or .gguf), for a baseline")
+    source.add_argument(
+        "--model",
+        default=None,
+        help="with --checkpoint: its base model; alone: a base model without "
+        "adapters (folder, hub name or .gguf), for a baseline",
+    )
     prompts = parser.add_argument_group("prompts (one of)")
     prompts.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
     prompts.add_argument("--prompt-file", default=None, help=".txt (one per line) or a record file")
     prompts.add_argument("--prompt-column", default=None, help="the prompt field of a record file")
-    parser.add_argument("--num-samples", type=int, default=None,
-                        help=f"S posterior samples per prompt (default: {GENERATE_SAMPLES} for "
-                             f"monteclora, else 0; 0 = greedy with the mean adapter)")
-    parser.add_argument("--answer-type", default="short", choices=["short", "number", "text"],
-                        help="how answers are extracted and compared")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help=f"S posterior samples per prompt (default: {GENERATE_SAMPLES} for "
+        f"monteclora, else 0; 0 = greedy with the mean adapter)",
+    )
+    parser.add_argument(
+        "--answer-type",
+        default="short",
+        choices=["short", "number", "text"],
+        help="how answers are extracted and compared",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="prompt + generation tokens; longer prompts are cut from the left "
-                             "(default: the training run's, else 512)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="prompt + generation tokens; longer prompts are cut from the left (default: the training run's, else 512)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
-    parser.add_argument("--samples-per-pass", type=int, default=None,
-                        help="posterior samples decoded together (default: all S)")
+    parser.add_argument(
+        "--samples-per-pass", type=int, default=None, help="posterior samples decoded together (default: all S)"
+    )
     parser.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts")
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior samples")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -79,8 +108,8 @@ def _check_file_output(value, option: str, overwrite: bool) -> None:
 
 
 def _read_prompts(args):
-    from pyro_monteclora.data.records import DataError, read_located_records, split_lines
     from pyro_monteclora.data.instructions import InstructionData, records_to_instructions
+    from pyro_monteclora.data.records import DataError, read_located_records, split_lines
 
     if bool(args.prompt) == bool(args.prompt_file):
         raise UsageError("give prompts with --prompt TEXT (repeatable) or --prompt-file FILE, not both")
@@ -101,8 +130,9 @@ def _read_prompts(args):
             raise UsageError(f"--prompt-file {path}: no prompt (one per line)")
         return InstructionData(lines, [None] * len(lines), source=str(path))
     try:
-        return records_to_instructions(read_located_records(path), str(path), args.prompt_column,
-                                       require_response=False)
+        return records_to_instructions(
+            read_located_records(path), str(path), args.prompt_column, require_response=False
+        )
     except DataError as error:
         raise UsageError(str(error)) from None
 
@@ -120,17 +150,20 @@ def _open(args, device):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pyro_monteclora.nn.baselines import FullFineTuneModel
     from pyro_monteclora.hf_defaults import ensure_pad_token
+    from pyro_monteclora.nn.baselines import FullFineTuneModel
 
     path = resolve_model_path(args.model, "causal-lm")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
     except Exception as error:  # see LOAD_ERRORS: a bad tokenizer.json raises a bare Exception
-        raise UsageError(f"--model {args.model}: its tokenizer: {type(error).__name__}: {error}".splitlines()[0]) from None
+        raise UsageError(
+            f"--model {args.model}: its tokenizer: {type(error).__name__}: {error}".splitlines()[0]
+        ) from None
     try:
-        network = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=args.trust_remote_code,
-                                                       use_safetensors=True)
+        network = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=args.trust_remote_code, use_safetensors=True
+        )
     except LOAD_ERRORS as error:
         raise UsageError(f"--model {args.model}: {load_error(error)}") from None
     ensure_pad_token(tokenizer)
@@ -142,9 +175,14 @@ def _open(args, device):
 
 def run_generate(args, parser_defaults: dict) -> int:
     """Validate, generate with posterior sampling, write JSON lines (and metrics); returns 0."""
-    for name, value, low in (("--num-samples", args.num_samples, 0), ("--max-new-tokens", args.max_new_tokens, 1),
-                             ("--batch-size", args.batch_size, 1), ("--samples-per-pass", args.samples_per_pass, 1),
-                             ("--max-prompts", args.max_prompts, 1), ("--ece-bins", args.ece_bins, 1)):
+    for name, value, low in (
+        ("--num-samples", args.num_samples, 0),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--samples-per-pass", args.samples_per_pass, 1),
+        ("--max-prompts", args.max_prompts, 1),
+        ("--ece-bins", args.ece_bins, 1),
+    ):
         check_number(name, value, minimum=low, integer=True)
     check_seed("--seed", args.seed)
     check_number("--max-length", args.max_length, minimum=args.max_new_tokens + 1, integer=True)
@@ -158,8 +196,11 @@ def run_generate(args, parser_defaults: dict) -> int:
     # the saved-model folder, not the run folder around it (where earlier outputs may live)
     saved = find_checkpoint(args.checkpoint) if args.checkpoint is not None else None
     for option in ("--output", "--metrics"):
-        check_file_output_not_input(getattr(args, option[2:]), option, [
-            ("--prompt-file", args.prompt_file), ("--checkpoint", saved), ("--model", args.model)])
+        check_file_output_not_input(
+            getattr(args, option[2:]),
+            option,
+            [("--prompt-file", args.prompt_file), ("--checkpoint", saved), ("--model", args.model)],
+        )
     data = _read_prompts(args)
     if args.max_prompts:
         data = data.subset(args.max_prompts)
@@ -174,11 +215,11 @@ def run_generate(args, parser_defaults: dict) -> int:
 
     import pyro
 
-    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text, json_line
+    from pyro_monteclora.cli.checkpoints import default_samples
     from pyro_monteclora.evaluation.generation import generate_answers
     from pyro_monteclora.evaluation.metrics import confidence_metrics, confidence_reliability_curve
     from pyro_monteclora.nn.precision import autocast
-    from pyro_monteclora.cli.checkpoints import default_samples
+    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text, json_line
 
     num_samples = args.num_samples
     if num_samples is None:
@@ -188,8 +229,9 @@ def run_generate(args, parser_defaults: dict) -> int:
     limit = getattr(model.network.config, "max_position_embeddings", None)
     if limit and max_length > limit:
         if args.max_length or args.max_new_tokens >= limit:
-            raise UsageError(f"--max-length {max_length} (prompt + --max-new-tokens) is more than the "
-                             f"model's {limit} positions")
+            raise UsageError(
+                f"--max-length {max_length} (prompt + --max-new-tokens) is more than the model's {limit} positions"
+            )
         max_length = limit
     pyro.set_rng_seed(args.seed)
     import warnings
@@ -198,10 +240,20 @@ def run_generate(args, parser_defaults: dict) -> int:
         warnings.simplefilter("always")
         with autocast(device, args.torch_dtype):
             results = generate_answers(
-                model, tokenizer, data.prompts, num_samples, guide, inputs=data.inputs,
-                references=data.references if has_references else None, answer_type=args.answer_type,
-                max_new_tokens=args.max_new_tokens, max_length=max_length, batch_size=args.batch_size,
-                samples_per_pass=args.samples_per_pass, progress=True)
+                model,
+                tokenizer,
+                data.prompts,
+                num_samples,
+                guide,
+                inputs=data.inputs,
+                references=data.references if has_references else None,
+                answer_type=args.answer_type,
+                max_new_tokens=args.max_new_tokens,
+                max_length=max_length,
+                batch_size=args.batch_size,
+                samples_per_pass=args.samples_per_pass,
+                progress=True,
+            )
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     lines = "".join(json_line(result.to_dict()) + "\n" for result in results)
@@ -219,12 +271,20 @@ def run_generate(args, parser_defaults: dict) -> int:
         summary = {"exact_match": summary.pop("accuracy"), **summary}
         print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()), file=sys.stderr, flush=True)
         if args.metrics:
-            atomic_write_json(args.metrics, {
-                "units": "exact_match, mean_confidence (agreement rate), ece, auroc are fractions; "
-                         "brier is in [0, 1]",
-                "metrics": summary, "num_samples": results[0].num_samples if results else num_samples,
-                "answer_type": args.answer_type,
-                "prompts": len(results), "seed": args.seed, "max_new_tokens": args.max_new_tokens,
-                "checkpoint": args.checkpoint, "model": args.model,
-                "reliability": confidence_reliability_curve(confidence, correct, args.ece_bins)})
+            atomic_write_json(
+                args.metrics,
+                {
+                    "units": "exact_match, mean_confidence (agreement rate), ece, auroc are fractions; "
+                    "brier is in [0, 1]",
+                    "metrics": summary,
+                    "num_samples": results[0].num_samples if results else num_samples,
+                    "answer_type": args.answer_type,
+                    "prompts": len(results),
+                    "seed": args.seed,
+                    "max_new_tokens": args.max_new_tokens,
+                    "checkpoint": args.checkpoint,
+                    "model": args.model,
+                    "reliability": confidence_reliability_curve(confidence, correct, args.ece_bins),
+                },
+            )
     return 0

@@ -15,16 +15,22 @@ def _check_source(args) -> str:
     mode = data_mode(args)
     task = task_of(args)
     if task is not None and task.kind == "classification":
-        raise UsageError(f"--task {task.name} is a classification task; causal-lm data comes from "
-                         f"--train-file/--validation-file/--test-file, --dataset or a decoder task "
-                         f"(piqa, siqa, winogrande, arc-e, arc-c, obqa, gsm8k)")
+        raise UsageError(
+            f"--task {task.name} is a classification task; causal-lm data comes from "
+            f"--train-file/--validation-file/--test-file, --dataset or a decoder task "
+            f"(piqa, siqa, winogrande, arc-e, arc-c, obqa, gsm8k)"
+        )
     if mode == "dataset" and args.dataset is None and task.hub is None:
-        raise UsageError(f"--task {task.name} reads files in LLM-Adapters' commonsense_15k schema "
-                         f"(instruction, input, output, answer): pass --train-file (e.g. "
-                         f"commonsense_15k.json) and --test-file (e.g. the task's test.json)")
+        raise UsageError(
+            f"--task {task.name} reads files in LLM-Adapters' commonsense_15k schema "
+            f"(instruction, input, output, answer): pass --train-file (e.g. "
+            f"commonsense_15k.json) and --test-file (e.g. the task's test.json)"
+        )
     if getattr(args, "text_column", None) or getattr(args, "label_column", None):
-        raise UsageError("--text-column/--label-column apply to classification data; for causal-lm "
-                         "use --prompt-column/--response-column")
+        raise UsageError(
+            "--text-column/--label-column apply to classification data; for causal-lm "
+            "use --prompt-column/--response-column"
+        )
     return mode
 
 
@@ -52,17 +58,21 @@ def _spec(args, recorded: Optional[dict], first_split: str = "train") -> dict:
     if mode is None and recorded is not None:
         return dict(recorded)
     if mode == "files":
-        spec = {"source": "files", "files": {
-            split: str(Path(getattr(args, f"{split}_file")).resolve())
-            for split in ("train", "validation", "test") if getattr(args, f"{split}_file", None)}}
+        spec = {
+            "source": "files",
+            "files": {
+                split: str(Path(getattr(args, f"{split}_file")).resolve())
+                for split in ("train", "validation", "test")
+                if getattr(args, f"{split}_file", None)
+            },
+        }
     elif mode == "dataset" and args.dataset is None:  # a decoder task with no files: its hub data set
         hub, config = task_of(args).hub
         spec = {"source": "dataset", "dataset": hub, "dataset_config": config}
     elif mode == "dataset":
         spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
     else:
-        raise UsageError(f"no data: pass --{first_split}-file (json/jsonl/csv/tsv/parquet records) "
-                         f"or --dataset")
+        raise UsageError(f"no data: pass --{first_split}-file (json/jsonl/csv/tsv/parquet records) or --dataset")
     spec["task_type"] = "causal-lm"
     if task_of(args) is not None:
         spec["task"] = args.task
@@ -71,14 +81,15 @@ def _spec(args, recorded: Optional[dict], first_split: str = "train") -> dict:
     return spec
 
 
-def resolve_instruction_data(args, needed: Sequence[str], recorded: Optional[dict] = None,
-                             require_response: bool = True) -> Tuple[Dict[str, object], dict]:
+def resolve_instruction_data(
+    args, needed: Sequence[str], recorded: Optional[dict] = None, require_response: bool = True
+) -> Tuple[Dict[str, object], dict]:
     """Load and validate the (prompt, response) splits in ``needed`` (the first is required).
 
     :returns: ``({split: InstructionData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
-    from pyro_monteclora.data.records import DataError, hub_split_names
     from pyro_monteclora.data.instructions import records_to_instructions
+    from pyro_monteclora.data.records import DataError, hub_split_names
 
     spec = _spec(args, recorded, needed[0])
     splits = {}
@@ -87,8 +98,9 @@ def resolve_instruction_data(args, needed: Sequence[str], recorded: Optional[dic
         for split in needed:
             rows, source = _located_rows(spec, split, available)
             if rows is not None:
-                splits[split] = records_to_instructions(rows, source, spec["prompt_column"],
-                                                        spec["response_column"], require_response)
+                splits[split] = records_to_instructions(
+                    rows, source, spec["prompt_column"], spec["response_column"], require_response
+                )
     except (DataError, OSError) as error:
         raise UsageError(str(error)) from None
     if needed[0] not in splits:
@@ -105,8 +117,8 @@ def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dic
 
     :returns: ``(MultipleChoiceData, spec)``.
     """
-    from pyro_monteclora.data.records import DataError, hub_split_names
     from pyro_monteclora.data.multiple_choice import records_to_multiple_choice
+    from pyro_monteclora.data.records import DataError, hub_split_names
 
     task = task_of(args, recorded)
     commonsense = task is not None and task.kind == "multiple-choice"
@@ -115,10 +127,12 @@ def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dic
         available = hub_split_names(spec["dataset"], spec["dataset_config"]) if spec["source"] == "dataset" else None
         rows, source = _located_rows(spec, split, available)
         if rows is None:
-            wanted = ("instruction, input, output and answer (commonsense_15k)" if commonsense
-                      else "question, choices and answer")
-            raise UsageError(f"--multiple-choice: no {split} data; pass --{split}-file F.jsonl with "
-                             f"{wanted} fields")
+            wanted = (
+                "instruction, input, output and answer (commonsense_15k)"
+                if commonsense
+                else "question, choices and answer"
+            )
+            raise UsageError(f"--multiple-choice: no {split} data; pass --{split}-file F.jsonl with {wanted} fields")
         if commonsense and not getattr(args, "task", None) and rows and "instruction" not in rows[0][1]:
             commonsense = False  # a commonsense checkpoint scoring question/choices/answer records
         if commonsense:

@@ -19,15 +19,45 @@ from safetensors import SafetensorError
 
 from pyro_monteclora.validation import MAX_SEED, FieldError, check_value, number_problem, shown
 
-__all__ = ["UsageError", "OneLineParser", "add_model_options", "add_data_options",
-           "add_adapter_options", "adapter_dests", "adapter_config", "check_adapter_options",
-           "option_message", "check_number", "check_seed", "check_values", "check_data_spec",
-           "MAX_SEED", "LOAD_ERRORS", "load_error", "resolve_data", "resolve_model_path", "resolve_device",
-           "check_writable", "existing_output", "check_output_folder", "check_replaceable",
-           "check_training_labels", "lock_output_folder", "check_inputs_outside",
-           "check_file_output_not_input", "check_distinct_outputs", "data_mode", "task_of",
-           "evaluation_split", "file_sha256", "add_dtype_option", "resolve_precision", "TASKS",
-           "METHODS", "ADAPTER_OPTION_OVERRIDES"]
+__all__ = [
+    "UsageError",
+    "OneLineParser",
+    "add_model_options",
+    "add_data_options",
+    "add_adapter_options",
+    "adapter_dests",
+    "adapter_config",
+    "check_adapter_options",
+    "option_message",
+    "check_number",
+    "check_seed",
+    "check_values",
+    "check_data_spec",
+    "MAX_SEED",
+    "LOAD_ERRORS",
+    "load_error",
+    "resolve_data",
+    "resolve_model_path",
+    "resolve_device",
+    "check_writable",
+    "existing_output",
+    "check_output_folder",
+    "check_replaceable",
+    "check_training_labels",
+    "lock_output_folder",
+    "check_inputs_outside",
+    "check_file_output_not_input",
+    "check_distinct_outputs",
+    "data_mode",
+    "task_of",
+    "evaluation_split",
+    "file_sha256",
+    "add_dtype_option",
+    "resolve_precision",
+    "TASKS",
+    "METHODS",
+    "ADAPTER_OPTION_OVERRIDES",
+]
 
 from pyro_monteclora.config import MonteCLoRAConfig
 from pyro_monteclora.data.tasks import TASKS as TASK_SPECS
@@ -45,11 +75,13 @@ ADAPTER_OPTION_OVERRIDES: Mapping[str, Mapping[str, object]] = {
     "target_modules": {
         "default": None,
         "help": "comma-separated names of the linear layers to adapt (default: by the model type, "
-                "query,value for BERT; see pyro_monteclora.hf_defaults)"},
+        "query,value for BERT; see pyro_monteclora.hf_defaults)",
+    },
     "modules_to_save": {
         "default": None,
         "help": "comma-separated modules trained as point estimates in addition to the "
-                "classification head and the weights the base model lacks (always trained)"},
+        "classification head and the weights the base model lacks (always trained)",
+    },
 }
 #: what ``from_pretrained`` raises for model files that are not right (a damaged config.json, a
 #: pickle named model.safetensors): each becomes one line naming the folder. Tokenizer loads
@@ -69,8 +101,9 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def check_number(name: str, value, minimum=None, maximum=None, integer: bool = False,
-                 exclusive_minimum: bool = False) -> None:
+def check_number(
+    name: str, value, minimum=None, maximum=None, integer: bool = False, exclusive_minimum: bool = False
+) -> None:
     """Raise :class:`UsageError` unless ``value`` is finite and in range; ``name`` is the option.
     The rule is :func:`~pyro_monteclora.validation.number_problem`'s, which also checks the values
     read back from a run's files."""
@@ -86,8 +119,7 @@ def check_seed(name: str, value) -> None:
     check_number(name, value, minimum=0, maximum=MAX_SEED, integer=True)
 
 
-def check_values(values: dict, rules: Dict[str, dict], name_of: Callable[[str], str],
-                 read_back: bool = False) -> dict:
+def check_values(values: dict, rules: Dict[str, dict], name_of: Callable[[str], str], read_back: bool = False) -> dict:
     """Check each of ``values`` that ``rules`` names with :func:`~pyro_monteclora.validation.check_value`
     (a rule is its keyword arguments: ``{"kind": "integer", "minimum": 1}``, optionally
     ``"nullable"`` and, for files written before the option existed, ``"default"``).
@@ -127,21 +159,30 @@ def load_error(error: BaseException) -> str:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--trust-remote-code`` and ``--device``."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=None,
-                       help="HF model folder, hub name or .gguf file (default: the packaged "
-                            "all-MiniLM-L6-v2; SmolLM2-135M-Instruct with --task-type causal-lm)")
-    group.add_argument("--trust-remote-code", action="store_true",
-                       help="allow model code from the hub (off by default)")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                       help="where to run (auto: CUDA when available)")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="HF model folder, hub name or .gguf file (default: the packaged "
+        "all-MiniLM-L6-v2; SmolLM2-135M-Instruct with --task-type causal-lm)",
+    )
+    group.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)"
+    )
+    group.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (auto: CUDA when available)"
+    )
     add_dtype_option(group)
 
 
 def add_dtype_option(parser) -> None:
     """``--dtype fp32|bf16|fp16``: the frozen base's precision (adapters and sampler stay fp32)."""
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="precision of the frozen base, run under autocast; adapters, head, "
-                             "guide and sampler stay fp32 (fp16 needs CUDA)")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="precision of the frozen base, run under autocast; adapters, head, "
+        "guide and sampler stay fp32 (fp16 needs CUDA)",
+    )
 
 
 def resolve_precision(name: str, device):
@@ -157,28 +198,43 @@ def resolve_precision(name: str, device):
 def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> None:
     """The data source options, with a ``--<split>-file`` for each of ``splits``."""
     group = parser.add_argument_group("data (default: --task rotten-tomatoes)")
-    group.add_argument("--task", default=None, choices=TASKS,
-                       help="rotten-tomatoes: the built-in 12,808 critic sentences, split 80/10/10 "
-                            "with --split-seed; the paper's tasks (GLUE/SuperGLUE, commonsense, "
-                            "gsm8k) read --*-file files of their schema, or the hub when none are "
-                            "given (see pyro_monteclora.data.tasks)")
+    group.add_argument(
+        "--task",
+        default=None,
+        choices=TASKS,
+        help="rotten-tomatoes: the built-in 12,808 critic sentences, split 80/10/10 "
+        "with --split-seed; the paper's tasks (GLUE/SuperGLUE, commonsense, "
+        "gsm8k) read --*-file files of their schema, or the hub when none are "
+        "given (see pyro_monteclora.data.tasks)",
+    )
     group.add_argument("--split-seed", type=int, default=0, help="seed of the built-in task's split")
     for split in splits:
-        group.add_argument(f"--{split}-file", default=None,
-                           help=f"{split} data: csv, tsv, json, jsonl or parquet")
-    group.add_argument("--text-column", action="append", default=None,
-                       help="text column; give it twice for sentence pairs (default: text)")
+        group.add_argument(f"--{split}-file", default=None, help=f"{split} data: csv, tsv, json, jsonl or parquet")
+    group.add_argument(
+        "--text-column",
+        action="append",
+        default=None,
+        help="text column; give it twice for sentence pairs (default: text)",
+    )
     group.add_argument("--label-column", default=None, help="label column (default: label)")
-    group.add_argument("--prompt-column", default=None,
-                       help="causal-lm: the prompt field (default: instruction [+ input], question "
-                            "or prompt, whichever the records have)")
-    group.add_argument("--response-column", default=None,
-                       help="causal-lm: the response field (default: output, answer or response)")
+    group.add_argument(
+        "--prompt-column",
+        default=None,
+        help="causal-lm: the prompt field (default: instruction [+ input], question "
+        "or prompt, whichever the records have)",
+    )
+    group.add_argument(
+        "--response-column", default=None, help="causal-lm: the response field (default: output, answer or response)"
+    )
     group.add_argument("--dataset", default=None, help="a Hugging Face hub data set (needs network)")
     group.add_argument("--dataset-config", default=None, help="its configuration (e.g. mrpc)")
-    group.add_argument("--max-length", type=int, default=None,
-                       help="tokens per example, longer texts are truncated (default 128; 256 for "
-                            "causal-lm, whose prompts are cut from the left)")
+    group.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per example, longer texts are truncated (default 128; 256 for "
+        "causal-lm, whose prompts are cut from the left)",
+    )
 
 
 def _adapter_flag(field: str) -> str:
@@ -198,14 +254,21 @@ def add_adapter_options(parser: argparse.ArgumentParser, method: bool = True) ->
     come from the field, except where :data:`ADAPTER_OPTION_OVERRIDES` says otherwise."""
     group = parser.add_argument_group("method and adapters (the MonteCLoRAConfig fields)")
     if method:
-        group.add_argument("--method", default="monteclora", choices=METHODS,
-                           help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning")
+        group.add_argument(
+            "--method",
+            default="monteclora",
+            choices=METHODS,
+            help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning",
+        )
     hints = typing.get_type_hints(MonteCLoRAConfig)
     for field, dest in zip(dataclasses.fields(MonteCLoRAConfig), adapter_dests()):
         override = ADAPTER_OPTION_OVERRIDES.get(field.name, {})
         flags = ["--" + _adapter_flag(field.name), *override.get("aliases", ())]
-        settings = {"dest": dest, "default": override.get("default", field.default),
-                    "help": str(override.get("help", field.metadata["help"])).replace("%", "%%")}
+        settings = {
+            "dest": dest,
+            "default": override.get("default", field.default),
+            "help": str(override.get("help", field.metadata["help"])).replace("%", "%%"),
+        }
         hint = hints[field.name]
         if hint is bool:
             settings["action"] = "store_true"
@@ -223,12 +286,14 @@ def _names(text: Optional[str]) -> Optional[List[str]]:
 def option_message(error: Exception) -> str:
     """A config error in the command line's words: ``MonteCLoRAConfig.rank`` becomes ``--rank``."""
     fields = {field.name for field in dataclasses.fields(MonteCLoRAConfig)}
-    return re.sub(r"MonteCLoRAConfig\.(\w+)", lambda match: "--" + _adapter_flag(match.group(1))
-                  if match.group(1) in fields else match.group(0), str(error))
+    return re.sub(
+        r"MonteCLoRAConfig\.(\w+)",
+        lambda match: "--" + _adapter_flag(match.group(1)) if match.group(1) in fields else match.group(0),
+        str(error),
+    )
 
 
-def adapter_config(arguments: Mapping[str, object], network=None, new_modules: Sequence[str] = ()
-                   ) -> MonteCLoRAConfig:
+def adapter_config(arguments: Mapping[str, object], network=None, new_modules: Sequence[str] = ()) -> MonteCLoRAConfig:
     """The :class:`~pyro_monteclora.config.MonteCLoRAConfig` of the adapter options in
     ``arguments`` (``vars(args)`` or a run's recorded arguments; a missing one takes its default).
 
@@ -252,22 +317,25 @@ def adapter_config(arguments: Mapping[str, object], network=None, new_modules: S
             try:
                 values["target_modules"] = default_target_modules(network)
             except ValueError:
-                raise UsageError(f"--target-modules: no default for model type {model_type(network)!r}; "
-                                 f"pass layer names, e.g. --target-modules query,value") from None
+                raise UsageError(
+                    f"--target-modules: no default for model type {model_type(network)!r}; "
+                    f"pass layer names, e.g. --target-modules query,value"
+                ) from None
         given = values.get("modules_to_save", [])
-        values["modules_to_save"] = sorted(set(default_modules_to_save(network)) | set(new_modules)
-                                           | set(given))
+        values["modules_to_save"] = sorted(set(default_modules_to_save(network)) | set(new_modules) | set(given))
     try:
         config = MonteCLoRAConfig(**values)
     except ValueError as error:
         raise UsageError(option_message(error)) from None
     if network is not None:  # each name given must be there (the head alone would match anyway)
         paths = [path for path, _ in network.named_modules() if path]
-        unmatched = [name for name in given if not any(
-            dataclasses.replace(config, modules_to_save=(name,)).matches_saved(path) for path in paths)]
+        unmatched = [
+            name
+            for name in given
+            if not any(dataclasses.replace(config, modules_to_save=(name,)).matches_saved(path) for path in paths)
+        ]
         if unmatched:
-            raise UsageError(f"--modules-to-save: {', '.join(unmatched)} matches no module of "
-                             f"{type(network).__name__}")
+            raise UsageError(f"--modules-to-save: {', '.join(unmatched)} matches no module of {type(network).__name__}")
     return config
 
 
@@ -320,16 +388,20 @@ def data_mode(args) -> Optional[str]:
     files = [getattr(args, f"{split}_file", None) for split in ("train", "validation", "test")]
     task = getattr(args, "task", None)
     builtin = task is not None and TASK_SPECS[task].builtin
-    given = [mode for mode, present in (("task", task is not None), ("files", any(files)),
-                                         ("dataset", args.dataset is not None)) if present]
+    given = [
+        mode
+        for mode, present in (("task", task is not None), ("files", any(files)), ("dataset", args.dataset is not None))
+        if present
+    ]
     if given == ["task"] and not builtin:
         return "dataset"
     if task is not None and not builtin:
         given.remove("task")
     if len(given) > 1:
         names = {"task": "--task rotten-tomatoes (built in)", "files": "--*-file", "dataset": "--dataset"}
-        raise UsageError(f"choose one data source: --task, --*-file or --dataset (got "
-                         f"{' and '.join(names[g] for g in given)})")
+        raise UsageError(
+            f"choose one data source: --task, --*-file or --dataset (got {' and '.join(names[g] for g in given)})"
+        )
     return given[0] if given else None
 
 
@@ -359,20 +431,28 @@ _SPEC_TEXT = {"kind": "text", "nullable": True, "default": None}
 #: the data specification recorded with a run and a checkpoint (what :func:`resolve_data` returns),
 #: checked when it is read back
 DATA_SPEC_CHECKS = {
-    "source": {"kind": ("task", "files", "dataset")}, "task": {"kind": TASKS, "nullable": True, "default": None},
-    "task_type": _SPEC_TEXT, "text_columns": {"kind": "texts", "nullable": True, "default": None},
-    "label_column": _SPEC_TEXT, "prompt_column": _SPEC_TEXT, "response_column": _SPEC_TEXT,
+    "source": {"kind": ("task", "files", "dataset")},
+    "task": {"kind": TASKS, "nullable": True, "default": None},
+    "task_type": _SPEC_TEXT,
+    "text_columns": {"kind": "texts", "nullable": True, "default": None},
+    "label_column": _SPEC_TEXT,
+    "prompt_column": _SPEC_TEXT,
+    "response_column": _SPEC_TEXT,
     "label_names": {"kind": "texts", "nullable": True, "default": None},
-    "sha256": {"kind": "object", "default": None}}
+    "sha256": {"kind": "object", "default": None},
+}
 #: the fields each source needs
-SOURCE_CHECKS = {"task": {"split_seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED}},
-                 "files": {"files": {"kind": "object"}},
-                 "dataset": {"dataset": {"kind": "text"}, "dataset_config": _SPEC_TEXT}}
+SOURCE_CHECKS = {
+    "task": {"split_seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED}},
+    "files": {"files": {"kind": "object"}},
+    "dataset": {"dataset": {"kind": "text"}, "dataset_config": _SPEC_TEXT},
+}
 
 
 def check_data_spec(spec, name: str) -> None:
     """Raise :class:`UsageError` unless ``spec``, a recorded data specification read back from
     ``name`` (``run.json: data``), has every field it needs, each of the right type."""
+
     def field(key: str) -> str:
         return f"{name}.{key}"
 
@@ -399,9 +479,14 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str]] = None,
-                 recorded: Optional[dict] = None, optional_unlabelled: Sequence[str] = (),
-                 training: bool = False) -> Tuple[Dict[str, object], dict]:
+def resolve_data(
+    args,
+    needed: Sequence[str],
+    label_names: Optional[Sequence[str]] = None,
+    recorded: Optional[dict] = None,
+    optional_unlabelled: Sequence[str] = (),
+    training: bool = False,
+) -> Tuple[Dict[str, object], dict]:
     """Load and validate the splits in ``needed`` (the first one is required).
 
     :param recorded: the data specification saved with a checkpoint, used when the command line
@@ -413,41 +498,54 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
     from pyro_monteclora.data.classification import load_rotten_tomatoes
-    from pyro_monteclora.data.records import (DataError, hub_split_names, load_hub_records, read_records,
-                                              records_to_classification)
+    from pyro_monteclora.data.records import (
+        DataError,
+        hub_split_names,
+        load_hub_records,
+        read_records,
+        records_to_classification,
+    )
 
     if getattr(args, "prompt_column", None) or getattr(args, "response_column", None):
-        raise UsageError("--prompt-column/--response-column apply to causal-lm data only "
-                         "(train --task-type causal-lm)")
+        raise UsageError("--prompt-column/--response-column apply to causal-lm data only (train --task-type causal-lm)")
     mode = data_mode(args)
     if mode is None and recorded is not None:
         spec = dict(recorded)
     elif mode in (None, "task"):
         spec = {"source": "task", "task": args.task or TASKS[0], "split_seed": args.split_seed}
     elif mode == "files":
-        spec = {"source": "files", "files": {
-            split: str(Path(getattr(args, f"{split}_file")).resolve())
-            for split in ("train", "validation", "test") if getattr(args, f"{split}_file", None)}}
+        spec = {
+            "source": "files",
+            "files": {
+                split: str(Path(getattr(args, f"{split}_file")).resolve())
+                for split in ("train", "validation", "test")
+                if getattr(args, f"{split}_file", None)
+            },
+        }
     elif args.dataset is not None:
         spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
     else:  # a paper task with no files: its hub data set
         if TASK_SPECS[args.task].kind != "classification":
-            raise UsageError(f"--task {args.task} is a {TASK_SPECS[args.task].kind} task for decoders; "
-                             f"train it with --task-type causal-lm")
+            raise UsageError(
+                f"--task {args.task} is a {TASK_SPECS[args.task].kind} task for decoders; "
+                f"train it with --task-type causal-lm"
+            )
         hub, config = TASK_SPECS[args.task].hub
         spec = {"source": "dataset", "dataset": hub, "dataset_config": config}
     task = None if spec["source"] == "task" else task_of(args, spec)
     if task is not None:
         if task.kind != "classification":
-            raise UsageError(f"--task {task.name} is a {task.kind} task for decoders; train it with "
-                             f"--task-type causal-lm")
+            raise UsageError(
+                f"--task {task.name} is a {task.kind} task for decoders; train it with --task-type causal-lm"
+            )
         spec["task"] = task.name
         label_names = label_names or task.label_names
     if spec["source"] != "task":
         default_columns = list(task.text_columns) if task else ["text"]
         spec["text_columns"] = args.text_column or (recorded or {}).get("text_columns") or default_columns
-        spec["label_column"] = (args.label_column or (recorded or {}).get("label_column")
-                                or (task.label_column if task else "label"))
+        spec["label_column"] = (
+            args.label_column or (recorded or {}).get("label_column") or (task.label_column if task else "label")
+        )
         if len(spec["text_columns"]) > 2:
             raise UsageError(f"--text-column: give one, or two for sentence pairs; got {spec['text_columns']}")
     elif args.text_column or args.label_column:
@@ -477,20 +575,25 @@ def resolve_data(args, needed: Sequence[str], label_names: Optional[Sequence[str
                     if expected is not None and digest is not None and digest != expected:
                         raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")
                     spec["sha256"][split] = digest
-                    data = records_to_classification(labelled(read_records(path), path),
-                                                     path, spec["text_columns"], spec["label_column"],
-                                                     label_names)
+                    data = records_to_classification(
+                        labelled(read_records(path), path),
+                        path,
+                        spec["text_columns"],
+                        spec["label_column"],
+                        label_names,
+                    )
                 else:
                     if split not in available:
                         continue
                     rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
                     if split in optional_unlabelled and all(
-                            row.get(spec["label_column"]) in (None, -1) for row in rows):
+                        row.get(spec["label_column"]) in (None, -1) for row in rows
+                    ):
                         continue
                     source = f"{spec['dataset']}[{split}]"
-                    data = records_to_classification(labelled(rows, source), source,
-                                                     spec["text_columns"], spec["label_column"],
-                                                     label_names)
+                    data = records_to_classification(
+                        labelled(rows, source), source, spec["text_columns"], spec["label_column"], label_names
+                    )
                 splits[split] = data
                 label_names = data.label_names
                 if training and split == "train":
@@ -524,8 +627,9 @@ def check_training_labels(data, spec: dict, max_train_samples: Optional[int] = N
     only = repr(data.label_names[present[0]]) if present else "none"
     limit = f" (--max-train-samples {max_train_samples})" if max_train_samples else ""
     rows = f"its only row{limit} has" if len(data) == 1 else f"all its {len(data)} rows{limit} have"
-    raise UsageError(f"{source}: a classifier needs at least two labels in its training data, but "
-                     f"{rows} the label {only}")
+    raise UsageError(
+        f"{source}: a classifier needs at least two labels in its training data, but {rows} the label {only}"
+    )
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -536,14 +640,18 @@ def check_writable(path: Path, option: str) -> None:
     ``checkpoint/`` folder (training replaces that folder whole every epoch)."""
     ancestor = Path(os.path.abspath(path))
     if ancestor.exists() and not (ancestor.is_file() or ancestor.is_dir()):
-        raise UsageError(f"{option} {path} is not a regular file or folder (a device, pipe or socket); "
-                         "give a file name, or - for stdout")
+        raise UsageError(
+            f"{option} {path} is not a regular file or folder (a device, pipe or socket); "
+            "give a file name, or - for stdout"
+        )
     _check_not_in_checkpoint(ancestor, option, path)
     while not ancestor.exists():
         if os.path.lexists(ancestor):
             what = "" if ancestor == Path(os.path.abspath(path)) else f": {ancestor}"
-            raise UsageError(f"{option} {path}{what} is a symbolic link to nowhere (dangling, or a "
-                             f"loop); remove it or give another path")
+            raise UsageError(
+                f"{option} {path}{what} is a symbolic link to nowhere (dangling, or a "
+                f"loop); remove it or give another path"
+            )
         ancestor = ancestor.parent
     if ancestor != Path(os.path.abspath(path)) and not ancestor.is_dir():
         raise UsageError(f"{option} {path}: {ancestor} is a file, so no folder can be made there")
@@ -557,8 +665,10 @@ def _check_not_in_checkpoint(path: Path, option: str, given) -> None:
 
     folder = is_inside_checkpoint(path)
     if folder is not None:
-        raise UsageError(f"{option} {given} lies inside the run {folder.parent}'s {folder.name}/, which "
-                         f"its training replaces whole every epoch; write elsewhere")
+        raise UsageError(
+            f"{option} {given} lies inside the run {folder.parent}'s {folder.name}/, which "
+            f"its training replaces whole every epoch; write elsewhere"
+        )
 
 
 def check_output_folder(args) -> Path:
@@ -578,8 +688,10 @@ def check_output_folder(args) -> Path:
 
 
 def _in_use(output: Path) -> str:
-    return (f"--output {output} is in use by another process (a train or sweep still writing it); "
-            f"wait for it to end, or choose another --output")
+    return (
+        f"--output {output} is in use by another process (a train or sweep still writing it); "
+        f"wait for it to end, or choose another --output"
+    )
 
 
 def lock_output_folder(output: Path, args, marker: str, kind: str):
@@ -630,8 +742,9 @@ def _same_file(a, b) -> bool:
         return False
 
 
-def check_inputs_outside(output: Path, inputs: Sequence[Tuple[str, Optional[object]]],
-                         option: str = "--output") -> None:
+def check_inputs_outside(
+    output: Path, inputs: Sequence[Tuple[str, Optional[object]]], option: str = "--output"
+) -> None:
     """Refuse to replace the folder ``output`` when an input the command reads lies inside it:
     ``--overwrite`` would delete the data, model or checkpoint being used.
 
@@ -642,13 +755,14 @@ def check_inputs_outside(output: Path, inputs: Sequence[Tuple[str, Optional[obje
         if path is None or not os.path.exists(os.path.expanduser(str(path))):
             continue
         if _within(path, output):
-            raise UsageError(f"{option} {output} holds {name} {path}, which this command reads: "
-                             f"replacing {output} would delete it; move it out or choose another "
-                             f"{option}")
+            raise UsageError(
+                f"{option} {output} holds {name} {path}, which this command reads: "
+                f"replacing {output} would delete it; move it out or choose another "
+                f"{option}"
+            )
 
 
-def check_file_output_not_input(output, option: str,
-                                inputs: Sequence[Tuple[str, Optional[object]]]) -> None:
+def check_file_output_not_input(output, option: str, inputs: Sequence[Tuple[str, Optional[object]]]) -> None:
     """Refuse a file ``output`` that is an input file, or an existing file inside an input folder
     (the checkpoint, the model): ``--overwrite`` would replace what the command reads."""
     if output in (None, "-"):
@@ -661,8 +775,9 @@ def check_file_output_not_input(output, option: str,
         else:
             hit = _same_file(output, path)
         if hit:
-            raise UsageError(f"{option} {output} would replace {name} {path}, which this command "
-                             f"reads; choose another {option}")
+            raise UsageError(
+                f"{option} {output} would replace {name} {path}, which this command reads; choose another {option}"
+            )
 
 
 def check_distinct_outputs(outputs: Sequence[Tuple[str, Optional[str]]]) -> None:
@@ -671,8 +786,7 @@ def check_distinct_outputs(outputs: Sequence[Tuple[str, Optional[str]]]) -> None
     for index, (option, value) in enumerate(given):
         for other, earlier in given[:index]:
             if _same_file(value, earlier):
-                raise UsageError(f"{other} and {option} name the same file ({value}); give each "
-                                 f"its own path")
+                raise UsageError(f"{other} and {option} name the same file ({value}); give each its own path")
 
 
 def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> None:
@@ -681,8 +795,7 @@ def check_replaceable(output: Path, overwrite: bool, marker: str, kind: str) -> 
     if not existing_output(output):
         return
     if not overwrite:
-        raise UsageError(f"--output {output} already exists; pass --overwrite to replace it or "
-                         f"--resume to continue it")
+        raise UsageError(f"--output {output} already exists; pass --overwrite to replace it or --resume to continue it")
     if not (output / marker).is_file():
         raise UsageError(f"--overwrite: {output} is not a {kind} folder (no {marker}); refusing to delete it")
 

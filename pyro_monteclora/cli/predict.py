@@ -12,10 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyro_monteclora.cli.checkpoints import (CLASSIFIER_BATCH_SIZE, add_inference_options, default_samples,
-                                             load_for_inference, open_model, recorded_label_names)
-from pyro_monteclora.cli.reports import prediction_rows
+from pyro_monteclora.cli.checkpoints import (
+    CLASSIFIER_BATCH_SIZE,
+    add_inference_options,
+    default_samples,
+    load_for_inference,
+    open_model,
+    recorded_label_names,
+)
 from pyro_monteclora.cli.options import UsageError, check_file_output_not_input, check_writable
+from pyro_monteclora.cli.reports import prediction_rows
 
 __all__ = ["add_predict_parser", "run_predict"]
 
@@ -23,14 +29,23 @@ __all__ = ["add_predict_parser", "run_predict"]
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``predict`` sub-command and its options."""
     parser = subparsers.add_parser(
-        "predict", help="predict labels and uncertainty for new texts (JSON lines)",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "predict",
+        help="predict labels and uncertainty for new texts (JSON lines)",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_inference_options(parser)
-    parser.add_argument("--input", default="-",
-                        help="a .txt file (one text per line), a csv/tsv/json/jsonl/parquet file, "
-                             "or - for stdin")
-    parser.add_argument("--text-column", action="append", default=None,
-                        help="the text column of a table file (twice for sentence pairs)")
+    parser.add_argument(
+        "--input",
+        default="-",
+        help="a .txt file (one text per line), a csv/tsv/json/jsonl/parquet file, or - for stdin",
+    )
+    parser.add_argument(
+        "--text-column",
+        action="append",
+        default=None,
+        help="the text column of a table file (twice for sentence pairs)",
+    )
     parser.add_argument("--output", default="-", help="JSONL file, or - for stdout")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.set_defaults(handler=run_predict)
@@ -39,7 +54,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 
 def _read_texts(args):
     from pyro_monteclora.data.classification import TextClassificationData
-    from pyro_monteclora.data.records import DataError, records_to_classification, read_records, split_lines
+    from pyro_monteclora.data.records import DataError, read_records, records_to_classification, split_lines
 
     if args.input == "-" or Path(args.input).suffix.lower() in ("", ".txt"):
         if args.input == "-":
@@ -77,26 +92,30 @@ def run_predict(args, parser_defaults: dict) -> int:
         if output.exists() and not args.overwrite:
             raise UsageError(f"--output {output} already exists; pass --overwrite to replace it")
     metadata = record.get("metadata", {})
-    check_file_output_not_input(args.output, "--output", [
-        ("--input", args.input), ("--checkpoint", directory),
-        ("--model", args.model or metadata.get("model_path"))])
+    check_file_output_not_input(
+        args.output,
+        "--output",
+        [("--input", args.input), ("--checkpoint", directory), ("--model", args.model or metadata.get("model_path"))],
+    )
     data = _read_texts(args)
     label_names = recorded_label_names(record)
     model, guide, tokenizer = open_model(directory, record, args, device)
 
     import pyro
 
-    from pyro_monteclora.storage.atomic import atomic_write_text, json_line
     from pyro_monteclora.data.classification import classification_loader
-    from pyro_monteclora.nn.precision import autocast
     from pyro_monteclora.infer.predictive import predict
+    from pyro_monteclora.nn.precision import autocast
+    from pyro_monteclora.storage.atomic import atomic_write_text, json_line
 
-    loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE,
-                                   metadata.get("max_length", 128))
+    loader = classification_loader(
+        data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, metadata.get("max_length", 128)
+    )
     pyro.set_rng_seed(args.seed)
     with autocast(device, args.torch_dtype):
-        result = predict(model, guide, loader, num_samples=default_samples(record, args.num_samples),
-                         progress=args.output != "-")
+        result = predict(
+            model, guide, loader, num_samples=default_samples(record, args.num_samples), progress=args.output != "-"
+        )
     result.labels = None  # the placeholder labels of unlabelled text
     rows = []
     for row in prediction_rows(data, result, label_names):

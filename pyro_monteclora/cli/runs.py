@@ -14,8 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["RUN_FILE", "CHECKPOINT_DIR", "CHECKPOINT_DIRS", "STATE_FILE", "SUMMARY_FILE",
-           "latest_checkpoint", "checkpoint_candidates", "is_inside_checkpoint"]
+__all__ = [
+    "RUN_FILE",
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_DIRS",
+    "STATE_FILE",
+    "SUMMARY_FILE",
+    "latest_checkpoint",
+    "checkpoint_candidates",
+    "is_inside_checkpoint",
+]
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoint"

@@ -29,9 +29,19 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pyro_monteclora.cli.options import (METHODS, UsageError, add_adapter_options, add_data_options, add_model_options,
-                                         check_inputs_outside, check_output_folder, check_replaceable, check_values,
-                                         evaluation_split, lock_output_folder)
+from pyro_monteclora.cli.options import (
+    METHODS,
+    UsageError,
+    add_adapter_options,
+    add_data_options,
+    add_model_options,
+    check_inputs_outside,
+    check_output_folder,
+    check_replaceable,
+    check_values,
+    evaluation_split,
+    lock_output_folder,
+)
 
 __all__ = ["add_sweep_parser", "run_sweep", "train_forwarded", "SWEEP_FILE"]
 
@@ -39,30 +49,40 @@ SWEEP_FILE = "sweep.json"
 #: options ``train`` shares with ``sweep`` that stay the sweep's own (its folder, not a cell's)
 SWEEP_OWN = ("help", "output", "overwrite", "resume")
 #: ``sweep`` options passed on to each cell's ``evaluate`` (``--eval-*`` name them in ``sweep``)
-EVALUATE_FORWARDED = {"trust_remote_code": "--trust-remote-code", "device": "--device", "dtype": "--dtype",
-                      "split": "--split", "max_eval_samples": "--max-samples",
-                      "eval_batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens"}
+EVALUATE_FORWARDED = {
+    "trust_remote_code": "--trust-remote-code",
+    "device": "--device",
+    "dtype": "--dtype",
+    "split": "--split",
+    "max_eval_samples": "--max-samples",
+    "eval_batch_size": "--batch-size",
+    "max_new_tokens": "--max-new-tokens",
+}
 
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``sweep`` sub-command and its options."""
     parser = subparsers.add_parser(
-        "sweep", help="a learning-rate x batch-size grid per method: the spread of accuracy and NLL",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "sweep",
+        help="a learning-rate x batch-size grid per method: the spread of accuracy and NLL",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     group = parser.add_argument_group("grid")
-    group.add_argument("--methods", default="monteclora,lora,full",
-                       help=f"comma-separated, from {', '.join(METHODS)}")
+    group.add_argument("--methods", default="monteclora,lora,full", help=f"comma-separated, from {', '.join(METHODS)}")
     group.add_argument("--learning-rates", default="1e-4,5e-4,1e-3", help="comma-separated peak rates")
     group.add_argument("--batch-sizes", default="16,32", help="comma-separated")
-    group.add_argument("--seeds", default="0", help="comma-separated; each seeds a cell's inits, noise "
-                                                    "and data order")
-    group.add_argument("--full-learning-rates", default=None,
-                       help="learning rates for full fine-tuning (default: --learning-rates)")
-    group.add_argument("--full-batch-sizes", default=None,
-                       help="batch sizes for full fine-tuning (default: --batch-sizes)")
+    group.add_argument("--seeds", default="0", help="comma-separated; each seeds a cell's inits, noise and data order")
+    group.add_argument(
+        "--full-learning-rates", default=None, help="learning rates for full fine-tuning (default: --learning-rates)"
+    )
+    group.add_argument(
+        "--full-batch-sizes", default=None, help="batch sizes for full fine-tuning (default: --batch-sizes)"
+    )
     add_model_options(parser)
-    parser.add_argument("--task-type", default="sequence-classification",
-                        choices=["sequence-classification", "causal-lm"])
+    parser.add_argument(
+        "--task-type", default="sequence-classification", choices=["sequence-classification", "causal-lm"]
+    )
     add_data_options(parser, ("train", "validation", "test"))
     add_adapter_options(parser, method=False)
     group = parser.add_argument_group("training (every cell)")
@@ -72,12 +92,18 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--max-train-samples", type=int, default=None, help="use the first N training examples")
     group.add_argument("--gradient-checkpointing", action="store_true")
     group = parser.add_argument_group("evaluation (every cell)")
-    group.add_argument("--num-samples", type=int, default=10,
-                       help="S posterior samples of the MonteCLoRA cells' predictive (the others use "
-                            "their point estimate)")
-    group.add_argument("--split", default=None, choices=["test", "validation"],
-                       help="where the cells are scored (default: test when it has labels, else "
-                            "validation)")
+    group.add_argument(
+        "--num-samples",
+        type=int,
+        default=10,
+        help="S posterior samples of the MonteCLoRA cells' predictive (the others use their point estimate)",
+    )
+    group.add_argument(
+        "--split",
+        default=None,
+        choices=["test", "validation"],
+        help="where the cells are scored (default: test when it has labels, else validation)",
+    )
     group.add_argument("--max-eval-samples", type=int, default=None, help="score the first N examples")
     group.add_argument("--eval-batch-size", type=int, default=None)
     group.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks (gsm8k)")
@@ -96,8 +122,10 @@ def _numbers(option: str, text: str, kind) -> list:
         try:
             value = kind(part)
         except ValueError:
-            raise UsageError(f"{option}: {part!r} is not {'an integer' if kind is int else 'a number'}; "
-                             f"give a comma-separated list such as {'16,32' if kind is int else '1e-4,5e-4'}") from None
+            raise UsageError(
+                f"{option}: {part!r} is not {'an integer' if kind is int else 'a number'}; "
+                f"give a comma-separated list such as {'16,32' if kind is int else '1e-4,5e-4'}"
+            ) from None
         # (an integer is never converted to a float: a 400-digit one would overflow)
         ok = (isinstance(value, int) or math.isfinite(value)) and (value > 0 if option != "--seeds" else value >= 0)
         if not ok:
@@ -123,23 +151,35 @@ def _grid(args):
             raise UsageError("--full-learning-rates/--full-batch-sizes need full in --methods")
         per_method["full"] = {
             "learning_rates": _numbers("--full-learning-rates", args.full_learning_rates, float)
-            if args.full_learning_rates else None,
+            if args.full_learning_rates
+            else None,
             "batch_sizes": _numbers("--full-batch-sizes", args.full_batch_sizes, int)
-            if args.full_batch_sizes else None}
-    cells = sweep_grid(methods, _numbers("--learning-rates", args.learning_rates, float),
-                       _numbers("--batch-sizes", args.batch_sizes, int),
-                       _numbers("--seeds", args.seeds, int), per_method)
+            if args.full_batch_sizes
+            else None,
+        }
+    cells = sweep_grid(
+        methods,
+        _numbers("--learning-rates", args.learning_rates, float),
+        _numbers("--batch-sizes", args.batch_sizes, int),
+        _numbers("--seeds", args.seeds, int),
+        per_method,
+    )
     from pyro_monteclora.cli.train import RUN_CHECKS
 
     grid_options = {"learning_rate": "--learning-rates", "batch_size": "--batch-sizes", "seed": "--seeds"}
     for cell in cells:  # each value as the cell's train will check it (a seed below 2**32, ...)
-        check_values({key: getattr(cell, key) for key in grid_options},
-                     {key: RUN_CHECKS[key] for key in grid_options}, grid_options.get)
+        check_values(
+            {key: getattr(cell, key) for key in grid_options},
+            {key: RUN_CHECKS[key] for key in grid_options},
+            grid_options.get,
+        )
     names = [cell.name for cell in cells]
     clash = next((name for name in names if names.count(name) > 1), None)
     if clash is not None:  # rates equal to 6 significant digits would share a cell folder
-        raise UsageError(f"two cells would share the folder {clash!r}; give learning rates that differ "
-                         f"in their first 6 significant digits")
+        raise UsageError(
+            f"two cells would share the folder {clash!r}; give learning rates that differ "
+            f"in their first 6 significant digits"
+        )
     return cells
 
 
@@ -151,8 +191,13 @@ def train_forwarded(sweep_actions) -> Tuple[str, ...]:
 
     commands = OneLineParser(prog="pyro-monteclora").add_subparsers(dest="command", parser_class=OneLineParser)
     train = {action.dest for action in add_train_parser(commands)._actions if action.option_strings}
-    return tuple(dict.fromkeys(action.dest for action in sweep_actions if action.option_strings
-                               and action.dest in train and action.dest not in SWEEP_OWN))
+    return tuple(
+        dict.fromkeys(
+            action.dest
+            for action in sweep_actions
+            if action.option_strings and action.dest in train and action.dest not in SWEEP_OWN
+        )
+    )
 
 
 def _forward(parser_actions, args, names: Sequence[str]) -> List[str]:
@@ -177,12 +222,32 @@ def _forward(parser_actions, args, names: Sequence[str]) -> List[str]:
 
 def _cell_commands(cell, args, train_options: List[str], output: Path) -> Dict[str, List[str]]:
     run = output / "cells" / cell.name
-    train = ["train", *train_options, "--method", cell.method, "--learning-rate", repr(cell.learning_rate),
-             "--batch-size", str(cell.batch_size), "--seed", str(cell.seed), "--no-validation",
-             "--output", str(run)]
-    evaluate = ["evaluate", "--checkpoint", str(run), "--seed", str(cell.seed),
-                "--num-samples", str(args.num_samples if cell.method == "monteclora" else 0),
-                "--output", str(run / "evaluation")]
+    train = [
+        "train",
+        *train_options,
+        "--method",
+        cell.method,
+        "--learning-rate",
+        repr(cell.learning_rate),
+        "--batch-size",
+        str(cell.batch_size),
+        "--seed",
+        str(cell.seed),
+        "--no-validation",
+        "--output",
+        str(run),
+    ]
+    evaluate = [
+        "evaluate",
+        "--checkpoint",
+        str(run),
+        "--seed",
+        str(cell.seed),
+        "--num-samples",
+        str(args.num_samples if cell.method == "monteclora" else 0),
+        "--output",
+        str(run / "evaluation"),
+    ]
     for name, flag in EVALUATE_FORWARDED.items():
         value = getattr(args, name)
         if value not in (None, False):
@@ -205,22 +270,35 @@ def _validate(args, cells, train_options):
     first = cells[0]
     commands = OneLineParser(prog="pyro-monteclora").add_subparsers(dest="command", parser_class=OneLineParser)
     add_train_parser(commands)  # train's own parser, as `pyro-monteclora train` parses
-    probe = commands.choices["train"].parse_args([*train_options, "--method", first.method,
-                                                  "--learning-rate", repr(first.learning_rate), "--batch-size",
-                                                  str(first.batch_size), "--output", str(args.output)])
+    probe = commands.choices["train"].parse_args(
+        [
+            *train_options,
+            "--method",
+            first.method,
+            "--learning-rate",
+            repr(first.learning_rate),
+            "--batch-size",
+            str(first.batch_size),
+            "--output",
+            str(args.output),
+        ]
+    )
     _check_arguments(probe)
     if probe.task_type == "causal-lm":
         from pyro_monteclora.cli.lm_data import resolve_instruction_data
 
         splits, spec = resolve_instruction_data(probe, ("train", "validation", "test"))
     else:
-        splits, spec = resolve_data(probe, ("train", "validation", "test"), optional_unlabelled=("test",),
-                                    training=True)
+        splits, spec = resolve_data(
+            probe, ("train", "validation", "test"), optional_unlabelled=("test",), training=True
+        )
     probe.split = args.split
     split = evaluation_split(probe, None)
     if split not in splits:
-        raise UsageError(f"no labelled {split} data to score the cells on: pass --test-file, or "
-                         f"--split validation with --validation-file")
+        raise UsageError(
+            f"no labelled {split} data to score the cells on: pass --test-file, or "
+            f"--split validation with --validation-file"
+        )
     model_path = resolve_model_path(probe.model, probe.task_type)
     if any(cell.method != "full" for cell in cells):
         _check_rank_on_meta(probe, model_path)
@@ -268,12 +346,21 @@ def _prepare_output(args, record: dict) -> Path:
             raise UsageError(f"--resume: {output / SWEEP_FILE} is not readable JSON") from None
         changed = [key for key in ("grid", "train_options", "evaluate_options") if saved.get(key) != record[key]]
         if changed:
-            raise UsageError(f"--resume continues the saved sweep and cannot change its "
-                             f"{' or '.join(changed).replace('_', ' ')}; start a new --output")
+            raise UsageError(
+                f"--resume continues the saved sweep and cannot change its "
+                f"{' or '.join(changed).replace('_', ' ')}; start a new --output"
+            )
     else:
         check_replaceable(output, args.overwrite, SWEEP_FILE, "sweep")
-        check_inputs_outside(output, [("--train-file", args.train_file), ("--validation-file", args.validation_file),
-                                      ("--test-file", args.test_file), ("--model", args.model)])
+        check_inputs_outside(
+            output,
+            [
+                ("--train-file", args.train_file),
+                ("--validation-file", args.validation_file),
+                ("--test-file", args.test_file),
+                ("--model", args.model),
+            ],
+        )
     return output
 
 
@@ -306,10 +393,18 @@ def _cell_result(cell, run: Path, status: int, log: Path) -> Optional[dict]:
     evaluation = json.loads((run / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     metrics = {k: v for k, v in evaluation["metrics"].items() if isinstance(v, (int, float))}
-    return dict(row, status="ok", metrics=metrics, task=evaluation.get("task"),
-                task_metric=evaluation.get("task_metric"), num_samples=evaluation.get("num_samples"),
-                examples=evaluation.get("examples"), split=evaluation.get("split"),
-                train_seconds=summary.get("train_seconds"), eval_seconds=evaluation.get("eval_seconds"))
+    return dict(
+        row,
+        status="ok",
+        metrics=metrics,
+        task=evaluation.get("task"),
+        task_metric=evaluation.get("task_metric"),
+        num_samples=evaluation.get("num_samples"),
+        examples=evaluation.get("examples"),
+        split=evaluation.get("split"),
+        train_seconds=summary.get("train_seconds"),
+        eval_seconds=evaluation.get("eval_seconds"),
+    )
 
 
 def _summary_metrics(results: List[dict]) -> List[str]:
@@ -322,25 +417,39 @@ def _summary_metrics(results: List[dict]) -> List[str]:
 def write_summary(output: Path, record: dict, results: List[dict]) -> str:
     """``summary.json``, ``summary.md`` and ``sweep.png`` from the finished cells' results;
     returns the markdown table."""
-    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
     from pyro_monteclora.evaluation.sweep import summarize, summary_markdown
+    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
 
     metrics = _summary_metrics(results)
     summary = summarize(results, metrics)
     source = record["data"]
-    title = (f"{record['model']} on {source}; {record['epochs']} epoch(s); "
-             f"{len(results)} cells scored on {record['split']}")
-    atomic_write_json(output / "summary.json", {
-        "metrics": metrics, "summary": summary, "results": results, "grid": record["grid"],
-        "command": record["command"], "versions": record["versions"], "title": title})
+    title = (
+        f"{record['model']} on {source}; {record['epochs']} epoch(s); {len(results)} cells scored on {record['split']}"
+    )
+    atomic_write_json(
+        output / "summary.json",
+        {
+            "metrics": metrics,
+            "summary": summary,
+            "results": results,
+            "grid": record["grid"],
+            "command": record["command"],
+            "versions": record["versions"],
+            "title": title,
+        },
+    )
     table = summary_markdown(summary, metrics)
     atomic_write_text(output / "summary.md", f"{title}\n\n{table}\n")
     try:
         from pyro_monteclora.evaluation.plots import plot_sweep_boxes
 
         if any(r["status"] == "ok" for r in results):
-            plot_sweep_boxes(results, [m for m in metrics if m != "ece"], output / "sweep.png",
-                             title=title if len(title) < 110 else None)
+            plot_sweep_boxes(
+                results,
+                [m for m in metrics if m != "ece"],
+                output / "sweep.png",
+                title=title if len(title) < 110 else None,
+            )
     except ImportError:
         print("sweep.png skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
     return table
@@ -360,12 +469,21 @@ def run_sweep(args, parser_defaults: dict) -> int:
     args.split, model_path = _validate(args, cells, train_options)
     data = args.task or (Path(args.train_file).name if args.train_file else args.dataset) or "rotten-tomatoes"
     record = {
-        "grid": [cell.to_dict() for cell in cells], "train_options": train_options,
+        "grid": [cell.to_dict() for cell in cells],
+        "train_options": train_options,
         "evaluate_options": {name: getattr(args, name) for name in ("num_samples", *EVALUATE_FORWARDED)},
-        "model": _model_name(model_path), "data": data, "epochs": args.epochs, "split": args.split,
+        "model": _model_name(model_path),
+        "data": data,
+        "epochs": args.epochs,
+        "split": args.split,
         "command": " ".join(["pyro-monteclora"] + args.command_line),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "pyro": pyro.__version__, "transformers": transformers.__version__}}
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
     output = _prepare_output(args, record)
     lock = lock_output_folder(output, args, SWEEP_FILE, "sweep")  # held until the sweep ends
     try:
@@ -399,8 +517,9 @@ def _run_cells(args, cells, train_options: List[str], output: Path, record: dict
         atomic_write_json(plan_file, plan)
         log = output / "logs" / f"{cell.name}.log"
         with open(log, "a", encoding="utf-8") as handle:
-            status = subprocess.run([sys.executable, "-c", runner, str(plan_file)], stdout=handle,
-                                    stderr=subprocess.STDOUT, env=env).returncode
+            status = subprocess.run(
+                [sys.executable, "-c", runner, str(plan_file)], stdout=handle, stderr=subprocess.STDOUT, env=env
+            ).returncode
         if status in (-2, 130):  # Ctrl-C reached the cell too: stop the sweep
             raise KeyboardInterrupt
         result = _cell_result(cell, output / "cells" / cell.name, status, log)
@@ -409,12 +528,18 @@ def _run_cells(args, cells, train_options: List[str], output: Path, record: dict
             tqdm.write(f"cell {cell.name} failed (exit {status}); see {log}", file=sys.stderr)
             continue
         atomic_write_json(result_file, result)
-    results = [json.loads((output / "results" / f"{cell.name}.json").read_text(encoding="utf-8"))
-               for cell in cells if (output / "results" / f"{cell.name}.json").is_file()]
+    results = [
+        json.loads((output / "results" / f"{cell.name}.json").read_text(encoding="utf-8"))
+        for cell in cells
+        if (output / "results" / f"{cell.name}.json").is_file()
+    ]
     print(write_summary(output, record, results), flush=True)
     print(f"wrote {output}/summary.json, summary.md, sweep.png", file=sys.stderr)
     if failed:
-        print(f"pyro-monteclora sweep: {len(failed)} cell(s) failed ({', '.join(failed)}); their logs "
-              f"are in {output / 'logs'}; rerun with --resume", file=sys.stderr)
+        print(
+            f"pyro-monteclora sweep: {len(failed)} cell(s) failed ({', '.join(failed)}); their logs "
+            f"are in {output / 'logs'}; rerun with --resume",
+            file=sys.stderr,
+        )
         return 1
     return 0

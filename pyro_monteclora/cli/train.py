@@ -23,13 +23,30 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from pyro_monteclora.cli.options import (LOAD_ERRORS, MAX_SEED, METHODS, TASKS, UsageError, adapter_config,
-                                         adapter_dests, add_adapter_options, add_data_options, add_model_options,
-                                         check_adapter_options, check_inputs_outside, check_output_folder,
-                                         check_replaceable, check_values, load_error, lock_output_folder,
-                                         option_message, resolve_data, resolve_device, resolve_model_path,
-                                         resolve_precision)
-
+from pyro_monteclora.cli.options import (
+    LOAD_ERRORS,
+    MAX_SEED,
+    METHODS,
+    TASKS,
+    UsageError,
+    adapter_config,
+    adapter_dests,
+    add_adapter_options,
+    add_data_options,
+    add_model_options,
+    check_adapter_options,
+    check_inputs_outside,
+    check_output_folder,
+    check_replaceable,
+    check_values,
+    load_error,
+    lock_output_folder,
+    option_message,
+    resolve_data,
+    resolve_device,
+    resolve_model_path,
+    resolve_precision,
+)
 from pyro_monteclora.cli.runs import CHECKPOINT_DIR, RUN_FILE, latest_checkpoint
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
@@ -39,14 +56,44 @@ class TrainingFault(Exception):
     """Training stopped on a numerical fault (exit status 1, one line naming the step and the
     last good checkpoint)."""
 
+
 #: options that define a run; ``--resume`` refuses a command line that changes one of them (the
 #: adapter options are one per MonteCLoRAConfig field: :func:`~.options.adapter_dests`)
-RUN_OPTIONS = ("method", "task_type", "model", "task", "split_seed", "train_file", "validation_file", "test_file",
-               "text_column", "label_column", "prompt_column", "response_column", "dataset", "dataset_config", "max_length",
-               *adapter_dests(), "learning_rate", "batch_size", "epochs", "weight_decay", "warmup_ratio",
-               "max_train_samples", "seed", "eval_num_samples", "no_validation")
-TRAIN_DEFAULTS = {"learning_rate": 1e-3, "full_learning_rate": 5e-5, "batch_size": 16, "epochs": 3,
-                  "max_length": 128, "causal_lm_max_length": 256}
+RUN_OPTIONS = (
+    "method",
+    "task_type",
+    "model",
+    "task",
+    "split_seed",
+    "train_file",
+    "validation_file",
+    "test_file",
+    "text_column",
+    "label_column",
+    "prompt_column",
+    "response_column",
+    "dataset",
+    "dataset_config",
+    "max_length",
+    *adapter_dests(),
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "weight_decay",
+    "warmup_ratio",
+    "max_train_samples",
+    "seed",
+    "eval_num_samples",
+    "no_validation",
+)
+TRAIN_DEFAULTS = {
+    "learning_rate": 1e-3,
+    "full_learning_rate": 5e-5,
+    "batch_size": 16,
+    "epochs": 3,
+    "max_length": 128,
+    "causal_lm_max_length": 256,
+}
 TASK_TYPES = ("sequence-classification", "causal-lm")
 _TEXT = {"kind": "text", "nullable": True}
 #: what each run option may be. The command line (``--batch-size 0``) and the arguments that
@@ -55,54 +102,80 @@ _TEXT = {"kind": "text", "nullable": True}
 #: option existed. The adapter options are checked by the config itself (typed or read back:
 #: :func:`~.options.check_adapter_options`), so they have no row here.
 RUN_CHECKS = {
-    "method": {"kind": METHODS}, "task_type": {"kind": TASK_TYPES, "default": TASK_TYPES[0]},
-    "model": _TEXT, "task": {"kind": TASKS, "nullable": True},
+    "method": {"kind": METHODS},
+    "task_type": {"kind": TASK_TYPES, "default": TASK_TYPES[0]},
+    "model": _TEXT,
+    "task": {"kind": TASKS, "nullable": True},
     "split_seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED},
-    "train_file": _TEXT, "validation_file": _TEXT, "test_file": _TEXT,
-    "text_column": {"kind": "texts", "nullable": True}, "label_column": _TEXT,
-    "prompt_column": dict(_TEXT, default=None), "response_column": dict(_TEXT, default=None),
-    "dataset": _TEXT, "dataset_config": _TEXT,
+    "train_file": _TEXT,
+    "validation_file": _TEXT,
+    "test_file": _TEXT,
+    "text_column": {"kind": "texts", "nullable": True},
+    "label_column": _TEXT,
+    "prompt_column": dict(_TEXT, default=None),
+    "response_column": dict(_TEXT, default=None),
+    "dataset": _TEXT,
+    "dataset_config": _TEXT,
     "max_length": {"kind": "integer", "minimum": 2, "nullable": True},
     "learning_rate": {"kind": "number", "minimum": 0, "exclusive_minimum": True, "nullable": True},
-    "batch_size": {"kind": "integer", "minimum": 1}, "epochs": {"kind": "integer", "minimum": 1},
+    "batch_size": {"kind": "integer", "minimum": 1},
+    "epochs": {"kind": "integer", "minimum": 1},
     "weight_decay": {"kind": "number", "minimum": 0},
     "warmup_ratio": {"kind": "number", "minimum": 0, "maximum": 0.99},
     "max_train_samples": {"kind": "integer", "minimum": 1, "nullable": True},
     "seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED},
-    "eval_num_samples": {"kind": "integer", "minimum": 0}, "no_validation": {"kind": "flag"},
+    "eval_num_samples": {"kind": "integer", "minimum": 0},
+    "no_validation": {"kind": "flag"},
 }
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command and its options."""
     parser = subparsers.add_parser(
-        "train", help="fine-tune a model (MonteCLoRA, LoRA or full) and checkpoint every epoch",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "train",
+        help="fine-tune a model (MonteCLoRA, LoRA or full) and checkpoint every epoch",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_model_options(parser)
-    parser.add_argument("--task-type", default="sequence-classification", choices=TASK_TYPES,
-                        help="sequence-classification (a classifier head on --model) or causal-lm "
-                             "(instruction tuning of a decoder on prompt/response records; the loss "
-                             "is on the response tokens only)")
+    parser.add_argument(
+        "--task-type",
+        default="sequence-classification",
+        choices=TASK_TYPES,
+        help="sequence-classification (a classifier head on --model) or causal-lm "
+        "(instruction tuning of a decoder on prompt/response records; the loss "
+        "is on the response tokens only)",
+    )
     add_data_options(parser, ("train", "validation", "test"))
     add_adapter_options(parser)
     group = parser.add_argument_group("training")
-    group.add_argument("--learning-rate", type=float, default=None,
-                       help="peak AdamW learning rate (default: 1e-3 for the adapters, 5e-5 for "
-                            "full fine-tuning)")
+    group.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="peak AdamW learning rate (default: 1e-3 for the adapters, 5e-5 for full fine-tuning)",
+    )
     group.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
     group.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS["epochs"])
     group.add_argument("--weight-decay", type=float, default=0.0)
     group.add_argument("--warmup-ratio", type=float, default=0.1)
-    group.add_argument("--max-train-samples", type=int, default=None,
-                       help="use the first N training examples")
+    group.add_argument("--max-train-samples", type=int, default=None, help="use the first N training examples")
     group.add_argument("--seed", type=int, default=0, help="seeds the inits, SVI and data order")
-    group.add_argument("--eval-num-samples", type=int, default=0,
-                       help="posterior samples for the per-epoch validation (0: mean adapter)")
+    group.add_argument(
+        "--eval-num-samples",
+        type=int,
+        default=0,
+        help="posterior samples for the per-epoch validation (0: mean adapter)",
+    )
     group.add_argument("--no-validation", action="store_true", help="skip the per-epoch validation")
-    group.add_argument("--skip-nonfinite", action="store_true",
-                       help="skip a step whose loss is NaN or infinite instead of stopping")
-    group.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute the base's activations in the backward pass (less memory)")
+    group.add_argument(
+        "--skip-nonfinite", action="store_true", help="skip a step whose loss is NaN or infinite instead of stopping"
+    )
+    group.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the base's activations in the backward pass (less memory)",
+    )
     group = parser.add_argument_group("output")
     group.add_argument("--output", required=True, help="run folder")
     group.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -119,9 +192,11 @@ def _check_arguments(args) -> None:
         if needed == "causal-lm" and args.task_type == "sequence-classification":
             args.task_type = needed
         elif needed != args.task_type:
-            raise UsageError(f"--task {args.task} is a classification task; leave out --task-type "
-                             f"causal-lm (or use a decoder task: piqa, siqa, winogrande, arc-e, "
-                             f"arc-c, obqa, gsm8k)")
+            raise UsageError(
+                f"--task {args.task} is a classification task; leave out --task-type "
+                f"causal-lm (or use a decoder task: piqa, siqa, winogrande, arc-e, "
+                f"arc-c, obqa, gsm8k)"
+            )
     check_values(vars(args), RUN_CHECKS, _option_name)
     if not args.resume:  # a resumed run keeps its recorded (validated) options; changes are refused
         check_adapter_options(args)
@@ -146,25 +221,41 @@ def _prepare_output(args, parser_defaults: dict):
         from pyro_monteclora.distributed import launched_world_size
 
         if launched_world_size() != processes:  # the step count and data shards depend on it
-            raise UsageError(f"--resume: the run was trained by {processes} process(es); resume it "
-                             f"with the same number (this launch has {launched_world_size()})")
-        changed = [name for name in RUN_OPTIONS if name != "model"
-                   and getattr(args, name) != parser_defaults.get(name) and getattr(args, name) != saved.get(name)]
+            raise UsageError(
+                f"--resume: the run was trained by {processes} process(es); resume it "
+                f"with the same number (this launch has {launched_world_size()})"
+            )
+        changed = [
+            name
+            for name in RUN_OPTIONS
+            if name != "model"
+            and getattr(args, name) != parser_defaults.get(name)
+            and getattr(args, name) != saved.get(name)
+        ]
         if changed:
-            raise UsageError("--resume continues the saved run and cannot change "
-                             + ", ".join("--" + name.replace("_", "-") for name in changed))
+            raise UsageError(
+                "--resume continues the saved run and cannot change "
+                + ", ".join("--" + name.replace("_", "-") for name in changed)
+            )
         return saved, recorded
     check_replaceable(output, args.overwrite, RUN_FILE, "pyro-monteclora run")
-    check_inputs_outside(output, [("--train-file", args.train_file), ("--validation-file", args.validation_file),
-                                  ("--test-file", args.test_file), ("--model", args.model)])
+    check_inputs_outside(
+        output,
+        [
+            ("--train-file", args.train_file),
+            ("--validation-file", args.validation_file),
+            ("--test-file", args.test_file),
+            ("--model", args.model),
+        ],
+    )
     return {name: getattr(args, name) for name in RUN_OPTIONS}, None
 
 
 def _read_run(run_file: Path):
     """``run.json``'s arguments (checked with :data:`RUN_CHECKS`, the command line's own rules),
     data specification and process count; any bad field is a usage error naming it."""
-    from pyro_monteclora.validation import FieldError, get_field, parse_json
     from pyro_monteclora.cli.options import check_data_spec
+    from pyro_monteclora.validation import FieldError, get_field, parse_json
 
     try:
         run = parse_json(run_file.read_text(encoding="utf-8"))
@@ -177,8 +268,7 @@ def _read_run(run_file: Path):
         processes = get_field(run, "processes", "processes", "integer", minimum=1, default=1)
     except FieldError as error:
         raise UsageError(f"--resume: {run_file}: {error}") from None
-    saved = check_values(saved, RUN_CHECKS, lambda key: f"--resume: {run_file}: arguments.{key}",
-                         read_back=True)
+    saved = check_values(saved, RUN_CHECKS, lambda key: f"--resume: {run_file}: arguments.{key}", read_back=True)
     try:
         check_adapter_options(argparse.Namespace(**saved))
     except UsageError as error:
@@ -198,8 +288,10 @@ def _read_resume_state(checkpoint: Path, arguments: dict, output: Path):
     except CheckpointError as error:
         raise UsageError(f"--resume: {error}") from None
     if state.epoch > arguments["epochs"]:
-        raise UsageError(f"--resume: {output / RUN_FILE}: arguments.epochs is {arguments['epochs']}, "
-                         f"fewer than the {state.epoch} epoch(s) {checkpoint / STATE_JSON} has finished")
+        raise UsageError(
+            f"--resume: {output / RUN_FILE}: arguments.epochs is {arguments['epochs']}, "
+            f"fewer than the {state.epoch} epoch(s) {checkpoint / STATE_JSON} has finished"
+        )
     return state
 
 
@@ -238,14 +330,17 @@ def check_rank(network, config) -> None:
     ``rank x rank`` factors are what run out of memory. (``network`` may be on the meta device.)"""
     from pyro_monteclora.nn.models import _is_adaptable
 
-    widths = [(min(module.weight.shape), path, tuple(module.weight.shape))
-              for path, module in network.named_modules()
-              if path and _is_adaptable(module) and config.matches_target(path)
-              and not config.matches_saved(path)]
+    widths = [
+        (min(module.weight.shape), path, tuple(module.weight.shape))
+        for path, module in network.named_modules()
+        if path and _is_adaptable(module) and config.matches_target(path) and not config.matches_saved(path)
+    ]
     if widths and config.rank > min(widths)[0]:
         width, path, shape = min(widths)
-        raise UsageError(f"--rank must be at most {width}, the smaller side of the adapted layer {path} "
-                         f"({shape[0]} x {shape[1]}), got {config.rank}")
+        raise UsageError(
+            f"--rank must be at most {width}, the smaller side of the adapted layer {path} "
+            f"({shape[0]} x {shape[1]}), got {config.rank}"
+        )
 
 
 def _load_network(model_path: str, arguments: dict, label_names, trust_remote_code: bool):
@@ -259,17 +354,24 @@ def _load_network(model_path: str, arguments: dict, label_names, trust_remote_co
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except Exception as error:  # see LOAD_ERRORS: a bad tokenizer.json raises a bare Exception
-        raise UsageError(f"--model {arguments['model'] or model_path}: its tokenizer: "
-                         f"{type(error).__name__}: {error}".splitlines()[0]) from None
+        raise UsageError(
+            f"--model {arguments['model'] or model_path}: its tokenizer: {type(error).__name__}: {error}".splitlines()[
+                0
+            ]
+        ) from None
     try:
         if causal:
             network, loading = AutoModelForCausalLM.from_pretrained(
-                model_path, trust_remote_code=trust_remote_code, use_safetensors=True,
-                output_loading_info=True)
+                model_path, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+            )
         else:
             network, loading = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=len(label_names), trust_remote_code=trust_remote_code,
-                use_safetensors=True, output_loading_info=True)
+                model_path,
+                num_labels=len(label_names),
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                output_loading_info=True,
+            )
     except LOAD_ERRORS as error:
         raise UsageError(f"--model {arguments['model'] or model_path}: {load_error(error)}") from None
     # weights the checkpoint lacks are newly initialised: train (and save) them with the head
@@ -283,14 +385,12 @@ def run_train(args, parser_defaults: dict) -> int:
     arguments, recorded_data = _prepare_output(args, parser_defaults)
     data_args = argparse.Namespace(**{**vars(args), **arguments})
     if recorded_data is not None:  # resume: the data exactly as recorded (absolute paths)
-        for name in ("task", "train_file", "validation_file", "test_file", "dataset", "text_column",
-                     "label_column"):
+        for name in ("task", "train_file", "validation_file", "test_file", "dataset", "text_column", "label_column"):
             setattr(data_args, name, None)
     output = Path(args.output)
     checkpoint = latest_checkpoint(output) if args.resume else None
     if args.resume and checkpoint is None:
-        raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again "
-                         f"with --overwrite")
+        raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again with --overwrite")
     resume_state = _read_resume_state(checkpoint, arguments, output) if checkpoint is not None else None
     device = resolve_device(args.device)
     torch_dtype = resolve_precision(args.dtype, device)
@@ -298,21 +398,42 @@ def run_train(args, parser_defaults: dict) -> int:
     if causal:
         from pyro_monteclora.cli.lm_data import resolve_instruction_data
 
-        splits, data_spec = resolve_instruction_data(data_args, ("train", "validation", "test"),
-                                                     recorded=recorded_data)
+        splits, data_spec = resolve_instruction_data(data_args, ("train", "validation", "test"), recorded=recorded_data)
     else:
-        splits, data_spec = resolve_data(data_args, ("train", "validation", "test"), recorded=recorded_data,
-                                         optional_unlabelled=("test",), training=True)
+        splits, data_spec = resolve_data(
+            data_args,
+            ("train", "validation", "test"),
+            recorded=recorded_data,
+            optional_unlabelled=("test",),
+            training=True,
+        )
     if arguments["max_train_samples"]:
         splits["train"] = splits["train"].subset(arguments["max_train_samples"])
     model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
     max_length = arguments["max_length"] or TRAIN_DEFAULTS["causal_lm_max_length" if causal else "max_length"]
-    learning_rate = arguments["learning_rate"] or TRAIN_DEFAULTS[
-        "full_learning_rate" if arguments["method"] == "full" else "learning_rate"]
-    job = _load_job(args, arguments, checkpoint, _TrainingJob(
-        args=args, arguments=arguments, splits=splits, data_spec=data_spec, model_path=model_path,
-        output=output, causal=causal, max_length=max_length, learning_rate=learning_rate, device=device,
-        torch_dtype=torch_dtype, resume_state=resume_state))
+    learning_rate = (
+        arguments["learning_rate"]
+        or TRAIN_DEFAULTS["full_learning_rate" if arguments["method"] == "full" else "learning_rate"]
+    )
+    job = _load_job(
+        args,
+        arguments,
+        checkpoint,
+        _TrainingJob(
+            args=args,
+            arguments=arguments,
+            splits=splits,
+            data_spec=data_spec,
+            model_path=model_path,
+            output=output,
+            causal=causal,
+            max_length=max_length,
+            learning_rate=learning_rate,
+            device=device,
+            torch_dtype=torch_dtype,
+            resume_state=resume_state,
+        ),
+    )
     _check_world_size(splits, arguments)
 
     from pyro_monteclora.distributed import init_distributed, launched_rank
@@ -371,8 +492,9 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
     from pyro_monteclora.training.state import STATE_JSON, check_state_fits
 
     pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
-    tokenizer, network, fresh_modules = _load_network(job.model_path, arguments, job.data_spec.get("label_names"),
-                                                      args.trust_remote_code)
+    tokenizer, network, fresh_modules = _load_network(
+        job.model_path, arguments, job.data_spec.get("label_names"), args.trust_remote_code
+    )
     limit = getattr(network.config, "max_position_embeddings", None)
     if limit and job.max_length > limit:
         raise UsageError(f"--max-length {job.max_length} is more than the model's {limit} positions")
@@ -402,11 +524,15 @@ def _check_world_size(splits: dict, arguments: dict) -> None:
 
     world_size = launched_world_size()
     if world_size > len(splits["train"]):
-        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['train'])} training examples: "
-                         f"every process needs at least one; launch at most {len(splits['train'])}")
+        raise UsageError(
+            f"WORLD_SIZE={world_size} processes for {len(splits['train'])} training examples: "
+            f"every process needs at least one; launch at most {len(splits['train'])}"
+        )
     if "validation" in splits and not arguments["no_validation"] and world_size > len(splits["validation"]):
-        raise UsageError(f"WORLD_SIZE={world_size} processes for {len(splits['validation'])} validation "
-                         f"examples: pass --no-validation or a larger validation set")
+        raise UsageError(
+            f"WORLD_SIZE={world_size} processes for {len(splits['validation'])} validation "
+            f"examples: pass --no-validation or a larger validation set"
+        )
 
 
 def _train(job: _TrainingJob) -> int:
@@ -420,32 +546,53 @@ def _train(job: _TrainingJob) -> int:
     train_loader, evaluate = _loaders(job)
     steps = arguments["epochs"] * len(train_loader)
     if job.resume_state is not None and job.resume_state.step > steps:
-        raise UsageError(f"--resume: the checkpoint's training_state.json is at step {job.resume_state.step}, "
-                         f"past this run's {steps} steps")
+        raise UsageError(
+            f"--resume: the checkpoint's training_state.json is at step {job.resume_state.step}, "
+            f"past this run's {steps} steps"
+        )
     _write_run_record(job)
     barrier()  # the run folder exists before any rank trains
     if is_main_process():
         labels_note = "" if job.causal else f"{len(job.data_spec.get('label_names'))} labels, "
-        world_note = (f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized()
-                      else "")
-        print(f"{arguments['method']}: {type(job.network).__name__} from {job.model_path}, "
-              f"{len(job.splits['train']):,} training examples, {labels_note}"
-              f"{job.model.num_trainable_parameters():,} trainable parameters, device {job.device}{world_note}",
-              file=sys.stderr, flush=True)
-    config = TrainConfig(epochs=arguments["epochs"], learning_rate=job.learning_rate,
-                         weight_decay=arguments["weight_decay"], warmup_ratio=arguments["warmup_ratio"],
-                         seed=arguments["seed"], desc=arguments["method"],
-                         skip_nonfinite=job.args.skip_nonfinite, dtype=job.torch_dtype)
+        world_note = f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized() else ""
+        print(
+            f"{arguments['method']}: {type(job.network).__name__} from {job.model_path}, "
+            f"{len(job.splits['train']):,} training examples, {labels_note}"
+            f"{job.model.num_trainable_parameters():,} trainable parameters, device {job.device}{world_note}",
+            file=sys.stderr,
+            flush=True,
+        )
+    config = TrainConfig(
+        epochs=arguments["epochs"],
+        learning_rate=job.learning_rate,
+        weight_decay=arguments["weight_decay"],
+        warmup_ratio=arguments["warmup_ratio"],
+        seed=arguments["seed"],
+        desc=arguments["method"],
+        skip_nonfinite=job.args.skip_nonfinite,
+        dtype=job.torch_dtype,
+    )
     started = time.perf_counter()
     try:
-        result = fit(job.model, job.guide, train_loader, config, evaluate=evaluate,
-                     callbacks=[_checkpointer(job)], resume=job.resume_state, device=job.device)
+        result = fit(
+            job.model,
+            job.guide,
+            train_loader,
+            config,
+            evaluate=evaluate,
+            callbacks=[_checkpointer(job)],
+            resume=job.resume_state,
+            device=job.device,
+        )
     except FloatingPointError as error:
         last = latest_checkpoint(job.output)
-        where = (f"the last good checkpoint is {last} (epoch "
-                 f"{json.loads((last / 'training_state.json').read_text())['epoch']}); "
-                 f"continue from it with --resume --skip-nonfinite" if last
-                 else "no epoch finished, so there is no checkpoint yet")
+        where = (
+            f"the last good checkpoint is {last} (epoch "
+            f"{json.loads((last / 'training_state.json').read_text())['epoch']}); "
+            f"continue from it with --resume --skip-nonfinite"
+            if last
+            else "no epoch finished, so there is no checkpoint yet"
+        )
         raise TrainingFault(f"{error}; {where}") from None
     if is_main_process():
         _write_summary(job, result, time.perf_counter() - started)
@@ -469,23 +616,27 @@ def _loaders(job: _TrainingJob):
 
         with warnings.catch_warnings(record=True) as caught:  # shown as plain lines
             warnings.simplefilter("always")
-            train_loader = causal_lm_loader(splits["train"], job.tokenizer, batch_size, max_length,
-                                            shuffle=True, seed=seed)
+            train_loader = causal_lm_loader(
+                splits["train"], job.tokenizer, batch_size, max_length, shuffle=True, seed=seed
+            )
             if validate:
                 evaluate = LanguageModelEvaluator(
                     causal_lm_loader(splits["validation"], job.tokenizer, batch_size, max_length),
-                    arguments["eval_num_samples"])
+                    arguments["eval_num_samples"],
+                )
         for warning in caught if is_main_process() else ():
             print(f"warning: {warning.message}", file=sys.stderr)
     else:
         from pyro_monteclora.data.classification import classification_loader
 
-        train_loader = classification_loader(splits["train"], job.tokenizer, batch_size, max_length,
-                                             shuffle=True, seed=seed)
+        train_loader = classification_loader(
+            splits["train"], job.tokenizer, batch_size, max_length, shuffle=True, seed=seed
+        )
         if validate:
             evaluate = ClassificationEvaluator(
                 classification_loader(splits["validation"], job.tokenizer, 64, max_length),
-                arguments["eval_num_samples"])
+                arguments["eval_num_samples"],
+            )
     return train_loader, evaluate
 
 
@@ -495,20 +646,30 @@ def _write_run_record(job: _TrainingJob) -> None:
     import torch
     import transformers
 
-    from pyro_monteclora.storage.atomic import atomic_write_json
     from pyro_monteclora.distributed import is_main_process
+    from pyro_monteclora.storage.atomic import atomic_write_json
 
     args, output = job.args, job.output
     if not is_main_process():
         return
     output.mkdir(parents=True, exist_ok=True)  # made (and emptied, without --resume) under its lock
     if not args.resume:
-        atomic_write_json(output / RUN_FILE, {
-            "arguments": job.arguments, "data": job.data_spec, "model_path": job.model_path,
-            "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "pyro": pyro.__version__, "transformers": transformers.__version__},
-            "command": " ".join(["pyro-monteclora"] + args.command_line)})
+        atomic_write_json(
+            output / RUN_FILE,
+            {
+                "arguments": job.arguments,
+                "data": job.data_spec,
+                "model_path": job.model_path,
+                "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+                "versions": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "pyro": pyro.__version__,
+                    "transformers": transformers.__version__,
+                },
+                "command": " ".join(["pyro-monteclora"] + args.command_line),
+            },
+        )
 
 
 def _checkpointer(job: _TrainingJob):
@@ -518,8 +679,13 @@ def _checkpointer(job: _TrainingJob):
     from pyro_monteclora.storage.checkpoint import save_pretrained
     from pyro_monteclora.training.state import save_training_state
 
-    metadata = {"method": job.arguments["method"], "model_path": job.model_path, "data": job.data_spec,
-                "max_length": job.max_length, "arguments": job.arguments}
+    metadata = {
+        "method": job.arguments["method"],
+        "model_path": job.model_path,
+        "data": job.data_spec,
+        "max_length": job.max_length,
+        "arguments": job.arguments,
+    }
 
     def on_epoch_end(state) -> None:
         with atomic_directory(job.output / CHECKPOINT_DIR) as staging:
@@ -536,11 +702,19 @@ def _write_summary(job: _TrainingJob, result, wall_seconds: float) -> None:
 
     from pyro_monteclora.storage.atomic import atomic_write_json
 
-    atomic_write_json(job.output / "train_summary.json", {
-        "method": job.arguments["method"], "learning_rate": job.learning_rate, "epochs": result.epochs,
-        "train_seconds": result.train_seconds, "wall_seconds_this_session": wall_seconds,
-        "trainable_parameters": job.model.num_trainable_parameters(),
-        "train_examples": len(job.splits["train"]), "steps": len(result.steps),
-        "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-        "final_loss": result.epochs[-1]["loss"] if result.epochs else None})
+    atomic_write_json(
+        job.output / "train_summary.json",
+        {
+            "method": job.arguments["method"],
+            "learning_rate": job.learning_rate,
+            "epochs": result.epochs,
+            "train_seconds": result.train_seconds,
+            "wall_seconds_this_session": wall_seconds,
+            "trainable_parameters": job.model.num_trainable_parameters(),
+            "train_examples": len(job.splits["train"]),
+            "steps": len(result.steps),
+            "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+            "final_loss": result.epochs[-1]["loss"] if result.epochs else None,
+        },
+    )
     print(f"wrote {job.output / CHECKPOINT_DIR}", file=sys.stderr)

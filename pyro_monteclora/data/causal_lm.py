@@ -20,9 +20,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pyro_monteclora.data.instructions import InstructionData, format_prompt
 from pyro_monteclora.data.samplers import evaluation_sampler, training_sampler
 from pyro_monteclora.hf_defaults import end_token_id, pad_token_id
-from pyro_monteclora.data.instructions import InstructionData, format_prompt
 from pyro_monteclora.util import IGNORE_INDEX
 
 __all__ = ["EncodedPairs", "encode_prompt", "encode_pairs", "causal_lm_loader", "pad_batch", "end_token_id"]
@@ -57,7 +57,7 @@ def _fit(prompt: List[int], response: List[int], max_length: int) -> Tuple[List[
     response = response[: max_length - 1]
     room = max_length - len(response)
     prompt_cut = len(prompt) > room
-    return prompt[len(prompt) - room:] if prompt_cut else prompt, response, prompt_cut, response_cut
+    return prompt[len(prompt) - room :] if prompt_cut else prompt, response, prompt_cut, response_cut
 
 
 def encode_pairs(data: InstructionData, tokenizer, max_length: int) -> EncodedPairs:
@@ -81,17 +81,23 @@ def encode_pairs(data: InstructionData, tokenizer, max_length: int) -> EncodedPa
         all_ids.append(prompt + response)
         all_labels.append([IGNORE_INDEX] * len(prompt) + response)
     if cut_prompts:
-        warnings.warn(f"{data.source}: {cut_prompts} of {len(data)} prompts were longer than "
-                      f"max_length={max_length} allows with their response and were cut from the left",
-                      stacklevel=2)
+        warnings.warn(
+            f"{data.source}: {cut_prompts} of {len(data)} prompts were longer than "
+            f"max_length={max_length} allows with their response and were cut from the left",
+            stacklevel=2,
+        )
     if cut_responses:
-        warnings.warn(f"{data.source}: {cut_responses} of {len(data)} responses were longer than "
-                      f"max_length - 1 = {max_length - 1} tokens and were cut from the right", stacklevel=2)
+        warnings.warn(
+            f"{data.source}: {cut_responses} of {len(data)} responses were longer than "
+            f"max_length - 1 = {max_length - 1} tokens and were cut from the right",
+            stacklevel=2,
+        )
     return EncodedPairs(all_ids, all_labels)
 
 
-def pad_batch(sequences: Sequence[List[int]], pad_id: int, side: str = "right",
-              labels: Optional[Sequence[List[int]]] = None) -> Dict[str, torch.Tensor]:
+def pad_batch(
+    sequences: Sequence[List[int]], pad_id: int, side: str = "right", labels: Optional[Sequence[List[int]]] = None
+) -> Dict[str, torch.Tensor]:
     """Pad token lists to one length: ``input_ids``, ``attention_mask`` (and ``labels``, padded
     with ``-100``). ``side="left"`` is for generation."""
     width = max(len(s) for s in sequences)
@@ -115,14 +121,14 @@ class _PairCollator:
         self.pad_id = pad_id
 
     def __call__(self, items: List[dict]) -> dict:
-        batch = pad_batch([item["input_ids"] for item in items], self.pad_id,
-                          labels=[item["labels"] for item in items])
+        batch = pad_batch([item["input_ids"] for item in items], self.pad_id, labels=[item["labels"] for item in items])
         batch["example_index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
         return batch
 
 
-def causal_lm_loader(data: InstructionData, tokenizer, batch_size: int = 8, max_length: int = 256,
-                     shuffle: bool = False, seed: int = 0) -> DataLoader:
+def causal_lm_loader(
+    data: InstructionData, tokenizer, batch_size: int = 8, max_length: int = 256, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
     """A ``DataLoader`` of right-padded ``input_ids``/``attention_mask``/``labels`` batches (prompt
     and padding labelled ``-100``), encoded once up front; shuffled by an
     :class:`~pyro_monteclora.data.samplers.EpochShuffleSampler` (in a process group: this rank's shard)."""
@@ -131,5 +137,10 @@ def causal_lm_loader(data: InstructionData, tokenizer, batch_size: int = 8, max_
     encoded = encode_pairs(data, tokenizer, max_length)
     pad_id = pad_token_id(tokenizer)
     sampler = training_sampler(len(encoded), seed) if shuffle else evaluation_sampler(len(encoded))
-    return DataLoader(encoded, batch_size=batch_size, sampler=sampler,
-                      generator=torch.Generator().manual_seed(seed), collate_fn=_PairCollator(pad_id))
+    return DataLoader(
+        encoded,
+        batch_size=batch_size,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=_PairCollator(pad_id),
+    )

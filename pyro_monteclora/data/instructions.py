@@ -31,17 +31,31 @@ from torch.utils.data import Dataset
 
 from pyro_monteclora.data.records import DataError, read_located_records
 
-__all__ = ["InstructionData", "records_to_instructions", "load_instruction_file", "format_prompt",
-           "SCHEMAS", "ALPACA_TEMPLATE", "ALPACA_INPUT_TEMPLATE"]
+__all__ = [
+    "InstructionData",
+    "records_to_instructions",
+    "load_instruction_file",
+    "format_prompt",
+    "SCHEMAS",
+    "ALPACA_TEMPLATE",
+    "ALPACA_INPUT_TEMPLATE",
+]
 
 #: (name, prompt field, response field), tried in this order
-SCHEMAS = (("alpaca", "instruction", "output"), ("question-answer", "question", "answer"),
-           ("prompt-response", "prompt", "response"))
-ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "
-                   "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-ALPACA_INPUT_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides "
-                         "further context. Write a response that appropriately completes the request.\n\n"
-                         "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+SCHEMAS = (
+    ("alpaca", "instruction", "output"),
+    ("question-answer", "question", "answer"),
+    ("prompt-response", "prompt", "response"),
+)
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ALPACA_INPUT_TEMPLATE = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
 
 
 @dataclass
@@ -71,13 +85,18 @@ class InstructionData(Dataset):
         return len(self.prompts)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index, "prompt": self.prompts[index], "input": self.inputs[index],
-                "response": self.responses[index]}
+        return {
+            "index": index,
+            "prompt": self.prompts[index],
+            "input": self.inputs[index],
+            "response": self.responses[index],
+        }
 
     def subset(self, count: int) -> "InstructionData":
         """The first ``count`` examples."""
-        return InstructionData(self.prompts[:count], self.responses[:count], self.inputs[:count],
-                               self.references[:count], self.source)
+        return InstructionData(
+            self.prompts[:count], self.responses[:count], self.inputs[:count], self.references[:count], self.source
+        )
 
 
 def _text(value, where: str, name: str, numbers: bool = False) -> str:
@@ -111,16 +130,22 @@ def _columns(row: dict, where: str, prompt_column: Optional[str], response_colum
     record's schema, with a named column replacing only its own part."""
     schema = next(((p, r) for _, p, r in SCHEMAS if p in row), None)
     if schema is None and prompt_column is None:
-        raise DataError(f"{where}: no prompt field; expected one of "
-                        f"{[p for _, p, _ in SCHEMAS]} (or pass --prompt-column), found {sorted(row)}")
+        raise DataError(
+            f"{where}: no prompt field; expected one of "
+            f"{[p for _, p, _ in SCHEMAS]} (or pass --prompt-column), found {sorted(row)}"
+        )
     prompt_field = prompt_column or schema[0]
     response_field = response_column or (schema[1] if schema is not None else "response")
     return prompt_field, response_field, prompt_field == "instruction"
 
 
-def records_to_instructions(rows: Sequence[Tuple[str, dict]], source: str,
-                            prompt_column: Optional[str] = None, response_column: Optional[str] = None,
-                            require_response: bool = True) -> InstructionData:
+def records_to_instructions(
+    rows: Sequence[Tuple[str, dict]],
+    source: str,
+    prompt_column: Optional[str] = None,
+    response_column: Optional[str] = None,
+    require_response: bool = True,
+) -> InstructionData:
     """Validate located rows (``(place, record)`` pairs, see
     :func:`~pyro_monteclora.data.records.read_located_records`) into :class:`InstructionData`.
 
@@ -143,8 +168,10 @@ def records_to_instructions(rows: Sequence[Tuple[str, dict]], source: str,
         if response_field in row and row[response_field] is not None:
             responses.append(_text(row[response_field], where, response_field, numbers=True))
         elif require_response:
-            raise DataError(f"{where}: no {response_field!r} field (the response); found {sorted(row)}; "
-                            f"pass --response-column to name it")
+            raise DataError(
+                f"{where}: no {response_field!r} field (the response); found {sorted(row)}; "
+                f"pass --response-column to name it"
+            )
         else:
             responses.append(None)
         references.append(_references(row, where))
@@ -153,12 +180,16 @@ def records_to_instructions(rows: Sequence[Tuple[str, dict]], source: str,
     return InstructionData(prompts, responses, inputs, references, source)
 
 
-def load_instruction_file(path: Union[str, os.PathLike], prompt_column: Optional[str] = None,
-                          response_column: Optional[str] = None,
-                          require_response: bool = True) -> InstructionData:
+def load_instruction_file(
+    path: Union[str, os.PathLike],
+    prompt_column: Optional[str] = None,
+    response_column: Optional[str] = None,
+    require_response: bool = True,
+) -> InstructionData:
     """Read a json/jsonl/csv/tsv/parquet file of (prompt, response) records (see the module)."""
-    return records_to_instructions(read_located_records(path), str(Path(path)), prompt_column,
-                                   response_column, require_response)
+    return records_to_instructions(
+        read_located_records(path), str(Path(path)), prompt_column, response_column, require_response
+    )
 
 
 def format_prompt(tokenizer, prompt: str, input_text: str = "") -> str:
@@ -170,8 +201,9 @@ def format_prompt(tokenizer, prompt: str, input_text: str = "") -> str:
     """
     if getattr(tokenizer, "chat_template", None):
         content = f"{prompt}\n\n{input_text}" if input_text else prompt
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
     if input_text:
         return ALPACA_INPUT_TEMPLATE.format(instruction=prompt, input=input_text)
     return ALPACA_TEMPLATE.format(instruction=prompt)

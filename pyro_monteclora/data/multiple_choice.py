@@ -29,8 +29,13 @@ from pyro_monteclora.data.records import DataError, read_located_records
 from pyro_monteclora.hf_defaults import pad_token_id
 from pyro_monteclora.util import IGNORE_INDEX
 
-__all__ = ["MultipleChoiceData", "load_multiple_choice_file", "records_to_multiple_choice",
-           "parse_answer", "multiple_choice_loader"]
+__all__ = [
+    "MultipleChoiceData",
+    "load_multiple_choice_file",
+    "records_to_multiple_choice",
+    "parse_answer",
+    "multiple_choice_loader",
+]
 
 _NUMBERED = re.compile(r"^(?:answer|option|solution|ending)\s*([0-9]{1,9})$", re.IGNORECASE)
 
@@ -52,8 +57,12 @@ class MultipleChoiceData(Dataset):
 
     def subset(self, count: int) -> "MultipleChoiceData":
         """The first ``count`` questions."""
-        return MultipleChoiceData(self.questions[:count], self.choices[:count],
-                                  None if self.answers is None else self.answers[:count], self.source)
+        return MultipleChoiceData(
+            self.questions[:count],
+            self.choices[:count],
+            None if self.answers is None else self.answers[:count],
+            self.source,
+        )
 
 
 def parse_answer(value, choices: List[str], where: str) -> int:
@@ -63,8 +72,9 @@ def parse_answer(value, choices: List[str], where: str) -> int:
     """
     count = len(choices)
     letters = string.ascii_uppercase[:count]
-    allowed = (f"an index 0..{count - 1}, a letter A..{letters[-1]}, " if count <= 26 else
-               f"an index 0..{count - 1}, ") + f"answer1..answer{count} or one choice's text"
+    allowed = (
+        f"an index 0..{count - 1}, a letter A..{letters[-1]}, " if count <= 26 else f"an index 0..{count - 1}, "
+    ) + f"answer1..answer{count} or one choice's text"
     index = None
     if isinstance(value, bool):
         index = None
@@ -88,9 +98,14 @@ def parse_answer(value, choices: List[str], where: str) -> int:
     return index
 
 
-def records_to_multiple_choice(rows, source: str, question_column: str = "question",
-                               choices_column: str = "choices", answer_column: str = "answer",
-                               require_answer: bool = True) -> MultipleChoiceData:
+def records_to_multiple_choice(
+    rows,
+    source: str,
+    question_column: str = "question",
+    choices_column: str = "choices",
+    answer_column: str = "answer",
+    require_answer: bool = True,
+) -> MultipleChoiceData:
     """Validate located rows (``(place, record)``) into :class:`MultipleChoiceData`.
 
     :raises DataError: naming the file and line of a record without its question, with fewer than
@@ -101,15 +116,16 @@ def records_to_multiple_choice(rows, source: str, question_column: str = "questi
         where = f"{source} {place}"
         question = row.get(question_column)
         if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}: field {question_column!r} (the question) is missing or empty; "
-                            f"found {sorted(row)}")
+            raise DataError(
+                f"{where}: field {question_column!r} (the question) is missing or empty; found {sorted(row)}"
+            )
         choices = row.get(choices_column)
         if isinstance(choices, dict):  # ARC on the hub: {"text": [...], "label": [...]}
             choices = choices.get("text")
-        if not (isinstance(choices, list) and len(choices) >= 2
-                and all(isinstance(c, str) and c.strip() for c in choices)):
-            raise DataError(f"{where}: field {choices_column!r} must be a list of at least two "
-                            f"non-empty texts")
+        if not (
+            isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c.strip() for c in choices)
+        ):
+            raise DataError(f"{where}: field {choices_column!r} must be a list of at least two non-empty texts")
         questions.append(question)
         all_choices.append(choices)
         if row.get(answer_column) is None:
@@ -120,8 +136,7 @@ def records_to_multiple_choice(rows, source: str, question_column: str = "questi
             answers.append(parse_answer(row[answer_column], choices, where))
     if not questions:
         raise DataError(f"{source} has no records")
-    return MultipleChoiceData(questions, all_choices,
-                              None if any(a is None for a in answers) else answers, source)
+    return MultipleChoiceData(questions, all_choices, None if any(a is None for a in answers) else answers, source)
 
 
 def load_multiple_choice_file(path: Union[str, os.PathLike], **columns) -> MultipleChoiceData:
@@ -145,7 +160,7 @@ class _ChoiceCollator:
             prompt = encode_prompt(self.tokenizer, self.data.questions[index])
             for slot, choice in enumerate(self.data.choices[index]):
                 option = self.tokenizer(choice, add_special_tokens=False)["input_ids"][: self.max_length - 1]
-                kept = prompt[max(0, len(prompt) - (self.max_length - len(option))):]
+                kept = prompt[max(0, len(prompt) - (self.max_length - len(option))) :]
                 sequences.append(kept + option)
                 targets.append([IGNORE_INDEX] * len(kept) + option)
                 question_of.append(local)
@@ -160,12 +175,12 @@ class _ChoiceCollator:
         return batch
 
 
-def multiple_choice_loader(data: MultipleChoiceData, tokenizer, questions_per_batch: int = 4,
-                           max_length: int = 256) -> DataLoader:
+def multiple_choice_loader(
+    data: MultipleChoiceData, tokenizer, questions_per_batch: int = 4, max_length: int = 256
+) -> DataLoader:
     """Batches of whole questions (every option of a question in the same batch)."""
     if not isinstance(questions_per_batch, int) or questions_per_batch < 1:
         raise ValueError(f"questions_per_batch must be an integer >= 1, got {questions_per_batch!r}")
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-    return DataLoader(data, batch_size=questions_per_batch,
-                      collate_fn=_ChoiceCollator(data, tokenizer, max_length))
+    return DataLoader(data, batch_size=questions_per_batch, collate_fn=_ChoiceCollator(data, tokenizer, max_length))

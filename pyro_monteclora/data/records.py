@@ -31,12 +31,23 @@ import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from pyro_monteclora.validation import parse_json
 from pyro_monteclora.data.classification import TextClassificationData
+from pyro_monteclora.validation import parse_json
 
-__all__ = ["DataError", "split_lines", "read_records", "read_located_records", "load_classification_file",
-           "infer_label_names", "label_key", "records_to_classification", "has_visible_text",
-           "load_hub_records", "hub_split_names", "SUPPORTED_SUFFIXES"]
+__all__ = [
+    "DataError",
+    "split_lines",
+    "read_records",
+    "read_located_records",
+    "load_classification_file",
+    "infer_label_names",
+    "label_key",
+    "records_to_classification",
+    "has_visible_text",
+    "load_hub_records",
+    "hub_split_names",
+    "SUPPORTED_SUFFIXES",
+]
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 PathLike = Union[str, os.PathLike]
@@ -57,8 +68,9 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
-        raise DataError(f"{path} is not UTF-8 text (invalid byte at line {line}); "
-                        f"convert it with iconv or re-save it as UTF-8") from None
+        raise DataError(
+            f"{path} is not UTF-8 text (invalid byte at line {line}); convert it with iconv or re-save it as UTF-8"
+        ) from None
 
 
 def split_lines(text: str) -> List[str]:
@@ -87,6 +99,7 @@ def _check_unique_columns(names: Sequence[str], path: Path, place: str) -> None:
 def _unique_keys(where: str):
     """A ``json.loads`` ``object_pairs_hook`` that refuses an object naming a field twice (JSON
     itself would keep the last value silently)."""
+
     def hook(pairs):
         record = {}
         for key, value in pairs:
@@ -94,6 +107,7 @@ def _unique_keys(where: str):
                 raise DataError(f"{where}: the field {key!r} appears twice in one object; rename one of them")
             record[key] = value
         return record
+
     return hook
 
 
@@ -128,16 +142,17 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
             raise DataError(f"{path} is not a readable parquet file ({first})") from None
         places = [f"record {i}" for i in range(1, len(rows) + 1)]
     elif suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""),
-                                delimiter="\t" if suffix == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
         try:
             _check_unique_columns(reader.fieldnames or [], path, " line 1")
             rows, places = [], []
             for row in reader:
                 if None in row:  # DictReader's key for fields past the header's
-                    raise DataError(f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
-                                    f"fields, the header {len(reader.fieldnames)}; quote a text that holds "
-                                    f"a {'tab' if suffix == '.tsv' else 'comma'}")
+                    raise DataError(
+                        f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
+                        f"fields, the header {len(reader.fieldnames)}; quote a text that holds "
+                        f"a {'tab' if suffix == '.tsv' else 'comma'}"
+                    )
                 places.append(f"line {reader.line_num}")
                 rows.append(dict(row))
         except csv.Error as error:
@@ -209,8 +224,7 @@ def label_key(value) -> Union[int, str]:
         if not math.isfinite(value):
             raise ValueError("is not a finite number")
         if not value.is_integer():
-            raise ValueError("is a number with a fraction; classification labels are integers "
-                             "0..K-1 or names")
+            raise ValueError("is a number with a fraction; classification labels are integers 0..K-1 or names")
         return int(value)
     raise ValueError(f"is a {type(value).__name__}, not a number or a name")
 
@@ -235,15 +249,19 @@ def _names_of(keys: Sequence[Union[int, str]], source: str) -> List[str]:
         if min(keys) < 0:
             raise DataError(f"{source}: integer labels must be >= 0, found {min(keys)}")
         if max(keys) >= MAX_LABELS:
-            raise DataError(f"{source}: integer label {max(keys)} would make more than "
-                            f"{MAX_LABELS} classes; use label names, or labels 0..K-1")
+            raise DataError(
+                f"{source}: integer label {max(keys)} would make more than "
+                f"{MAX_LABELS} classes; use label names, or labels 0..K-1"
+            )
         return [str(i) for i in range(max(keys) + 1)]
     names = sorted({str(key) for key in keys})
     folded = {}
     for name in names:  # "Positive" and "positive" are taken for a mistake, not two classes
         if name.casefold() in folded:
-            raise DataError(f"{source}: the labels {folded[name.casefold()]!r} and {name!r} differ only "
-                            f"in case; write each label one way")
+            raise DataError(
+                f"{source}: the labels {folded[name.casefold()]!r} and {name!r} differ only "
+                f"in case; write each label one way"
+            )
         folded[name.casefold()] = name
     return names
 
@@ -264,13 +282,16 @@ def has_visible_text(text: str) -> bool:
     >>> has_visible_text("\u200b \u200d\ufeff"), has_visible_text("\u200bok")
     (False, True)
     """
-    return any(not (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp"))
-               for ch in text)
+    return any(not (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp")) for ch in text)
 
 
-def records_to_classification(rows: List[dict], source: str, text_columns: Sequence[str],
-                              label_column: Optional[str],
-                              label_names: Optional[Sequence[str]] = None) -> TextClassificationData:
+def records_to_classification(
+    rows: List[dict],
+    source: str,
+    text_columns: Sequence[str],
+    label_column: Optional[str],
+    label_names: Optional[Sequence[str]] = None,
+) -> TextClassificationData:
     """Validate ``rows`` and turn them into :class:`~pyro_monteclora.data.classification.TextClassificationData`.
 
     :param source: the file or data set name, for error messages.
@@ -281,8 +302,10 @@ def records_to_classification(rows: List[dict], source: str, text_columns: Seque
     if not 1 <= len(text_columns) <= 2:
         raise DataError(f"give one text column, or two for sentence pairs; got {list(text_columns)}")
     if label_column is not None and label_column in text_columns:
-        raise DataError(f"{source}: the label column {label_column!r} is also a text column "
-                        f"(every text would be its own class); name the label column")
+        raise DataError(
+            f"{source}: the label column {label_column!r} is also a text column "
+            f"(every text would be its own class); name the label column"
+        )
     columns = list(rows[0])
     wanted = list(text_columns) + ([label_column] if label_column is not None else [])
     for column in wanted:
@@ -294,16 +317,18 @@ def records_to_classification(rows: List[dict], source: str, text_columns: Seque
             value = row.get(column)
             if not isinstance(value, str) or not has_visible_text(value):
                 shown = "missing" if value is None else repr(value)[:40]
-                raise DataError(f"{source} row {number}: the text in column {column!r} is empty "
-                                f"or not a string ({shown})")
+                raise DataError(
+                    f"{source} row {number}: the text in column {column!r} is empty or not a string ({shown})"
+                )
             texts[index].append(value.strip())
     if label_column is None:
         names = list(label_names) if label_names is not None else ["0"]
         labels = [0] * len(rows)
     else:
         # a name label is its text without surrounding spaces (" pos" from "text, pos" is "pos")
-        values = [value.strip() if isinstance(value, str) else value
-                  for value in (row.get(label_column) for row in rows)]
+        values = [
+            value.strip() if isinstance(value, str) else value for value in (row.get(label_column) for row in rows)
+        ]
         keys = _label_keys(values, source, label_column)
         names = list(label_names) if label_names is not None else _names_of(keys, source)
         index_of = {name: i for i, name in enumerate(names)}
@@ -311,19 +336,23 @@ def records_to_classification(rows: List[dict], source: str, text_columns: Seque
         for number, (value, key) in enumerate(zip(values, keys), start=1):
             key = str(key)
             if key not in index_of:
-                raise DataError(f"{source} row {number}: label {value!r} in column {label_column!r} "
-                                f"is outside the label set {names}")
+                raise DataError(
+                    f"{source} row {number}: label {value!r} in column {label_column!r} "
+                    f"is outside the label set {names}"
+                )
             labels.append(index_of[key])
     pairs = texts[1] if len(text_columns) == 2 else None
     return TextClassificationData(texts[0], labels, names, pairs)
 
 
-def load_classification_file(path: PathLike, text_columns: Sequence[str],
-                             label_column: Optional[str] = "label",
-                             label_names: Optional[Sequence[str]] = None) -> TextClassificationData:
+def load_classification_file(
+    path: PathLike,
+    text_columns: Sequence[str],
+    label_column: Optional[str] = "label",
+    label_names: Optional[Sequence[str]] = None,
+) -> TextClassificationData:
     """Read and validate one labelled file (see :func:`records_to_classification`)."""
-    return records_to_classification(read_records(path), str(path), text_columns, label_column,
-                                     label_names)
+    return records_to_classification(read_records(path), str(path), text_columns, label_column, label_names)
 
 
 def load_hub_records(name: str, config: Optional[str], split: str) -> List[dict]:

@@ -38,8 +38,15 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["TaskSpec", "TASKS", "get_task", "task_names", "commonsense_options",
-           "commonsense_to_multiple_choice", "task_score"]
+__all__ = [
+    "TaskSpec",
+    "TASKS",
+    "get_task",
+    "task_names",
+    "commonsense_options",
+    "commonsense_to_multiple_choice",
+    "task_score",
+]
 
 KINDS = ("classification", "multiple-choice", "generation")
 _ANSWER_FORMAT = re.compile(r"answer format:\s*([A-Za-z0-9_]+(?:\s*/\s*[A-Za-z0-9_]+)+)", re.IGNORECASE)
@@ -110,12 +117,18 @@ class TaskSpec:
                     return name
             if names == ("False", "True") and text.lower() in _TRUE + _FALSE:
                 return "True" if text.lower() in _TRUE else "False"
-        raise DataError(f"{where}: label {value!r} in column {column or self.label_column!r} is not one of "
-                         f"{self.name}'s labels: 0..{len(names) - 1} or {list(names)}")
+        raise DataError(
+            f"{where}: label {value!r} in column {column or self.label_column!r} is not one of "
+            f"{self.name}'s labels: 0..{len(names) - 1} or {list(names)}"
+        )
 
-    def classification_rows(self, rows: Sequence[dict], source: str,
-                            text_columns: Optional[Sequence[str]] = None,
-                            label_column: Optional[str] = None) -> List[dict]:
+    def classification_rows(
+        self,
+        rows: Sequence[dict],
+        source: str,
+        text_columns: Optional[Sequence[str]] = None,
+        label_column: Optional[str] = None,
+    ) -> List[dict]:
         """``rows`` with their labels as names and (WiC) the word put before the first text.
 
         :param text_columns: the columns read as texts (default: the task's);
@@ -135,8 +148,9 @@ class TaskSpec:
             if self.word_column is not None:
                 word, first = row.get(self.word_column), row.get(text_columns[0])
                 if not isinstance(word, str) or not word.strip():
-                    raise DataError(f"{where}: no {self.word_column!r} (the word whose senses are "
-                                    f"compared); found {sorted(row)}")
+                    raise DataError(
+                        f"{where}: no {self.word_column!r} (the word whose senses are compared); found {sorted(row)}"
+                    )
                 if isinstance(first, str):
                     row[text_columns[0]] = f"{word.strip()}: {first}"
             out.append(row)
@@ -144,35 +158,73 @@ class TaskSpec:
 
 
 def _glue(name, title, columns, labels, metric="accuracy", config=None, hub="nyu-mll/glue", word=None):
-    return TaskSpec(name, title, "classification", metric, (hub, config or name), tuple(columns),
-                    "label", tuple(labels), "validation", word_column=word)
+    return TaskSpec(
+        name,
+        title,
+        "classification",
+        metric,
+        (hub, config or name),
+        tuple(columns),
+        "label",
+        tuple(labels),
+        "validation",
+        word_column=word,
+    )
 
 
 def _commonsense(name, title, options):
-    return TaskSpec(name, title, "multiple-choice", "accuracy", None, evaluation_split="test",
-                    options=tuple(options))
+    return TaskSpec(name, title, "multiple-choice", "accuracy", None, evaluation_split="test", options=tuple(options))
 
 
-TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
-    TaskSpec("rotten-tomatoes", "Rotten Tomatoes critic sentences (built in)", "classification",
-             label_names=("rotten", "fresh")),
-    _glue("mrpc", "GLUE MRPC (paraphrase)", ("sentence1", "sentence2"), ("not_equivalent", "equivalent")),
-    _glue("cola", "GLUE CoLA (acceptability)", ("sentence",), ("unacceptable", "acceptable"),
-          metric="matthews_correlation"),
-    _glue("rte", "GLUE RTE (entailment)", ("sentence1", "sentence2"), ("entailment", "not_entailment")),
-    _glue("wic", "SuperGLUE WiC (word in context)", ("sentence1", "sentence2"), ("False", "True"),
-          hub="aps/super_glue", word="word"),
-    _glue("boolq", "SuperGLUE BoolQ (yes/no questions)", ("question", "passage"), ("False", "True"),
-          hub="aps/super_glue"),
-    _commonsense("piqa", "PIQA (physical commonsense)", ("solution1", "solution2")),
-    _commonsense("siqa", "Social IQa", ("answer1", "answer2", "answer3")),
-    _commonsense("winogrande", "WinoGrande", ("option1", "option2")),
-    _commonsense("arc-e", "ARC-Easy", ("answer1", "answer2", "answer3", "answer4")),
-    _commonsense("arc-c", "ARC-Challenge", ("answer1", "answer2", "answer3", "answer4")),
-    _commonsense("obqa", "OpenBookQA", ("answer1", "answer2", "answer3", "answer4")),
-    TaskSpec("gsm8k", "GSM8k (grade-school arithmetic)", "generation", "exact_match",
-             ("openai/gsm8k", "main"), evaluation_split="test"),
-)}
+TASKS: Dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            "rotten-tomatoes",
+            "Rotten Tomatoes critic sentences (built in)",
+            "classification",
+            label_names=("rotten", "fresh"),
+        ),
+        _glue("mrpc", "GLUE MRPC (paraphrase)", ("sentence1", "sentence2"), ("not_equivalent", "equivalent")),
+        _glue(
+            "cola",
+            "GLUE CoLA (acceptability)",
+            ("sentence",),
+            ("unacceptable", "acceptable"),
+            metric="matthews_correlation",
+        ),
+        _glue("rte", "GLUE RTE (entailment)", ("sentence1", "sentence2"), ("entailment", "not_entailment")),
+        _glue(
+            "wic",
+            "SuperGLUE WiC (word in context)",
+            ("sentence1", "sentence2"),
+            ("False", "True"),
+            hub="aps/super_glue",
+            word="word",
+        ),
+        _glue(
+            "boolq",
+            "SuperGLUE BoolQ (yes/no questions)",
+            ("question", "passage"),
+            ("False", "True"),
+            hub="aps/super_glue",
+        ),
+        _commonsense("piqa", "PIQA (physical commonsense)", ("solution1", "solution2")),
+        _commonsense("siqa", "Social IQa", ("answer1", "answer2", "answer3")),
+        _commonsense("winogrande", "WinoGrande", ("option1", "option2")),
+        _commonsense("arc-e", "ARC-Easy", ("answer1", "answer2", "answer3", "answer4")),
+        _commonsense("arc-c", "ARC-Challenge", ("answer1", "answer2", "answer3", "answer4")),
+        _commonsense("obqa", "OpenBookQA", ("answer1", "answer2", "answer3", "answer4")),
+        TaskSpec(
+            "gsm8k",
+            "GSM8k (grade-school arithmetic)",
+            "generation",
+            "exact_match",
+            ("openai/gsm8k", "main"),
+            evaluation_split="test",
+        ),
+    )
+}
 
 
 def task_names() -> List[str]:
@@ -214,16 +266,18 @@ def commonsense_to_multiple_choice(task: TaskSpec, rows, source: str, require_an
     :raises DataError: naming the record, for a missing instruction, or an answer that is not one
         of the question's options.
     """
-    from pyro_monteclora.data.records import DataError
     from pyro_monteclora.data.multiple_choice import MultipleChoiceData
+    from pyro_monteclora.data.records import DataError
 
     questions, choices, answers = [], [], []
     for place, row in rows:
         where = f"{source} {place}"
         instruction = row.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
-            raise DataError(f"{where}: no 'instruction' (the commonsense_15k schema has instruction, "
-                            f"input, output and answer); found {sorted(row)}")
+            raise DataError(
+                f"{where}: no 'instruction' (the commonsense_15k schema has instruction, "
+                f"input, output and answer); found {sorted(row)}"
+            )
         extra = row.get("input") or ""
         options = commonsense_options(instruction, task.options)
         output = row.get("output") if isinstance(row.get("output"), str) else ""

@@ -34,8 +34,11 @@ def _lists_folder() -> Path:
 
 def trivia_lists() -> List[str]:
     """The names of the installed lists that need no image."""
-    return sorted(path.stem for path in _lists_folder().glob("*.yaml")
-                  if not any(marker in path.stem for marker in _NEEDS_AN_IMAGE))
+    return sorted(
+        path.stem
+        for path in _lists_folder().glob("*.yaml")
+        if not any(marker in path.stem for marker in _NEEDS_AN_IMAGE)
+    )
 
 
 def load_trivia(lists: Optional[Sequence[str]] = SHORT_ANSWER_LISTS, seed: Optional[int] = 0) -> List[dict]:
@@ -61,8 +64,9 @@ def load_trivia(lists: Optional[Sequence[str]] = SHORT_ANSWER_LISTS, seed: Optio
                 continue
             answers = [str(answer).strip() for answer in answers if str(answer).strip()]
             if answers and str(question).strip():
-                records.append({"question": str(question).strip(), "answer": answers[0],
-                                "answers": answers, "list": name})
+                records.append(
+                    {"question": str(question).strip(), "answer": answers[0], "answers": answers, "list": name}
+                )
     if seed is not None:
         random.Random(seed).shuffle(records)
     return records

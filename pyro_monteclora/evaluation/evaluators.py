@@ -26,11 +26,11 @@ from typing import Callable, Dict, Iterable
 
 import torch
 
-from pyro_monteclora.evaluation.language_model import language_model_metrics
 from pyro_monteclora.distributed import gather_tensors
-from pyro_monteclora.nn.likelihoods import CausalLM
+from pyro_monteclora.evaluation.language_model import language_model_metrics
 from pyro_monteclora.evaluation.metrics import classification_metrics
 from pyro_monteclora.infer.predictive import predict
+from pyro_monteclora.nn.likelihoods import CausalLM
 
 __all__ = ["Evaluator", "ClassificationEvaluator", "LanguageModelEvaluator", "evaluator_for"]
 

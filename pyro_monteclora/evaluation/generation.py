@@ -40,8 +40,16 @@ from pyro_monteclora.data.causal_lm import encode_prompt, pad_batch
 from pyro_monteclora.hf_defaults import end_token_id, pad_token_id
 from pyro_monteclora.infer.predictive import uses_mean_adapter
 
-__all__ = ["GenerationResult", "generate_answers", "extract_answer", "normalize_answer", "final_number",
-           "majority_vote", "is_correct", "ANSWER_TYPES"]
+__all__ = [
+    "GenerationResult",
+    "generate_answers",
+    "extract_answer",
+    "normalize_answer",
+    "final_number",
+    "majority_vote",
+    "is_correct",
+    "ANSWER_TYPES",
+]
 
 ANSWER_TYPES = ("short", "number", "text")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -134,13 +142,17 @@ def _encode_prompts(tokenizer, prompts: Sequence[str], inputs: Sequence[str], ro
     if cut:
         import warnings
 
-        warnings.warn(f"{cut} of {len(prompts)} prompts were longer than max_length - max_new_tokens = "
-                      f"{room} tokens and were cut from the left", stacklevel=4)
+        warnings.warn(
+            f"{cut} of {len(prompts)} prompts were longer than max_length - max_new_tokens = "
+            f"{room} tokens and were cut from the left",
+            stacklevel=4,
+        )
     return encoded
 
 
-def _generate_texts(model, guide, tokenizer, batch: dict, *, num_samples: int, per_pass: int,
-                    settings: dict) -> List[List[str]]:
+def _generate_texts(
+    model, guide, tokenizer, batch: dict, *, num_samples: int, per_pass: int, settings: dict
+) -> List[List[str]]:
     """Each row's generations: one with the mean adapter (``num_samples`` 0), or ``num_samples``
     posterior draws decoded ``per_pass`` at a time with stacked adapters."""
     device = next(model.parameters()).device
@@ -164,33 +176,56 @@ def _generate_texts(model, guide, tokenizer, batch: dict, *, num_samples: int, p
     return texts
 
 
-def _result(prompt: str, generations: List[str], references, answer_type: str,
-            num_samples: int) -> GenerationResult:
+def _result(prompt: str, generations: List[str], references, answer_type: str, num_samples: int) -> GenerationResult:
     """One prompt's answers, their majority and, with references, whether it is correct."""
     answers = [extract_answer(text, answer_type) for text in generations]
     answer, agreement = majority_vote(answers)
     refs = None if references is None else list(references)
-    return GenerationResult(prompt=prompt, generations=generations, answers=answers, answer=answer,
-                            agreement=agreement, num_samples=num_samples, references=refs,
-                            correct=None if refs is None else is_correct(answer, refs, answer_type))
+    return GenerationResult(
+        prompt=prompt,
+        generations=generations,
+        answers=answers,
+        answer=answer,
+        agreement=agreement,
+        num_samples=num_samples,
+        references=refs,
+        correct=None if refs is None else is_correct(answer, refs, answer_type),
+    )
 
 
-def _check_generation_settings(answer_type: str, num_samples: int, max_new_tokens: int, batch_size: int,
-                               max_length: int) -> None:
+def _check_generation_settings(
+    answer_type: str, num_samples: int, max_new_tokens: int, batch_size: int, max_length: int
+) -> None:
     if answer_type not in ANSWER_TYPES:
         raise ValueError(f"answer_type must be one of {list(ANSWER_TYPES)}, got {answer_type!r}")
-    for name, value, low in (("num_samples", num_samples, 0), ("max_new_tokens", max_new_tokens, 1),
-                             ("batch_size", batch_size, 1), ("max_length", max_length, max_new_tokens + 1)):
+    for name, value, low in (
+        ("num_samples", num_samples, 0),
+        ("max_new_tokens", max_new_tokens, 1),
+        ("batch_size", batch_size, 1),
+        ("max_length", max_length, max_new_tokens + 1),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int = 0, guide=None, *,
-                     inputs: Optional[Sequence[str]] = None, references=None, answer_type: str = "short",
-                     max_new_tokens: int = 32, max_length: int = 512, batch_size: int = 8,
-                     samples_per_pass: Optional[int] = None, progress: bool = False,
-                     **generate_kwargs) -> List[GenerationResult]:
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    num_samples: int = 0,
+    guide=None,
+    *,
+    inputs: Optional[Sequence[str]] = None,
+    references=None,
+    answer_type: str = "short",
+    max_new_tokens: int = 32,
+    max_length: int = 512,
+    batch_size: int = 8,
+    samples_per_pass: Optional[int] = None,
+    progress: bool = False,
+    **generate_kwargs,
+) -> List[GenerationResult]:
     """Generate for every prompt with ``num_samples`` posterior draws (0: the mean adapter, greedy).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` (or any ``HFPyroModel``) over a
@@ -212,8 +247,16 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
     inputs = list(inputs) if inputs is not None else [""] * len(prompts)
     encoded = _encode_prompts(tokenizer, prompts, inputs, max_length - max_new_tokens)
     pad_id = pad_token_id(tokenizer)
-    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
-                    eos_token_id=end_token_id(tokenizer), temperature=None, top_p=None, top_k=None)
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_id,
+        eos_token_id=end_token_id(tokenizer),
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
     settings.update(generate_kwargs)
     was_training = model.training
     model.eval()
@@ -225,9 +268,10 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], num_samples: int 
         starts = tqdm(starts, desc=f"generate S={num_samples}", leave=False)
     try:
         for start in starts:
-            batch = pad_batch(encoded[start:start + batch_size], pad_id, side="left")
-            texts = _generate_texts(model, guide, tokenizer, batch, num_samples=draws, per_pass=per_pass,
-                                    settings=settings)
+            batch = pad_batch(encoded[start : start + batch_size], pad_id, side="left")
+            texts = _generate_texts(
+                model, guide, tokenizer, batch, num_samples=draws, per_pass=per_pass, settings=settings
+            )
             for index, generations in enumerate(texts, start):
                 refs = None if references is None else references[index]
                 results.append(_result(prompts[index], generations, refs, answer_type, draws))

@@ -34,9 +34,14 @@ from typing import Dict
 import torch
 
 from pyro_monteclora.distributed import all_reduce_sums
+from pyro_monteclora.infer.predictive import (
+    PredictiveOutput,
+    adapter_draws,
+    move_batch,
+    posterior_predictive,
+    uses_mean_adapter,
+)
 from pyro_monteclora.nn.likelihoods import sequence_log_likelihood
-from pyro_monteclora.infer.predictive import (PredictiveOutput, adapter_draws, move_batch, posterior_predictive,
-                                              uses_mean_adapter)
 
 __all__ = ["language_model_metrics", "predict_multiple_choice"]
 
@@ -79,8 +84,9 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
     return {"token_nll": token_nll, "perplexity": math.exp(min(token_nll, 700.0)), "tokens": total_tokens}
 
 
-def predict_multiple_choice(model, guide, loader, num_samples: int = 10, device=None,
-                            progress: bool = False, length_normalize: bool = False) -> PredictiveOutput:
+def predict_multiple_choice(
+    model, guide, loader, num_samples: int = 10, device=None, progress: bool = False, length_normalize: bool = False
+) -> PredictiveOutput:
     """The posterior predictive over each question's options (see the module), for batches of
     :func:`~pyro_monteclora.data.multiple_choice.multiple_choice_loader`.
 
@@ -98,10 +104,12 @@ def predict_multiple_choice(model, guide, loader, num_samples: int = 10, device=
         scores = scores.double()
         if length_normalize:
             scores = scores / tokens.clamp_min(1)
-        table = torch.full((int(batch["num_questions"]), width), float("-inf"), dtype=torch.float64,
-                           device=scores.device)
+        table = torch.full(
+            (int(batch["num_questions"]), width), float("-inf"), dtype=torch.float64, device=scores.device
+        )
         table[batch["option_question"], batch["option_slot"]] = scores
         return table.log_softmax(-1)
 
-    return posterior_predictive(model, guide, loader, option_log_probs, num_samples, device, progress,
-                                desc="multiple choice")
+    return posterior_predictive(
+        model, guide, loader, option_log_probs, num_samples, device, progress, desc="multiple choice"
+    )

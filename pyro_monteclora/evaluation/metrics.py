@@ -71,16 +71,17 @@ def reliability_curve(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15)
     return confidence_reliability_curve(confidence, predicted == labels, bins)
 
 
-def confidence_reliability_curve(confidence: torch.Tensor, correct: torch.Tensor,
-                                 bins: int = 15) -> Dict[str, list]:
+def confidence_reliability_curve(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> Dict[str, list]:
     """:func:`reliability_curve` for any confidence in ``[0, 1]`` attached to a right/wrong
     outcome (for example the agreement rate of sampled generations)."""
     if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
         raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
     confidence, correct = confidence.double().flatten(), correct.double().flatten()
     if confidence.shape != correct.shape or confidence.numel() == 0:
-        raise ValueError(f"confidence and correct must be non-empty and of one length, got "
-                         f"{tuple(confidence.shape)} and {tuple(correct.shape)}")
+        raise ValueError(
+            f"confidence and correct must be non-empty and of one length, got "
+            f"{tuple(confidence.shape)} and {tuple(correct.shape)}"
+        )
     index = (confidence * bins).ceil().long().clamp(1, bins) - 1
     counts, conf, acc = [], [], []
     for b in range(bins):
@@ -102,8 +103,7 @@ def curve_ece(curve: Dict[str, list]) -> float:
     """
     n = sum(curve["count"])
     return sum(
-        count / n * abs(a - c)
-        for count, a, c in zip(curve["count"], curve["accuracy"], curve["confidence"]) if count
+        count / n * abs(a - c) for count, a, c in zip(curve["count"], curve["accuracy"], curve["confidence"]) if count
     )
 
 
@@ -124,9 +124,13 @@ def confidence_metrics(confidence: torch.Tensor, correct: torch.Tensor, bins: in
     """
     curve = confidence_reliability_curve(confidence, correct, bins)
     confidence, right = confidence.double().flatten(), correct.double().flatten()
-    return {"accuracy": right.mean().item(), "mean_confidence": confidence.mean().item(),
-            "ece": curve_ece(curve), "brier": (confidence - right).pow(2).mean().item(),
-            "auroc": auroc(confidence, correct.bool())}
+    return {
+        "accuracy": right.mean().item(),
+        "mean_confidence": confidence.mean().item(),
+        "ece": curve_ece(curve),
+        "brier": (confidence - right).pow(2).mean().item(),
+        "auroc": auroc(confidence, correct.bool()),
+    }
 
 
 def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
@@ -183,8 +187,9 @@ def matthews_correlation(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return ((correct * n - (p * t).sum()) / denominator).item()
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15,
-                           uncertainty: torch.Tensor = None) -> Dict[str, float]:
+def classification_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, bins: int = 15, uncertainty: torch.Tensor = None
+) -> Dict[str, float]:
     """Accuracy, NLL, ECE, Brier, Matthews correlation and (with ``uncertainty``) the AUROC of
     spotting errors."""
     result = {

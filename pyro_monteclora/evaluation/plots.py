@@ -2,7 +2,8 @@
 
 :func:`plot_reliability_diagram` draws, side by side, one reliability diagram per model from the
 output of :func:`~pyro_monteclora.evaluation.metrics.reliability_curve`; :func:`plot_sweep_boxes` draws the
-spread of a hyper-parameter sweep's cells per method, one panel per metric (the paper's box plots). matplotlib is optional: it is imported
+spread of a hyper-parameter sweep's cells per method, one panel per metric (the paper's box plots).
+matplotlib is optional: it is imported
 only when a figure is drawn, and the figure is rendered with the Agg canvas (no display, no change
 to ``pyplot``'s global backend).
 """
@@ -14,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
-from pyro_monteclora.storage.atomic import atomic_file
 from pyro_monteclora.evaluation.metrics import curve_ece
+from pyro_monteclora.storage.atomic import atomic_file
 
 __all__ = ["plot_reliability_diagram", "plot_sweep_boxes"]
 
@@ -32,8 +33,12 @@ def _check_curve(label: str, curve) -> int:
             f"(a dict with keys {list(_CURVE_KEYS)})"
         )
     bins = len(curve["count"])
-    if bins < 1 or len(curve["edges"]) != bins + 1 or len(curve["confidence"]) != bins \
-            or len(curve["accuracy"]) != bins:
+    if (
+        bins < 1
+        or len(curve["edges"]) != bins + 1
+        or len(curve["confidence"]) != bins
+        or len(curve["accuracy"]) != bins
+    ):
         raise ValueError(
             f"curves[{label!r}] must have B counts, confidences and accuracies and B + 1 edges, got "
             f"{len(curve['count'])}, {len(curve['confidence'])}, {len(curve['accuracy'])} and "
@@ -51,9 +56,12 @@ def _check_curve(label: str, curve) -> int:
     return total
 
 
-def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.PathLike],
-                             title: Optional[str] = None,
-                             confidence_label: str = "confidence (max probability)") -> Path:
+def plot_reliability_diagram(
+    curves: Mapping[str, Mapping],
+    path: Union[str, os.PathLike],
+    title: Optional[str] = None,
+    confidence_label: str = "confidence (max probability)",
+) -> Path:
     """Save reliability diagrams, one panel per curve, side by side, as a PNG.
 
     Each panel shows the accuracy of every confidence bin (bars), the gap to the bin's mean
@@ -75,9 +83,7 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError(
-            "plot_reliability_diagram needs matplotlib: pip install matplotlib"
-        ) from error
+        raise ImportError("plot_reliability_diagram needs matplotlib: pip install matplotlib") from error
 
     path = Path(path)
     columns = len(curves)
@@ -95,12 +101,29 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
         conf = [float(curve["confidence"][i]) for i in full]
 
         top = figure.add_subplot(grid[0, column])
-        top.bar([lefts[i] for i in full], acc, width=[widths[i] for i in full], align="edge",
-                color="#4C72B0", edgecolor="#1f3b63", linewidth=0.6, label="accuracy")
+        top.bar(
+            [lefts[i] for i in full],
+            acc,
+            width=[widths[i] for i in full],
+            align="edge",
+            color="#4C72B0",
+            edgecolor="#1f3b63",
+            linewidth=0.6,
+            label="accuracy",
+        )
         # the gap between accuracy and mean confidence, drawn at the bin's mean confidence
-        top.bar([centres[i] for i in full], [c - a for a, c in zip(acc, conf)], bottom=acc,
-                width=[widths[i] * 0.9 for i in full], color="#DD8452", alpha=0.45,
-                edgecolor="#C44E52", hatch="//", linewidth=0.6, label="gap to confidence")
+        top.bar(
+            [centres[i] for i in full],
+            [c - a for a, c in zip(acc, conf)],
+            bottom=acc,
+            width=[widths[i] * 0.9 for i in full],
+            color="#DD8452",
+            alpha=0.45,
+            edgecolor="#C44E52",
+            hatch="//",
+            linewidth=0.6,
+            label="gap to confidence",
+        )
         top.plot([0, 1], [0, 1], linestyle="--", color="0.3", linewidth=1.0, label="perfect calibration")
         top.set_xlim(edges[0], edges[-1])
         top.set_ylim(0, 1)
@@ -114,8 +137,7 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
 
         bottom = figure.add_subplot(grid[1, column], sharex=top)
         fractions = [count / totals[label] for count in curve["count"]]
-        bottom.bar(lefts, fractions, width=widths, align="edge", color="0.55", edgecolor="0.3",
-                   linewidth=0.5)
+        bottom.bar(lefts, fractions, width=widths, align="edge", color="0.55", edgecolor="0.3", linewidth=0.5)
         bottom.set_xlabel(confidence_label)
         bottom.set_ylabel("fraction")
         bottom.set_ylim(0, max(0.05, top_fraction * 1.1))
@@ -130,8 +152,13 @@ def plot_reliability_diagram(curves: Mapping[str, Mapping], path: Union[str, os.
     return path
 
 
-def plot_sweep_boxes(results, metrics, path: Union[str, os.PathLike], title: Optional[str] = None,
-                     labels: Optional[Mapping[str, str]] = None) -> Path:
+def plot_sweep_boxes(
+    results,
+    metrics,
+    path: Union[str, os.PathLike],
+    title: Optional[str] = None,
+    labels: Optional[Mapping[str, str]] = None,
+) -> Path:
     """Save box plots of a sweep's cells: one panel per metric, one box per method, every cell
     drawn over its box as a point (shifted sideways by its batch size, marked by its learning rate).
 
@@ -160,27 +187,46 @@ def plot_sweep_boxes(results, metrics, path: Union[str, os.PathLike], title: Opt
     FigureCanvasAgg(figure)
     for column, metric in enumerate(metrics):
         axis = figure.add_subplot(1, len(metrics), column + 1)
-        values = [[float(r["metrics"][metric]) for r in done if r["method"] == m and metric in r["metrics"]]
-                  for m in methods]
-        boxes = axis.boxplot(values, patch_artist=True, widths=0.55, showfliers=False,
-                             medianprops={"color": "black", "linewidth": 1.4})
+        values = [
+            [float(r["metrics"][metric]) for r in done if r["method"] == m and metric in r["metrics"]] for m in methods
+        ]
+        boxes = axis.boxplot(
+            values, patch_artist=True, widths=0.55, showfliers=False, medianprops={"color": "black", "linewidth": 1.4}
+        )
         for patch, method in zip(boxes["boxes"], methods):
             patch.set_facecolor(_METHOD_COLOURS.get(method, "0.7"))
             patch.set_alpha(0.45)
         for position, method in enumerate(methods, start=1):
             for row in (r for r in done if r["method"] == method and metric in r["metrics"]):
-                shift = 0.0 if len(batch_sizes) == 1 else (
-                    -0.18 + 0.36 * batch_sizes.index(row["batch_size"]) / (len(batch_sizes) - 1))
-                axis.scatter(position + shift, float(row["metrics"][metric]), s=22, zorder=3,
-                             marker=markers[rates.index(row["learning_rate"]) % len(markers)],
-                             color=_METHOD_COLOURS.get(method, "0.3"), edgecolor="black", linewidth=0.4)
+                shift = (
+                    0.0
+                    if len(batch_sizes) == 1
+                    else (-0.18 + 0.36 * batch_sizes.index(row["batch_size"]) / (len(batch_sizes) - 1))
+                )
+                axis.scatter(
+                    position + shift,
+                    float(row["metrics"][metric]),
+                    s=22,
+                    zorder=3,
+                    marker=markers[rates.index(row["learning_rate"]) % len(markers)],
+                    color=_METHOD_COLOURS.get(method, "0.3"),
+                    edgecolor="black",
+                    linewidth=0.4,
+                )
         axis.set_xticks(range(1, len(methods) + 1), methods)
         axis.set_ylabel((labels or {}).get(metric, metric))
         axis.grid(True, axis="y", alpha=0.3)
         if column == 0:
             for index, rate in enumerate(rates):
-                axis.scatter([], [], marker=markers[index % len(markers)], color="0.5", edgecolor="black",
-                             linewidth=0.4, label=f"lr {rate:g}")
+                axis.scatter(
+                    [],
+                    [],
+                    marker=markers[index % len(markers)],
+                    color="0.5",
+                    edgecolor="black",
+                    linewidth=0.4,
+                    label=f"lr {rate:g}",
+                )
             if len(batch_sizes) > 1:
                 axis.plot([], [], " ", label="batch " + ", ".join(map(str, batch_sizes)) + " left to right")
             axis.legend(fontsize=7, frameon=False, loc="best")

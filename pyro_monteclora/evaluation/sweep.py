@@ -56,9 +56,13 @@ class SweepCell:
         return dict(asdict(self), name=self.name)
 
 
-def sweep_grid(methods: Sequence[str], learning_rates: Sequence[float], batch_sizes: Sequence[int],
-               seeds: Sequence[int], per_method: Optional[Mapping[str, Mapping[str, Sequence]]] = None
-               ) -> List[SweepCell]:
+def sweep_grid(
+    methods: Sequence[str],
+    learning_rates: Sequence[float],
+    batch_sizes: Sequence[int],
+    seeds: Sequence[int],
+    per_method: Optional[Mapping[str, Mapping[str, Sequence]]] = None,
+) -> List[SweepCell]:
     """Every (method, learning rate, batch size, seed), methods outermost.
 
     :param per_method: grids that replace the shared one for a method, e.g.
@@ -96,8 +100,11 @@ def summarize(results: Sequence[Mapping], metrics: Sequence[str]) -> Dict[str, D
         done = [row for row in rows if row.get("status") == "ok"]
         entry: Dict[str, dict] = {"cells": len(rows), "failed": len(rows) - len(done)}
         for metric in metrics:
-            values = [float(row["metrics"][metric]) for row in done
-                      if metric in row.get("metrics", {}) and math.isfinite(float(row["metrics"][metric]))]
+            values = [
+                float(row["metrics"][metric])
+                for row in done
+                if metric in row.get("metrics", {}) and math.isfinite(float(row["metrics"][metric]))
+            ]
             if not values:
                 continue
             lower = metric in LOWER_IS_BETTER
@@ -108,7 +115,10 @@ def summarize(results: Sequence[Mapping], metrics: Sequence[str]) -> Dict[str, D
                 "median": _median(values),
                 "worst": max(values) if lower else min(values),
                 "spread": round(max(values) - min(values), 12),
-                "std": std, "mean": mean, "cells": len(values)}
+                "std": std,
+                "mean": mean,
+                "cells": len(values),
+            }
         summary[method] = entry
     return summary
 
@@ -122,14 +132,19 @@ def summary_markdown(summary: Mapping[str, Mapping], metrics: Sequence[str], dig
     | --- | --- | --- | --- | --- | --- | --- | --- |
     | lora | nll | 0.5000 | 0.5500 | 0.6000 | 0.1000 | 0.0707 | 2 |
     """
-    lines = ["| method | metric | " + " | ".join(STATISTICS) + " | cells |",
-             "| --- | --- | " + " | ".join("---" for _ in STATISTICS) + " | --- |"]
+    lines = [
+        "| method | metric | " + " | ".join(STATISTICS) + " | cells |",
+        "| --- | --- | " + " | ".join("---" for _ in STATISTICS) + " | --- |",
+    ]
     for method, entry in summary.items():
         for metric in metrics:
             if metric not in entry:
                 continue
             stats = entry[metric]
             cells = f"{stats['cells']}" + (f" ({entry['failed']} failed)" if entry.get("failed") else "")
-            lines.append(f"| {method} | {metric} | "
-                         + " | ".join(f"{stats[name]:.{digits}f}" for name in STATISTICS) + f" | {cells} |")
+            lines.append(
+                f"| {method} | {metric} | "
+                + " | ".join(f"{stats[name]:.{digits}f}" for name in STATISTICS)
+                + f" | {cells} |"
+            )
     return "\n".join(lines)

@@ -11,10 +11,29 @@ It imports :mod:`pyro_monteclora.nn`, :mod:`pyro_monteclora.storage` and the lea
 Every public name of these modules is importable from ``pyro_monteclora.infer``.
 """
 
-from pyro_monteclora.infer.guides import MonteCLoRAGuide, EmptyGuide, FactorPosterior, SCALE_TRIL_KINDS
 from pyro_monteclora.infer.elbo import MonteCLoRAELBO
-from pyro_monteclora.infer.predictive import (predict, posterior_predictive, PredictiveOutput, entropy, move_batch,
-                                              adapter_draws, uses_mean_adapter)
+from pyro_monteclora.infer.guides import SCALE_TRIL_KINDS, EmptyGuide, FactorPosterior, MonteCLoRAGuide
+from pyro_monteclora.infer.predictive import (
+    PredictiveOutput,
+    adapter_draws,
+    entropy,
+    move_batch,
+    posterior_predictive,
+    predict,
+    uses_mean_adapter,
+)
 
-__all__ = ["MonteCLoRAGuide", "EmptyGuide", "FactorPosterior", "SCALE_TRIL_KINDS", "MonteCLoRAELBO", "predict",
-           "posterior_predictive", "PredictiveOutput", "entropy", "move_batch", "adapter_draws", "uses_mean_adapter"]
+__all__ = [
+    "MonteCLoRAGuide",
+    "EmptyGuide",
+    "FactorPosterior",
+    "SCALE_TRIL_KINDS",
+    "MonteCLoRAELBO",
+    "predict",
+    "posterior_predictive",
+    "PredictiveOutput",
+    "entropy",
+    "move_batch",
+    "adapter_draws",
+    "uses_mean_adapter",
+]

@@ -28,8 +28,8 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
-from pyro.poutine.util import prune_subsample_sites
 from pyro.infer.util import torch_item
+from pyro.poutine.util import prune_subsample_sites
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
@@ -101,8 +101,10 @@ class MonteCLoRAELBO(ELBO):
             model_site = model_trace.nodes.get(name)
             if model_site is None or model_site["type"] != "sample" or model_site["is_observed"]:
                 return 0.0, None
-        scales = {float(site["scale"]) if not torch.is_tensor(site["scale"]) or site["scale"].dim() == 0
-                  else None for site in sites}
+        scales = {
+            float(site["scale"]) if not torch.is_tensor(site["scale"]) or site["scale"].dim() == 0 else None
+            for site in sites
+        }
         if len(scales) != 1 or None in scales:
             return 0.0, None
         scale = scales.pop()

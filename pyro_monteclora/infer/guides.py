@@ -4,7 +4,8 @@ For every adapted layer :math:`\\ell` (and each random factor of it):
 
 .. math::
 
-    q(\\Sigma_\\ell) = \\mathcal{W}\\big(\\nu, S_\\ell S_\\ell^\\top\\big),\\; S_\\ell = \\operatorname{diag}(e^{\\sigma_\\ell})
+    q(\\Sigma_\\ell) = \\mathcal{W}\\big(\\nu, S_\\ell S_\\ell^\\top\\big),\\;
+    S_\\ell = \\operatorname{diag}(e^{\\sigma_\\ell})
     \\;(\\text{or } \\operatorname{tril}(S_\\ell) \\text{ learned with } \\texttt{scale\\_tril="full"}),
     \\qquad q(\\pi_\\ell) = \\operatorname{Dir}(e^{\\beta_\\ell}),
 
@@ -38,13 +39,12 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import kl_divergence
 
+from pyro_monteclora.distributions import StandardNormalMatrix, WishartCholesky
 from pyro_monteclora.nn._params import register_parameters
 from pyro_monteclora.nn.handlers import PresampledMessenger
-from pyro_monteclora.distributions import WishartCholesky
-from pyro_monteclora.distributions import StandardNormalMatrix
-from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names
 from pyro_monteclora.nn.layers import latent_scale
 from pyro_monteclora.nn.models import HFPyroModel, MonteCLoRAModel
+from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names
 from pyro_monteclora.storage.checkpoint import register_guide
 
 __all__ = ["MonteCLoRAGuide", "EmptyGuide", "FactorPosterior", "SCALE_TRIL_KINDS"]
@@ -89,12 +89,12 @@ class MonteCLoRAGuide(PyroModule):
         if not isinstance(model, MonteCLoRAModel):
             raise ValueError(f"MonteCLoRAGuide needs a MonteCLoRAModel, got {type(model).__name__}")
         if model.adapter_mode != "sample":
-            raise ValueError("MonteCLoRAGuide needs a model with adapter_mode='sample' (latent sites); "
-                             "a model with mean adapters has none: guide it with EmptyGuide")
-        if scale_tril not in SCALE_TRIL_KINDS:
             raise ValueError(
-                f"MonteCLoRAGuide.scale_tril must be one of {list(SCALE_TRIL_KINDS)}, got {scale_tril!r}"
+                "MonteCLoRAGuide needs a model with adapter_mode='sample' (latent sites); "
+                "a model with mean adapters has none: guide it with EmptyGuide"
             )
+        if scale_tril not in SCALE_TRIL_KINDS:
+            raise ValueError(f"MonteCLoRAGuide.scale_tril must be one of {list(SCALE_TRIL_KINDS)}, got {scale_tril!r}")
         super().__init__(name or f"{model._pyro_name}.guide")
         config = model.config
         self._model = (model,)  # held, not a submodule (as Pyro's AutoGuide)
@@ -109,7 +109,8 @@ class MonteCLoRAGuide(PyroModule):
             for factor, width in factors:
                 key = f"{path}.{factor}".replace(".", "__")
                 self.posteriors[key] = FactorPosterior(
-                    config.rank, config.num_components, scale_tril, device=adapter.lora_A_mean.device)
+                    config.rank, config.num_components, scale_tril, device=adapter.lora_A_mean.device
+                )
                 self._sites.append((key, path, factor, config.rank, width))
         # fixed once the guide exists: each site's names, and the noise draws grouped by shape
         self._site_names = [factor_site_names(path, factor) for _, path, factor, _, _ in self._sites]
@@ -154,10 +155,12 @@ class MonteCLoRAGuide(PyroModule):
             for index, (key, _, _, rank, width) in enumerate(self._sites):
                 names = self._site_names[index]
                 with latent_scale(self.config.kl_weight):
-                    draws[names["covariance"]] = pyro.sample(names["covariance"], covariances[index],
-                                                             infer={LATENT_SITE: True})
-                    draws[names["mixture_weights"]] = pyro.sample(names["mixture_weights"], mixtures[index],
-                                                                  infer={LATENT_SITE: True})
+                    draws[names["covariance"]] = pyro.sample(
+                        names["covariance"], covariances[index], infer={LATENT_SITE: True}
+                    )
+                    draws[names["mixture_weights"]] = pyro.sample(
+                        names["mixture_weights"], mixtures[index], infer={LATENT_SITE: True}
+                    )
                 device = posteriors[key].log_scale.device
                 draws[names["noise"]] = pyro.sample(names["noise"], StandardNormalMatrix(rank, width, device))
         return draws
@@ -172,11 +175,12 @@ class MonteCLoRAGuide(PyroModule):
         df = self.prior.wishart_df
         q_cov, q_mix = self._batched_posteriors()
         if q_cov.log_scale_diagonal is not None:
-            covariances = [WishartCholesky.from_log_diagonal(df, row, validate_args=False)
-                           for row in q_cov.log_scale_diagonal.unbind(0)]
+            covariances = [
+                WishartCholesky.from_log_diagonal(df, row, validate_args=False)
+                for row in q_cov.log_scale_diagonal.unbind(0)
+            ]
         else:
-            covariances = [WishartCholesky(df, row, validate_args=False)
-                           for row in q_cov.scale_tril.unbind(0)]
+            covariances = [WishartCholesky(df, row, validate_args=False) for row in q_cov.scale_tril.unbind(0)]
         mixtures = [dist.Dirichlet(row, validate_args=False) for row in q_mix.concentration.unbind(0)]
         scale_trils = q_cov.rsample().unbind(0)
         weights = q_mix.rsample().unbind(0)
@@ -199,10 +203,10 @@ class MonteCLoRAGuide(PyroModule):
         posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
         if self.scale_tril_kind == "diagonal":
             q_cov = WishartCholesky.from_log_diagonal(
-                df, torch.stack([p.log_scale for p in posteriors]), validate_args=False)
+                df, torch.stack([p.log_scale for p in posteriors]), validate_args=False
+            )
         else:
-            q_cov = WishartCholesky(df, torch.stack([p.scale_tril() for p in posteriors]),
-                                    validate_args=False)
+            q_cov = WishartCholesky(df, torch.stack([p.scale_tril() for p in posteriors]), validate_args=False)
         concentration = torch.stack([p.log_concentration for p in posteriors]).exp()
         return q_cov, dist.Dirichlet(concentration, validate_args=False)
 
@@ -220,8 +224,9 @@ class MonteCLoRAGuide(PyroModule):
         prior_cov = self.prior.covariance(device, q_cov.batch_shape)
         prior_mix = self.prior.mixture_weights(device, q_mix.batch_shape)
         kls = torch.cat([kl_divergence(q_cov, prior_cov), kl_divergence(q_mix, prior_mix)])
-        names = ([names["covariance"] for names in self._site_names]
-                 + [names["mixture_weights"] for names in self._site_names])
+        names = [names["covariance"] for names in self._site_names] + [
+            names["mixture_weights"] for names in self._site_names
+        ]
         return names, kls
 
     def kl_terms(self) -> Dict[str, torch.Tensor]:
@@ -238,8 +243,8 @@ class MonteCLoRAGuide(PyroModule):
         return {names["noise"] for names in self._site_names}
 
     def kl_divergence(self) -> torch.Tensor:
-        """:math:`\\sum_\\ell \\mathrm{KL}(q(\\Sigma_\\ell) \\| p(\\Sigma_\\ell)) + \\mathrm{KL}(q(\\pi_\\ell) \\| p(\\pi_\\ell))`
-        in closed form (unweighted by ``kl_weight``)."""
+        """:math:`\\sum_\\ell \\mathrm{KL}(q(\\Sigma_\\ell) \\| p(\\Sigma_\\ell))
+        + \\mathrm{KL}(q(\\pi_\\ell) \\| p(\\pi_\\ell))` in closed form (unweighted by ``kl_weight``)."""
         _, kls = self.batched_kl()
         return kls.sum() if kls is not None else torch.zeros(())
 
@@ -262,9 +267,11 @@ class EmptyGuide(PyroModule):
         if not isinstance(model, HFPyroModel):
             raise ValueError(f"EmptyGuide needs an HFPyroModel, got {type(model).__name__}")
         if model.adapter_mode != "mean":
-            raise ValueError("EmptyGuide needs a model without latent sites (adapter_mode='mean'); "
-                             "guide a model with adapter_mode='sample' with MonteCLoRAGuide or a "
-                             "Pyro autoguide")
+            raise ValueError(
+                "EmptyGuide needs a model without latent sites (adapter_mode='mean'); "
+                "guide a model with adapter_mode='sample' with MonteCLoRAGuide or a "
+                "Pyro autoguide"
+            )
         super().__init__(name or f"{model._pyro_name}.guide")
         self._model = (model,)
 

@@ -27,8 +27,15 @@ from pyro import poutine
 
 from pyro_monteclora.nn.models import HFPyroModel
 
-__all__ = ["predict", "posterior_predictive", "PredictiveOutput", "entropy", "move_batch",
-           "adapter_draws", "uses_mean_adapter"]
+__all__ = [
+    "predict",
+    "posterior_predictive",
+    "PredictiveOutput",
+    "entropy",
+    "move_batch",
+    "adapter_draws",
+    "uses_mean_adapter",
+]
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -90,9 +97,16 @@ def _classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -
 
 
 @torch.no_grad()
-def posterior_predictive(model: HFPyroModel, guide, loader: Iterable[dict], class_log_probs: ClassLogProbs,
-                         num_samples: int = 10, device=None, progress: bool = False,
-                         desc: str = "predict") -> PredictiveOutput:
+def posterior_predictive(
+    model: HFPyroModel,
+    guide,
+    loader: Iterable[dict],
+    class_log_probs: ClassLogProbs,
+    num_samples: int = 10,
+    device=None,
+    progress: bool = False,
+    desc: str = "predict",
+) -> PredictiveOutput:
     """The streaming posterior predictive over any discrete outcome.
 
     :param class_log_probs: ``class_log_probs(run_model, batch)`` returns ``(n, K)`` log-probabilities
@@ -137,14 +151,17 @@ def posterior_predictive(model: HFPyroModel, guide, loader: Iterable[dict], clas
     out = {k: torch.cat(v) for k, v in rows.items() if v}
     mutual_information = (out["predictive_entropy"] - out["expected_entropy"]).clamp_min(0.0)
     return PredictiveOutput(  # float32 out, as the model's logits; the differences were taken in float64
-        probs=out["probs"].float(), predictive_entropy=out["predictive_entropy"].float(),
-        expected_entropy=out["expected_entropy"].float(), mutual_information=mutual_information.float(),
+        probs=out["probs"].float(),
+        predictive_entropy=out["predictive_entropy"].float(),
+        expected_entropy=out["expected_entropy"].float(),
+        mutual_information=mutual_information.float(),
         labels=out.get("labels"),
     )
 
 
-def predict(model: HFPyroModel, guide, loader: Iterable[dict], num_samples: int = 10,
-            device=None, progress: bool = False) -> PredictiveOutput:
+def predict(
+    model: HFPyroModel, guide, loader: Iterable[dict], num_samples: int = 10, device=None, progress: bool = False
+) -> PredictiveOutput:
     """Posterior predictive of a sequence classifier over every batch of ``loader``.
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` with a classification likelihood.
@@ -155,8 +172,7 @@ def predict(model: HFPyroModel, guide, loader: Iterable[dict], num_samples: int 
     :param bool progress: show a tqdm bar.
     """
     if model.likelihood.task != "sequence-classification":
-        raise ValueError(
-            f"predict() needs a sequence-classification likelihood, got {model.likelihood.task!r}"
-        )
-    return posterior_predictive(model, guide, loader, _classifier_log_probs, num_samples=num_samples,
-                                device=device, progress=progress)
+        raise ValueError(f"predict() needs a sequence-classification likelihood, got {model.likelihood.task!r}")
+    return posterior_predictive(
+        model, guide, loader, _classifier_log_probs, num_samples=num_samples, device=device, progress=progress
+    )

@@ -38,8 +38,7 @@ class FullFineTuneModel(HFPyroModel):
     :param str name: prefix in Pyro's parameter store (default ``"full_finetune"``, made unique).
     """
 
-    def __init__(self, model: nn.Module, likelihood: Union[str, Likelihood] = "auto",
-                 name: Optional[str] = None):
+    def __init__(self, model: nn.Module, likelihood: Union[str, Likelihood] = "auto", name: Optional[str] = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for parameter in model.parameters():
@@ -51,6 +50,5 @@ class FullFineTuneModel(HFPyroModel):
     def set_adapter_mode(self, mode: str) -> None:
         """Only ``"mean"``: a fully fine-tuned model has no random adapter."""
         if mode != "mean":
-            raise ValueError(f"FullFineTuneModel has no random adapters; adapter_mode must be 'mean', "
-                             f"got {mode!r}")
+            raise ValueError(f"FullFineTuneModel has no random adapters; adapter_mode must be 'mean', got {mode!r}")
         self.adapter_mode = mode

@@ -59,14 +59,13 @@ class MonteCLoRALinear(nn.Module):
     :math:`A = M`, so it behaves exactly like a LoRA layer.
     """
 
-    def __init__(self, base_layer: nn.Module, config: MonteCLoRAConfig, path: str,
-                 prior: Optional[MonteCLoRAPrior] = None):
+    def __init__(
+        self, base_layer: nn.Module, config: MonteCLoRAConfig, path: str, prior: Optional[MonteCLoRAPrior] = None
+    ):
         super().__init__()
         weight = base_layer.weight
         self.transposed = type(base_layer).__name__ == "Conv1D"  # GPT-2 style (d_in, d_out) weight
-        self.in_features, self.out_features = (
-            tuple(weight.shape) if self.transposed else tuple(weight.shape[::-1])
-        )
+        self.in_features, self.out_features = tuple(weight.shape) if self.transposed else tuple(weight.shape[::-1])
         self.base_layer = base_layer
         self.config = config
         self.path = path
@@ -124,8 +123,7 @@ class MonteCLoRALinear(nn.Module):
             self._noise[noise_key] = StandardNormalMatrix(self.rank, width, device)
         noise = pyro.sample(names["noise"], self._noise[noise_key])
         if cfg.cooperative_weight > 0:
-            pyro.factor(f"{names['mixture_weights']}.cooperative",
-                        -cfg.cooperative_weight * weights.pow(2).sum(-1))
+            pyro.factor(f"{names['mixture_weights']}.cooperative", -cfg.cooperative_weight * weights.pow(2).sum(-1))
         return scale_tril, weights, noise
 
     def factor_mean(self, factor: str) -> torch.Tensor:
@@ -185,8 +183,12 @@ class MonteCLoRALinear(nn.Module):
         """
         result = self.base_layer(x)
         A, B = self.factors()
-        if (A.dim() == 2 and B.dim() == 2 and result.dtype == x.dtype == A.dtype == B.dtype == torch.float32
-                and not torch.is_autocast_enabled(x.device.type)):
+        if (
+            A.dim() == 2
+            and B.dim() == 2
+            and result.dtype == x.dtype == A.dtype == B.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
             # fp32: W0 x + b + (x A^T)(gamma B)^T as one fused multiply-add (addmm), with gamma
             # applied to the small B instead of the (tokens, d_out) update: two passes over the
             # activation fewer, forward and backward, than "base + lora(x) * gamma".
@@ -198,10 +200,12 @@ class MonteCLoRALinear(nn.Module):
             hidden = self.dropout(x).float()
             if A.dim() == 3:  # S stacked draws: rows of x in S sample-major groups
                 if hidden.shape[0] % A.shape[0]:
-                    raise ValueError(f"{self.path}: a batch of {hidden.shape[0]} rows cannot be split "
-                                     f"among {A.shape[0]} stacked adapter samples")
+                    raise ValueError(
+                        f"{self.path}: a batch of {hidden.shape[0]} rows cannot be split "
+                        f"among {A.shape[0]} stacked adapter samples"
+                    )
                 grouped = hidden.reshape(A.shape[0], -1, hidden.shape[-1])
-                update = (grouped @ A.float().mT @ (B.float() * self.scaling).mT)
+                update = grouped @ A.float().mT @ (B.float() * self.scaling).mT
                 update = update.reshape(*hidden.shape[:-1], -1)
             else:
                 update = F.linear(F.linear(hidden, A.float()), B.float() * self.scaling)
@@ -233,15 +237,23 @@ def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
         for factor in adapter.random_factors:
             scale_tril, weights, noise = adapter.sample_latents(factor)
             mean = adapter.factor_mean(factor)
-            key = (factor, mean.shape, scale_tril.shape, weights.shape, noise.shape, mean.device,
-                   adapter.config.sample_scaler)
+            key = (
+                factor,
+                mean.shape,
+                scale_tril.shape,
+                weights.shape,
+                noise.shape,
+                mean.device,
+                adapter.config.sample_scaler,
+            )
             groups.setdefault(key, []).append((adapter, scale_tril, weights, noise))
     values: dict = {}
     for key, members in groups.items():
         factor, sample_scaler = key[0], key[-1]
         layers, scale_trils, weights, noises = zip(*members)
-        delta = lora_perturbation(torch.stack(scale_trils, dim=-3), torch.stack(weights, dim=-2),
-                                  torch.stack(noises, dim=-3), sample_scaler)  # (..., layers, r, d)
+        delta = lora_perturbation(
+            torch.stack(scale_trils, dim=-3), torch.stack(weights, dim=-2), torch.stack(noises, dim=-3), sample_scaler
+        )  # (..., layers, r, d)
         means = torch.stack([layer.factor_mean(factor) for layer in layers])  # (layers, ...)
         stacked = means + (delta.mT if factor == "lora_B" else delta)
         for layer, value in zip(layers, stacked.unbind(-3)):
@@ -259,8 +271,12 @@ def record_value(name: str, value: torch.Tensor) -> torch.Tensor:
     ``Delta`` is built with ``validate_args=False`` because its check (``value`` is real) costs a
     host synchronisation per layer on a GPU and can never fail here.
     """
-    return pyro.sample(name, dist.Delta(value, event_dim=value.dim(), validate_args=False).mask(False),
-                       obs=value, infer={"_deterministic": True})
+    return pyro.sample(
+        name,
+        dist.Delta(value, event_dim=value.dim(), validate_args=False).mask(False),
+        obs=value,
+        infer={"_deterministic": True},
+    )
 
 
 def latent_scale(weight: float):

@@ -27,8 +27,22 @@ from pyro_monteclora.util import IGNORE_INDEX
 __all__ = ["Likelihood", "SequenceClassification", "CausalLM", "get_likelihood", "sequence_log_likelihood"]
 
 #: bidirectional encoders that transformers can load as ``*LMHeadModel`` without causal attention
-ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie",
-                                 "deberta", "deberta-v2", "distilbert", "mpnet", "albert", "bert-generation"})
+ENCODER_MODEL_TYPES = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "electra",
+        "camembert",
+        "ernie",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "mpnet",
+        "albert",
+        "bert-generation",
+    }
+)
 
 
 class Likelihood:
@@ -40,8 +54,13 @@ class Likelihood:
     def check_model(self, model: nn.Module) -> None:
         """Raise ``ValueError`` if ``model`` cannot produce the logits this likelihood needs."""
 
-    def observe(self, logits: torch.Tensor, labels: Optional[torch.Tensor],
-                dataset_size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def observe(
+        self,
+        logits: torch.Tensor,
+        labels: Optional[torch.Tensor],
+        dataset_size: Optional[int] = None,
+        subsample: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """The ``obs`` site: observed at ``labels``, or sampled when ``labels`` is ``None``.
         Returns its value."""
         raise TypeError(f"{type(self).__name__} does not define observe()")
@@ -54,9 +73,7 @@ class Likelihood:
     def _plate(batch_size: int, dataset_size: Optional[int], subsample: Optional[torch.Tensor], device):
         size = batch_size if dataset_size is None else int(dataset_size)
         if size < batch_size:
-            raise ValueError(
-                f"dataset_size must be >= the batch size {batch_size}, got {dataset_size}"
-            )
+            raise ValueError(f"dataset_size must be >= the batch size {batch_size}, got {dataset_size}")
         if subsample is None:
             subsample = torch.arange(batch_size, device=device)
         return pyro.plate("data", size=size, subsample=subsample)
@@ -80,9 +97,7 @@ class SequenceClassification(Likelihood):
 
     def observe(self, logits, labels, dataset_size=None, subsample=None) -> torch.Tensor:
         if labels is not None and (labels.dim() != 1 or labels.shape[0] != logits.shape[0]):
-            raise ValueError(
-                f"labels must have shape (batch,) = ({logits.shape[0]},), got {tuple(labels.shape)}"
-            )
+            raise ValueError(f"labels must have shape (batch,) = ({logits.shape[0]},), got {tuple(labels.shape)}")
         with self._plate(logits.shape[0], dataset_size, subsample, logits.device):
             return pyro.sample("obs", dist.Categorical(logits=logits.float()), obs=labels)
 
@@ -123,8 +138,7 @@ class CausalLM(Likelihood):
                 return pyro.sample("obs", tokens)
         if labels.shape != logits.shape[:2]:
             raise ValueError(
-                f"labels must have shape (batch, tokens) = {tuple(logits.shape[:2])}, "
-                f"got {tuple(labels.shape)}"
+                f"labels must have shape (batch, tokens) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
             )
         next_logits = logits[:, :-1].float()
         next_labels = labels[:, 1:]
@@ -163,12 +177,10 @@ def get_likelihood(likelihood: Union[str, Likelihood], model: Optional[nn.Module
         if "ForCausalLM" in name or "LMHeadModel" in name:
             return CausalLM()
         raise ValueError(
-            f"likelihood='auto' cannot tell the task of a {name}; pass likelihood= one of "
-            f"{sorted(_LIKELIHOODS)}"
+            f"likelihood='auto' cannot tell the task of a {name}; pass likelihood= one of {sorted(_LIKELIHOODS)}"
         )
     if likelihood not in _LIKELIHOODS:
         raise ValueError(
-            f"likelihood must be one of {sorted(_LIKELIHOODS) + ['auto']} or a Likelihood, "
-            f"got {likelihood!r}"
+            f"likelihood must be one of {sorted(_LIKELIHOODS) + ['auto']} or a Likelihood, got {likelihood!r}"
         )
     return _LIKELIHOODS[likelihood]()

@@ -5,7 +5,8 @@ The generative model, for a minibatch of inputs :math:`x_{1:B}` drawn from a dat
 
 .. math::
 
-    \\Sigma_\\ell \\sim \\mathcal{W}(\\nu, I_r),\\quad \\pi_\\ell \\sim \\operatorname{Dir}(\\alpha_0 \\mathbf 1_N),\\quad
+    \\Sigma_\\ell \\sim \\mathcal{W}(\\nu, I_r),\\quad
+    \\pi_\\ell \\sim \\operatorname{Dir}(\\alpha_0 \\mathbf 1_N),\\quad
     A_\\ell = M_\\ell + s \\lVert \\pi_\\ell \\rVert L_\\ell Z_\\ell \\quad (\\text{every adapted layer } \\ell),
 
     y_i \\mid x_i, A \\sim p(y_i \\mid f_{W_0, A, B}(x_i)), \\qquad
@@ -29,8 +30,8 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_monteclora.nn._params import register_parameters, unique_prefix
 from pyro_monteclora.config import MonteCLoRAConfig
+from pyro_monteclora.nn._params import register_parameters, unique_prefix
 from pyro_monteclora.nn.layers import MonteCLoRALinear, sample_adapter_factors
 from pyro_monteclora.nn.likelihoods import Likelihood, get_likelihood
 from pyro_monteclora.nn.priors import MonteCLoRAPrior
@@ -45,8 +46,9 @@ def _is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def inject_adapters(model: nn.Module, config: MonteCLoRAConfig,
-                    prior: Optional[MonteCLoRAPrior] = None) -> Dict[str, MonteCLoRALinear]:
+def inject_adapters(
+    model: nn.Module, config: MonteCLoRAConfig, prior: Optional[MonteCLoRAPrior] = None
+) -> Dict[str, MonteCLoRALinear]:
     """Replace every matching linear layer of ``model`` in place by a :class:`MonteCLoRALinear`
     whose sites draw from ``prior`` (default: one built from ``config``, shared by all layers).
 
@@ -54,13 +56,14 @@ def inject_adapters(model: nn.Module, config: MonteCLoRAConfig,
     :raises ValueError: if no linear layer matches ``config.target_modules``.
     """
     targets = [
-        (path, module) for path, module in model.named_modules()
-        if path and _is_adaptable(module) and config.matches_target(path)
-        and not config.matches_saved(path)
+        (path, module)
+        for path, module in model.named_modules()
+        if path and _is_adaptable(module) and config.matches_target(path) and not config.matches_saved(path)
     ]
     if not targets:
-        linear_names = sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
-                               if path and _is_adaptable(module)})
+        linear_names = sorted(
+            {path.rsplit(".", 1)[-1] for path, module in model.named_modules() if path and _is_adaptable(module)}
+        )
         raise ValueError(
             f"MonteCLoRAConfig.target_modules={config.target_modules!r} matches no linear layer of "
             f"{type(model).__name__}; its linear layers are named {linear_names}"
@@ -92,7 +95,8 @@ class HFPyroModel(PyroModule):
        ``labels`` the likelihood *samples* its ``obs`` site, so
        ``Predictive(model, guide=guide, num_samples=S)(**inputs)["obs"]`` holds label draws,
 
-    and returns the logits (:meth:`logits` runs steps 1--2 alone). With ``labels`` and a causal LM that accepts HF's ``logits_to_keep``,
+    and returns the logits (:meth:`logits` runs steps 1--2 alone). With ``labels`` and a causal LM
+    that accepts HF's ``logits_to_keep``,
     the logits (and the labels observed) start one position before the first labelled token of the
     batch: the vocabulary projection of prompt positions, which carry no loss, is skipped.
     """
@@ -224,8 +228,13 @@ class HFPyroModel(PyroModule):
         with self.sampled_adapters() as network:
             return network(**inputs, return_dict=True).logits
 
-    def forward(self, labels: Optional[torch.Tensor] = None, dataset_size: Optional[int] = None,
-                example_index: Optional[torch.Tensor] = None, **inputs) -> torch.Tensor:
+    def forward(
+        self,
+        labels: Optional[torch.Tensor] = None,
+        dataset_size: Optional[int] = None,
+        example_index: Optional[torch.Tensor] = None,
+        **inputs,
+    ) -> torch.Tensor:
         if labels is not None and self._accepts_logits_to_keep and "logits_to_keep" not in inputs:
             keep = self.likelihood.logits_to_keep(labels)
             if keep is not None:  # positions before the first labelled token carry no loss
@@ -239,7 +248,10 @@ class HFPyroModel(PyroModule):
                 f"{type(self).__name__}: dataset_size is not set, so the likelihood is scaled to "
                 f"the batch ({logits.shape[0]} examples); in a minibatch loop this over-weights the "
                 f"KL by D / batch size. Set model.dataset_size = len(training set) (fit() does) or "
-                f"pass dataset_size= to the model", UserWarning, stacklevel=2)
+                f"pass dataset_size= to the model",
+                UserWarning,
+                stacklevel=2,
+            )
         self.likelihood.observe(logits, labels, size, example_index)
         return logits
 
@@ -267,9 +279,14 @@ class MonteCLoRAModel(HFPyroModel):
     the labels, as described in :class:`HFPyroModel`; it returns the logits.
     """
 
-    def __init__(self, model: nn.Module, config: MonteCLoRAConfig,
-                 likelihood: Union[str, Likelihood] = "auto", name: Optional[str] = None,
-                 adapter_mode: str = "sample"):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: MonteCLoRAConfig,
+        likelihood: Union[str, Likelihood] = "auto",
+        name: Optional[str] = None,
+        adapter_mode: str = "sample",
+    ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, MonteCLoRAConfig):
@@ -340,8 +357,10 @@ class MonteCLoRAModel(HFPyroModel):
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         if self.adapter_mode == "mean" or guide is None:
-            raise ValueError("a model with mean adapters (LoRA), or no guide, has no posterior to "
-                             "sample; use the mean adapter (num_samples=0 in generate/predict)")
+            raise ValueError(
+                "a model with mean adapters (LoRA), or no guide, has no posterior to "
+                "sample; use the mean adapter (num_samples=0 in generate/predict)"
+            )
         adapters = list(self.adapters().values())
         draws = [[] for _ in adapters]
         try:

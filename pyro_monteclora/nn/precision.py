@@ -49,11 +49,11 @@ def check_precision(name: str, device: Union[str, torch.device]) -> torch.dtype:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
     kind = device_type(device)
     if name == "fp16" and kind == "cpu":
-        raise ValueError("dtype fp16 needs a CUDA device (CPU fp16 matrix products are emulated); "
-                         "use bf16 or fp32 on the CPU")
+        raise ValueError(
+            "dtype fp16 needs a CUDA device (CPU fp16 matrix products are emulated); use bf16 or fp32 on the CPU"
+        )
     if name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"dtype bf16 is not supported by {torch.cuda.get_device_name(device)}; "
-                         f"use fp16 or fp32")
+        raise ValueError(f"dtype bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
     return DTYPES[name]
 
 

@@ -47,18 +47,19 @@ class MonteCLoRAPrior:
     prior has no learnable parameter), without re-validating their parameters.
     """
 
-    def __init__(self, rank: int, num_components: int, wishart_df: float,
-                 dirichlet_concentration: float):
+    def __init__(self, rank: int, num_components: int, wishart_df: float, dirichlet_concentration: float):
         if not (isinstance(rank, int) and rank >= 1):
             raise ValueError(f"MonteCLoRAPrior.rank must be an integer >= 1, got {rank!r}")
         if not (isinstance(num_components, int) and num_components >= 1):
             raise ValueError(f"MonteCLoRAPrior.num_components must be an integer >= 1, got {num_components!r}")
         if not (math.isfinite(wishart_df) and wishart_df > rank - 1):
-            raise ValueError(f"MonteCLoRAPrior.wishart_df must be a finite number > rank - 1 = {rank - 1}, "
-                             f"got {wishart_df!r}")
+            raise ValueError(
+                f"MonteCLoRAPrior.wishart_df must be a finite number > rank - 1 = {rank - 1}, got {wishart_df!r}"
+            )
         if not (math.isfinite(dirichlet_concentration) and dirichlet_concentration > 0):
-            raise ValueError(f"MonteCLoRAPrior.dirichlet_concentration must be a finite number > 0, "
-                             f"got {dirichlet_concentration!r}")
+            raise ValueError(
+                f"MonteCLoRAPrior.dirichlet_concentration must be a finite number > 0, got {dirichlet_concentration!r}"
+            )
         self.rank = rank
         self.num_components = num_components
         self.wishart_df = float(wishart_df)
@@ -82,11 +83,14 @@ class MonteCLoRAPrior:
         """:math:`p(\\pi)`, with ``batch_shape`` independent copies."""
         key = ("mixture_weights", torch.device(device or "cpu"), tuple(batch_shape))
         if key not in self._cache:
-            concentration = torch.full(tuple(batch_shape) + (self.num_components,),
-                                       self.dirichlet_concentration, device=key[1])
+            concentration = torch.full(
+                tuple(batch_shape) + (self.num_components,), self.dirichlet_concentration, device=key[1]
+            )
             self._cache[key] = dist.Dirichlet(concentration, validate_args=False)
         return self._cache[key]
 
     def __repr__(self) -> str:
-        return (f"MonteCLoRAPrior(rank={self.rank}, num_components={self.num_components}, "
-                f"wishart_df={self.wishart_df:g}, dirichlet_concentration={self.dirichlet_concentration:g})")
+        return (
+            f"MonteCLoRAPrior(rank={self.rank}, num_components={self.num_components}, "
+            f"wishart_df={self.wishart_df:g}, dirichlet_concentration={self.dirichlet_concentration:g})"
+        )

@@ -25,8 +25,9 @@ def package_folders(package: str, pip_name: str) -> List[Path]:
         return [Path(location) for location in spec.submodule_search_locations]
     if spec is not None and spec.origin is not None:
         return [Path(spec.origin).parent]
-    raise FileNotFoundError(f"the package {package!r} is not installed; install it with "
-                            f"`pip install --no-deps {pip_name}`")
+    raise FileNotFoundError(
+        f"the package {package!r} is not installed; install it with `pip install --no-deps {pip_name}`"
+    )
 
 
 def package_folder(package: str, pip_name: str) -> Path:

@@ -35,9 +35,20 @@ try:
 except ImportError:  # not POSIX: no advisory locks, FolderLock does nothing
     fcntl = None
 
-__all__ = ["atomic_file", "atomic_write_text", "atomic_write_json", "atomic_directory", "finite_or_none",
-           "json_line", "replace_directory", "FolderLock", "FolderInUse", "folder_in_use",
-           "clear_folder", "LOCK_NAME"]
+__all__ = [
+    "atomic_file",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_directory",
+    "finite_or_none",
+    "json_line",
+    "replace_directory",
+    "FolderLock",
+    "FolderInUse",
+    "folder_in_use",
+    "clear_folder",
+    "LOCK_NAME",
+]
 
 #: the lock file a running command keeps in its output folder (deleted when it ends)
 LOCK_NAME = ".pyro-monteclora.lock"

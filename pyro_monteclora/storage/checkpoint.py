@@ -33,12 +33,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pyro_monteclora.validation import FieldError, check_value, get_field, parse_json
 from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json
+from pyro_monteclora.validation import FieldError, check_value, get_field, parse_json
 
-__all__ = ["save_pretrained", "load_pretrained", "read_saved_config", "export_peft",
-           "register_model", "register_guide", "MODEL_CLASSES", "GUIDE_CLASSES", "CONFIG_NAME", "WEIGHTS_NAME",
-           "CheckpointError"]
+__all__ = [
+    "save_pretrained",
+    "load_pretrained",
+    "read_saved_config",
+    "export_peft",
+    "register_model",
+    "register_guide",
+    "MODEL_CLASSES",
+    "GUIDE_CLASSES",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+]
 
 FORMAT = "pyro-monteclora"
 #: 2: the guide is saved by class name and options, the model's adapter mode on its own
@@ -103,7 +113,8 @@ def _same_base(recorded: Optional[List[float]], model) -> bool:
     if recorded is None or current is None:
         return True
     return len(recorded) == len(current) and torch.allclose(
-        torch.tensor(recorded), torch.tensor(current), rtol=1e-2, atol=1e-3)
+        torch.tensor(recorded), torch.tensor(current), rtol=1e-2, atol=1e-3
+    )
 
 
 def _describe_base(network) -> dict:
@@ -119,16 +130,17 @@ def _describe_base(network) -> dict:
 
 def _tensors_to_save(model, guide) -> Dict[str, torch.Tensor]:
     # clone: tied weights share storage, which safetensors refuses
-    tensors = {f"network.{name}": p.detach().to("cpu", copy=True).contiguous()
-               for name, p in model.trainable_parameters()}
+    tensors = {
+        f"network.{name}": p.detach().to("cpu", copy=True).contiguous() for name, p in model.trainable_parameters()
+    }
     if guide is not None:
-        tensors.update({f"guide.{name}": p.detach().to("cpu", copy=True).contiguous()
-                        for name, p in guide.named_parameters()})
+        tensors.update(
+            {f"guide.{name}": p.detach().to("cpu", copy=True).contiguous() for name, p in guide.named_parameters()}
+        )
     return tensors
 
 
-def save_pretrained(model, directory: Union[str, os.PathLike], guide=None,
-                    metadata: Optional[dict] = None) -> Path:
+def save_pretrained(model, directory: Union[str, os.PathLike], guide=None, metadata: Optional[dict] = None) -> Path:
     """Write ``model``'s trained tensors, and ``guide``'s if given, to ``directory``.
 
     Each file is written to a temporary name and renamed; the JSON goes last. Other files in
@@ -142,8 +154,10 @@ def save_pretrained(model, directory: Union[str, os.PathLike], guide=None,
     if guide is not None:
         name = type(guide).__name__
         if _registry("guide").get(name) is not type(guide):
-            raise CheckpointError(f"save_pretrained: cannot save a {name} guide; registered guide "
-                                  f"classes are {sorted(_registry('guide'))} (see register_guide)")
+            raise CheckpointError(
+                f"save_pretrained: cannot save a {name} guide; registered guide "
+                f"classes are {sorted(_registry('guide'))} (see register_guide)"
+            )
         guide_record = {"class": name, "options": guide.checkpoint_options()}
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -182,8 +196,10 @@ def read_saved_config(directory: Union[str, os.PathLike]) -> dict:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyro_monteclora config (format is not {FORMAT!r})")
     if record.get("format_version") not in READABLE_VERSIONS:
-        raise CheckpointError(f"{path} has format_version {record.get('format_version')!r}; "
-                              f"this library reads versions {list(READABLE_VERSIONS)}")
+        raise CheckpointError(
+            f"{path} has format_version {record.get('format_version')!r}; "
+            f"this library reads versions {list(READABLE_VERSIONS)}"
+        )
     if record["format_version"] == 1:
         record = _upgrade_version_1(record)
     try:
@@ -201,8 +217,11 @@ def _upgrade_version_1(record: dict) -> dict:
     lora = isinstance(guide, dict) and guide.get("mode") == "lora"
     record["adapter_mode"] = "mean" if lora or record.get("model_class") == "FullFineTuneModel" else "sample"
     if isinstance(guide, dict):
-        record["guide"] = ({"class": "EmptyGuide", "options": {}} if lora else
-                           {"class": "MonteCLoRAGuide", "options": {"scale_tril": guide.get("scale_tril", "diagonal")}})
+        record["guide"] = (
+            {"class": "EmptyGuide", "options": {}}
+            if lora
+            else {"class": "MonteCLoRAGuide", "options": {"scale_tril": guide.get("scale_tril", "diagonal")}}
+        )
     return record
 
 
@@ -229,11 +248,19 @@ def _check_record(record: dict) -> None:
     base = get_field(record, "base_model", "base_model", "object")
     get_field(base, "architecture", "base_model.architecture", "text")
     get_field(base, "name_or_path", "base_model.name_or_path", "text", nullable=True, default=None)
-    get_field(base, "num_labels", "base_model.num_labels", "integer", minimum=1,
-              nullable=likelihood != "sequence-classification", default=None)
+    get_field(
+        base,
+        "num_labels",
+        "base_model.num_labels",
+        "integer",
+        minimum=1,
+        nullable=likelihood != "sequence-classification",
+        default=None,
+    )
     get_field(base, "pad_token_id", "base_model.pad_token_id", "integer", minimum=0, nullable=True, default=None)
-    for index, value in enumerate(get_field(base, "fingerprint", "base_model.fingerprint", "list",
-                                            nullable=True, default=None) or []):
+    for index, value in enumerate(
+        get_field(base, "fingerprint", "base_model.fingerprint", "list", nullable=True, default=None) or []
+    ):
         check_value(f"base_model.fingerprint[{index}]", value, "number")
     tensors = get_field(record, "tensors", "tensors", "object")
     for name, shape in tensors.items():
@@ -248,8 +275,9 @@ def _check_record(record: dict) -> None:
     # the classifier's output layer is saved with the head: it has num_labels rows
     heads = {shape[0] for name, shape in tensors.items() if shape and name in HEAD_WEIGHTS}
     if likelihood == "sequence-classification" and heads and base.get("num_labels") not in heads:
-        raise FieldError(f"base_model.num_labels is {base.get('num_labels')} but the saved classifier "
-                         f"has {sorted(heads)[0]} outputs")
+        raise FieldError(
+            f"base_model.num_labels is {base.get('num_labels')} but the saved classifier has {sorted(heads)[0]} outputs"
+        )
 
 
 def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -263,8 +291,10 @@ def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a valid safetensors file ({error})") from None
     for name, tensor in tensors.items():
         if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values; the "
-                                  f"checkpoint is damaged (train again, or resume from a good copy)")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds NaN or infinite values; the "
+                f"checkpoint is damaged (train again, or resume from a good copy)"
+            )
     return tensors
 
 
@@ -286,21 +316,31 @@ def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype, s
         from transformers import AutoConfig
 
         # an id past the vocabulary fails an assertion deep in the embedding: named here instead
-        vocabulary = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code),
-                             "vocab_size", None)
+        vocabulary = getattr(
+            AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code), "vocab_size", None
+        )
         if isinstance(vocabulary, int) and described["pad_token_id"] >= vocabulary:
-            raise CheckpointError(f"{source}: base_model.pad_token_id is {described['pad_token_id']}, "
-                                  f"outside the base model's {vocabulary}-token vocabulary")
+            raise CheckpointError(
+                f"{source}: base_model.pad_token_id is {described['pad_token_id']}, "
+                f"outside the base model's {vocabulary}-token vocabulary"
+            )
         kwargs["pad_token_id"] = described["pad_token_id"]
     if record["likelihood"] == "sequence-classification":
         return AutoModelForSequenceClassification.from_pretrained(
-            base_model, num_labels=described["num_labels"], **kwargs)
+            base_model, num_labels=described["num_labels"], **kwargs
+        )
     return AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
 
 
-def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
-                    trust_remote_code: bool = False, torch_dtype=None, device=None,
-                    check_base: bool = True):
+def load_pretrained(
+    directory: Union[str, os.PathLike],
+    base_model=None,
+    *,
+    trust_remote_code: bool = False,
+    torch_dtype=None,
+    device=None,
+    check_base: bool = True,
+):
     """Rebuild a model and its guide saved by :func:`save_pretrained`.
 
     :returns: ``(model, guide)``; ``guide`` is ``None`` when the checkpoint was saved without one.
@@ -318,23 +358,31 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
     record = read_saved_config(directory)
     tensors = _read_tensors(directory / WEIGHTS_NAME)
     if {k: list(v.shape) for k, v in tensors.items()} != record["tensors"]:
-        raise CheckpointError(f"{directory / WEIGHTS_NAME} does not hold the tensors that "
-                              f"{CONFIG_NAME} lists (a partial or mixed checkpoint)")
+        raise CheckpointError(
+            f"{directory / WEIGHTS_NAME} does not hold the tensors that "
+            f"{CONFIG_NAME} lists (a partial or mixed checkpoint)"
+        )
     # every trained tensor is floating point: integers (or booleans) would be cast silently
     wrong = next((name for name, tensor in tensors.items() if not tensor.is_floating_point()), None)
     if wrong is not None:
-        raise CheckpointError(f"{directory / WEIGHTS_NAME}: the tensor {wrong} is {tensors[wrong].dtype}, "
-                              f"not floating point")
+        raise CheckpointError(
+            f"{directory / WEIGHTS_NAME}: the tensor {wrong} is {tensors[wrong].dtype}, not floating point"
+        )
     network = _load_base(record, base_model, trust_remote_code, torch_dtype, directory / CONFIG_NAME)
     described = record["base_model"]
     if type(network).__name__ != described["architecture"]:
-        raise CheckpointError(f"the checkpoint in {directory} was made for a "
-                              f"{described['architecture']}, got a {type(network).__name__}")
+        raise CheckpointError(
+            f"the checkpoint in {directory} was made for a {described['architecture']}, got a {type(network).__name__}"
+        )
     model_class = _registry("model")[record["model_class"]]  # a registered class (_check_record)
     try:
         if record.get("config") is not None:
-            model = model_class(network, MonteCLoRAConfig.from_dict(record["config"]),
-                                likelihood=record["likelihood"], adapter_mode=record["adapter_mode"])
+            model = model_class(
+                network,
+                MonteCLoRAConfig.from_dict(record["config"]),
+                likelihood=record["likelihood"],
+                adapter_mode=record["adapter_mode"],
+            )
         else:
             model = model_class(network, likelihood=record["likelihood"])
     except (TypeError, ValueError) as error:  # a likelihood or config this model class refuses
@@ -343,7 +391,8 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
         raise CheckpointError(
             f"the checkpoint in {directory} was made for base model "
             f"{described.get('name_or_path')!r}; the given base has other frozen weights "
-            f"(pass check_base=False to load it anyway)")
+            f"(pass check_base=False to load it anyway)"
+        )
     guide = None
     if record["guide"] is not None:
         guide_class = _registry("guide")[record["guide"]["class"]]  # registered (_check_record)
@@ -356,14 +405,16 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
         targets.update(("guide." + n, p) for n, p in guide.named_parameters())
     if set(targets) != set(tensors):
         missing, extra = sorted(set(targets) - set(tensors)), sorted(set(tensors) - set(targets))
-        raise CheckpointError(f"the checkpoint in {directory} does not fit this base model: "
-                              f"missing {missing[:3]}, unexpected {extra[:3]}")
+        raise CheckpointError(
+            f"the checkpoint in {directory} does not fit this base model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
     with torch.no_grad():
         for name, parameter in targets.items():
             if parameter.shape != tensors[name].shape:
                 raise CheckpointError(
                     f"the checkpoint in {directory} does not fit this base model: {name} has shape "
-                    f"{tuple(tensors[name].shape)} there and {tuple(parameter.shape)} here")
+                    f"{tuple(tensors[name].shape)} there and {tuple(parameter.shape)} here"
+                )
             parameter.copy_(tensors[name])
     if device is not None:
         model.to(device)
@@ -373,8 +424,7 @@ def load_pretrained(directory: Union[str, os.PathLike], base_model=None, *,
     return model, guide
 
 
-def export_peft(model, directory: Union[str, os.PathLike],
-                base_model_name_or_path: Optional[str] = None) -> Path:
+def export_peft(model, directory: Union[str, os.PathLike], base_model_name_or_path: Optional[str] = None) -> Path:
     """Write the posterior-mean adapter (:math:`A = M`, :math:`B`) as a PEFT LoRA adapter.
 
     The folder gets ``adapter_config.json`` and ``adapter_model.safetensors``, loadable with

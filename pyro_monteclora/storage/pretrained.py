@@ -66,8 +66,11 @@ def _complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def materialize_gguf(gguf_file: Union[str, os.PathLike], cache_dir: Optional[Union[str, os.PathLike]] = None,
-                     trust_remote_code: bool = False) -> Path:
+def materialize_gguf(
+    gguf_file: Union[str, os.PathLike],
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+    trust_remote_code: bool = False,
+) -> Path:
     """Convert a GGUF model to a Hugging Face folder once and return that folder.
 
     :param gguf_file: the ``.gguf`` file (any architecture ``transformers`` reads from GGUF).
@@ -91,13 +94,10 @@ def materialize_gguf(gguf_file: Union[str, os.PathLike], cache_dir: Optional[Uni
 
         from pyro_monteclora.storage.atomic import atomic_directory
 
-        print(f"converting {gguf_file.name} to a safetensors folder in {target} (once)",
-              file=sys.stderr, flush=True)
+        print(f"converting {gguf_file.name} to a safetensors folder in {target} (once)", file=sys.stderr, flush=True)
         folder, name = str(gguf_file.parent), gguf_file.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name,
-                                                  trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
-                                                     trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
         # the weights are already de-quantised to float32; what is left of the quantiser only
         # blocks save_pretrained
         model.hf_quantizer = None

@@ -21,11 +21,19 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from pyro_monteclora.validation import FieldError, check_value, get_field, number_problem, parse_json, shown
 from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json
+from pyro_monteclora.validation import FieldError, check_value, get_field, number_problem, parse_json, shown
 
-__all__ = ["TrainingState", "save_training_state", "load_training_state", "capture_rng_state",
-           "restore_rng_state", "check_state_fits", "STATE_TENSORS", "STATE_JSON"]
+__all__ = [
+    "TrainingState",
+    "save_training_state",
+    "load_training_state",
+    "capture_rng_state",
+    "restore_rng_state",
+    "check_state_fits",
+    "STATE_TENSORS",
+    "STATE_JSON",
+]
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -53,8 +61,7 @@ class TrainingState:
 
 def capture_rng_state() -> Dict[str, Any]:
     """torch (CPU and every CUDA device), Python ``random`` and NumPy generator states."""
-    state = {"torch": torch.get_rng_state(), "random": random.getstate(),
-             "numpy": np.random.get_state()}
+    state = {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -103,12 +110,13 @@ def save_training_state(directory: Union[str, os.PathLike], state: TrainingState
     record = {
         "epoch": state.epoch,
         "step": state.step,
-        "optimizer": {"param_groups": _to_json(state.optimizer["param_groups"]),
-                      "state": optimizer_state},
+        "optimizer": {"param_groups": _to_json(state.optimizer["param_groups"]), "state": optimizer_state},
         "scheduler": _to_json({k: v for k, v in state.scheduler.items() if k != "lr_lambdas"}),
-        "rng": {"random": _to_json(state.rng["random"]),
-                "numpy": [numpy_state[0], _to_json(numpy_state[1])] + _to_json(list(numpy_state[2:])),
-                "cuda_devices": len(state.rng.get("cuda", []))},
+        "rng": {
+            "random": _to_json(state.rng["random"]),
+            "numpy": [numpy_state[0], _to_json(numpy_state[1])] + _to_json(list(numpy_state[2:])),
+            "cuda_devices": len(state.rng.get("cuda", [])),
+        },
         "history": state.history,
     }
     with atomic_file(directory / STATE_TENSORS) as temporary:
@@ -149,13 +157,13 @@ def _state_from_record(record, tensors: Dict[str, torch.Tensor], directory: Path
         for index, entry in enumerate(get_field(history, key, f"history.{key}", "list", default=[])):
             check_value(f"history.{key}[{index}]", entry, "object")
     get_field(history, "train_seconds", "history.train_seconds", "number", minimum=0, default=0.0)
-    optimizer = _optimizer_from_record(get_field(record, "optimizer", "optimizer", "object"), tensors,
-                                       directory)
+    optimizer = _optimizer_from_record(get_field(record, "optimizer", "optimizer", "object"), tensors, directory)
     scheduler = get_field(record, "scheduler", "scheduler", "object")
     base_lrs = get_field(scheduler, "base_lrs", "scheduler.base_lrs", "list")
     if len(base_lrs) != len(optimizer["param_groups"]):
-        raise FieldError(f"scheduler.base_lrs has {len(base_lrs)} entries for "
-                         f"{len(optimizer['param_groups'])} parameter group(s)")
+        raise FieldError(
+            f"scheduler.base_lrs has {len(base_lrs)} entries for {len(optimizer['param_groups'])} parameter group(s)"
+        )
     for index, rate in enumerate(base_lrs):
         check_value(f"scheduler.base_lrs[{index}]", rate, "number", minimum=0)
     get_field(scheduler, "last_epoch", "scheduler.last_epoch", "integer", minimum=-1)
@@ -164,8 +172,7 @@ def _state_from_record(record, tensors: Dict[str, torch.Tensor], directory: Path
         check_value(f"scheduler._last_lr[{index}]", rate, "number", minimum=0)
     rng = _rng_from_record(get_field(record, "rng", "rng", "object"), tensors, directory)
     scheduler = dict(scheduler, lr_lambdas=[None] * len(optimizer["param_groups"]))
-    return TrainingState(epoch=epoch, step=step, optimizer=optimizer, scheduler=scheduler, rng=rng,
-                         history=history)
+    return TrainingState(epoch=epoch, step=step, optimizer=optimizer, scheduler=scheduler, rng=rng, history=history)
 
 
 def _optimizer_from_record(record: dict, tensors: Dict[str, torch.Tensor], directory: Path) -> dict:
@@ -205,15 +212,17 @@ def _optimizer_from_record(record: dict, tensors: Dict[str, torch.Tensor], direc
         check_value(name, plain, "object")
         prefix = f"optimizer.{index}."
         slots = dict(plain)
-        slots.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        slots.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if int(index) in amsgrad else ()):
             moment = slots.get(key)
             if not isinstance(moment, torch.Tensor) or not moment.is_floating_point():
-                raise FieldError(f"{name}: the tensor {key} is missing from "
-                                 f"{directory / STATE_TENSORS} or not floating point")
+                raise FieldError(
+                    f"{name}: the tensor {key} is missing from {directory / STATE_TENSORS} or not floating point"
+                )
             if moment.shape != slots["exp_avg"].shape:
-                raise FieldError(f"{name}: {key} has shape {tuple(moment.shape)}, exp_avg "
-                                 f"{tuple(slots['exp_avg'].shape)}")
+                raise FieldError(
+                    f"{name}: {key} has shape {tuple(moment.shape)}, exp_avg {tuple(slots['exp_avg'].shape)}"
+                )
         if "step" not in slots:
             raise FieldError(f"{name}.step is missing")
         if isinstance(slots["step"], torch.Tensor):
@@ -234,7 +243,8 @@ def _rng_from_record(record: dict, tensors: Dict[str, torch.Tensor], directory: 
         python_state = (version, tuple(internal), gauss)
         # the last word is the position in the 624-word key; the cached gauss is a float or None
         if not (isinstance(internal[-1], int) and 0 <= internal[-1] <= 624) or not (
-                gauss is None or number_problem(gauss) is None):
+            gauss is None or number_problem(gauss) is None
+        ):
             raise ValueError
         random.Random().setstate(python_state)
     except (TypeError, ValueError, OverflowError, IndexError, KeyError):  # KeyError: an object, not a list
@@ -250,14 +260,15 @@ def _rng_from_record(record: dict, tensors: Dict[str, torch.Tensor], directory: 
             raise ValueError
         np.random.RandomState().set_state(numpy_state)
     except (TypeError, ValueError, OverflowError, IndexError):
-        raise FieldError("rng.numpy is not a NumPy random state ('MT19937', 624 integers, a position "
-                         "in [0, 624], has_gauss, cached_gaussian)") from None
+        raise FieldError(
+            "rng.numpy is not a NumPy random state ('MT19937', 624 integers, a position "
+            "in [0, 624], has_gauss, cached_gaussian)"
+        ) from None
     rng = {"random": python_state, "numpy": numpy_state, "torch": _rng_tensor(tensors, "rng.torch", directory)}
     try:
         torch.Generator().set_state(rng["torch"])
     except (TypeError, RuntimeError):
-        raise FieldError(f"the tensor rng.torch in {directory / STATE_TENSORS} is not a torch "
-                         f"random state") from None
+        raise FieldError(f"the tensor rng.torch in {directory / STATE_TENSORS} is not a torch random state") from None
     devices = get_field(record, "cuda_devices", "rng.cuda_devices", "integer", minimum=0, default=0)
     if devices:
         rng["cuda"] = [_rng_tensor(tensors, f"rng.cuda.{i}", directory) for i in range(devices)]
@@ -267,8 +278,7 @@ def _rng_from_record(record: dict, tensors: Dict[str, torch.Tensor], directory: 
 def _rng_tensor(tensors: Dict[str, torch.Tensor], name: str, directory: Path) -> torch.Tensor:
     value = tensors.get(name)
     if value is None or value.dtype != torch.uint8 or value.dim() != 1:
-        raise FieldError(f"the tensor {name} is missing from {directory / STATE_TENSORS} or is not "
-                         f"a byte vector")
+        raise FieldError(f"the tensor {name} is missing from {directory / STATE_TENSORS} or is not a byte vector")
     return value
 
 
@@ -281,12 +291,16 @@ def check_state_fits(state: TrainingState, parameters, source: Union[str, os.Pat
     parameters = list(parameters)
     listed = sum(len(group["params"]) for group in state.optimizer["param_groups"])
     if listed != len(parameters):
-        raise CheckpointError(f"{source}: optimizer.param_groups list {listed} parameter(s); the "
-                              f"model has {len(parameters)} trained tensors")
+        raise CheckpointError(
+            f"{source}: optimizer.param_groups list {listed} parameter(s); the "
+            f"model has {len(parameters)} trained tensors"
+        )
     order = [index for group in state.optimizer["param_groups"] for index in group["params"]]
     for position, index in enumerate(order):
         slots = state.optimizer["state"].get(index)
         if slots is not None and slots["exp_avg"].shape != parameters[position].shape:
-            raise CheckpointError(f"{source}: optimizer.state.{index} has shape "
-                                  f"{tuple(slots['exp_avg'].shape)}; its parameter has "
-                                  f"{tuple(parameters[position].shape)}")
+            raise CheckpointError(
+                f"{source}: optimizer.state.{index} has shape "
+                f"{tuple(slots['exp_avg'].shape)}; its parameter has "
+                f"{tuple(parameters[position].shape)}"
+            )

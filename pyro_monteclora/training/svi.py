@@ -41,16 +41,25 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_monteclora.distributed import all_ranks_agree, barrier, world
-from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 from pyro_monteclora.evaluation.evaluators import Evaluator, evaluator_for
+from pyro_monteclora.infer.elbo import MonteCLoRAELBO
+from pyro_monteclora.infer.predictive import move_batch
 from pyro_monteclora.nn.handlers import kl_scale
 from pyro_monteclora.nn.models import MonteCLoRAModel
 from pyro_monteclora.nn.precision import DTYPES, autocast, check_precision
-from pyro_monteclora.infer.predictive import move_batch
 from pyro_monteclora.training.state import TrainingState, capture_rng_state, restore_rng_state
 
-__all__ = ["fit", "FitResult", "TrainConfig", "SVIStep", "train_epoch", "rank_seed", "Callback", "linear_schedule",
-           "evaluate_loader"]
+__all__ = [
+    "fit",
+    "FitResult",
+    "TrainConfig",
+    "SVIStep",
+    "train_epoch",
+    "rank_seed",
+    "Callback",
+    "linear_schedule",
+    "evaluate_loader",
+]
 
 ELBO_KINDS = {"monteclora": MonteCLoRAELBO, "meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
 
@@ -78,11 +87,13 @@ class FitResult:
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up from 0 over ``warmup_steps``, then linear decay to 0."""
+
     def factor(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:
             return (step + 1) / warmup_steps
         remaining = max(1, total_steps - warmup_steps)
         return max(0.0, (total_steps - step) / remaining)
+
     return factor
 
 
@@ -97,11 +108,8 @@ def evaluate_loader(model, guide, loader, num_samples: int = 0, ece_bins: int = 
 
 # -- the settings ---------------------------------------------------------------------------------
 def _positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
-    ok_type = (isinstance(value, numbers.Integral) if integer
-               else isinstance(value, (numbers.Integral, float)))
-    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (
-        value >= 0 if allow_zero else value > 0
-    )
+    ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, (numbers.Integral, float))
+    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         kind = "an integer" if integer else "a finite number"
         raise ValueError(f"fit(): {name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -172,8 +180,11 @@ class TrainConfig:
             _positive("max_steps", self.max_steps, integer=True)
         _positive("learning_rate", self.learning_rate)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
-        if not (isinstance(self.warmup_ratio, (numbers.Integral, float)) and not isinstance(self.warmup_ratio, bool)
-                and 0 <= self.warmup_ratio < 1):
+        if not (
+            isinstance(self.warmup_ratio, (numbers.Integral, float))
+            and not isinstance(self.warmup_ratio, bool)
+            and 0 <= self.warmup_ratio < 1
+        ):
             raise ValueError(f"fit(): warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.max_grad_norm is not None:
             _positive("max_grad_norm", self.max_grad_norm)
@@ -187,8 +198,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"fit(): {name} must be True or False, got {getattr(self, name)!r}")
         if self.dtype is not None and self.dtype not in DTYPES.values():
-            raise ValueError(f"fit(): dtype must be None or one of torch.float32, torch.bfloat16, "
-                             f"torch.float16, got {self.dtype!r}")
+            raise ValueError(
+                f"fit(): dtype must be None or one of torch.float32, torch.bfloat16, torch.float16, got {self.dtype!r}"
+            )
         if not isinstance(self.desc, str):
             raise ValueError(f"fit(): desc must be a string, got {self.desc!r}")
 
@@ -233,11 +245,12 @@ def _data_parallel(loss_module: torch.nn.Module, device: torch.device) -> torch.
     frozen = [name for name, p in loss_module.named_parameters() if not p.requires_grad]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss_module, frozen)
     # buffers (position ids and the like) are the same on every rank: never re-sent per step
-    buffers = ({"forward_sync_buffers": False}
-               if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-               else {"broadcast_buffers": False})
-    return DistributedDataParallel(
-        loss_module, device_ids=[device] if device.type == "cuda" else None, **buffers)
+    buffers = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(loss_module, device_ids=[device] if device.type == "cuda" else None, **buffers)
 
 
 class SVIStep:
@@ -264,10 +277,10 @@ class SVIStep:
         self.rank, self.world_size = world()
         if self.world_size > 1:
             self.loss_module = _data_parallel(self.loss_module, self.device)
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_schedule(total_steps, int(config.warmup_ratio * total_steps)))
+            self.optimizer, linear_schedule(total_steps, int(config.warmup_ratio * total_steps))
+        )
         self.scaler = torch.amp.GradScaler("cuda") if config.dtype == torch.float16 else None
         self.kl_of = getattr(guide, "kl_divergence", None)
         self.kl_weight = getattr(getattr(model, "config", None), "kl_weight", 1.0)
@@ -289,8 +302,15 @@ class SVIStep:
             value = self.loss(batch, kl_factor)
             if not self._finite(value, step, epoch):
                 self.scheduler.step()  # the step is skipped, the schedule goes on
-                record = {"step": step, "loss": float("nan"), "kl": None, "nll": None,
-                          "kl_factor": kl_factor, "lr": self.scheduler.get_last_lr()[0], "skipped": True}
+                record = {
+                    "step": step,
+                    "loss": float("nan"),
+                    "kl": None,
+                    "nll": None,
+                    "kl_factor": kl_factor,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "skipped": True,
+                }
             else:
                 self._update(value)
                 self.result.train_seconds += time.perf_counter() - started
@@ -310,8 +330,9 @@ class SVIStep:
             return True
         if not self.config.skip_nonfinite:
             shown = value.item() if torch.isfinite(value) else float("nan")
-            raise FloatingPointError(f"fit(): the loss is {shown} at step {step} (epoch {epoch}); "
-                                     f"lower the learning rate or check the data")
+            raise FloatingPointError(
+                f"fit(): the loss is {shown} at step {step} (epoch {epoch}); lower the learning rate or check the data"
+            )
         return False
 
     def _update(self, value: torch.Tensor) -> None:
@@ -332,8 +353,14 @@ class SVIStep:
         self.scheduler.step()
 
     def _record(self, loss: float, step: int, kl_factor: float) -> Dict[str, Any]:
-        record = {"step": step, "loss": loss, "kl": None, "nll": None, "kl_factor": kl_factor,
-                  "lr": self.scheduler.get_last_lr()[0]}
+        record = {
+            "step": step,
+            "loss": loss,
+            "kl": None,
+            "nll": None,
+            "kl_factor": kl_factor,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
         if callable(self.kl_of) and (step % self.config.log_every == 0 or step == self.total_steps - 1):
             with torch.no_grad():
                 record["kl"] = float(self.kl_of())
@@ -343,18 +370,25 @@ class SVIStep:
 
     def state(self, epoch: int, step: int) -> TrainingState:
         """What a resumed run needs, after ``epoch`` finished epochs and ``step`` steps."""
-        return TrainingState(epoch=epoch, step=step, optimizer=self.optimizer.state_dict(),
-                             scheduler=self.scheduler.state_dict(), rng=capture_rng_state(),
-                             history=asdict(self.result))
+        return TrainingState(
+            epoch=epoch,
+            step=step,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            rng=capture_rng_state(),
+            history=asdict(self.result),
+        )
 
     def load_state(self, state: TrainingState) -> None:
         """Continue from ``state``: optimiser moments, schedule, random state and history."""
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         restore_rng_state(state.rng)
-        self.result = FitResult(steps=list(state.history.get("steps", [])),
-                                epochs=list(state.history.get("epochs", [])),
-                                train_seconds=state.history.get("train_seconds", 0.0))
+        self.result = FitResult(
+            steps=list(state.history.get("steps", [])),
+            epochs=list(state.history.get("epochs", [])),
+            train_seconds=state.history.get("train_seconds", 0.0),
+        )
 
 
 # -- one epoch ------------------------------------------------------------------------------------
@@ -378,8 +412,9 @@ class _Progress:
 
     def write(self, summary: Dict[str, float]) -> None:
         if self.bar is not None:
-            self.bar.write(f"epoch {summary['epoch']}: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in summary.items() if k != "epoch"))
+            self.bar.write(
+                f"epoch {summary['epoch']}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k != "epoch")
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -397,8 +432,9 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_009 + rank) % 2**32
 
 
-def train_epoch(svi_step: SVIStep, loader: Iterable[dict], epoch: int, step: int,
-                progress: Optional[_Progress] = None) -> Tuple[Dict[str, float], int]:
+def train_epoch(
+    svi_step: SVIStep, loader: Iterable[dict], epoch: int, step: int, progress: Optional[_Progress] = None
+) -> Tuple[Dict[str, float], int]:
     """Train on ``loader`` for epoch ``epoch``, from optimiser step ``step`` until the loader ends
     or ``svi_step.total_steps`` is reached.
 
@@ -427,8 +463,9 @@ def train_epoch(svi_step: SVIStep, loader: Iterable[dict], epoch: int, step: int
 
 
 # -- the run --------------------------------------------------------------------------------------
-def _resolve_arguments(model, config: Optional[TrainConfig], evaluate: Optional[Evaluator],
-                       callbacks: Sequence[Callback], kwargs: dict):
+def _resolve_arguments(
+    model, config: Optional[TrainConfig], evaluate: Optional[Evaluator], callbacks: Sequence[Callback], kwargs: dict
+):
     """``fit``'s keyword shorthands made into ``(config, evaluate, callbacks)``: config fields
     override ``config``'s, ``eval_loader=`` picks :func:`~pyro_monteclora.evaluation.evaluators.evaluator_for`
     (the one place that looks at the likelihood) and ``on_epoch_end=`` is the last callback."""
@@ -473,24 +510,37 @@ def _dataset_size(model, train_loader) -> int:
 def _check_run(model, config: TrainConfig, train_loader, device, resume: Optional[TrainingState]) -> int:
     """Everything about this run that can be wrong before it starts; returns its step count."""
     if getattr(model, "gradient_checkpointing", False) and config.particles > 1:
-        raise ValueError("fit(): gradient checkpointing needs num_particles=1 (each particle "
-                         "draws its own adapters, and the recomputed forward must see the draw "
-                         "of the pass it recomputes)")
+        raise ValueError(
+            "fit(): gradient checkpointing needs num_particles=1 (each particle "
+            "draws its own adapters, and the recomputed forward must see the draw "
+            "of the pass it recomputes)"
+        )
     if config.dtype is not None:
-        check_precision({v: k for k, v in DTYPES.items()}[config.dtype],
-                        device if device is not None else next(model.parameters()).device)
+        check_precision(
+            {v: k for k, v in DTYPES.items()}[config.dtype],
+            device if device is not None else next(model.parameters()).device,
+        )
     available = config.epochs * len(train_loader)
     total_steps = available if config.max_steps is None else min(config.max_steps, available)
     if total_steps < 1:
         raise ValueError("fit(): train_loader yields no batch")
     if resume is not None and (resume.step > total_steps or resume.epoch > config.epochs):
-        raise ValueError(f"fit(): the resumed state is at epoch {resume.epoch}, step {resume.step}, "
-                         f"past this run's {config.epochs} epochs / {total_steps} steps")
+        raise ValueError(
+            f"fit(): the resumed state is at epoch {resume.epoch}, step {resume.step}, "
+            f"past this run's {config.epochs} epochs / {total_steps} steps"
+        )
     return total_steps
 
 
-def _end_epoch(svi_step: SVIStep, summary: Dict[str, float], step: int, *, evaluate: Optional[Evaluator],
-               callbacks: Sequence[Callback], progress: _Progress) -> None:
+def _end_epoch(
+    svi_step: SVIStep,
+    summary: Dict[str, float],
+    step: int,
+    *,
+    evaluate: Optional[Evaluator],
+    callbacks: Sequence[Callback],
+    progress: _Progress,
+) -> None:
     """Evaluate (under the run's autocast), record the epoch, call the callbacks on rank 0, and wait
     for every rank (rank 0's checkpoint is complete before any rank goes on)."""
     model = svi_step.model
@@ -507,9 +557,18 @@ def _end_epoch(svi_step: SVIStep, summary: Dict[str, float], step: int, *, evalu
     barrier()
 
 
-def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], config: Optional[TrainConfig] = None, *,
-        evaluate: Optional[Evaluator] = None, callbacks: Sequence[Callback] = (),
-        resume: Optional[TrainingState] = None, device=None, **kwargs) -> FitResult:
+def fit(
+    model: MonteCLoRAModel,
+    guide,
+    train_loader: Iterable[dict],
+    config: Optional[TrainConfig] = None,
+    *,
+    evaluate: Optional[Evaluator] = None,
+    callbacks: Sequence[Callback] = (),
+    resume: Optional[TrainingState] = None,
+    device=None,
+    **kwargs,
+) -> FitResult:
     """Train ``model`` and ``guide`` with SVI (AdamW, linear warm-up and decay, clipping).
 
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel`.
@@ -532,7 +591,8 @@ def fit(model: MonteCLoRAModel, guide, train_loader: Iterable[dict], config: Opt
         :func:`~pyro_monteclora.evaluation.evaluators.evaluator_for` picks from the likelihood, and
         ``on_epoch_end=`` for one more callback.
 
-    If ``train_loader.sampler`` has ``set_epoch`` (as :func:`~pyro_monteclora.data.classification.classification_loader`'s
+    If ``train_loader.sampler`` has ``set_epoch`` (as
+    :func:`~pyro_monteclora.data.classification.classification_loader`'s
     and ``DistributedSampler`` do), it is called at the start of every epoch, so the data order
     depends on the seed and the epoch only.
 
