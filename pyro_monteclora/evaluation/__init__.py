@@ -20,78 +20,20 @@ It imports :mod:`pyro_monteclora.infer`, :mod:`pyro_monteclora.nn`, :mod:`pyro_m
 Every public name of these modules is importable from ``pyro_monteclora.evaluation``.
 """
 
-from pyro_monteclora.evaluation.evaluators import (
-    ClassificationEvaluator,
-    Evaluator,
-    LanguageModelEvaluator,
-    evaluator_for,
-)
-from pyro_monteclora.evaluation.generation import (
-    ANSWER_TYPES,
-    GenerationResult,
-    extract_answer,
-    final_number,
-    generate_answers,
-    is_correct,
-    majority_vote,
-    normalize_answer,
-)
-from pyro_monteclora.evaluation.language_model import language_model_metrics, predict_multiple_choice
-from pyro_monteclora.evaluation.metrics import (
-    accuracy,
-    auroc,
-    brier_score,
-    classification_metrics,
-    confidence_metrics,
-    confidence_reliability_curve,
-    curve_ece,
-    expected_calibration_error,
-    matthews_correlation,
-    negative_log_likelihood,
-    reliability_curve,
-)
-from pyro_monteclora.evaluation.plots import plot_reliability_diagram, plot_sweep_boxes
-from pyro_monteclora.evaluation.sweep import (
-    LOWER_IS_BETTER,
-    STATISTICS,
-    SweepCell,
-    summarize,
-    summary_markdown,
-    sweep_grid,
-)
+from pyro_monteclora.evaluation import evaluators, generation, language_model, metrics, plots, sweep
+from pyro_monteclora.evaluation.evaluators import *  # noqa: F403
+from pyro_monteclora.evaluation.generation import *  # noqa: F403
+from pyro_monteclora.evaluation.language_model import *  # noqa: F403
+from pyro_monteclora.evaluation.metrics import *  # noqa: F403
+from pyro_monteclora.evaluation.plots import *  # noqa: F403
+from pyro_monteclora.evaluation.sweep import *  # noqa: F403
 
+#: every public name of the modules, in the order the docstring lists them
 __all__ = [
-    "accuracy",
-    "negative_log_likelihood",
-    "expected_calibration_error",
-    "brier_score",
-    "auroc",
-    "matthews_correlation",
-    "reliability_curve",
-    "curve_ece",
-    "confidence_reliability_curve",
-    "confidence_metrics",
-    "classification_metrics",
-    "language_model_metrics",
-    "predict_multiple_choice",
-    "GenerationResult",
-    "generate_answers",
-    "extract_answer",
-    "normalize_answer",
-    "final_number",
-    "majority_vote",
-    "is_correct",
-    "ANSWER_TYPES",
-    "Evaluator",
-    "ClassificationEvaluator",
-    "LanguageModelEvaluator",
-    "evaluator_for",
-    "SweepCell",
-    "sweep_grid",
-    "summarize",
-    "summary_markdown",
-    "LOWER_IS_BETTER",
-    "STATISTICS",
-    "plot_reliability_diagram",
-    "plot_sweep_boxes",
+    *metrics.__all__,
+    *language_model.__all__,
+    *generation.__all__,
+    *evaluators.__all__,
+    *sweep.__all__,
+    *plots.__all__,
 ]

@@ -11,29 +11,10 @@ It imports :mod:`pyro_monteclora.nn`, :mod:`pyro_monteclora.storage` and the lea
 Every public name of these modules is importable from ``pyro_monteclora.infer``.
 """
 
-from pyro_monteclora.infer.elbo import MonteCLoRAELBO
-from pyro_monteclora.infer.guides import SCALE_TRIL_KINDS, EmptyGuide, FactorPosterior, MonteCLoRAGuide
-from pyro_monteclora.infer.predictive import (
-    PredictiveOutput,
-    adapter_draws,
-    entropy,
-    move_batch,
-    posterior_predictive,
-    predict,
-    uses_mean_adapter,
-)
+from pyro_monteclora.infer import elbo, guides, predictive
+from pyro_monteclora.infer.elbo import *  # noqa: F403
+from pyro_monteclora.infer.guides import *  # noqa: F403
+from pyro_monteclora.infer.predictive import *  # noqa: F403
 
-__all__ = [
-    "MonteCLoRAGuide",
-    "EmptyGuide",
-    "FactorPosterior",
-    "SCALE_TRIL_KINDS",
-    "MonteCLoRAELBO",
-    "predict",
-    "posterior_predictive",
-    "PredictiveOutput",
-    "entropy",
-    "move_batch",
-    "adapter_draws",
-    "uses_mean_adapter",
-]
+#: every public name of the modules, in the order the docstring lists them
+__all__ = [*guides.__all__, *elbo.__all__, *predictive.__all__]

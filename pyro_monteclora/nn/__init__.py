@@ -23,44 +23,24 @@ It imports the leaves and :mod:`pyro_monteclora.storage`; it never knows the gui
 Every public name of these modules is importable from ``pyro_monteclora.nn``.
 """
 
-from pyro_monteclora.nn.baselines import FullFineTuneModel
-from pyro_monteclora.nn.handlers import KLScaleMessenger, PresampledMessenger, kl_scale
-from pyro_monteclora.nn.layers import MonteCLoRALinear, latent_scale, record_value, sample_adapter_factors
-from pyro_monteclora.nn.likelihoods import (
-    CausalLM,
-    Likelihood,
-    SequenceClassification,
-    get_likelihood,
-    sequence_log_likelihood,
-)
-from pyro_monteclora.nn.models import HFPyroModel, MonteCLoRAModel, inject_adapters
-from pyro_monteclora.nn.precision import DTYPES, autocast, cast_frozen, check_precision, device_type
-from pyro_monteclora.nn.priors import MonteCLoRAPrior
-from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names
+from pyro_monteclora.nn import baselines, handlers, layers, likelihoods, models, precision, priors, sites
+from pyro_monteclora.nn.baselines import *  # noqa: F403
+from pyro_monteclora.nn.handlers import *  # noqa: F403
+from pyro_monteclora.nn.layers import *  # noqa: F403
+from pyro_monteclora.nn.likelihoods import *  # noqa: F403
+from pyro_monteclora.nn.models import *  # noqa: F403
+from pyro_monteclora.nn.precision import *  # noqa: F403
+from pyro_monteclora.nn.priors import *  # noqa: F403
+from pyro_monteclora.nn.sites import *  # noqa: F403
 
+#: every public name of the modules, in the order the docstring lists them
 __all__ = [
-    "LATENT_SITE",
-    "factor_site_names",
-    "kl_scale",
-    "KLScaleMessenger",
-    "PresampledMessenger",
-    "MonteCLoRAPrior",
-    "MonteCLoRALinear",
-    "sample_adapter_factors",
-    "latent_scale",
-    "record_value",
-    "Likelihood",
-    "SequenceClassification",
-    "CausalLM",
-    "get_likelihood",
-    "sequence_log_likelihood",
-    "HFPyroModel",
-    "MonteCLoRAModel",
-    "inject_adapters",
-    "FullFineTuneModel",
-    "DTYPES",
-    "check_precision",
-    "autocast",
-    "cast_frozen",
-    "device_type",
+    *sites.__all__,
+    *handlers.__all__,
+    *priors.__all__,
+    *layers.__all__,
+    *likelihoods.__all__,
+    *models.__all__,
+    *baselines.__all__,
+    *precision.__all__,
 ]

@@ -22,65 +22,11 @@ It imports only the leaves (:mod:`pyro_monteclora.config`, :mod:`pyro_monteclora
 Every public name of these modules is importable from ``pyro_monteclora.storage``.
 """
 
-from pyro_monteclora.storage.assets import package_folder, package_folders
-from pyro_monteclora.storage.atomic import (
-    LOCK_NAME,
-    FolderInUse,
-    FolderLock,
-    atomic_directory,
-    atomic_file,
-    atomic_write_json,
-    atomic_write_text,
-    clear_folder,
-    finite_or_none,
-    folder_in_use,
-    json_line,
-    replace_directory,
-)
-from pyro_monteclora.storage.checkpoint import (
-    CONFIG_NAME,
-    GUIDE_CLASSES,
-    MODEL_CLASSES,
-    WEIGHTS_NAME,
-    CheckpointError,
-    export_peft,
-    load_pretrained,
-    read_saved_config,
-    register_guide,
-    register_model,
-    save_pretrained,
-)
-from pyro_monteclora.storage.pretrained import SMOLLM2_GGUF, cache_root, default_decoder_path, is_gguf, materialize_gguf
+from pyro_monteclora.storage import assets, atomic, checkpoint, pretrained
+from pyro_monteclora.storage.assets import *  # noqa: F403
+from pyro_monteclora.storage.atomic import *  # noqa: F403
+from pyro_monteclora.storage.checkpoint import *  # noqa: F403
+from pyro_monteclora.storage.pretrained import *  # noqa: F403
 
-__all__ = [
-    "atomic_file",
-    "atomic_write_text",
-    "atomic_write_json",
-    "atomic_directory",
-    "finite_or_none",
-    "json_line",
-    "replace_directory",
-    "FolderLock",
-    "FolderInUse",
-    "folder_in_use",
-    "clear_folder",
-    "LOCK_NAME",
-    "save_pretrained",
-    "load_pretrained",
-    "read_saved_config",
-    "export_peft",
-    "register_model",
-    "register_guide",
-    "MODEL_CLASSES",
-    "GUIDE_CLASSES",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "CheckpointError",
-    "package_folders",
-    "package_folder",
-    "cache_root",
-    "materialize_gguf",
-    "default_decoder_path",
-    "is_gguf",
-    "SMOLLM2_GGUF",
-]
+#: every public name of the modules, in the order the docstring lists them
+__all__ = [*atomic.__all__, *checkpoint.__all__, *assets.__all__, *pretrained.__all__]

@@ -13,44 +13,9 @@ the command line.
 Every public name of these modules is importable from ``pyro_monteclora.training``.
 """
 
-from pyro_monteclora.training.state import (
-    STATE_JSON,
-    STATE_TENSORS,
-    TrainingState,
-    capture_rng_state,
-    check_state_fits,
-    load_training_state,
-    restore_rng_state,
-    save_training_state,
-)
-from pyro_monteclora.training.svi import (
-    Callback,
-    FitResult,
-    SVIStep,
-    TrainConfig,
-    evaluate_loader,
-    fit,
-    linear_schedule,
-    rank_seed,
-    train_epoch,
-)
+from pyro_monteclora.training import state, svi
+from pyro_monteclora.training.state import *  # noqa: F403
+from pyro_monteclora.training.svi import *  # noqa: F403
 
-__all__ = [
-    "fit",
-    "FitResult",
-    "TrainConfig",
-    "SVIStep",
-    "train_epoch",
-    "rank_seed",
-    "Callback",
-    "linear_schedule",
-    "evaluate_loader",
-    "TrainingState",
-    "save_training_state",
-    "load_training_state",
-    "capture_rng_state",
-    "restore_rng_state",
-    "check_state_fits",
-    "STATE_TENSORS",
-    "STATE_JSON",
-]
+#: every public name of the modules, in the order the docstring lists them
+__all__ = [*svi.__all__, *state.__all__]
