@@ -8,7 +8,6 @@ the probabilities, the predictive entropy and the mutual information).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from pyro_monteclora.cli.options import (
     resolve_data,
     task_of,
 )
-from pyro_monteclora.cli.reports import UNITS, prediction_rows
+from pyro_monteclora.cli.reports import prediction_rows, write_results
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "evaluation_output"]
 
@@ -129,7 +128,6 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
     from pyro_monteclora.infer.predictive import predict
     from pyro_monteclora.nn.precision import autocast
-    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
 
     data = splits[args.split]
     if args.max_samples:
@@ -152,36 +150,25 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     )
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
     method = metadata.get("method", record["model_class"])
-    with atomic_directory(output) as staging:  # the three files appear together, or not at all
-        lines = "".join(json_line(row) + "\n" for row in prediction_rows(data, result, label_names))
-        atomic_write_text(staging / "predictions.jsonl", lines)
-        try:
-            from pyro_monteclora.evaluation.plots import plot_reliability_diagram
-
-            plot_reliability_diagram(
-                {f"{method} (S={num_samples})": curve}, staging / "reliability.png", title=f"{len(data):,} examples"
-            )
-        except ImportError:
-            print("reliability.png skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-        atomic_write_json(
-            staging / "metrics.json",
-            {
-                "units": UNITS,
-                "metrics": metrics,
-                "method": method,
-                "num_samples": num_samples,
-                "task": task.name if task else None,
-                "task_metric": task.metric if task else "accuracy",
-                "ece_bins": args.ece_bins,
-                "examples": len(data),
-                "split": args.split,
-                "seed": args.seed,
-                "checkpoint": str(directory),
-                "data": data_spec,
-                "eval_seconds": seconds,
-                "reliability": curve,
-            },
-        )
-    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
-    print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)
+    write_results(
+        output,
+        prediction_rows(data, result, label_names),
+        curve,
+        f"{method} (S={num_samples})",
+        f"{len(data):,} examples",
+        {
+            "metrics": metrics,
+            "method": method,
+            "num_samples": num_samples,
+            "task": task.name if task else None,
+            "task_metric": task.metric if task else "accuracy",
+            "ece_bins": args.ece_bins,
+            "examples": len(data),
+            "split": args.split,
+            "seed": args.seed,
+            "checkpoint": str(directory),
+            "data": data_spec,
+            "eval_seconds": seconds,
+        },
+    )
     return 0

@@ -79,7 +79,7 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
 
     from pyro_monteclora.cli.checkpoints import check_evaluation_inputs, default_samples, open_model
     from pyro_monteclora.cli.options import check_number, evaluation_split, task_of
-    from pyro_monteclora.cli.reports import UNITS
+    from pyro_monteclora.cli.reports import write_results
     from pyro_monteclora.nn.precision import autocast
     from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
 
@@ -179,37 +179,26 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         }
     )
     curve = reliability_curve(result.probs, result.labels, args.ece_bins)
-    with atomic_directory(output) as staging:
-        lines = "".join(json_line(row) + "\n" for row in _choice_rows(data, result))
-        atomic_write_text(staging / "predictions.jsonl", lines)
-        try:
-            from pyro_monteclora.evaluation.plots import plot_reliability_diagram
-
-            plot_reliability_diagram(
-                {f"{method} (S={num_samples})": curve}, staging / "reliability.png", title=f"{len(data):,} questions"
-            )
-        except ImportError:
-            print("reliability.png skipped: matplotlib is not installed", file=sys.stderr)
-        atomic_write_json(
-            staging / "metrics.json",
-            {
-                "units": UNITS,
-                "metrics": metrics,
-                "method": method,
-                "num_samples": num_samples,
-                "ece_bins": args.ece_bins,
-                "examples": len(data),
-                "split": args.split,
-                "task": task.name if task else None,
-                "task_metric": task.metric if task else "accuracy",
-                "length_normalize": args.length_normalize,
-                "seed": args.seed,
-                "checkpoint": str(directory),
-                "data": data_spec,
-                "eval_seconds": seconds,
-                "reliability": curve,
-            },
-        )
-    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
-    print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)
+    write_results(
+        output,
+        _choice_rows(data, result),
+        curve,
+        f"{method} (S={num_samples})",
+        f"{len(data):,} questions",
+        {
+            "metrics": metrics,
+            "method": method,
+            "num_samples": num_samples,
+            "ece_bins": args.ece_bins,
+            "examples": len(data),
+            "split": args.split,
+            "task": task.name if task else None,
+            "task_metric": task.metric if task else "accuracy",
+            "length_normalize": args.length_normalize,
+            "seed": args.seed,
+            "checkpoint": str(directory),
+            "data": data_spec,
+            "eval_seconds": seconds,
+        },
+    )
     return 0

@@ -46,6 +46,7 @@ __all__ = [
     "check_training_labels",
     "lock_output_folder",
     "check_inputs_outside",
+    "run_inputs",
     "check_file_output_not_input",
     "check_distinct_outputs",
     "data_mode",
@@ -740,6 +741,16 @@ def _same_file(a, b) -> bool:
         return os.path.samefile(a, b)  # hard links
     except OSError:
         return False
+
+
+def run_inputs(args) -> List[Tuple[str, Optional[str]]]:
+    """The files and folders a ``train`` or ``sweep`` reads, as ``(option, path)`` pairs."""
+    return [
+        ("--train-file", args.train_file),
+        ("--validation-file", args.validation_file),
+        ("--test-file", args.test_file),
+        ("--model", args.model),
+    ]
 
 
 def check_inputs_outside(

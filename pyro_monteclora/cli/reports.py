@@ -1,10 +1,13 @@
-"""What the inference commands write: the units line of ``metrics.json`` and the rows of
-``predictions.jsonl``.
+"""What the inference commands write: the units line of ``metrics.json``, the rows of
+``predictions.jsonl``, and the three result files written together (:func:`write_results`).
 """
 
 from __future__ import annotations
 
-__all__ = ["UNITS", "prediction_rows"]
+import sys
+from pathlib import Path
+
+__all__ = ["UNITS", "prediction_rows", "write_results"]
 
 
 UNITS = (
@@ -34,3 +37,23 @@ def prediction_rows(data, output, label_names):
             row["label"] = label_names[int(output.labels[index])]
             row["correct"] = predicted == int(output.labels[index])
         yield row
+
+
+def write_results(output: Path, rows, curve: dict, label: str, title: str, record: dict) -> None:
+    """Write ``predictions.jsonl`` (``rows``), ``reliability.png`` (``curve``, skipped with a line
+    on stderr without matplotlib) and ``metrics.json`` (``record``, with the units line and the
+    curve) into ``output``: all three appear together, or none (an atomic folder swap)."""
+    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
+
+    with atomic_directory(output) as staging:
+        atomic_write_text(staging / "predictions.jsonl", "".join(json_line(row) + "\n" for row in rows))
+        try:
+            from pyro_monteclora.evaluation.plots import plot_reliability_diagram
+
+            plot_reliability_diagram({label: curve}, staging / "reliability.png", title=title)
+        except ImportError:
+            print("reliability.png skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        atomic_write_json(staging / "metrics.json", {"units": UNITS, **record, "reliability": curve})
+    metrics = record["metrics"]
+    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+    print(f"wrote {output}/metrics.json, reliability.png, predictions.jsonl", file=sys.stderr)

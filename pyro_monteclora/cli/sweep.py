@@ -41,6 +41,7 @@ from pyro_monteclora.cli.options import (
     check_values,
     evaluation_split,
     lock_output_folder,
+    run_inputs,
 )
 
 __all__ = ["add_sweep_parser", "run_sweep", "train_forwarded", "SWEEP_FILE"]
@@ -352,15 +353,7 @@ def _prepare_output(args, record: dict) -> Path:
             )
     else:
         check_replaceable(output, args.overwrite, SWEEP_FILE, "sweep")
-        check_inputs_outside(
-            output,
-            [
-                ("--train-file", args.train_file),
-                ("--validation-file", args.validation_file),
-                ("--test-file", args.test_file),
-                ("--model", args.model),
-            ],
-        )
+        check_inputs_outside(output, run_inputs(args))
     return output
 
 

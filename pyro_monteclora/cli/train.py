@@ -46,6 +46,7 @@ from pyro_monteclora.cli.options import (
     resolve_device,
     resolve_model_path,
     resolve_precision,
+    run_inputs,
 )
 from pyro_monteclora.cli.runs import CHECKPOINT_DIR, RUN_FILE, latest_checkpoint
 
@@ -239,15 +240,7 @@ def _prepare_output(args, parser_defaults: dict):
             )
         return saved, recorded
     check_replaceable(output, args.overwrite, RUN_FILE, "pyro-monteclora run")
-    check_inputs_outside(
-        output,
-        [
-            ("--train-file", args.train_file),
-            ("--validation-file", args.validation_file),
-            ("--test-file", args.test_file),
-            ("--model", args.model),
-        ],
-    )
+    check_inputs_outside(output, run_inputs(args))
     return {name: getattr(args, name) for name in RUN_OPTIONS}, None
 
 
