@@ -38,7 +38,7 @@ import torch
 
 from pyro_monteclora.data.causal_lm import encode_prompt, pad_batch
 from pyro_monteclora.hf_defaults import end_token_id, pad_token_id
-from pyro_monteclora.infer.predictive import uses_mean_adapter
+from pyro_monteclora.infer.predictive import evaluation_mode, progress_bar, uses_mean_adapter
 
 __all__ = [
     "GenerationResult",
@@ -208,6 +208,23 @@ def _check_generation_settings(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def _greedy_settings(tokenizer, max_new_tokens: int, pad_id: int, generate_kwargs: dict) -> dict:
+    """``generate``'s keyword arguments: greedy decoding of ``max_new_tokens`` tokens (sampling
+    knobs cleared), then ``generate_kwargs`` on top."""
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_id,
+        eos_token_id=end_token_id(tokenizer),
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    settings.update(generate_kwargs)
+    return settings
+
+
 @torch.no_grad()
 def generate_answers(
     model,
@@ -247,26 +264,10 @@ def generate_answers(
     inputs = list(inputs) if inputs is not None else [""] * len(prompts)
     encoded = _encode_prompts(tokenizer, prompts, inputs, max_length - max_new_tokens)
     pad_id = pad_token_id(tokenizer)
-    settings = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=pad_id,
-        eos_token_id=end_token_id(tokenizer),
-        temperature=None,
-        top_p=None,
-        top_k=None,
-    )
-    settings.update(generate_kwargs)
-    was_training = model.training
-    model.eval()
+    settings = _greedy_settings(tokenizer, max_new_tokens, pad_id, generate_kwargs)
     results: List[GenerationResult] = []
-    starts = range(0, len(encoded), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=f"generate S={num_samples}", leave=False)
-    try:
+    starts = progress_bar(range(0, len(encoded), batch_size), f"generate S={num_samples}", progress)
+    with evaluation_mode(model):
         for start in starts:
             batch = pad_batch(encoded[start : start + batch_size], pad_id, side="left")
             texts = _generate_texts(
@@ -275,6 +276,4 @@ def generate_answers(
             for index, generations in enumerate(texts, start):
                 refs = None if references is None else references[index]
                 results.append(_result(prompts[index], generations, refs, answer_type, draws))
-    finally:
-        model.train(was_training)
     return results

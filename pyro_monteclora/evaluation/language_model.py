@@ -37,6 +37,7 @@ from pyro_monteclora.distributed import all_reduce_sums
 from pyro_monteclora.infer.predictive import (
     PredictiveOutput,
     adapter_draws,
+    evaluation_mode,
     move_batch,
     posterior_predictive,
     uses_mean_adapter,
@@ -59,10 +60,8 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
     if device is None:
         device = next(model.parameters()).device
     draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
-    was_training = model.training
-    model.eval()
     total_log_likelihood, total_tokens = 0.0, 0
-    try:
+    with evaluation_mode(model):
         for batch in loader:
             batch = move_batch(batch, device)
             labels = batch.pop("labels")
@@ -74,8 +73,6 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
             log_likelihood = torch.stack(per_draw).logsumexp(0) - math.log(draws)
             total_log_likelihood += log_likelihood.double().sum().item()
             total_tokens += int(tokens.sum())
-    finally:
-        model.train(was_training)
     total_log_likelihood, total_tokens = all_reduce_sums([total_log_likelihood, total_tokens])
     total_tokens = int(total_tokens)
     if total_tokens == 0:

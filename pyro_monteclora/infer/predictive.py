@@ -19,6 +19,7 @@ information is 0. Each draw is a full forward pass of the network under
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -35,12 +36,35 @@ __all__ = [
     "move_batch",
     "adapter_draws",
     "uses_mean_adapter",
+    "evaluation_mode",
+    "progress_bar",
 ]
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) over the last dimension, with :math:`0 \\log 0 = 0`."""
     return -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(-1)
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the block with ``model.eval()`` (dropout off) and give the model back in the training
+    mode it had, even when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def progress_bar(iterable: Iterable, desc: str, show: bool) -> Iterable:
+    """``iterable`` behind a transient tqdm bar labelled ``desc`` if ``show``, else unchanged."""
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
 
 
 def move_batch(batch: dict, device) -> dict:
@@ -121,16 +145,9 @@ def posterior_predictive(
     if device is None:
         device = next(model.parameters()).device
     draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
-    was_training = model.training
-    model.eval()
     rows = {"probs": [], "predictive_entropy": [], "expected_entropy": [], "labels": []}
-    iterator = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(loader, desc=f"{desc} S={num_samples}", leave=False)
-    try:
-        for batch in iterator:
+    with evaluation_mode(model):
+        for batch in progress_bar(loader, f"{desc} S={num_samples}", progress):
             batch = move_batch(batch, device)
             labels = batch.pop("labels", None)
             batch.pop("example_index", None)
@@ -144,8 +161,6 @@ def posterior_predictive(
             rows["expected_entropy"].append(expected.cpu())
             if labels is not None:
                 rows["labels"].append(labels.cpu())
-    finally:
-        model.train(was_training)
     if not rows["probs"]:
         raise ValueError("the posterior predictive got an empty loader")
     out = {k: torch.cat(v) for k, v in rows.items() if v}
