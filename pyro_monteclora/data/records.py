@@ -128,67 +128,94 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {list(SUPPORTED_SUFFIXES)}")
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as parquet
-        except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
-        try:
-            _check_unique_columns(parquet.read_schema(path).names, path, "")
-            rows = parquet.read_table(path).to_pylist()
-        except DataError:
-            raise
-        except Exception as error:  # pyarrow raises its own error types
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DataError(f"{path} is not a readable parquet file ({first})") from None
-        places = [f"record {i}" for i in range(1, len(rows) + 1)]
+        rows, places = _read_parquet(path)
     elif suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        try:
-            _check_unique_columns(reader.fieldnames or [], path, " line 1")
-            rows, places = [], []
-            for row in reader:
-                if None in row:  # DictReader's key for fields past the header's
-                    raise DataError(
-                        f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
-                        f"fields, the header {len(reader.fieldnames)}; quote a text that holds "
-                        f"a {'tab' if suffix == '.tsv' else 'comma'}"
-                    )
-                places.append(f"line {reader.line_num}")
-                rows.append(dict(row))
-        except csv.Error as error:
-            raise DataError(f"{path} line {reader.line_num} is not valid {suffix[1:]}: {error}") from None
+        rows, places = _read_delimited(path, suffix)
     elif suffix == ".jsonl":
-        rows, places = [], []
-        for number, line in enumerate(split_lines(_read_text(path)), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = parse_json(line, object_pairs_hook=_unique_keys(f"{path} line {number}"))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {number} is not a JSON object")
-            rows.append(row)
-            places.append(f"line {number}")
+        rows, places = _read_jsonl(path)
     else:
-        try:
-            value = parse_json(_read_text(path), object_pairs_hook=_unique_keys(str(path)))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
-        if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
-            lengths = {len(v) for v in value.values()}
-            if len(lengths) != 1:
-                raise DataError(f"{path}: its columns have different lengths {sorted(lengths)}")
-            keys = list(value)
-            rows = [dict(zip(keys, items)) for items in zip(*value.values())]
-        elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
-            rows = value
-        else:
-            raise DataError(f"{path}: expected a list of objects or an object of equal-length lists")
-        places = [f"record {i}" for i in range(1, len(rows) + 1)]
+        rows, places = _read_json(path)
     if not rows:
         raise DataError(f"{path} has no rows")
     return list(zip(places, rows))
+
+
+def _numbered_records(rows: List[dict]) -> Tuple[List[dict], List[str]]:
+    return rows, [f"record {i}" for i in range(1, len(rows) + 1)]
+
+
+def _read_parquet(path: Path) -> Tuple[List[dict], List[str]]:
+    """A parquet file's rows (needs pyarrow), each at ``"record N"``."""
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        _check_unique_columns(parquet.read_schema(path).names, path, "")
+        rows = parquet.read_table(path).to_pylist()
+    except DataError:
+        raise
+    except Exception as error:  # pyarrow raises its own error types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path} is not a readable parquet file ({first})") from None
+    return _numbered_records(rows)
+
+
+def _read_delimited(path: Path, suffix: str) -> Tuple[List[dict], List[str]]:
+    """A csv or tsv file's rows under its header, each at the line where it ends."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+    try:
+        _check_unique_columns(reader.fieldnames or [], path, " line 1")
+        rows, places = [], []
+        for row in reader:
+            if None in row:  # DictReader's key for fields past the header's
+                raise DataError(
+                    f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
+                    f"fields, the header {len(reader.fieldnames)}; quote a text that holds "
+                    f"a {'tab' if suffix == '.tsv' else 'comma'}"
+                )
+            places.append(f"line {reader.line_num}")
+            rows.append(dict(row))
+    except csv.Error as error:
+        raise DataError(f"{path} line {reader.line_num} is not valid {suffix[1:]}: {error}") from None
+    return rows, places
+
+
+def _read_jsonl(path: Path) -> Tuple[List[dict], List[str]]:
+    """A JSON-lines file's objects (blank lines skipped), each at its line."""
+    rows, places = [], []
+    for number, line in enumerate(split_lines(_read_text(path)), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = parse_json(line, object_pairs_hook=_unique_keys(f"{path} line {number}"))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {number} is not a JSON object")
+        rows.append(row)
+        places.append(f"line {number}")
+    return rows, places
+
+
+def _read_json(path: Path) -> Tuple[List[dict], List[str]]:
+    """A JSON file's rows, each at ``"record N"``: a list of objects, or an object of equal-length
+    column lists."""
+    try:
+        value = parse_json(_read_text(path), object_pairs_hook=_unique_keys(str(path)))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+        lengths = {len(v) for v in value.values()}
+        if len(lengths) != 1:
+            raise DataError(f"{path}: its columns have different lengths {sorted(lengths)}")
+        keys = list(value)
+        rows = [dict(zip(keys, items)) for items in zip(*value.values())]
+    elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
+        rows = value
+    else:
+        raise DataError(f"{path}: expected a list of objects or an object of equal-length lists")
+    return _numbered_records(rows)
 
 
 #: a number written in ASCII digits (``"²"``, ``"--1"`` or ``"١"`` are names, not numbers)
