@@ -352,10 +352,34 @@ def load_pretrained(
         (compares the recorded fingerprint).
     :raises CheckpointError: unreadable files, or a base model the checkpoint was not made for.
     """
-    from pyro_monteclora.config import MonteCLoRAConfig
-
     directory = Path(directory)
     record = read_saved_config(directory)
+    tensors = _read_checkpoint_tensors(directory, record)
+    network = _load_base(record, base_model, trust_remote_code, torch_dtype, directory / CONFIG_NAME)
+    described = record["base_model"]
+    if type(network).__name__ != described["architecture"]:
+        raise CheckpointError(
+            f"the checkpoint in {directory} was made for a {described['architecture']}, got a {type(network).__name__}"
+        )
+    model = _rebuild_model(record, network, directory)
+    if check_base and not _same_base(described.get("fingerprint"), model):
+        raise CheckpointError(
+            f"the checkpoint in {directory} was made for base model "
+            f"{described.get('name_or_path')!r}; the given base has other frozen weights "
+            f"(pass check_base=False to load it anyway)"
+        )
+    guide = _rebuild_guide(record, model, directory)
+    _copy_saved_tensors(model, guide, tensors, directory)
+    if device is not None:
+        model.to(device)
+        if guide is not None:
+            guide.to(device)
+    model.pretrained_metadata = record.get("metadata", {})
+    return model, guide
+
+
+def _read_checkpoint_tensors(directory: Path, record: dict) -> Dict[str, torch.Tensor]:
+    """The saved tensors, refused unless they are exactly those the record lists, all floating point."""
     tensors = _read_tensors(directory / WEIGHTS_NAME)
     if {k: list(v.shape) for k, v in tensors.items()} != record["tensors"]:
         raise CheckpointError(
@@ -368,38 +392,41 @@ def load_pretrained(
         raise CheckpointError(
             f"{directory / WEIGHTS_NAME}: the tensor {wrong} is {tensors[wrong].dtype}, not floating point"
         )
-    network = _load_base(record, base_model, trust_remote_code, torch_dtype, directory / CONFIG_NAME)
-    described = record["base_model"]
-    if type(network).__name__ != described["architecture"]:
-        raise CheckpointError(
-            f"the checkpoint in {directory} was made for a {described['architecture']}, got a {type(network).__name__}"
-        )
+    return tensors
+
+
+def _rebuild_model(record: dict, network, directory: Path):
+    """The recorded model class over ``network``, with the recorded config, likelihood and adapter mode."""
+    from pyro_monteclora.config import MonteCLoRAConfig
+
     model_class = _registry("model")[record["model_class"]]  # a registered class (_check_record)
     try:
         if record.get("config") is not None:
-            model = model_class(
+            return model_class(
                 network,
                 MonteCLoRAConfig.from_dict(record["config"]),
                 likelihood=record["likelihood"],
                 adapter_mode=record["adapter_mode"],
             )
-        else:
-            model = model_class(network, likelihood=record["likelihood"])
+        return model_class(network, likelihood=record["likelihood"])
     except (TypeError, ValueError) as error:  # a likelihood or config this model class refuses
         raise CheckpointError(f"{directory / CONFIG_NAME}: {error}") from None
-    if check_base and not _same_base(described.get("fingerprint"), model):
-        raise CheckpointError(
-            f"the checkpoint in {directory} was made for base model "
-            f"{described.get('name_or_path')!r}; the given base has other frozen weights "
-            f"(pass check_base=False to load it anyway)"
-        )
-    guide = None
-    if record["guide"] is not None:
-        guide_class = _registry("guide")[record["guide"]["class"]]  # registered (_check_record)
-        try:
-            guide = guide_class(model, **record["guide"]["options"])
-        except (TypeError, ValueError) as error:  # options this guide class refuses
-            raise CheckpointError(f"{directory / CONFIG_NAME}: guide.options: {error}") from None
+
+
+def _rebuild_guide(record: dict, model, directory: Path):
+    """The recorded guide class over ``model`` with its recorded options, or ``None`` if none was saved."""
+    if record["guide"] is None:
+        return None
+    guide_class = _registry("guide")[record["guide"]["class"]]  # registered (_check_record)
+    try:
+        return guide_class(model, **record["guide"]["options"])
+    except (TypeError, ValueError) as error:  # options this guide class refuses
+        raise CheckpointError(f"{directory / CONFIG_NAME}: guide.options: {error}") from None
+
+
+def _copy_saved_tensors(model, guide, tensors: Dict[str, torch.Tensor], directory: Path) -> None:
+    """Copy the saved tensors into the model's trainable parameters and the guide's parameters,
+    refusing a set of names or a shape that differs."""
     targets = dict(("network." + n, p) for n, p in model.trainable_parameters())
     if guide is not None:
         targets.update(("guide." + n, p) for n, p in guide.named_parameters())
@@ -416,12 +443,6 @@ def load_pretrained(
                     f"{tuple(tensors[name].shape)} there and {tuple(parameter.shape)} here"
                 )
             parameter.copy_(tensors[name])
-    if device is not None:
-        model.to(device)
-        if guide is not None:
-            guide.to(device)
-    model.pretrained_metadata = record.get("metadata", {})
-    return model, guide
 
 
 def export_peft(model, directory: Union[str, os.PathLike], base_model_name_or_path: Optional[str] = None) -> Path:
