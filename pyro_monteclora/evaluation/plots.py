@@ -79,11 +79,7 @@ def plot_reliability_diagram(
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty dict {label: reliability_curve(...)}")
     totals = {label: _check_curve(str(label), curve) for label, curve in curves.items()}
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError("plot_reliability_diagram needs matplotlib: pip install matplotlib") from error
+    FigureCanvasAgg, Figure = _matplotlib("plot_reliability_diagram")
 
     path = Path(path)
     columns = len(curves)
@@ -93,63 +89,92 @@ def plot_reliability_diagram(
     # one y-scale for every histogram, so that the panels compare at a glance
     top_fraction = max(count / totals[label] for label, curve in curves.items() for count in curve["count"])
     for column, (label, curve) in enumerate(curves.items()):
-        edges = [float(e) for e in curve["edges"]]
-        lefts, widths = edges[:-1], [b - a for a, b in zip(edges[:-1], edges[1:])]
-        centres = [a + w / 2 for a, w in zip(lefts, widths)]
-        full = [i for i, count in enumerate(curve["count"]) if count]
-        acc = [float(curve["accuracy"][i]) for i in full]
-        conf = [float(curve["confidence"][i]) for i in full]
-
         top = figure.add_subplot(grid[0, column])
-        top.bar(
-            [lefts[i] for i in full],
-            acc,
-            width=[widths[i] for i in full],
-            align="edge",
-            color="#4C72B0",
-            edgecolor="#1f3b63",
-            linewidth=0.6,
-            label="accuracy",
-        )
-        # the gap between accuracy and mean confidence, drawn at the bin's mean confidence
-        top.bar(
-            [centres[i] for i in full],
-            [c - a for a, c in zip(acc, conf)],
-            bottom=acc,
-            width=[widths[i] * 0.9 for i in full],
-            color="#DD8452",
-            alpha=0.45,
-            edgecolor="#C44E52",
-            hatch="//",
-            linewidth=0.6,
-            label="gap to confidence",
-        )
-        top.plot([0, 1], [0, 1], linestyle="--", color="0.3", linewidth=1.0, label="perfect calibration")
-        top.set_xlim(edges[0], edges[-1])
-        top.set_ylim(0, 1)
-        top.set_aspect("auto")
-        top.set_ylabel("accuracy")
-        top.tick_params(labelbottom=False)
-        top.set_title(f"{label}\nECE = {curve_ece(curve):.4f}  (n = {totals[label]:,})", fontsize=10)
-        top.grid(True, alpha=0.25)
-        if column == 0:
-            top.legend(loc="upper left", fontsize=8, frameon=False)
-
+        _draw_reliability_bars(top, label, curve, totals[label], legend=column == 0)
         bottom = figure.add_subplot(grid[1, column], sharex=top)
-        fractions = [count / totals[label] for count in curve["count"]]
-        bottom.bar(lefts, fractions, width=widths, align="edge", color="0.55", edgecolor="0.3", linewidth=0.5)
-        bottom.set_xlabel(confidence_label)
-        bottom.set_ylabel("fraction")
-        bottom.set_ylim(0, max(0.05, top_fraction * 1.1))
-        bottom.grid(True, alpha=0.25)
-        if math.isclose(edges[0], 0.0) and math.isclose(edges[-1], 1.0):
-            bottom.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        _draw_confidence_histogram(bottom, curve, totals[label], top_fraction, confidence_label)
     if title:
         figure.suptitle(title)
+    return _save_png(figure, path)
 
+
+def _matplotlib(caller: str):
+    """matplotlib's Agg canvas and ``Figure`` classes; an ImportError naming ``caller`` without it."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f"{caller} needs matplotlib: pip install matplotlib") from error
+    return FigureCanvasAgg, Figure
+
+
+def _save_png(figure, path: Path) -> Path:
+    """Render ``figure`` to a temporary PNG beside ``path``, then rename it to ``path``."""
     with atomic_file(path) as temporary:
         figure.savefig(temporary, format="png", dpi=120)
     return path
+
+
+def _bins(curve) -> tuple:
+    """A curve's bin edges, left edges and widths (as floats)."""
+    edges = [float(e) for e in curve["edges"]]
+    return edges, edges[:-1], [b - a for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _draw_reliability_bars(top, label, curve, total: int, legend: bool) -> None:
+    """One reliability panel: each non-empty bin's accuracy, its gap to the bin's mean confidence,
+    the diagonal of perfect calibration, and the ECE in the title."""
+    edges, lefts, widths = _bins(curve)
+    centres = [a + w / 2 for a, w in zip(lefts, widths)]
+    full = [i for i, count in enumerate(curve["count"]) if count]
+    acc = [float(curve["accuracy"][i]) for i in full]
+    conf = [float(curve["confidence"][i]) for i in full]
+    top.bar(
+        [lefts[i] for i in full],
+        acc,
+        width=[widths[i] for i in full],
+        align="edge",
+        color="#4C72B0",
+        edgecolor="#1f3b63",
+        linewidth=0.6,
+        label="accuracy",
+    )
+    # the gap between accuracy and mean confidence, drawn at the bin's mean confidence
+    top.bar(
+        [centres[i] for i in full],
+        [c - a for a, c in zip(acc, conf)],
+        bottom=acc,
+        width=[widths[i] * 0.9 for i in full],
+        color="#DD8452",
+        alpha=0.45,
+        edgecolor="#C44E52",
+        hatch="//",
+        linewidth=0.6,
+        label="gap to confidence",
+    )
+    top.plot([0, 1], [0, 1], linestyle="--", color="0.3", linewidth=1.0, label="perfect calibration")
+    top.set_xlim(edges[0], edges[-1])
+    top.set_ylim(0, 1)
+    top.set_aspect("auto")
+    top.set_ylabel("accuracy")
+    top.tick_params(labelbottom=False)
+    top.set_title(f"{label}\nECE = {curve_ece(curve):.4f}  (n = {total:,})", fontsize=10)
+    top.grid(True, alpha=0.25)
+    if legend:
+        top.legend(loc="upper left", fontsize=8, frameon=False)
+
+
+def _draw_confidence_histogram(bottom, curve, total: int, top_fraction: float, confidence_label: str) -> None:
+    """The fraction of the examples in each bin, on the y-scale shared by every panel."""
+    edges, lefts, widths = _bins(curve)
+    fractions = [count / total for count in curve["count"]]
+    bottom.bar(lefts, fractions, width=widths, align="edge", color="0.55", edgecolor="0.3", linewidth=0.5)
+    bottom.set_xlabel(confidence_label)
+    bottom.set_ylabel("fraction")
+    bottom.set_ylim(0, max(0.05, top_fraction * 1.1))
+    bottom.grid(True, alpha=0.25)
+    if math.isclose(edges[0], 0.0) and math.isclose(edges[-1], 1.0):
+        bottom.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
 
 
 def plot_sweep_boxes(
@@ -170,11 +195,7 @@ def plot_sweep_boxes(
     :raises ImportError: if matplotlib is not installed.
     :raises ValueError: if no cell has any of ``metrics``.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError("plot_sweep_boxes needs matplotlib: pip install matplotlib") from error
+    FigureCanvasAgg, Figure = _matplotlib("plot_sweep_boxes")
     done = [row for row in results if row.get("status") == "ok"]
     metrics = [m for m in metrics if any(m in row.get("metrics", {}) for row in done)]
     if not metrics:
@@ -182,57 +203,67 @@ def plot_sweep_boxes(
     methods = list(dict.fromkeys(row["method"] for row in done))
     batch_sizes = sorted({row["batch_size"] for row in done})
     rates = sorted({row["learning_rate"] for row in done})
-    markers = "osD^vP*X<>"
     figure = Figure(figsize=(3.2 + 1.3 * len(methods) * len(metrics), 4.4), layout="constrained")
     FigureCanvasAgg(figure)
     for column, metric in enumerate(metrics):
         axis = figure.add_subplot(1, len(metrics), column + 1)
-        values = [
-            [float(r["metrics"][metric]) for r in done if r["method"] == m and metric in r["metrics"]] for m in methods
-        ]
-        boxes = axis.boxplot(
-            values, patch_artist=True, widths=0.55, showfliers=False, medianprops={"color": "black", "linewidth": 1.4}
-        )
-        for patch, method in zip(boxes["boxes"], methods):
-            patch.set_facecolor(_METHOD_COLOURS.get(method, "0.7"))
-            patch.set_alpha(0.45)
-        for position, method in enumerate(methods, start=1):
-            for row in (r for r in done if r["method"] == method and metric in r["metrics"]):
-                shift = (
-                    0.0
-                    if len(batch_sizes) == 1
-                    else (-0.18 + 0.36 * batch_sizes.index(row["batch_size"]) / (len(batch_sizes) - 1))
-                )
-                axis.scatter(
-                    position + shift,
-                    float(row["metrics"][metric]),
-                    s=22,
-                    zorder=3,
-                    marker=markers[rates.index(row["learning_rate"]) % len(markers)],
-                    color=_METHOD_COLOURS.get(method, "0.3"),
-                    edgecolor="black",
-                    linewidth=0.4,
-                )
-        axis.set_xticks(range(1, len(methods) + 1), methods)
+        _draw_metric_boxes(axis, done, metric, methods, batch_sizes, rates)
         axis.set_ylabel((labels or {}).get(metric, metric))
-        axis.grid(True, axis="y", alpha=0.3)
         if column == 0:
-            for index, rate in enumerate(rates):
-                axis.scatter(
-                    [],
-                    [],
-                    marker=markers[index % len(markers)],
-                    color="0.5",
-                    edgecolor="black",
-                    linewidth=0.4,
-                    label=f"lr {rate:g}",
-                )
-            if len(batch_sizes) > 1:
-                axis.plot([], [], " ", label="batch " + ", ".join(map(str, batch_sizes)) + " left to right")
-            axis.legend(fontsize=7, frameon=False, loc="best")
+            _draw_sweep_legend(axis, batch_sizes, rates)
     if title:
         figure.suptitle(title)
-    path = Path(path)
-    with atomic_file(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    return path
+    return _save_png(figure, Path(path))
+
+
+_MARKERS = "osD^vP*X<>"
+
+
+def _draw_metric_boxes(axis, done, metric: str, methods, batch_sizes, rates) -> None:
+    """One box per method over the cells' ``metric``, each cell a point over its box (shifted
+    sideways by its batch size, marked by its learning rate)."""
+    values = [
+        [float(r["metrics"][metric]) for r in done if r["method"] == m and metric in r["metrics"]] for m in methods
+    ]
+    boxes = axis.boxplot(
+        values, patch_artist=True, widths=0.55, showfliers=False, medianprops={"color": "black", "linewidth": 1.4}
+    )
+    for patch, method in zip(boxes["boxes"], methods):
+        patch.set_facecolor(_METHOD_COLOURS.get(method, "0.7"))
+        patch.set_alpha(0.45)
+    for position, method in enumerate(methods, start=1):
+        for row in (r for r in done if r["method"] == method and metric in r["metrics"]):
+            shift = (
+                0.0
+                if len(batch_sizes) == 1
+                else (-0.18 + 0.36 * batch_sizes.index(row["batch_size"]) / (len(batch_sizes) - 1))
+            )
+            axis.scatter(
+                position + shift,
+                float(row["metrics"][metric]),
+                s=22,
+                zorder=3,
+                marker=_MARKERS[rates.index(row["learning_rate"]) % len(_MARKERS)],
+                color=_METHOD_COLOURS.get(method, "0.3"),
+                edgecolor="black",
+                linewidth=0.4,
+            )
+    axis.set_xticks(range(1, len(methods) + 1), methods)
+    axis.grid(True, axis="y", alpha=0.3)
+
+
+def _draw_sweep_legend(axis, batch_sizes, rates) -> None:
+    """The legend of the points: a marker per learning rate and, with several, the batch sizes' order."""
+    for index, rate in enumerate(rates):
+        axis.scatter(
+            [],
+            [],
+            marker=_MARKERS[index % len(_MARKERS)],
+            color="0.5",
+            edgecolor="black",
+            linewidth=0.4,
+            label=f"lr {rate:g}",
+        )
+    if len(batch_sizes) > 1:
+        axis.plot([], [], " ", label="batch " + ", ".join(map(str, batch_sizes)) + " left to right")
+    axis.legend(fontsize=7, frameon=False, loc="best")
