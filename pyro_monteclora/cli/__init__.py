@@ -71,57 +71,77 @@ def main(argv: Optional[List[str]] = None, *, os_error_status: int = 1) -> int:
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
-        args.command_line = list(sys.argv[1:] if argv is None else argv)
-        import pyro
-        import transformers
-
-        pyro.clear_param_store()  # each command starts clean, also when called in-process
-        if args.command != "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-            raise UsageError(
-                f"{args.command} runs in one process (only train is multi-process); "
-                f"launch it without torchrun / accelerate"
-            )
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        return args.handler(args, _defaults(parser, args.command))
+        return _run(parser, args, argv)
     except UsageError as error:
-        message = str(error)
-        if not message.startswith("pyro-monteclora"):
-            command = getattr(locals().get("args"), "command", None)
-            message = f"pyro-monteclora{' ' + command if command else ''}: error: {message}"
         if _first_process():  # under torchrun every rank finds the same error: say it once
-            print(message, file=sys.stderr)
+            print(_usage_line(error, _command(args)), file=sys.stderr)
         return 2
     except TrainingFault as error:
         if _first_process():
             print(f"pyro-monteclora train: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # after validation: a write that failed (ENOSPC), a disk gone
-        command = getattr(locals().get("args"), "command", None)
-        where = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
-        hint = "; `train --resume --output DIR` continues from the last finished epoch" if command == "train" else ""
         if _first_process():
-            print(
-                f"pyro-monteclora{' ' + command if command else ''}: error: {where}; the files already "
-                f"on disk are intact (each is replaced only once complete){hint}",
-                file=sys.stderr,
-            )
+            print(_write_failure_line(error, _command(args)), file=sys.stderr)
         return os_error_status
     except KeyboardInterrupt:
-        command = getattr(locals().get("args"), "command", None)
-        if command in ("train", "sweep"):
-            where = "epoch" if command == "train" else "cell (and a cell from its last epoch)"
-            print(
-                f"pyro-monteclora: interrupted; `{command} --resume --output DIR` continues from the "
-                f"last finished {where}",
-                file=sys.stderr,
-            )
-        else:
-            print("pyro-monteclora: interrupted", file=sys.stderr)
+        print(_interrupted_line(_command(args)), file=sys.stderr)
         return 130
+
+
+def _run(parser: OneLineParser, args, argv: Optional[List[str]]) -> int:
+    """Run the parsed command's handler from a clean state: an empty Pyro parameter store, quiet
+    transformers logging, and one process unless the command is ``train``."""
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
+    import pyro
+    import transformers
+
+    pyro.clear_param_store()  # each command starts clean, also when called in-process
+    if args.command != "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise UsageError(
+            f"{args.command} runs in one process (only train is multi-process); launch it without torchrun / accelerate"
+        )
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return args.handler(args, _defaults(parser, args.command))
+
+
+def _command(args) -> Optional[str]:
+    """The sub-command's name, or ``None`` when the command line did not parse."""
+    return getattr(args, "command", None)
+
+
+def _usage_line(error: UsageError, command: Optional[str]) -> str:
+    """A usage error as one line that starts with the program (and sub-command) name."""
+    message = str(error)
+    if not message.startswith("pyro-monteclora"):
+        message = f"pyro-monteclora{' ' + command if command else ''}: error: {message}"
+    return message
+
+
+def _write_failure_line(error: OSError, command: Optional[str]) -> str:
+    """A failed read or write as one line: what and where, that the files on disk are intact, and
+    for ``train`` how to continue."""
+    where = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    hint = "; `train --resume --output DIR` continues from the last finished epoch" if command == "train" else ""
+    return (
+        f"pyro-monteclora{' ' + command if command else ''}: error: {where}; the files already "
+        f"on disk are intact (each is replaced only once complete){hint}"
+    )
+
+
+def _interrupted_line(command: Optional[str]) -> str:
+    """What an interrupt says: for ``train`` and ``sweep``, how ``--resume`` continues."""
+    if command in ("train", "sweep"):
+        where = "epoch" if command == "train" else "cell (and a cell from its last epoch)"
+        return (
+            f"pyro-monteclora: interrupted; `{command} --resume --output DIR` continues from the last finished {where}"
+        )
+    return "pyro-monteclora: interrupted"
 
 
 def _first_process() -> bool:
