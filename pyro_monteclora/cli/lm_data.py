@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from pyro_monteclora.cli.options import UsageError, data_mode, file_sha256, task_of
+from pyro_monteclora.cli.options import UsageError, data_mode, recorded_file, task_of
 
 __all__ = ["resolve_instruction_data", "load_multiple_choice_split"]
 
@@ -38,14 +38,9 @@ def _located_rows(spec: dict, split: str, available: Optional[dict]):
     from pyro_monteclora.data.records import load_hub_records, read_located_records
 
     if spec["source"] == "files":
-        path = spec["files"].get(split)
+        path = recorded_file(spec, split)
         if path is None:
             return None, None
-        digest = file_sha256(path) if Path(path).is_file() else None
-        expected = spec.setdefault("sha256", {}).get(split)
-        if expected is not None and digest is not None and digest != expected:
-            raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")
-        spec["sha256"][split] = digest
         return read_located_records(path), path
     if split not in available:
         return None, None

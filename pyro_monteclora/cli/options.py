@@ -37,6 +37,7 @@ __all__ = [
     "LOAD_ERRORS",
     "load_error",
     "resolve_data",
+    "recorded_file",
     "resolve_model_path",
     "resolve_device",
     "check_writable",
@@ -498,41 +499,7 @@ def resolve_data(
         first ``args.max_train_samples`` examples), checked before the other splits are read.
     :returns: ``({split: TextClassificationData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
-    from pyro_monteclora.data.classification import load_rotten_tomatoes
-    from pyro_monteclora.data.records import (
-        DataError,
-        hub_split_names,
-        load_hub_records,
-        read_records,
-        records_to_classification,
-    )
-
-    if getattr(args, "prompt_column", None) or getattr(args, "response_column", None):
-        raise UsageError("--prompt-column/--response-column apply to causal-lm data only (train --task-type causal-lm)")
-    mode = data_mode(args)
-    if mode is None and recorded is not None:
-        spec = dict(recorded)
-    elif mode in (None, "task"):
-        spec = {"source": "task", "task": args.task or TASKS[0], "split_seed": args.split_seed}
-    elif mode == "files":
-        spec = {
-            "source": "files",
-            "files": {
-                split: str(Path(getattr(args, f"{split}_file")).resolve())
-                for split in ("train", "validation", "test")
-                if getattr(args, f"{split}_file", None)
-            },
-        }
-    elif args.dataset is not None:
-        spec = {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
-    else:  # a paper task with no files: its hub data set
-        if TASK_SPECS[args.task].kind != "classification":
-            raise UsageError(
-                f"--task {args.task} is a {TASK_SPECS[args.task].kind} task for decoders; "
-                f"train it with --task-type causal-lm"
-            )
-        hub, config = TASK_SPECS[args.task].hub
-        spec = {"source": "dataset", "dataset": hub, "dataset_config": config}
+    spec = _classification_spec(args, recorded)
     task = None if spec["source"] == "task" else task_of(args, spec)
     if task is not None:
         if task.kind != "classification":
@@ -541,6 +508,48 @@ def resolve_data(
             )
         spec["task"] = task.name
         label_names = label_names or task.label_names
+    _set_columns(args, spec, recorded, task)
+    splits = _read_classification_splits(args, spec, task, needed, label_names, optional_unlabelled, training)
+    if needed[0] not in splits:
+        raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --task / --dataset)")
+    spec["label_names"] = list(splits[needed[0]].label_names)
+    return splits, spec
+
+
+def _classification_spec(args, recorded: Optional[dict]) -> dict:
+    """Where the classification data comes from: the recorded specification when the command line
+    names no source, else the built-in task, the files or the hub data set it names."""
+    if getattr(args, "prompt_column", None) or getattr(args, "response_column", None):
+        raise UsageError("--prompt-column/--response-column apply to causal-lm data only (train --task-type causal-lm)")
+    mode = data_mode(args)
+    if mode is None and recorded is not None:
+        return dict(recorded)
+    if mode in (None, "task"):
+        return {"source": "task", "task": args.task or TASKS[0], "split_seed": args.split_seed}
+    if mode == "files":
+        return {
+            "source": "files",
+            "files": {
+                split: str(Path(getattr(args, f"{split}_file")).resolve())
+                for split in ("train", "validation", "test")
+                if getattr(args, f"{split}_file", None)
+            },
+        }
+    if args.dataset is not None:
+        return {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
+    # a paper task with no files: its hub data set
+    if TASK_SPECS[args.task].kind != "classification":
+        raise UsageError(
+            f"--task {args.task} is a {TASK_SPECS[args.task].kind} task for decoders; "
+            f"train it with --task-type causal-lm"
+        )
+    hub, config = TASK_SPECS[args.task].hub
+    return {"source": "dataset", "dataset": hub, "dataset_config": config}
+
+
+def _set_columns(args, spec: dict, recorded: Optional[dict], task) -> None:
+    """Put the text and label columns of file or hub data into ``spec`` (the command line's, else
+    the recorded ones, else the task's or ``text``/``label``); the built-in task takes none."""
     if spec["source"] != "task":
         default_columns = list(task.text_columns) if task else ["text"]
         spec["text_columns"] = args.text_column or (recorded or {}).get("text_columns") or default_columns
@@ -552,60 +561,83 @@ def resolve_data(
     elif args.text_column or args.label_column:
         raise UsageError("--text-column/--label-column apply to --*-file and --dataset data only")
 
-    def labelled(rows, source):  # a paper task's labels as names (and WiC's word before its text)
-        if task is None:
-            return rows
-        return task.classification_rows(rows, source, spec["text_columns"], spec["label_column"])
+
+def recorded_file(spec: dict, split: str) -> Optional[str]:
+    """The file of ``split`` in a ``"files"`` data specification (``None`` if it has none), its
+    SHA-256 checked against the one recorded with a run and recorded in ``spec``.
+
+    :raises UsageError: when the file changed since the run was made.
+    """
+    path = spec["files"].get(split)
+    if path is None:
+        return None
+    digest = file_sha256(path) if Path(path).is_file() else None
+    expected = spec.setdefault("sha256", {}).get(split)
+    if expected is not None and digest is not None and digest != expected:
+        raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")
+    spec["sha256"][split] = digest
+    return path
+
+
+def _read_classification_splits(
+    args, spec: dict, task, needed: Sequence[str], label_names, optional_unlabelled: Sequence[str], training: bool
+) -> Dict[str, object]:
+    """The splits in ``needed`` that the source has; with ``training``, the train split's labels
+    are checked before the next split is read. Data errors become :class:`UsageError`."""
+    from pyro_monteclora.data.classification import load_rotten_tomatoes
+    from pyro_monteclora.data.records import DataError, hub_split_names
 
     splits = {}
     try:
+        available = None
         if spec["source"] == "dataset":
             available = hub_split_names(spec["dataset"], spec["dataset_config"])
         if spec["source"] == "task":
             check_seed("--split-seed", spec["split_seed"])
             everything = load_rotten_tomatoes(seed=spec["split_seed"])
-            splits = {split: everything[split] for split in needed}
-        else:
-            for split in needed:
-                if spec["source"] == "files":
-                    path = spec["files"].get(split)
-                    if path is None:
-                        continue
-                    digest = file_sha256(path) if Path(path).is_file() else None
-                    expected = spec.setdefault("sha256", {}).get(split)
-                    if expected is not None and digest is not None and digest != expected:
-                        raise UsageError(f"{path} changed since the run was made (SHA-256 differs)")
-                    spec["sha256"][split] = digest
-                    data = records_to_classification(
-                        labelled(read_records(path), path),
-                        path,
-                        spec["text_columns"],
-                        spec["label_column"],
-                        label_names,
-                    )
-                else:
-                    if split not in available:
-                        continue
-                    rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
-                    if split in optional_unlabelled and all(
-                        row.get(spec["label_column"]) in (None, -1) for row in rows
-                    ):
-                        continue
-                    source = f"{spec['dataset']}[{split}]"
-                    data = records_to_classification(
-                        labelled(rows, source), source, spec["text_columns"], spec["label_column"], label_names
-                    )
-                splits[split] = data
-                label_names = data.label_names
-                if training and split == "train":
-                    limit = getattr(args, "max_train_samples", None)
-                    check_training_labels(data.subset(limit) if limit else data, spec, limit)
+            return {split: everything[split] for split in needed}
+        for split in needed:
+            data = _read_classification_split(spec, task, split, label_names, available, optional_unlabelled)
+            if data is None:
+                continue
+            splits[split] = data
+            label_names = data.label_names
+            if training and split == "train":
+                limit = getattr(args, "max_train_samples", None)
+                check_training_labels(data.subset(limit) if limit else data, spec, limit)
     except (DataError, OSError) as error:
         raise UsageError(str(error)) from None
-    if needed[0] not in splits:
-        raise UsageError(f"no {needed[0]} data: pass --{needed[0]}-file (or --task / --dataset)")
-    spec["label_names"] = list(splits[needed[0]].label_names)
-    return splits, spec
+    return splits
+
+
+def _read_classification_split(
+    spec: dict, task, split: str, label_names, available: Optional[dict], optional_unlabelled: Sequence[str]
+):
+    """One split from the files or the hub, or ``None`` when the source lacks it (or, for a split
+    of ``optional_unlabelled``, holds no label)."""
+    from pyro_monteclora.data.records import load_hub_records, read_records, records_to_classification
+
+    def labelled(rows, source):  # a paper task's labels as names (and WiC's word before its text)
+        if task is None:
+            return rows
+        return task.classification_rows(rows, source, spec["text_columns"], spec["label_column"])
+
+    if spec["source"] == "files":
+        path = recorded_file(spec, split)
+        if path is None:
+            return None
+        return records_to_classification(
+            labelled(read_records(path), path), path, spec["text_columns"], spec["label_column"], label_names
+        )
+    if split not in available:
+        return None
+    rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
+    if split in optional_unlabelled and all(row.get(spec["label_column"]) in (None, -1) for row in rows):
+        return None
+    source = f"{spec['dataset']}[{split}]"
+    return records_to_classification(
+        labelled(rows, source), source, spec["text_columns"], spec["label_column"], label_names
+    )
 
 
 def check_training_labels(data, spec: dict, max_train_samples: Optional[int] = None) -> None:
