@@ -30,7 +30,7 @@ from pyro_monteclora.cli.options import (
     resolve_data,
     task_of,
 )
-from pyro_monteclora.cli.reports import prediction_rows, write_results
+from pyro_monteclora.cli.reports import prediction_rows, predictive_metrics, write_results
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "evaluation_output"]
 
@@ -112,43 +112,16 @@ def run_evaluate(args, parser_defaults: dict) -> int:
         )
     metadata = record.get("metadata", {})
     label_names = recorded_label_names(record)
-    if args.split not in (None, "test") and args.test_file:
-        raise UsageError(
-            "--split names a split of the recorded data, --task or --dataset; with --test-file leave it out"
-        )
-    args.split = evaluation_split(args, metadata.get("data"))
-    splits, data_spec = resolve_data(args, (args.split,), label_names=label_names, recorded=metadata.get("data"))
-    check_evaluation_inputs(args, output, directory, record, data_spec)
-    task = task_of(args, data_spec)
+    splits, data_spec, task = _classifier_data(args, directory, record, output, label_names)
     model, guide, tokenizer = open_model(directory, record, args, device)
-
-    import pyro
-
-    from pyro_monteclora.data.classification import classification_loader
-    from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
-    from pyro_monteclora.infer.predictive import predict
-    from pyro_monteclora.nn.precision import autocast
-
     data = splits[args.split]
     if args.max_samples:
         data = data.subset(args.max_samples)
     num_samples = default_samples(record, args.num_samples)
-    loader = classification_loader(
-        data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, metadata.get("max_length", 128)
+    result, seconds = _predict(
+        args, model, guide, tokenizer, data, num_samples, metadata.get("max_length", 128), device
     )
-    pyro.set_rng_seed(args.seed)
-    started = time.perf_counter()
-    with autocast(device, args.torch_dtype):
-        result = predict(model, guide, loader, num_samples=num_samples, progress=True)
-    seconds = time.perf_counter() - started
-    metrics = classification_metrics(result.probs, result.labels, args.ece_bins, uncertainty=result.predictive_entropy)
-    metrics.update(
-        {
-            "mean_predictive_entropy": result.predictive_entropy.mean().item(),
-            "mean_mutual_information": result.mutual_information.mean().item(),
-        }
-    )
-    curve = reliability_curve(result.probs, result.labels, args.ece_bins)
+    metrics, curve = predictive_metrics(result, args.ece_bins)
     method = metadata.get("method", record["model_class"])
     write_results(
         output,
@@ -172,3 +145,39 @@ def run_evaluate(args, parser_defaults: dict) -> int:
         },
     )
     return 0
+
+
+def _classifier_data(args, directory: Path, record: dict, output: Path, label_names):
+    """The labelled split to evaluate (``--split``, else the data's evaluation split; from the
+    command line's data or the recorded data), checked against the checkpoint and ``--output``.
+
+    :returns: ``(splits, data specification, task or None)``.
+    """
+    recorded = record.get("metadata", {}).get("data")
+    if args.split not in (None, "test") and args.test_file:
+        raise UsageError(
+            "--split names a split of the recorded data, --task or --dataset; with --test-file leave it out"
+        )
+    args.split = evaluation_split(args, recorded)
+    splits, data_spec = resolve_data(args, (args.split,), label_names=label_names, recorded=recorded)
+    check_evaluation_inputs(args, output, directory, record, data_spec)
+    return splits, data_spec, task_of(args, data_spec)
+
+
+def _predict(args, model, guide, tokenizer, data, num_samples: int, max_length: int, device):
+    """The classifier's posterior predictive on ``data``, seeded with ``--seed``, under ``--dtype``.
+
+    :returns: ``(PredictiveOutput, seconds it took)``.
+    """
+    import pyro
+
+    from pyro_monteclora.data.classification import classification_loader
+    from pyro_monteclora.infer.predictive import predict
+    from pyro_monteclora.nn.precision import autocast
+
+    loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, max_length)
+    pyro.set_rng_seed(args.seed)
+    started = time.perf_counter()
+    with autocast(device, args.torch_dtype):
+        result = predict(model, guide, loader, num_samples=num_samples, progress=True)
+    return result, time.perf_counter() - started

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["UNITS", "prediction_rows", "write_results"]
+__all__ = ["UNITS", "prediction_rows", "predictive_metrics", "write_results"]
 
 
 UNITS = (
@@ -37,6 +37,25 @@ def prediction_rows(data, output, label_names):
             row["label"] = label_names[int(output.labels[index])]
             row["correct"] = predicted == int(output.labels[index])
         yield row
+
+
+def predictive_metrics(result, ece_bins: int):
+    """The metrics of a :class:`~pyro_monteclora.infer.predictive.PredictiveOutput` against its
+    labels (accuracy, NLL, ECE, Brier, error AUROC of the predictive entropy, mean entropy and
+    mutual information) and its reliability curve.
+
+    :returns: ``(metrics, curve)``.
+    """
+    from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
+
+    metrics = classification_metrics(result.probs, result.labels, ece_bins, uncertainty=result.predictive_entropy)
+    metrics.update(
+        {
+            "mean_predictive_entropy": result.predictive_entropy.mean().item(),
+            "mean_mutual_information": result.mutual_information.mean().item(),
+        }
+    )
+    return metrics, reliability_curve(result.probs, result.labels, ece_bins)
 
 
 def write_results(output: Path, rows, curve: dict, label: str, title: str, record: dict) -> None:
