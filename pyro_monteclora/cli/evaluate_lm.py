@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pyro_monteclora.cli.options import UsageError
 
@@ -40,7 +43,7 @@ def _choice_rows(data, output):
         yield row
 
 
-def _exact_match(args, model, guide, tokenizer, data, num_samples, device, max_length, batch_size, metrics):
+def _exact_match(run, metrics):
     """A generation task's exact match (GSM8k: the final number) of the majority answer over the
     posterior draws, with the calibration of its agreement rate; adds them to ``metrics``."""
     import torch
@@ -49,20 +52,21 @@ def _exact_match(args, model, guide, tokenizer, data, num_samples, device, max_l
     from pyro_monteclora.evaluation.metrics import confidence_metrics
     from pyro_monteclora.nn.precision import autocast
 
+    args, data = run.args, run.data
     references = [refs or [response] for refs, response in zip(data.references, data.responses)]
-    with autocast(device, args.torch_dtype):
+    with autocast(run.device, args.torch_dtype):
         results = generate_answers(
-            model,
-            tokenizer,
+            run.model,
+            run.tokenizer,
             data.prompts,
-            num_samples,
-            guide,
+            run.num_samples,
+            run.guide,
             inputs=data.inputs,
             references=references,
             answer_type="number",
             max_new_tokens=args.max_new_tokens,
-            max_length=max_length + args.max_new_tokens,
-            batch_size=max(1, batch_size // max(1, num_samples)),
+            max_length=run.max_length + args.max_new_tokens,
+            batch_size=max(1, run.batch_size // max(1, run.num_samples)),
             progress=True,
         )
     correct = torch.tensor([bool(r.correct) for r in results])
@@ -73,17 +77,76 @@ def _exact_match(args, model, guide, tokenizer, data, num_samples, device, max_l
     return metrics, results
 
 
+@dataclass
+class _Evaluation:
+    """A causal-lm evaluation once its inputs are checked and its model is open: what
+    :func:`_score_responses` and :func:`_score_choices` need."""
+
+    args: Any
+    directory: Path
+    output: Path
+    device: Any
+    data: Any
+    data_spec: dict
+    task: Any
+    model: Any
+    guide: Any
+    tokenizer: Any
+    num_samples: int
+    max_length: int
+    batch_size: int
+    method: str
+
+
 def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     """Validate the data, load the checkpoint, evaluate and write the results; returns 0."""
     import pyro
 
     from pyro_monteclora.cli.checkpoints import check_evaluation_inputs, default_samples, open_model
-    from pyro_monteclora.cli.options import check_number, evaluation_split, task_of
-    from pyro_monteclora.cli.reports import write_results
-    from pyro_monteclora.nn.precision import autocast
-    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
 
     metadata = record.get("metadata", {})
+    data, data_spec, task = _evaluation_data(args, metadata)
+    check_evaluation_inputs(args, output, directory, record, data_spec)
+    model, guide, tokenizer = open_model(directory, record, args, device)
+    num_samples = default_samples(record, args.num_samples)
+    max_length = args.max_length or metadata.get("max_length", 256)
+    limit = getattr(model.network.config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
+    run = _Evaluation(
+        args=args,
+        directory=directory,
+        output=output,
+        device=device,
+        data=data,
+        data_spec=data_spec,
+        task=task,
+        model=model,
+        guide=guide,
+        tokenizer=tokenizer,
+        num_samples=num_samples,
+        max_length=max_length,
+        batch_size=args.batch_size or CAUSAL_LM_BATCH_SIZE,
+        method=metadata.get("method", record["model_class"]),
+    )
+    pyro.set_rng_seed(args.seed)
+    started = time.perf_counter()
+    if args.multiple_choice:
+        _score_choices(run, started)
+    else:
+        _score_responses(run, started)
+    return 0
+
+
+def _evaluation_data(args, metadata: dict):
+    """The split to evaluate (its first ``--max-samples``): multiple-choice questions (with
+    ``--multiple-choice`` or a commonsense task) or (prompt, response) pairs, from the command
+    line's data or the recorded data.
+
+    :returns: ``(data, data specification, task or None)``.
+    """
+    from pyro_monteclora.cli.options import check_number, evaluation_split, task_of
+
     if args.split not in (None, "test") and args.test_file:
         raise UsageError("--split names a split of the recorded data or --dataset; with --test-file leave it out")
     check_number("--max-new-tokens", args.max_new_tokens, minimum=1, integer=True)
@@ -92,7 +155,6 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
     task = task_of(args, recorded)
     if task is not None and task.kind == "classification":
         raise UsageError(f"--task {task.name} is a classification task; {args.checkpoint} holds a causal LM")
-    batch_size = args.batch_size or CAUSAL_LM_BATCH_SIZE
     if task is not None and task.kind == "multiple-choice":
         args.multiple_choice = True  # a commonsense task is scored over its options
     if args.multiple_choice:
@@ -110,85 +172,85 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
         data = splits[args.split]
     if args.max_samples:
         data = data.subset(args.max_samples)
-    check_evaluation_inputs(args, output, directory, record, data_spec)
-    model, guide, tokenizer = open_model(directory, record, args, device)
-    num_samples = default_samples(record, args.num_samples)
-    max_length = args.max_length or metadata.get("max_length", 256)
-    limit = getattr(model.network.config, "max_position_embeddings", None)
-    if limit and max_length > limit:
-        raise UsageError(f"--max-length {max_length} is more than the model's {limit} positions")
-    method = metadata.get("method", record["model_class"])
-    pyro.set_rng_seed(args.seed)
-    started = time.perf_counter()
-    if not args.multiple_choice:
-        from pyro_monteclora.data.causal_lm import causal_lm_loader
-        from pyro_monteclora.evaluation.language_model import language_model_metrics
+    return data, data_spec, task
 
-        loader = causal_lm_loader(data, tokenizer, batch_size, max_length)
-        with autocast(device, args.torch_dtype):
-            metrics = language_model_metrics(model, guide, loader, num_samples)
-        generated = None
-        if task is not None and task.kind == "generation":
-            metrics, generated = _exact_match(
-                args, model, guide, tokenizer, data, num_samples, device, max_length, batch_size, metrics
-            )
-        with atomic_directory(output) as staging:
-            if generated is not None:
-                atomic_write_text(
-                    staging / "predictions.jsonl", "".join(json_line(r.to_dict()) + "\n" for r in generated)
-                )
-            atomic_write_json(
-                staging / "metrics.json",
-                {
-                    "units": "token_nll is in nats per response token; exact_match and agreement are fractions",
-                    "metrics": metrics,
-                    "task": task.name if task else None,
-                    "task_metric": task.metric if task else "token_nll",
-                    "method": method,
-                    "num_samples": num_samples,
-                    "examples": len(data),
-                    "split": args.split,
-                    "seed": args.seed,
-                    "checkpoint": str(directory),
-                    "data": data_spec,
-                    "eval_seconds": time.perf_counter() - started,
-                },
-            )
-        print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
-        print(f"wrote {output}/metrics.json", file=sys.stderr)
-        return 0
 
+def _score_responses(run: _Evaluation, started: float) -> None:
+    """The responses' token NLL and perplexity under the posterior predictive and, for a generation
+    task, the exact match of generated answers; writes ``metrics.json`` (and ``predictions.jsonl``
+    of the generations)."""
+    from pyro_monteclora.data.causal_lm import causal_lm_loader
+    from pyro_monteclora.evaluation.language_model import language_model_metrics
+    from pyro_monteclora.nn.precision import autocast
+
+    args, task = run.args, run.task
+    loader = causal_lm_loader(run.data, run.tokenizer, run.batch_size, run.max_length)
+    with autocast(run.device, args.torch_dtype):
+        metrics = language_model_metrics(run.model, run.guide, loader, run.num_samples)
+    generated = None
+    if task is not None and task.kind == "generation":
+        metrics, generated = _exact_match(run, metrics)
+    _write_response_results(run, metrics, generated, started)
+    print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+    print(f"wrote {run.output}/metrics.json", file=sys.stderr)
+
+
+def _write_response_results(run: _Evaluation, metrics: dict, generated, started: float) -> None:
+    """``metrics.json`` and, with generations, ``predictions.jsonl``: together or not at all."""
+    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
+
+    args, task = run.args, run.task
+    with atomic_directory(run.output) as staging:
+        if generated is not None:
+            atomic_write_text(staging / "predictions.jsonl", "".join(json_line(r.to_dict()) + "\n" for r in generated))
+        atomic_write_json(
+            staging / "metrics.json",
+            {
+                "units": "token_nll is in nats per response token; exact_match and agreement are fractions",
+                "metrics": metrics,
+                "task": task.name if task else None,
+                "task_metric": task.metric if task else "token_nll",
+                "method": run.method,
+                "num_samples": run.num_samples,
+                "examples": len(run.data),
+                "split": args.split,
+                "seed": args.seed,
+                "checkpoint": str(run.directory),
+                "data": run.data_spec,
+                "eval_seconds": time.perf_counter() - started,
+            },
+        )
+
+
+def _score_choices(run: _Evaluation, started: float) -> None:
+    """The posterior predictive over each question's options; writes ``metrics.json``,
+    ``reliability.png`` and ``predictions.jsonl``."""
+    from pyro_monteclora.cli.reports import predictive_metrics, write_results
     from pyro_monteclora.data.multiple_choice import multiple_choice_loader
     from pyro_monteclora.evaluation.language_model import predict_multiple_choice
-    from pyro_monteclora.evaluation.metrics import classification_metrics, reliability_curve
+    from pyro_monteclora.nn.precision import autocast
 
+    args, data, task = run.args, run.data, run.task
     widest = max(len(choices) for choices in data.choices)
-    loader = multiple_choice_loader(data, tokenizer, max(1, batch_size // widest), max_length)
-    with autocast(device, args.torch_dtype):
+    loader = multiple_choice_loader(data, run.tokenizer, max(1, run.batch_size // widest), run.max_length)
+    with autocast(run.device, args.torch_dtype):
         result = predict_multiple_choice(
-            model, guide, loader, num_samples, progress=True, length_normalize=args.length_normalize
+            run.model, run.guide, loader, run.num_samples, progress=True, length_normalize=args.length_normalize
         )
     seconds = time.perf_counter() - started
     if result.labels is None:
         raise UsageError("--multiple-choice: the questions have no answer field to score against")
-    metrics = classification_metrics(result.probs, result.labels, args.ece_bins, uncertainty=result.predictive_entropy)
-    metrics.update(
-        {
-            "mean_predictive_entropy": result.predictive_entropy.mean().item(),
-            "mean_mutual_information": result.mutual_information.mean().item(),
-        }
-    )
-    curve = reliability_curve(result.probs, result.labels, args.ece_bins)
+    metrics, curve = predictive_metrics(result, args.ece_bins)
     write_results(
-        output,
+        run.output,
         _choice_rows(data, result),
         curve,
-        f"{method} (S={num_samples})",
+        f"{run.method} (S={run.num_samples})",
         f"{len(data):,} questions",
         {
             "metrics": metrics,
-            "method": method,
-            "num_samples": num_samples,
+            "method": run.method,
+            "num_samples": run.num_samples,
             "ece_bins": args.ece_bins,
             "examples": len(data),
             "split": args.split,
@@ -196,9 +258,8 @@ def run_evaluate_causal_lm(args, directory, record, device, output) -> int:
             "task_metric": task.metric if task else "accuracy",
             "length_normalize": args.length_normalize,
             "seed": args.seed,
-            "checkpoint": str(directory),
-            "data": data_spec,
+            "checkpoint": str(run.directory),
+            "data": run.data_spec,
             "eval_seconds": seconds,
         },
     )
-    return 0
