@@ -175,6 +175,35 @@ def _open(args, device):
 
 def run_generate(args, parser_defaults: dict) -> int:
     """Validate, generate with posterior sampling, write JSON lines (and metrics); returns 0."""
+    _check_options(args)
+    data = _read_prompts(args)
+    if args.max_prompts:
+        data = data.subset(args.max_prompts)
+    has_references = all(ref is not None for ref in data.references)
+    if args.metrics and not has_references:
+        raise UsageError("--metrics needs a reference answer (answers or answer field) for every prompt")
+    if args.checkpoint is None and args.num_samples:
+        raise UsageError("--num-samples > 0 needs a MonteCLoRA --checkpoint (a base model has no posterior)")
+    device = resolve_device(args.device)
+    args.torch_dtype = resolve_precision(args.dtype, device)
+    model, guide, tokenizer, record = _open(args, device)
+
+    from pyro_monteclora.cli.checkpoints import default_samples
+
+    num_samples = args.num_samples
+    if num_samples is None:
+        num_samples = GENERATE_SAMPLES if record is not None and default_samples(record, None) else 0
+    max_length = _max_length(args, model, record)
+    results = _generate(args, model, guide, tokenizer, data, num_samples, max_length, has_references, device)
+    _write_generations(args, results)
+    if has_references:
+        _report_exact_match(args, results, num_samples)
+    return 0
+
+
+def _check_options(args) -> None:
+    """The numbers, and the ``--output`` and ``--metrics`` files: writable, not replacing one
+    another or an input without ``--overwrite``."""
     for name, value, low in (
         ("--num-samples", args.num_samples, 0),
         ("--max-new-tokens", args.max_new_tokens, 1),
@@ -201,29 +230,11 @@ def run_generate(args, parser_defaults: dict) -> int:
             option,
             [("--prompt-file", args.prompt_file), ("--checkpoint", saved), ("--model", args.model)],
         )
-    data = _read_prompts(args)
-    if args.max_prompts:
-        data = data.subset(args.max_prompts)
-    has_references = all(ref is not None for ref in data.references)
-    if args.metrics and not has_references:
-        raise UsageError("--metrics needs a reference answer (answers or answer field) for every prompt")
-    if args.checkpoint is None and args.num_samples:
-        raise UsageError("--num-samples > 0 needs a MonteCLoRA --checkpoint (a base model has no posterior)")
-    device = resolve_device(args.device)
-    args.torch_dtype = resolve_precision(args.dtype, device)
-    model, guide, tokenizer, record = _open(args, device)
 
-    import pyro
 
-    from pyro_monteclora.cli.checkpoints import default_samples
-    from pyro_monteclora.evaluation.generation import generate_answers
-    from pyro_monteclora.evaluation.metrics import confidence_metrics, confidence_reliability_curve
-    from pyro_monteclora.nn.precision import autocast
-    from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text, json_line
-
-    num_samples = args.num_samples
-    if num_samples is None:
-        num_samples = GENERATE_SAMPLES if record is not None and default_samples(record, None) else 0
+def _max_length(args, model, record) -> int:
+    """Prompt + generation tokens: ``--max-length``, else the training run's (at least
+    ``--max-new-tokens`` + 64), capped at the model's positions; a given one past them is refused."""
     metadata = (record or {}).get("metadata", {})
     max_length = args.max_length or max(metadata.get("max_length", 512), args.max_new_tokens + 64)
     limit = getattr(model.network.config, "max_position_embeddings", None)
@@ -233,9 +244,19 @@ def run_generate(args, parser_defaults: dict) -> int:
                 f"--max-length {max_length} (prompt + --max-new-tokens) is more than the model's {limit} positions"
             )
         max_length = limit
-    pyro.set_rng_seed(args.seed)
+    return max_length
+
+
+def _generate(args, model, guide, tokenizer, data, num_samples: int, max_length: int, has_references: bool, device):
+    """The prompts' generations, seeded with ``--seed``; warnings (prompts cut) as plain lines on stderr."""
     import warnings
 
+    import pyro
+
+    from pyro_monteclora.evaluation.generation import generate_answers
+    from pyro_monteclora.nn.precision import autocast
+
+    pyro.set_rng_seed(args.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with autocast(device, args.torch_dtype):
@@ -256,35 +277,47 @@ def run_generate(args, parser_defaults: dict) -> int:
             )
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
+    return results
+
+
+def _write_generations(args, results) -> None:
+    """One JSON line per prompt, to ``--output`` (atomically) or standard output."""
+    from pyro_monteclora.storage.atomic import atomic_write_text, json_line
+
     lines = "".join(json_line(result.to_dict()) + "\n" for result in results)
     if args.output == "-":
         sys.stdout.write(lines)
         sys.stdout.flush()
     else:
         atomic_write_text(args.output, lines)
-    if has_references:
-        import torch
 
-        confidence = torch.tensor([r.agreement for r in results])
-        correct = torch.tensor([bool(r.correct) for r in results])
-        summary = confidence_metrics(confidence, correct, args.ece_bins)
-        summary = {"exact_match": summary.pop("accuracy"), **summary}
-        print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()), file=sys.stderr, flush=True)
-        if args.metrics:
-            atomic_write_json(
-                args.metrics,
-                {
-                    "units": "exact_match, mean_confidence (agreement rate), ece, auroc are fractions; "
-                    "brier is in [0, 1]",
-                    "metrics": summary,
-                    "num_samples": results[0].num_samples if results else num_samples,
-                    "answer_type": args.answer_type,
-                    "prompts": len(results),
-                    "seed": args.seed,
-                    "max_new_tokens": args.max_new_tokens,
-                    "checkpoint": args.checkpoint,
-                    "model": args.model,
-                    "reliability": confidence_reliability_curve(confidence, correct, args.ece_bins),
-                },
-            )
-    return 0
+
+def _report_exact_match(args, results, num_samples: int) -> None:
+    """Exact match and the agreement rate's calibration: one line on stderr and, with
+    ``--metrics``, a JSON file with the reliability curve."""
+    import torch
+
+    from pyro_monteclora.evaluation.metrics import confidence_metrics, confidence_reliability_curve
+    from pyro_monteclora.storage.atomic import atomic_write_json
+
+    confidence = torch.tensor([r.agreement for r in results])
+    correct = torch.tensor([bool(r.correct) for r in results])
+    summary = confidence_metrics(confidence, correct, args.ece_bins)
+    summary = {"exact_match": summary.pop("accuracy"), **summary}
+    print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()), file=sys.stderr, flush=True)
+    if args.metrics:
+        atomic_write_json(
+            args.metrics,
+            {
+                "units": "exact_match, mean_confidence (agreement rate), ece, auroc are fractions; brier is in [0, 1]",
+                "metrics": summary,
+                "num_samples": results[0].num_samples if results else num_samples,
+                "answer_type": args.answer_type,
+                "prompts": len(results),
+                "seed": args.seed,
+                "max_new_tokens": args.max_new_tokens,
+                "checkpoint": args.checkpoint,
+                "model": args.model,
+                "reliability": confidence_reliability_curve(confidence, correct, args.ece_bins),
+            },
+        )
