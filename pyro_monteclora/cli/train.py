@@ -376,10 +376,6 @@ def run_train(args, parser_defaults: dict) -> int:
     """Validate everything, then train (or resume) and checkpoint every epoch; returns 0."""
     _check_arguments(args)
     arguments, recorded_data = _prepare_output(args, parser_defaults)
-    data_args = argparse.Namespace(**{**vars(args), **arguments})
-    if recorded_data is not None:  # resume: the data exactly as recorded (absolute paths)
-        for name in ("task", "train_file", "validation_file", "test_file", "dataset", "text_column", "label_column"):
-            setattr(data_args, name, None)
     output = Path(args.output)
     checkpoint = latest_checkpoint(output) if args.resume else None
     if args.resume and checkpoint is None:
@@ -388,20 +384,7 @@ def run_train(args, parser_defaults: dict) -> int:
     device = resolve_device(args.device)
     torch_dtype = resolve_precision(args.dtype, device)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
-    if causal:
-        from pyro_monteclora.cli.lm_data import resolve_instruction_data
-
-        splits, data_spec = resolve_instruction_data(data_args, ("train", "validation", "test"), recorded=recorded_data)
-    else:
-        splits, data_spec = resolve_data(
-            data_args,
-            ("train", "validation", "test"),
-            recorded=recorded_data,
-            optional_unlabelled=("test",),
-            training=True,
-        )
-    if arguments["max_train_samples"]:
-        splits["train"] = splits["train"].subset(arguments["max_train_samples"])
+    splits, data_spec = _training_data(args, arguments, recorded_data, causal)
     model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
     max_length = arguments["max_length"] or TRAIN_DEFAULTS["causal_lm_max_length" if causal else "max_length"]
     learning_rate = (
@@ -428,15 +411,48 @@ def run_train(args, parser_defaults: dict) -> int:
         ),
     )
     _check_world_size(splits, arguments)
+    return _run_locked(job)
 
+
+def _training_data(args, arguments: dict, recorded_data: Optional[dict], causal: bool):
+    """The train, validation and test splits (the training set cut to ``--max-train-samples``):
+    from the command line, or with --resume exactly as recorded (absolute paths).
+
+    :returns: ``(splits, data specification)``.
+    """
+    data_args = argparse.Namespace(**{**vars(args), **arguments})
+    if recorded_data is not None:  # resume: the data exactly as recorded (absolute paths)
+        for name in ("task", "train_file", "validation_file", "test_file", "dataset", "text_column", "label_column"):
+            setattr(data_args, name, None)
+    if causal:
+        from pyro_monteclora.cli.lm_data import resolve_instruction_data
+
+        splits, data_spec = resolve_instruction_data(data_args, ("train", "validation", "test"), recorded=recorded_data)
+    else:
+        splits, data_spec = resolve_data(
+            data_args,
+            ("train", "validation", "test"),
+            recorded=recorded_data,
+            optional_unlabelled=("test",),
+            training=True,
+        )
+    if arguments["max_train_samples"]:
+        splits["train"] = splits["train"].subset(arguments["max_train_samples"])
+    return splits, data_spec
+
+
+def _run_locked(job: _TrainingJob) -> int:
+    """Train once everything is validated: rank 0 holds the output folder's lock until the command
+    ends, and a launched process group is started, then torn down when every rank is done."""
     from pyro_monteclora.distributed import init_distributed, launched_rank
 
     # everything is validated: from here on a process group may start and rank 0 writes the output,
     # holding its lock until the command ends
+    args, output = job.args, job.output
     lock = lock_output_folder(output, args, RUN_FILE, "pyro-monteclora run") if launched_rank() == 0 else None
     distributed = finished = False
     try:
-        distributed = init_distributed(device)
+        distributed = init_distributed(job.device)
         status = _train(job)
         finished = True
         return status
@@ -530,10 +546,7 @@ def _check_world_size(splits: dict, arguments: dict) -> None:
 
 def _train(job: _TrainingJob) -> int:
     """Build the (sharded) loaders, write the run folder on rank 0, train, summarise."""
-    import torch
-
     from pyro_monteclora.distributed import barrier, is_main_process
-    from pyro_monteclora.training.svi import TrainConfig, fit
 
     arguments = job.arguments
     train_loader, evaluate = _loaders(job)
@@ -546,15 +559,35 @@ def _train(job: _TrainingJob) -> int:
     _write_run_record(job)
     barrier()  # the run folder exists before any rank trains
     if is_main_process():
-        labels_note = "" if job.causal else f"{len(job.data_spec.get('label_names'))} labels, "
-        world_note = f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized() else ""
-        print(
-            f"{arguments['method']}: {type(job.network).__name__} from {job.model_path}, "
-            f"{len(job.splits['train']):,} training examples, {labels_note}"
-            f"{job.model.num_trainable_parameters():,} trainable parameters, device {job.device}{world_note}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _announce(job)
+    started = time.perf_counter()
+    result = _fit(job, train_loader, evaluate)
+    if is_main_process():
+        _write_summary(job, result, time.perf_counter() - started)
+    return 0
+
+
+def _announce(job: _TrainingJob) -> None:
+    """One line on stderr: the method, the network, the data, the trainable parameters, where."""
+    import torch
+
+    labels_note = "" if job.causal else f"{len(job.data_spec.get('label_names'))} labels, "
+    world_note = f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized() else ""
+    print(
+        f"{job.arguments['method']}: {type(job.network).__name__} from {job.model_path}, "
+        f"{len(job.splits['train']):,} training examples, {labels_note}"
+        f"{job.model.num_trainable_parameters():,} trainable parameters, device {job.device}{world_note}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _fit(job: _TrainingJob, train_loader, evaluate):
+    """:func:`~pyro_monteclora.fit` with the run's settings, a checkpoint after every epoch; a
+    non-finite loss becomes a :class:`TrainingFault` naming the last good checkpoint."""
+    from pyro_monteclora.training.svi import TrainConfig, fit
+
+    arguments = job.arguments
     config = TrainConfig(
         epochs=arguments["epochs"],
         learning_rate=job.learning_rate,
@@ -565,9 +598,8 @@ def _train(job: _TrainingJob) -> int:
         skip_nonfinite=job.args.skip_nonfinite,
         dtype=job.torch_dtype,
     )
-    started = time.perf_counter()
     try:
-        result = fit(
+        return fit(
             job.model,
             job.guide,
             train_loader,
@@ -587,9 +619,6 @@ def _train(job: _TrainingJob) -> int:
             else "no epoch finished, so there is no checkpoint yet"
         )
         raise TrainingFault(f"{error}; {where}") from None
-    if is_main_process():
-        _write_summary(job, result, time.perf_counter() - started)
-    return 0
 
 
 def _loaders(job: _TrainingJob):
