@@ -600,6 +600,9 @@ def fit(
     :mod:`~pyro_monteclora.distributed`) the same call trains with ``DistributedDataParallel``: give
     each rank a loader over its shard (``train_loader.dataset`` the whole training set, so that
     :math:`D` is global), and every rank must call ``fit``.
+
+    It stays one function: its body only chains the helpers (argument checks, the SVI step,
+    :func:`train_epoch` and the end of each epoch), and its length is this documentation.
     """
     config, evaluate, callbacks = _resolve_arguments(model, config, evaluate, callbacks, kwargs)
     dataset_size = _dataset_size(model, train_loader)
