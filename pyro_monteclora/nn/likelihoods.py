@@ -24,7 +24,14 @@ from torch import nn
 
 from pyro_monteclora.util import IGNORE_INDEX
 
-__all__ = ["Likelihood", "SequenceClassification", "CausalLM", "get_likelihood", "sequence_log_likelihood"]
+__all__ = [
+    "Likelihood",
+    "SequenceClassification",
+    "CausalLM",
+    "get_likelihood",
+    "sequence_log_likelihood",
+    "next_token_targets",
+]
 
 #: bidirectional encoders that transformers can load as ``*LMHeadModel`` without causal attention
 ENCODER_MODEL_TYPES = frozenset(
@@ -140,12 +147,20 @@ class CausalLM(Likelihood):
             raise ValueError(
                 f"labels must have shape (batch, tokens) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
             )
-        next_logits = logits[:, :-1].float()
-        next_labels = labels[:, 1:]
-        mask = next_labels != IGNORE_INDEX
+        next_logits, next_labels, mask = next_token_targets(logits, labels)
         tokens = dist.Categorical(logits=next_logits).mask(mask).to_event(1)
         with self._plate(logits.shape[0], dataset_size, subsample, logits.device):
             return pyro.sample("obs", tokens, obs=next_labels.clamp_min(0))
+
+
+def next_token_targets(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The causal shift, in one place: ``logits[:, t]`` (float32) predicts ``labels[:, t + 1]``, and
+    labels equal to ``-100`` (prompt, padding) are masked out.
+
+    :returns: ``(next_logits (b, T-1, V), next_labels (b, T-1), mask (b, T-1))``.
+    """
+    next_labels = labels[:, 1:]
+    return logits[:, :-1].float(), next_labels, next_labels != IGNORE_INDEX
 
 
 def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +171,7 @@ def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> Tuple
 
     :returns: ``(log_likelihood (batch,), tokens (batch,))``.
     """
-    next_logits, next_labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = next_labels != IGNORE_INDEX
+    next_logits, next_labels, mask = next_token_targets(logits, labels)
     picked = next_logits.gather(-1, next_labels.clamp_min(0)[..., None]).squeeze(-1)
     token_log_probs = (picked - next_logits.logsumexp(-1)) * mask
     return token_log_probs.sum(-1), mask.sum(-1)
