@@ -29,11 +29,20 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
+from pyro_monteclora.validation import number_problem
+
 __all__ = ["MonteCLoRAConfig", "BIAS_CHOICES"]
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(name: str, value: Any, **bounds) -> None:
+    """The package's one rule for numbers (:func:`~pyro_monteclora.validation.number_problem`)."""
+    problem = number_problem(value, **bounds)
+    if problem:
+        raise ValueError(f"MonteCLoRAConfig.{name} {problem}")
 
 
 def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
@@ -118,27 +127,10 @@ class MonteCLoRAConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
-            "rank",
-            "an integer >= 1",
-            self.rank,
-        )
-        _require(
-            _is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0,
-            "alpha",
-            "a finite number > 0",
-            self.alpha,
-        )
+        _number("rank", self.rank, minimum=1, integer=True)
+        _number("alpha", self.alpha, minimum=0, exclusive_minimum=True)
         _require(_is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "a number in [0, 1)", self.dropout)
-        _require(
-            isinstance(self.num_components, int)
-            and not isinstance(self.num_components, bool)
-            and self.num_components >= 1,
-            "num_components",
-            "an integer >= 1",
-            self.num_components,
-        )
+        _number("num_components", self.num_components, minimum=1, integer=True)
         # normalised values are set with object.__setattr__: the dataclass is frozen
         if self.wishart_df is None:
             object.__setattr__(self, "wishart_df", float(self.rank))
@@ -150,16 +142,8 @@ class MonteCLoRAConfig:
         )
         object.__setattr__(self, "wishart_df", float(self.wishart_df))
         for name in ("sample_scaler", "cooperative_weight", "kl_weight"):
-            value = getattr(self, name)
-            _require(_is_number(value) and math.isfinite(value) and value >= 0, name, "a finite number >= 0", value)
-        _require(
-            _is_number(self.dirichlet_concentration)
-            and math.isfinite(self.dirichlet_concentration)
-            and self.dirichlet_concentration > 0,
-            "dirichlet_concentration",
-            "a finite number > 0",
-            self.dirichlet_concentration,
-        )
+            _number(name, getattr(self, name), minimum=0)
+        _number("dirichlet_concentration", self.dirichlet_concentration, minimum=0, exclusive_minimum=True)
         _require(isinstance(self.random_B, bool), "random_B", "True or False", self.random_B)
         _require(
             self.bias in BIAS_CHOICES, "bias", "one of " + ", ".join(repr(choice) for choice in BIAS_CHOICES), self.bias

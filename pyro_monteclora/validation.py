@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from typing import Any, Optional
 
 __all__ = ["FieldError", "MAX_SEED", "number_problem", "check_value", "get_field", "parse_json", "shown"]
@@ -47,10 +48,17 @@ def shown(value, limit: int = 60) -> str:
 def number_problem(
     value, minimum=None, maximum=None, integer: bool = False, exclusive_minimum: bool = False
 ) -> Optional[str]:
-    """``None`` when ``value`` is a finite number in range (a Python ``int`` when ``integer``; a
-    ``bool`` is never a number), else what it must be: ``"must be an integer >= 1, got 0"``."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = is_number and (isinstance(value, int) or (math.isfinite(value) and not integer))
+    """``None`` when ``value`` is a finite number in range (an integral one, Python's or NumPy's, when
+    ``integer``; a ``bool`` is never a number), else what it must be:
+    ``"must be an integer >= 1, got 0"``. The one rule for numbers typed on the command line, given
+    to the library (:class:`~pyro_monteclora.config.MonteCLoRAConfig`, ``fit``) and read back from
+    disk.
+
+    >>> number_problem(0, minimum=1, integer=True), number_problem(0.5, minimum=0) is None
+    ('must be an integer >= 1, got 0', True)
+    """
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = is_number and (isinstance(value, numbers.Integral) or (math.isfinite(value) and not integer))
     if ok and minimum is not None:
         ok = value > minimum if exclusive_minimum else value >= minimum
     if ok and maximum is not None:

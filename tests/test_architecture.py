@@ -23,7 +23,7 @@ ROOT = Path(pyro_monteclora.__file__).resolve().parent
 LEAVES = {
     "util": set(),  # IGNORE_INDEX and other small shared things
     "_version": set(),
-    "config": {"util"},
+    "config": {"util", "validation"},
     "distributions": {"util"},
     "transforms": set(),  # the lower_cholesky bijection for autoguides
     "distributed": {"util"},

@@ -30,7 +30,6 @@ The pieces, each usable on its own:
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -48,6 +47,7 @@ from pyro_monteclora.nn.handlers import kl_scale
 from pyro_monteclora.nn.models import MonteCLoRAModel
 from pyro_monteclora.nn.precision import DTYPES, autocast, check_precision
 from pyro_monteclora.training.state import TrainingState, capture_rng_state, restore_rng_state
+from pyro_monteclora.validation import number_problem
 
 __all__ = [
     "fit",
@@ -108,11 +108,9 @@ def evaluate_loader(model, guide, loader, num_samples: int = 0, ece_bins: int = 
 
 # -- the settings ---------------------------------------------------------------------------------
 def _positive(name: str, value, integer: bool = False, allow_zero: bool = False) -> None:
-    ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, (numbers.Integral, float))
-    ok = ok_type and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"fit(): {name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    problem = number_problem(value, minimum=0, integer=integer, exclusive_minimum=not allow_zero)
+    if problem:
+        raise ValueError(f"fit(): {name} {problem}")
 
 
 def _check_loss(loss) -> None:
