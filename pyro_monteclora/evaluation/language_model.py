@@ -90,8 +90,8 @@ def predict_multiple_choice(
     :returns: a :class:`~pyro_monteclora.infer.predictive.PredictiveOutput` whose ``probs`` are
         ``(questions, most options)``, zero where a question has fewer options.
     """
-    if model.likelihood.task != "causal-lm":
-        raise ValueError(f"multiple-choice scoring needs a causal-lm model, got {model.likelihood.task!r}")
+    if model.likelihood.name != "causal-lm":
+        raise ValueError(f"multiple-choice scoring needs a causal-lm model, got {model.likelihood.name!r}")
 
     width = max(len(choices) for choices in loader.dataset.choices)
 

@@ -186,8 +186,8 @@ def predict(
     :param device: where to run (default: where the model's parameters are).
     :param bool progress: show a tqdm bar.
     """
-    if model.likelihood.task != "sequence-classification":
-        raise ValueError(f"predict() needs a sequence-classification likelihood, got {model.likelihood.task!r}")
+    if model.likelihood.name != "sequence-classification":
+        raise ValueError(f"predict() needs a sequence-classification likelihood, got {model.likelihood.name!r}")
     return posterior_predictive(
         model, guide, loader, _classifier_log_probs, num_samples=num_samples, device=device, progress=progress
     )

@@ -53,10 +53,13 @@ ENCODER_MODEL_TYPES = frozenset(
 
 
 class Likelihood:
-    """Base class. Subclasses set :attr:`task` and implement :meth:`observe`."""
+    """Base class. Subclasses set :attr:`name` and implement :meth:`observe`.
+
+    (A likelihood's *name* says what the network predicts; the word *task* is kept for the paper's
+    data sets, :mod:`pyro_monteclora.data.tasks`.)"""
 
     #: short name used in configs and checkpoints
-    task: str = ""
+    name: str = ""
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``ValueError`` if ``model`` cannot produce the logits this likelihood needs."""
@@ -92,7 +95,7 @@ class Likelihood:
 class SequenceClassification(Likelihood):
     """``Categorical(logits)`` over the classes of a ``*ForSequenceClassification`` model."""
 
-    task = "sequence-classification"
+    name = "sequence-classification"
 
     def check_model(self, model: nn.Module) -> None:
         name = type(model).__name__
@@ -112,7 +115,7 @@ class SequenceClassification(Likelihood):
 class CausalLM(Likelihood):
     """Per-token ``Categorical`` of the next token; labels equal to ``-100`` are masked out."""
 
-    task = "causal-lm"
+    name = "causal-lm"
 
     def check_model(self, model: nn.Module) -> None:
         name = type(model).__name__
@@ -177,7 +180,7 @@ def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> Tuple
     return token_log_probs.sum(-1), mask.sum(-1)
 
 
-_LIKELIHOODS = {cls.task: cls for cls in (SequenceClassification, CausalLM)}
+_LIKELIHOODS = {cls.name: cls for cls in (SequenceClassification, CausalLM)}
 
 
 def get_likelihood(likelihood: Union[str, Likelihood], model: Optional[nn.Module] = None) -> Likelihood:
@@ -191,7 +194,7 @@ def get_likelihood(likelihood: Union[str, Likelihood], model: Optional[nn.Module
         if "ForCausalLM" in name or "LMHeadModel" in name:
             return CausalLM()
         raise ValueError(
-            f"likelihood='auto' cannot tell the task of a {name}; pass likelihood= one of {sorted(_LIKELIHOODS)}"
+            f"likelihood='auto' cannot tell the likelihood of a {name}; pass likelihood= one of {sorted(_LIKELIHOODS)}"
         )
     if likelihood not in _LIKELIHOODS:
         raise ValueError(

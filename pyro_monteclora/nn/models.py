@@ -107,7 +107,7 @@ class HFPyroModel(PyroModule):
         likelihood = get_likelihood(likelihood, model)
         likelihood.check_model(model)
         super().__init__(name)
-        self.backbone = model
+        self.network = model  # a submodule, read through the property below
         self.likelihood = likelihood
         self._candidate_parameters = list(model.named_parameters())
         #: ``"sample"``: emit the latent sites; ``"mean"``: point estimates only.
@@ -122,7 +122,7 @@ class HFPyroModel(PyroModule):
     @property
     def network(self) -> nn.Module:
         """The wrapped HF model (read without triggering ``PyroModule``'s ``pyro.module``)."""
-        return self._modules["backbone"]
+        return self._modules["network"]
 
     def adapters(self) -> Dict[str, MonteCLoRALinear]:
         """The adapter layers, keyed by module path inside the wrapped model."""

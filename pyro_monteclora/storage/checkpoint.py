@@ -173,7 +173,7 @@ def save_pretrained(model, directory: Union[str, os.PathLike], guide=None, metad
         "adapter_mode": model.adapter_mode,
         "config": config.to_dict() if config is not None else None,
         "guide": guide_record,
-        "likelihood": model.likelihood.task,
+        "likelihood": model.likelihood.name,
         "base_model": dict(_describe_base(model.network), fingerprint=_base_fingerprint(model)),
         "tensors": {name: list(t.shape) for name, t in tensors.items()},
         "metadata": metadata or {},
@@ -465,7 +465,7 @@ def export_peft(model, directory: Union[str, os.PathLike], base_model_name_or_pa
         tensors[f"base_model.model.{name}"] = parameter.detach().to("cpu", copy=True).contiguous()
     peft_config = {
         "peft_type": "LORA",
-        "task_type": PEFT_TASK_TYPES.get(model.likelihood.task),
+        "task_type": PEFT_TASK_TYPES.get(model.likelihood.name),
         "base_model_name_or_path": base_model_name_or_path or _describe_base(model.network)["name_or_path"],
         "r": config.rank,
         "lora_alpha": config.alpha,
