@@ -10,12 +10,19 @@ import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
 # Tiny models gain nothing from intra-op threads, and with pytest-xdist workers sharing two cores
 # the spinning OpenMP threads slow every small op ~50x. One thread per worker.
 torch.set_num_threads(int(os.environ.get("PYRO_MONTECLORA_TEST_THREADS", "1")))
+
+# Property tests draw the same examples on every run (a red CI then means a real regression, not
+# an unlucky draw); HYPOTHESIS_PROFILE=explore searches afresh, as when writing a new property.
+settings.register_profile("deterministic", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 VOCAB = 64
 
