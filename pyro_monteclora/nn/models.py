@@ -96,9 +96,9 @@ class HFPyroModel(PyroModule):
        ``Predictive(model, guide=guide, num_samples=S)(**inputs)["obs"]`` holds label draws,
 
     and returns the logits (:meth:`logits` runs steps 1--2 alone). With ``labels`` and a causal LM
-    that accepts HF's ``logits_to_keep``,
-    the logits (and the labels observed) start one position before the first labelled token of the
-    batch: the vocabulary projection of prompt positions, which carry no loss, is skipped.
+    that accepts HF's ``logits_to_keep``, the logits (and the labels observed) start one position
+    before the first labelled token of the batch: the vocabulary projection of prompt positions,
+    which carry no loss, is skipped.
     """
 
     def __init__(self, model: nn.Module, likelihood: Union[str, Likelihood], name: str):
