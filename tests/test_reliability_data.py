@@ -383,7 +383,8 @@ def test_a_second_train_into_a_running_runs_folder_exits_2(model_dir, data_dir, 
 def test_under_the_lock_a_folder_filled_since_the_checks_is_not_replaced(tmp_path):
     """The lock is taken after the model is loaded; a folder another run filled (and finished)
     in between is checked again, not deleted."""
-    from pyro_monteclora.cli.options import UsageError, lock_output_folder
+    from pyro_monteclora.cli.options import UsageError
+    from pyro_monteclora.cli.outputs import lock_output_folder
     from pyro_monteclora.storage.atomic import folder_in_use
 
     output = tmp_path / "run"

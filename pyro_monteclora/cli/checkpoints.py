@@ -11,13 +11,13 @@ from pyro_monteclora.cli.options import (
     LOAD_ERRORS,
     UsageError,
     add_dtype_option,
-    check_inputs_outside,
     check_number,
     check_seed,
     load_error,
     resolve_device,
     resolve_precision,
 )
+from pyro_monteclora.cli.outputs import check_inputs_outside
 
 __all__ = [
     "CLASSIFIER_BATCH_SIZE",
@@ -34,7 +34,7 @@ __all__ = [
 def _check_metadata(record: dict, path: Path) -> None:
     """The ``metadata`` fields the commands read back from a checkpoint, each of the right type
     (the data specification as ``train --resume`` checks run.json's)."""
-    from pyro_monteclora.cli.options import check_data_spec
+    from pyro_monteclora.cli.sources import check_data_spec
     from pyro_monteclora.validation import FieldError, get_field
 
     metadata = record.get("metadata", {})

@@ -20,17 +20,10 @@ from pyro_monteclora.cli.checkpoints import (
     open_model,
     recorded_label_names,
 )
-from pyro_monteclora.cli.options import (
-    UsageError,
-    add_data_options,
-    check_number,
-    check_writable,
-    evaluation_split,
-    existing_output,
-    resolve_data,
-    task_of,
-)
+from pyro_monteclora.cli.options import UsageError, add_data_options, check_number
+from pyro_monteclora.cli.outputs import check_writable, existing_output
 from pyro_monteclora.cli.reports import prediction_rows, predictive_metrics, write_results
+from pyro_monteclora.cli.sources import evaluation_split, resolve_data, task_of
 
 __all__ = ["add_evaluate_parser", "run_evaluate", "evaluation_output"]
 

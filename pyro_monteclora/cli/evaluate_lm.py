@@ -145,7 +145,8 @@ def _evaluation_data(args, metadata: dict):
 
     :returns: ``(data, data specification, task or None)``.
     """
-    from pyro_monteclora.cli.options import check_number, evaluation_split, task_of
+    from pyro_monteclora.cli.options import check_number
+    from pyro_monteclora.cli.sources import evaluation_split, task_of
 
     if args.split not in (None, "test") and args.test_file:
         raise UsageError("--split names a split of the recorded data or --dataset; with --test-file leave it out")

@@ -22,16 +22,14 @@ from pyro_monteclora.cli.options import (
     LOAD_ERRORS,
     UsageError,
     add_dtype_option,
-    check_distinct_outputs,
-    check_file_output_not_input,
     check_number,
     check_seed,
-    check_writable,
     load_error,
     resolve_device,
     resolve_model_path,
     resolve_precision,
 )
+from pyro_monteclora.cli.outputs import check_distinct_outputs, check_file_output_not_input, check_writable
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
 

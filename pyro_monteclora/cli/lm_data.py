@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from pyro_monteclora.cli.options import UsageError, data_mode, recorded_file, task_of
+from pyro_monteclora.cli.options import UsageError
+from pyro_monteclora.cli.sources import data_mode, recorded_file, task_of
 
 __all__ = ["resolve_instruction_data", "load_multiple_choice_split"]
 

@@ -20,7 +20,8 @@ from pyro_monteclora.cli.checkpoints import (
     open_model,
     recorded_label_names,
 )
-from pyro_monteclora.cli.options import UsageError, check_file_output_not_input, check_writable
+from pyro_monteclora.cli.options import UsageError
+from pyro_monteclora.cli.outputs import check_file_output_not_input, check_writable
 from pyro_monteclora.cli.reports import prediction_rows
 
 __all__ = ["add_predict_parser", "run_predict"]

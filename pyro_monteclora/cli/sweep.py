@@ -35,14 +35,16 @@ from pyro_monteclora.cli.options import (
     add_adapter_options,
     add_data_options,
     add_model_options,
+    check_values,
+)
+from pyro_monteclora.cli.outputs import (
     check_inputs_outside,
     check_output_folder,
     check_replaceable,
-    check_values,
-    evaluation_split,
     lock_output_folder,
     run_inputs,
 )
+from pyro_monteclora.cli.sources import evaluation_split
 
 __all__ = ["add_sweep_parser", "run_sweep", "train_forwarded", "SWEEP_FILE"]
 
@@ -261,7 +263,8 @@ def _validate(args, cells, train_options):
 
     :returns: ``(the split the cells are scored on, the base model's path)``.
     """
-    from pyro_monteclora.cli.options import OneLineParser, check_number, resolve_data, resolve_model_path
+    from pyro_monteclora.cli.options import OneLineParser, check_number, resolve_model_path
+    from pyro_monteclora.cli.sources import resolve_data
     from pyro_monteclora.cli.train import _check_arguments, add_train_parser
 
     check_number("--num-samples", args.num_samples, minimum=0, integer=True)

@@ -35,20 +35,22 @@ from pyro_monteclora.cli.options import (
     add_data_options,
     add_model_options,
     check_adapter_options,
-    check_inputs_outside,
-    check_output_folder,
-    check_replaceable,
     check_values,
     load_error,
-    lock_output_folder,
     option_message,
-    resolve_data,
     resolve_device,
     resolve_model_path,
     resolve_precision,
+)
+from pyro_monteclora.cli.outputs import (
+    check_inputs_outside,
+    check_output_folder,
+    check_replaceable,
+    lock_output_folder,
     run_inputs,
 )
 from pyro_monteclora.cli.runs import CHECKPOINT_DIR, RUN_FILE, latest_checkpoint
+from pyro_monteclora.cli.sources import resolve_data
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
@@ -247,7 +249,7 @@ def _prepare_output(args, parser_defaults: dict):
 def _read_run(run_file: Path):
     """``run.json``'s arguments (checked with :data:`RUN_CHECKS`, the command line's own rules),
     data specification and process count; any bad field is a usage error naming it."""
-    from pyro_monteclora.cli.options import check_data_spec
+    from pyro_monteclora.cli.sources import check_data_spec
     from pyro_monteclora.validation import FieldError, get_field, parse_json
 
     try:
