@@ -308,7 +308,7 @@ def test_resume_of_a_damaged_training_state(run_copy, capsys, monkeypatch, damag
 
 def test_typed_and_recorded_arguments_share_one_table():
     from pyro_monteclora.cli.options import adapter_dests
-    from pyro_monteclora.cli.train import RUN_CHECKS, RUN_OPTIONS
+    from pyro_monteclora.cli.runs import RUN_CHECKS, RUN_OPTIONS
 
     # every run option has one checker: its RUN_CHECKS row, or (the adapter options) the config
     assert set(RUN_CHECKS) | set(adapter_dests()) == set(RUN_OPTIONS)

@@ -167,7 +167,7 @@ def _grid(args):
         _numbers("--seeds", args.seeds, int),
         per_method,
     )
-    from pyro_monteclora.cli.train import RUN_CHECKS
+    from pyro_monteclora.cli.runs import RUN_CHECKS
 
     grid_options = {"learning_rate": "--learning-rates", "batch_size": "--batch-sizes", "seed": "--seeds"}
     for cell in cells:  # each value as the cell's train will check it (a seed below 2**32, ...)

@@ -25,12 +25,8 @@ from typing import Any, Optional
 
 from pyro_monteclora.cli.options import (
     LOAD_ERRORS,
-    MAX_SEED,
-    METHODS,
-    TASKS,
     UsageError,
     adapter_config,
-    adapter_dests,
     add_adapter_options,
     add_data_options,
     add_model_options,
@@ -49,7 +45,18 @@ from pyro_monteclora.cli.outputs import (
     lock_output_folder,
     run_inputs,
 )
-from pyro_monteclora.cli.runs import CHECKPOINT_DIR, RUN_FILE, latest_checkpoint
+from pyro_monteclora.cli.runs import (
+    CHECKPOINT_DIR,
+    RUN_CHECKS,
+    RUN_FILE,
+    RUN_OPTIONS,
+    TASK_TYPES,
+    fit_parameters,
+    latest_checkpoint,
+    option_name,
+    read_resume_state,
+    read_run,
+)
 from pyro_monteclora.cli.sources import resolve_data
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
@@ -60,35 +67,6 @@ class TrainingFault(Exception):
     last good checkpoint)."""
 
 
-#: options that define a run; ``--resume`` refuses a command line that changes one of them (the
-#: adapter options are one per MonteCLoRAConfig field: :func:`~.options.adapter_dests`)
-RUN_OPTIONS = (
-    "method",
-    "task_type",
-    "model",
-    "task",
-    "split_seed",
-    "train_file",
-    "validation_file",
-    "test_file",
-    "text_column",
-    "label_column",
-    "prompt_column",
-    "response_column",
-    "dataset",
-    "dataset_config",
-    "max_length",
-    *adapter_dests(),
-    "learning_rate",
-    "batch_size",
-    "epochs",
-    "weight_decay",
-    "warmup_ratio",
-    "max_train_samples",
-    "seed",
-    "eval_num_samples",
-    "no_validation",
-)
 TRAIN_DEFAULTS = {
     "learning_rate": 1e-3,
     "full_learning_rate": 5e-5,
@@ -96,39 +74,6 @@ TRAIN_DEFAULTS = {
     "epochs": 3,
     "max_length": 128,
     "causal_lm_max_length": 256,
-}
-TASK_TYPES = ("sequence-classification", "causal-lm")
-_TEXT = {"kind": "text", "nullable": True}
-#: what each run option may be. The command line (``--batch-size 0``) and the arguments that
-#: ``--resume`` reads back from run.json go through this one table (:func:`check_values`), so a
-#: value refused when typed is refused when read back. ``default``: for runs recorded before the
-#: option existed. The adapter options are checked by the config itself (typed or read back:
-#: :func:`~.options.check_adapter_options`), so they have no row here.
-RUN_CHECKS = {
-    "method": {"kind": METHODS},
-    "task_type": {"kind": TASK_TYPES, "default": TASK_TYPES[0]},
-    "model": _TEXT,
-    "task": {"kind": TASKS, "nullable": True},
-    "split_seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED},
-    "train_file": _TEXT,
-    "validation_file": _TEXT,
-    "test_file": _TEXT,
-    "text_column": {"kind": "texts", "nullable": True},
-    "label_column": _TEXT,
-    "prompt_column": dict(_TEXT, default=None),
-    "response_column": dict(_TEXT, default=None),
-    "dataset": _TEXT,
-    "dataset_config": _TEXT,
-    "max_length": {"kind": "integer", "minimum": 2, "nullable": True},
-    "learning_rate": {"kind": "number", "minimum": 0, "exclusive_minimum": True, "nullable": True},
-    "batch_size": {"kind": "integer", "minimum": 1},
-    "epochs": {"kind": "integer", "minimum": 1},
-    "weight_decay": {"kind": "number", "minimum": 0},
-    "warmup_ratio": {"kind": "number", "minimum": 0, "maximum": 0.99},
-    "max_train_samples": {"kind": "integer", "minimum": 1, "nullable": True},
-    "seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED},
-    "eval_num_samples": {"kind": "integer", "minimum": 0},
-    "no_validation": {"kind": "flag"},
 }
 
 
@@ -200,13 +145,9 @@ def _check_arguments(args) -> None:
                 f"causal-lm (or use a decoder task: piqa, siqa, winogrande, arc-e, "
                 f"arc-c, obqa, gsm8k)"
             )
-    check_values(vars(args), RUN_CHECKS, _option_name)
+    check_values(vars(args), RUN_CHECKS, option_name)
     if not args.resume:  # a resumed run keeps its recorded (validated) options; changes are refused
         check_adapter_options(args)
-
-
-def _option_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
 
 
 def _prepare_output(args, parser_defaults: dict):
@@ -220,7 +161,7 @@ def _prepare_output(args, parser_defaults: dict):
         run_file = output / RUN_FILE
         if not run_file.is_file():
             raise UsageError(f"--resume: {output} holds no run ({RUN_FILE} is missing)")
-        saved, recorded, processes = _read_run(run_file)
+        saved, recorded, processes = read_run(run_file)
         from pyro_monteclora.distributed import launched_world_size
 
         if launched_world_size() != processes:  # the step count and data shards depend on it
@@ -244,58 +185,6 @@ def _prepare_output(args, parser_defaults: dict):
     check_replaceable(output, args.overwrite, RUN_FILE, "pyro-monteclora run")
     check_inputs_outside(output, run_inputs(args))
     return {name: getattr(args, name) for name in RUN_OPTIONS}, None
-
-
-def _read_run(run_file: Path):
-    """``run.json``'s arguments (checked with :data:`RUN_CHECKS`, the command line's own rules),
-    data specification and process count; any bad field is a usage error naming it."""
-    from pyro_monteclora.cli.sources import check_data_spec
-    from pyro_monteclora.validation import FieldError, get_field, parse_json
-
-    try:
-        run = parse_json(run_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UsageError(f"--resume: {run_file} is not a readable run record ({error})") from None
-    try:
-        saved = get_field(run, "arguments", "arguments", "object")
-        recorded = get_field(run, "data", "data", "object")
-        model_path = get_field(run, "model_path", "model_path", "text")
-        processes = get_field(run, "processes", "processes", "integer", minimum=1, default=1)
-    except FieldError as error:
-        raise UsageError(f"--resume: {run_file}: {error}") from None
-    saved = check_values(saved, RUN_CHECKS, lambda key: f"--resume: {run_file}: arguments.{key}", read_back=True)
-    try:
-        check_adapter_options(argparse.Namespace(**saved))
-    except UsageError as error:
-        raise UsageError(f"--resume: {run_file}: {error}") from None
-    check_data_spec(recorded, f"--resume: {run_file}: data")
-    saved["model"] = model_path  # as resolved when the run started
-    return saved, recorded, processes
-
-
-def _read_resume_state(checkpoint: Path, arguments: dict, output: Path):
-    """The checkpoint's training state, checked field by field and against the run's epochs."""
-    from pyro_monteclora.storage.checkpoint import CheckpointError
-    from pyro_monteclora.training.state import STATE_JSON, load_training_state
-
-    try:
-        state = load_training_state(checkpoint)
-    except CheckpointError as error:
-        raise UsageError(f"--resume: {error}") from None
-    if state.epoch > arguments["epochs"]:
-        raise UsageError(
-            f"--resume: {output / RUN_FILE}: arguments.epochs is {arguments['epochs']}, "
-            f"fewer than the {state.epoch} epoch(s) {checkpoint / STATE_JSON} has finished"
-        )
-    return state
-
-
-def _fit_parameters(model, guide) -> list:
-    """The tensors :func:`~pyro_monteclora.fit` optimises, in its order: the trainable parameters of
-    Pyro's ELBO module over ``(model, guide)``."""
-    import pyro
-
-    return [p for p in pyro.infer.Trace_ELBO()(model, guide).parameters() if p.requires_grad]
 
 
 def build_model(method: str, network, arguments: dict, fresh_modules=()):
@@ -382,7 +271,7 @@ def run_train(args, parser_defaults: dict) -> int:
     checkpoint = latest_checkpoint(output) if args.resume else None
     if args.resume and checkpoint is None:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again with --overwrite")
-    resume_state = _read_resume_state(checkpoint, arguments, output) if checkpoint is not None else None
+    resume_state = read_resume_state(checkpoint, arguments, output) if checkpoint is not None else None
     device = resolve_device(args.device)
     torch_dtype = resolve_precision(args.dtype, device)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
@@ -512,7 +401,7 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
     if checkpoint is not None:  # job.resume_state was read and checked field by field already
         try:
             model, guide = load_pretrained(checkpoint, base_model=network)
-            check_state_fits(job.resume_state, _fit_parameters(model, guide), checkpoint / STATE_JSON)
+            check_state_fits(job.resume_state, fit_parameters(model, guide), checkpoint / STATE_JSON)
         except CheckpointError as error:
             raise UsageError(f"--resume: {error}") from None
     else:
