@@ -94,10 +94,6 @@ def register_guide(cls: type) -> type:
     return cls
 
 
-def _registry(kind: str) -> dict:
-    return MODEL_CLASSES if kind == "model" else GUIDE_CLASSES
-
-
 def _base_fingerprint(model) -> Optional[List[float]]:
     """The first 32 entries of the first adapted layer's frozen weight: they tell two same-shaped
     bases apart, and survive loading the base in bf16/fp16 (compared with a tolerance)."""
@@ -153,10 +149,10 @@ def save_pretrained(model, directory: Union[str, os.PathLike], guide=None, metad
     guide_record = None
     if guide is not None:
         name = type(guide).__name__
-        if _registry("guide").get(name) is not type(guide):
+        if GUIDE_CLASSES.get(name) is not type(guide):
             raise CheckpointError(
                 f"save_pretrained: cannot save a {name} guide; registered guide "
-                f"classes are {sorted(_registry('guide'))} (see register_guide)"
+                f"classes are {sorted(GUIDE_CLASSES)} (see register_guide)"
             )
         guide_record = {"class": name, "options": guide.checkpoint_options()}
     directory = Path(directory)
@@ -399,7 +395,7 @@ def _rebuild_model(record: dict, network, directory: Path):
     """The recorded model class over ``network``, with the recorded config, likelihood and adapter mode."""
     from pyro_monteclora.config import MonteCLoRAConfig
 
-    model_class = _registry("model")[record["model_class"]]  # a registered class (_check_record)
+    model_class = MODEL_CLASSES[record["model_class"]]  # a registered class (_check_record)
     try:
         if record.get("config") is not None:
             return model_class(
@@ -417,7 +413,7 @@ def _rebuild_guide(record: dict, model, directory: Path):
     """The recorded guide class over ``model`` with its recorded options, or ``None`` if none was saved."""
     if record["guide"] is None:
         return None
-    guide_class = _registry("guide")[record["guide"]["class"]]  # registered (_check_record)
+    guide_class = GUIDE_CLASSES[record["guide"]["class"]]  # registered (_check_record)
     try:
         return guide_class(model, **record["guide"]["options"])
     except (TypeError, ValueError) as error:  # options this guide class refuses
