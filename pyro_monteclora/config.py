@@ -116,7 +116,7 @@ class MonteCLoRAConfig:
         1.0, "prior concentration alpha_0 > 0 of the Dirichlet on the mixture weights"
     )
     cooperative_weight: float = _field(
-        0.0, "weight w >= 0 of the paper's cooperative term -w * sum_k pi_k^2 added to the ELBO (0 keeps the true ELBO)"
+        0.0, "weight w >= 0 of the paper's cooperative term -w sum_k pi_k^2 added to the ELBO (0 keeps the true ELBO)"
     )
     kl_weight: float = _field(1.0, "weight lambda >= 0 on the latent sites' KL terms (1 is the true ELBO)")
     random_B: bool = _field(False, "also make B random, with its own Wishart and Dirichlet (off in the paper)")

@@ -190,7 +190,7 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
         choices=TASKS,
         help="rotten-tomatoes: the built-in 12,808 critic sentences, split 80/10/10 "
         "with --split-seed; the paper's tasks (GLUE/SuperGLUE, commonsense, "
-        "gsm8k) read --*-file files of their schema, or the hub when none are "
+        "gsm8k) read --train-file, --validation-file and --test-file of their schema, or the hub when none are "
         "given (see pyro_monteclora.data.tasks)",
     )
     group.add_argument("--split-seed", type=int, default=0, help="seed of the built-in task's split")
