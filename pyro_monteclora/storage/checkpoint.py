@@ -48,6 +48,8 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "CheckpointError",
+    "trained_tensors",
+    "load_trained_tensors",
 ]
 
 FORMAT = "pyro-monteclora"
@@ -122,6 +124,20 @@ def _describe_base(network) -> dict:
         "num_labels": getattr(config, "num_labels", None),
         "pad_token_id": getattr(config, "pad_token_id", None),
     }
+
+
+def trained_tensors(model, guide=None) -> Dict[str, torch.Tensor]:
+    """CPU copies of what training changes: ``network.<name>`` for the model's trainable parameters
+    and ``guide.<name>`` for the guide's (the tensors a checkpoint, or an ensemble member, holds)."""
+    return _tensors_to_save(model, guide)
+
+
+def load_trained_tensors(model, guide, tensors: Dict[str, torch.Tensor], source="the tensors") -> None:
+    """Copy :func:`trained_tensors`-style ``tensors`` into ``model`` (and ``guide``) in place.
+
+    :raises CheckpointError: names or shapes that differ from the model's (``source`` names them).
+    """
+    _copy_saved_tensors(model, guide, tensors, source)
 
 
 def _tensors_to_save(model, guide) -> Dict[str, torch.Tensor]:
