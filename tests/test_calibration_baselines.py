@@ -23,9 +23,7 @@ def loader(batches=2, batch_size=8):
 
 def lora(dropout=0.0, seed=0):
     torch.manual_seed(seed)
-    model = MonteCLoRAModel(
-        tiny_bert_classifier(), MonteCLoRAConfig(rank=4, dropout=dropout), adapter_mode="mean"
-    )
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, dropout=dropout), adapter_mode="mean")
     with torch.no_grad():
         for adapter in model.adapters().values():
             adapter.lora_B.normal_(std=0.5)
@@ -84,8 +82,9 @@ def test_a_bad_temperature_is_refused(bad):
 def test_calibration_record_round_trips_and_a_bad_one_is_refused(tmp_path):
     save_calibration(tmp_path, 2.0, {"fitted_on": "validation", "num_samples": 10})
     assert read_calibration(tmp_path)["temperature"] == 2.0
-    (tmp_path / "calibration.json").write_text('{"format": "pyro-monteclora-calibration", "format_version": 1, '
-                                               '"method": "temperature", "temperature": -1}')
+    (tmp_path / "calibration.json").write_text(
+        '{"format": "pyro-monteclora-calibration", "format_version": 1, "method": "temperature", "temperature": -1}'
+    )
     with pytest.raises(CheckpointError, match="temperature must be"):
         read_calibration(tmp_path)
     assert read_calibration(tmp_path / "missing") is None

@@ -27,6 +27,8 @@ __all__ = [
     "open_model",
     "recorded_label_names",
     "default_samples",
+    "record_method",
+    "checkpoint_predictive",
     "check_evaluation_inputs",
 ]
 
@@ -64,7 +66,8 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
         "--num-samples",
         type=int,
         default=None,
-        help="S posterior samples per example (default: 10 for monteclora, else 0; 0 = the mean adapter)",
+        help="S posterior samples per example (default: 10 for monteclora, blob and mc-dropout, else 0; "
+        "0 = the mean adapter)",
     )
     parser.add_argument(
         "--batch-size",
@@ -73,6 +76,11 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
         help="examples per batch (default: 64 for a classifier, 16 sequences for a causal LM)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the posterior samples")
+    parser.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="leave out the temperature the checkpoint was calibrated with (train --calibrate temperature)",
+    )
     parser.add_argument("--model", default=None, help="the base model (default: the one the checkpoint was trained on)")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -165,12 +173,40 @@ def recorded_label_names(record: dict) -> list:
     return list(names) if names else [str(i) for i in range(record["base_model"]["num_labels"])]
 
 
+def record_method(record: dict) -> str:
+    """The method a checkpoint was trained with: ``metadata["method"]`` (``train`` writes it), else
+    read from the model and guide (a folder written by ``save_pretrained``)."""
+    method = (record.get("metadata") or {}).get("method")
+    if method:
+        return method
+    guide = (record.get("guide") or {}).get("class")
+    if record.get("adapter_mode") == "sample":
+        return "blob" if guide == "MeanFieldGuide" else "monteclora"
+    return "full" if record.get("model_class") == "FullFineTuneModel" else "lora"
+
+
 def default_samples(record: dict, requested):
-    """``requested``, else 10 for a MonteCLoRA guide and 0 (the mean adapter) otherwise."""
+    """``requested``, else the method's default: 10 for one that samples (monteclora, blob,
+    mc-dropout), 0 otherwise (the mean adapter, the ensemble's members' means, Laplace's GLM)."""
+    from pyro_monteclora.infer.methods import default_num_samples
+
     if requested is not None:
         return requested
-    guide = record.get("guide") or {}
-    return 10 if record.get("adapter_mode") == "sample" and guide.get("class") == "MonteCLoRAGuide" else 0
+    return default_num_samples(record_method(record))
+
+
+def checkpoint_predictive(directory: Path, record: dict, model, guide, args):
+    """The checkpoint's method's predictive (:func:`~pyro_monteclora.infer.methods.method_predictive`),
+    with its fitted temperature unless ``--uncalibrated``; problems become exit 2."""
+    from pyro_monteclora.infer.methods import method_predictive
+    from pyro_monteclora.storage.checkpoint import CheckpointError
+
+    try:
+        return method_predictive(
+            model, guide, record_method(record), directory, calibration=not getattr(args, "uncalibrated", False)
+        )
+    except (CheckpointError, ValueError) as error:
+        raise UsageError(f"--checkpoint {directory}: {error}") from None
 
 
 def check_evaluation_inputs(args, output: Path, directory: Path, record: dict, data_spec: dict) -> None:

@@ -15,9 +15,11 @@ from pyro_monteclora.cli.checkpoints import (
     CLASSIFIER_BATCH_SIZE,
     add_inference_options,
     check_evaluation_inputs,
+    checkpoint_predictive,
     default_samples,
     load_for_inference,
     open_model,
+    record_method,
     recorded_label_names,
 )
 from pyro_monteclora.cli.options import UsageError, add_data_options, check_number
@@ -111,21 +113,21 @@ def run_evaluate(args, parser_defaults: dict) -> int:
     if args.max_samples:
         data = data.subset(args.max_samples)
     num_samples = default_samples(record, args.num_samples)
-    result, seconds = _predict(
-        args, model, guide, tokenizer, data, num_samples, metadata.get("max_length", 128), device
-    )
+    predictive = checkpoint_predictive(directory, record, model, guide, args)
+    result, seconds = _predict(args, predictive, tokenizer, data, num_samples, metadata.get("max_length", 128), device)
     metrics, curve = predictive_metrics(result, args.ece_bins)
-    method = metadata.get("method", record["model_class"])
+    method = record_method(record)
     write_results(
         output,
         prediction_rows(data, result, label_names),
         curve,
-        f"{method} (S={num_samples})",
+        f"{method}{' + temperature' if predictive.temperature else ''} (S={num_samples})",
         f"{len(data):,} examples",
         {
             "metrics": metrics,
             "method": method,
             "num_samples": num_samples,
+            "temperature": predictive.temperature,
             "task": task.name if task else None,
             "task_metric": task.metric if task else "accuracy",
             "ece_bins": args.ece_bins,
@@ -157,20 +159,19 @@ def _classifier_data(args, directory: Path, record: dict, output: Path, label_na
     return splits, data_spec, task_of(args, data_spec)
 
 
-def _predict(args, model, guide, tokenizer, data, num_samples: int, max_length: int, device):
-    """The classifier's posterior predictive on ``data``, seeded with ``--seed``, under ``--dtype``.
+def _predict(args, predictive, tokenizer, data, num_samples: int, max_length: int, device):
+    """The checkpoint's method's predictive on ``data``, seeded with ``--seed``, under ``--dtype``.
 
     :returns: ``(PredictiveOutput, seconds it took)``.
     """
     import pyro
 
     from pyro_monteclora.data.classification import classification_loader
-    from pyro_monteclora.infer.predictive import predict
     from pyro_monteclora.nn.precision import autocast
 
     loader = classification_loader(data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, max_length)
     pyro.set_rng_seed(args.seed)
     started = time.perf_counter()
     with autocast(device, args.torch_dtype):
-        result = predict(model, guide, loader, num_samples=num_samples, progress=True)
+        result = predictive(loader, num_samples, progress=True)
     return result, time.perf_counter() - started

@@ -47,9 +47,12 @@ __all__ = [
 
 from pyro_monteclora.config import MonteCLoRAConfig
 from pyro_monteclora.data.tasks import TASKS as TASK_SPECS
+from pyro_monteclora.infer.methods import METHOD_NAMES
 
 TASKS = tuple(TASK_SPECS)
-METHODS = ("monteclora", "lora", "full")
+#: ``train --method``: MonteCLoRA, point-estimate LoRA, full fine-tuning and the calibration
+#: baselines (:mod:`pyro_monteclora.infer.methods`)
+METHODS = METHOD_NAMES
 #: where an adapter option differs from its :class:`~pyro_monteclora.config.MonteCLoRAConfig`
 #: field (every other option is ``--<field-with-dashes>`` with the field's type, default and help):
 #: its ``name``, extra ``aliases``, and the command line's own ``default`` and ``help``. The layers
@@ -244,7 +247,10 @@ def add_adapter_options(parser: argparse.ArgumentParser, method: bool = True) ->
             "--method",
             default="monteclora",
             choices=METHODS,
-            help="monteclora (Bayesian LoRA), lora (point-estimate LoRA) or full fine-tuning",
+            help="monteclora (Bayesian LoRA), lora (point-estimate LoRA), full fine-tuning, or a calibration "
+            "baseline: mc-dropout (LoRA with its adapter dropout kept on when predicting), checkpoint-ensemble "
+            "(the last --ensemble-size epochs), deep-ensemble (--ensemble-size seeded LoRA runs), laplace "
+            "(Laplace-LoRA fitted after training), blob (a mean-field Gaussian over A)",
         )
     hints = typing.get_type_hints(MonteCLoRAConfig)
     for field, dest in zip(dataclasses.fields(MonteCLoRAConfig), adapter_dests()):

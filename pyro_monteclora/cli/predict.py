@@ -15,6 +15,7 @@ from pathlib import Path
 from pyro_monteclora.cli.checkpoints import (
     CLASSIFIER_BATCH_SIZE,
     add_inference_options,
+    checkpoint_predictive,
     default_samples,
     load_for_inference,
     open_model,
@@ -105,7 +106,6 @@ def run_predict(args, parser_defaults: dict) -> int:
     import pyro
 
     from pyro_monteclora.data.classification import classification_loader
-    from pyro_monteclora.infer.predictive import predict
     from pyro_monteclora.nn.precision import autocast
     from pyro_monteclora.storage.atomic import atomic_write_text, json_line
 
@@ -113,10 +113,9 @@ def run_predict(args, parser_defaults: dict) -> int:
         data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, metadata.get("max_length", 128)
     )
     pyro.set_rng_seed(args.seed)
+    predictive = checkpoint_predictive(directory, record, model, guide, args)
     with autocast(device, args.torch_dtype):
-        result = predict(
-            model, guide, loader, num_samples=default_samples(record, args.num_samples), progress=args.output != "-"
-        )
+        result = predictive(loader, default_samples(record, args.num_samples), progress=args.output != "-")
     result.labels = None  # the placeholder labels of unlabelled text
     rows = []
     for row in prediction_rows(data, result, label_names):

@@ -42,6 +42,7 @@ __all__ = [
     "RUN_OPTIONS",
     "RUN_CHECKS",
     "TASK_TYPES",
+    "CALIBRATIONS",
     "option_name",
     "read_run",
     "read_resume_state",
@@ -102,10 +103,14 @@ RUN_OPTIONS = (
     "seed",
     "eval_num_samples",
     "no_validation",
+    "ensemble_size",
+    "calibrate",
 )
 
 
 TASK_TYPES = ("sequence-classification", "causal-lm")
+#: ``train --calibrate``: nothing, or a temperature fitted on the validation split
+CALIBRATIONS = ("none", "temperature")
 
 
 _TEXT = {"kind": "text", "nullable": True}
@@ -141,6 +146,8 @@ RUN_CHECKS = {
     "seed": {"kind": "integer", "minimum": 0, "maximum": MAX_SEED},
     "eval_num_samples": {"kind": "integer", "minimum": 0},
     "no_validation": {"kind": "flag"},
+    "ensemble_size": {"kind": "integer", "minimum": 1, "nullable": True, "default": None},
+    "calibrate": {"kind": CALIBRATIONS, "default": "none"},
 }
 
 

@@ -46,6 +46,7 @@ from pyro_monteclora.cli.outputs import (
     run_inputs,
 )
 from pyro_monteclora.cli.runs import (
+    CALIBRATIONS,
     CHECKPOINT_DIR,
     RUN_CHECKS,
     RUN_FILE,
@@ -116,6 +117,20 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="posterior samples for the per-epoch validation (0: mean adapter)",
     )
     group.add_argument("--no-validation", action="store_true", help="skip the per-epoch validation")
+    group.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=None,
+        help="members of --method deep-ensemble (seeded runs; default 5) or checkpoint-ensemble (the last K "
+        "epochs; default 3)",
+    )
+    group.add_argument(
+        "--calibrate",
+        default="none",
+        choices=CALIBRATIONS,
+        help="temperature: once training ends, fit a temperature on the validation split with the method's "
+        "own predictive; evaluate and predict apply it",
+    )
     group.add_argument(
         "--skip-nonfinite", action="store_true", help="skip a step whose loss is NaN or infinite instead of stopping"
     )
@@ -202,6 +217,10 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
     config = adapter_config(arguments, network, fresh_modules)
     check_rank(network, config)
     try:
+        if method == "blob":
+            from pyro_monteclora.infer.guides import build_mean_field
+
+            return build_mean_field(network, config)
         model = MonteCLoRAModel(network, config, adapter_mode="sample" if method == "monteclora" else "mean")
     except ValueError as error:  # targets that match no layer
         raise UsageError(option_message(error)) from None
@@ -268,6 +287,8 @@ def run_train(args, parser_defaults: dict) -> int:
     _check_arguments(args)
     arguments, recorded_data = _prepare_output(args, parser_defaults)
     output = Path(args.output)
+    if arguments["method"] == "deep-ensemble":
+        return _run_deep_ensemble(args, parser_defaults, arguments, recorded_data)
     checkpoint = latest_checkpoint(output) if args.resume else None
     if args.resume and checkpoint is None:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again with --overwrite")
@@ -276,6 +297,10 @@ def run_train(args, parser_defaults: dict) -> int:
     torch_dtype = resolve_precision(args.dtype, device)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
     splits, data_spec = _training_data(args, arguments, recorded_data, causal)
+    from pyro_monteclora.cli.baselines import check_method_options
+    from pyro_monteclora.distributed import launched_world_size
+
+    check_method_options(arguments, causal, splits, launched_world_size())
     model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
     max_length = arguments["max_length"] or TRAIN_DEFAULTS["causal_lm_max_length" if causal else "max_length"]
     learning_rate = (
@@ -303,6 +328,65 @@ def run_train(args, parser_defaults: dict) -> int:
     )
     _check_world_size(splits, arguments)
     return _run_locked(job)
+
+
+def _run_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_data) -> int:
+    """``--method deep-ensemble``: its members are LoRA runs in ``<output>/members/<k>/`` (see
+    :mod:`~pyro_monteclora.cli.baselines`), trained here one after the other under the output's lock."""
+    from pyro_monteclora.cli.baselines import check_method_options, run_deep_ensemble
+    from pyro_monteclora.distributed import launched_world_size
+
+    output = Path(args.output)
+    splits, data_spec = _training_data(args, arguments, recorded_data, False)
+    check_method_options(arguments, False, splits, launched_world_size())
+    device = resolve_device(args.device)
+    job = _TrainingJob(
+        args=args,
+        arguments=arguments,
+        splits=splits,
+        data_spec=data_spec,
+        model_path=resolve_model_path(arguments["model"], "sequence-classification"),
+        output=output,
+        causal=False,
+        max_length=arguments["max_length"] or TRAIN_DEFAULTS["max_length"],
+        learning_rate=arguments["learning_rate"] or TRAIN_DEFAULTS["learning_rate"],
+        device=device,
+        torch_dtype=resolve_precision(args.dtype, device),
+    )
+    lock = lock_output_folder(output, args, RUN_FILE, "pyro-monteclora run")
+    try:
+        _write_run_record(job)
+        started = time.perf_counter()
+
+        def finish(checkpoint: Path) -> None:
+            from pyro_monteclora.cli.baselines import finish_training
+
+            if arguments.get("calibrate", "none") != "none":
+                from transformers import AutoTokenizer
+
+                from pyro_monteclora.storage.checkpoint import load_pretrained
+
+                model, guide = load_pretrained(checkpoint, device=device)
+                finish_training(
+                    replace(job, model=model, guide=guide, tokenizer=AutoTokenizer.from_pretrained(checkpoint)),
+                    checkpoint,
+                )
+
+        status = run_deep_ensemble(args, parser_defaults, arguments, run_train, finish)
+        from pyro_monteclora.storage.atomic import atomic_write_json
+
+        atomic_write_json(
+            output / "train_summary.json",
+            {
+                "method": "deep-ensemble",
+                "members": arguments.get("ensemble_size") or 5,
+                "wall_seconds_this_session": time.perf_counter() - started,
+            },
+        )
+        print(f"wrote {output / CHECKPOINT_DIR}", file=sys.stderr)
+        return status
+    finally:
+        lock.release()
 
 
 def _training_data(args, arguments: dict, recorded_data: Optional[dict], causal: bool):
@@ -454,6 +538,9 @@ def _train(job: _TrainingJob) -> int:
     started = time.perf_counter()
     result = _fit(job, train_loader, evaluate)
     if is_main_process():
+        from pyro_monteclora.cli.baselines import finish_training
+
+        finish_training(job, job.output / CHECKPOINT_DIR)
         _write_summary(job, result, time.perf_counter() - started)
     return 0
 
@@ -600,11 +687,20 @@ def _checkpointer(job: _TrainingJob):
         "arguments": job.arguments,
     }
 
+    keep_members = job.arguments["method"] == "checkpoint-ensemble"
+
     def on_epoch_end(state) -> None:
+        previous = latest_checkpoint(job.output) if keep_members else None
         with atomic_directory(job.output / CHECKPOINT_DIR) as staging:
             save_pretrained(job.model, staging, guide=job.guide, metadata=dict(metadata, epoch=state.epoch))
             save_training_state(staging, state)
             job.tokenizer.save_pretrained(staging)
+            if keep_members:
+                from pyro_monteclora.cli.baselines import ensemble_size, keep_epoch_member
+                from pyro_monteclora.storage.checkpoint import trained_tensors
+
+                tensors = trained_tensors(job.model, job.guide)
+                keep_epoch_member(staging, previous, tensors, state.epoch, ensemble_size(job.arguments))
 
     return on_epoch_end
 

@@ -50,6 +50,7 @@ __all__ = [
     "CheckpointError",
     "trained_tensors",
     "load_trained_tensors",
+    "read_trained_tensors",
 ]
 
 FORMAT = "pyro-monteclora"
@@ -138,6 +139,13 @@ def load_trained_tensors(model, guide, tensors: Dict[str, torch.Tensor], source=
     :raises CheckpointError: names or shapes that differ from the model's (``source`` names them).
     """
     _copy_saved_tensors(model, guide, tensors, source)
+
+
+def read_trained_tensors(directory: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """The trained tensors saved in ``directory`` (checked against its record), without loading
+    a base model: what an ensemble takes from each member's checkpoint."""
+    directory = Path(directory)
+    return _read_checkpoint_tensors(directory, read_saved_config(directory))
 
 
 def _tensors_to_save(model, guide) -> Dict[str, torch.Tensor]:
