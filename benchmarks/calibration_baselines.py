@@ -300,7 +300,8 @@ def markdown(summary: dict, seeds: dict) -> str:
             f"### {regime}: {spec.get('train_samples')} sentences x {spec.get('epochs')} epochs, "
             f"seeds {seeds.get(regime)}",
             "",
-            "| method | accuracy ↑ | NLL ↓ | ECE ↓ | Brier ↓ | error AUROC ↑ | T | train time (× LoRA) | eval time (× LoRA) |",
+            "| method | accuracy ↑ | NLL ↓ | ECE ↓ | Brier ↓ | error AUROC ↑ | T "
+            "| train time (× LoRA) | eval time (× LoRA) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for method in METHODS:

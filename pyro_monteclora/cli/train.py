@@ -218,7 +218,7 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
     check_rank(network, config)
     try:
         if method == "blob":
-            from pyro_monteclora.infer.guides import build_mean_field
+            from pyro_monteclora.infer.mean_field import build_mean_field
 
             return build_mean_field(network, config)
         model = MonteCLoRAModel(network, config, adapter_mode="sample" if method == "monteclora" else "mean")
