@@ -2,6 +2,8 @@
 
 * :mod:`~pyro_monteclora.infer.guides` -- ``MonteCLoRAGuide``: the paper's structured variational
   family.
+* :mod:`~pyro_monteclora.infer.mean_field` -- ``MeanFieldGuide``: BLoB's mean-field Gaussian
+  posterior over the adapters' random factors (with the Gaussian prior).
 * :mod:`~pyro_monteclora.infer.elbo` -- ``MonteCLoRAELBO``: ``TraceMeanField_ELBO`` specialised to
   MonteCLoRA's structure.
 * :mod:`~pyro_monteclora.infer.predictive` -- Streaming posterior predictive for classifiers.
@@ -11,10 +13,11 @@ It imports :mod:`pyro_monteclora.nn`, :mod:`pyro_monteclora.storage` and the lea
 Every public name of these modules is importable from ``pyro_monteclora.infer``.
 """
 
-from pyro_monteclora.infer import elbo, guides, predictive
+from pyro_monteclora.infer import elbo, guides, mean_field, predictive
 from pyro_monteclora.infer.elbo import *  # noqa: F403
 from pyro_monteclora.infer.guides import *  # noqa: F403
+from pyro_monteclora.infer.mean_field import *  # noqa: F403
 from pyro_monteclora.infer.predictive import *  # noqa: F403
 
 #: every public name of the modules, in the order the docstring lists them
-__all__ = [*guides.__all__, *elbo.__all__, *predictive.__all__]
+__all__ = [*guides.__all__, *mean_field.__all__, *elbo.__all__, *predictive.__all__]
