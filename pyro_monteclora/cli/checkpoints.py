@@ -166,11 +166,13 @@ def recorded_label_names(record: dict) -> list:
 
 
 def default_samples(record: dict, requested):
-    """``requested``, else 10 for a MonteCLoRA guide and 0 (the mean adapter) otherwise."""
+    """``requested``, else 10 for a guide with a posterior to sample (MonteCLoRA's, or BLoB's
+    mean-field one) and 0 (the mean adapter) otherwise."""
     if requested is not None:
         return requested
     guide = record.get("guide") or {}
-    return 10 if record.get("adapter_mode") == "sample" and guide.get("class") == "MonteCLoRAGuide" else 0
+    sampled = guide.get("class") in ("MonteCLoRAGuide", "MeanFieldGuide")
+    return 10 if record.get("adapter_mode") == "sample" and sampled else 0
 
 
 def check_evaluation_inputs(args, output: Path, directory: Path, record: dict, data_spec: dict) -> None:
