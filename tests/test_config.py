@@ -58,7 +58,8 @@ def test_bad_values_name_the_field(field, value):
 def test_the_prior_is_one_of_two_and_the_gaussian_has_no_cooperative_term():
     assert MonteCLoRAConfig().prior == "wishart-mixture" and MonteCLoRAConfig().prior_std == 0.2
     assert MonteCLoRAConfig(prior="gaussian", prior_std=0.05).prior_std == 0.05
-    with pytest.raises(ValueError, match=r"^MonteCLoRAConfig.prior must be one of 'wishart-mixture', 'gaussian', got 'normal'$"):
+    allowed = "one of 'wishart-mixture', 'gaussian'"
+    with pytest.raises(ValueError, match=rf"^MonteCLoRAConfig.prior must be {allowed}, got 'normal'$"):
         MonteCLoRAConfig(prior="normal")
     with pytest.raises(ValueError, match=r"^MonteCLoRAConfig.prior_std must be a finite number > 0, got nan$"):
         MonteCLoRAConfig(prior="gaussian", prior_std=math.nan)

@@ -18,7 +18,8 @@ treatment around ``lora_B``). Draws are reparameterised, :math:`A = M + \\sigma 
 
 .. math::
 
-    \\mathrm{KL}\\big(q(A_\\ell) \\,\\|\\, p(A_\\ell)\\big) = \\sum_{ij} \\Big[\\log\\frac{\\sigma_p}{\\sigma_{\\ell,ij}}
+    \\mathrm{KL}\\big(q(A_\\ell) \\,\\|\\, p(A_\\ell)\\big)
+    = \\sum_{ij} \\Big[\\log\\frac{\\sigma_p}{\\sigma_{\\ell,ij}}
     + \\frac{\\sigma_{\\ell,ij}^2 + M_{\\ell,ij}^2}{2\\sigma_p^2} - \\frac12\\Big],
 
 so that the ELBO :class:`~pyro_monteclora.MonteCLoRAELBO` estimates is BLoB's (Wang et al., NeurIPS
