@@ -10,6 +10,10 @@ adapter, the adapter's rank and scaling, and the hyper-parameters of the MonteCL
     A_\\ell = M_\\ell + s \\sum_{k=1}^N \\pi_{\\ell k} E_{\\ell k},
     \\quad E_{\\ell k}[:, j] \\sim \\mathcal{N}(0, \\Sigma_\\ell).
 
+With ``prior="gaussian"`` the prior is instead BLoB's (Wang et al., NeurIPS 2024): every entry of
+:math:`A_\\ell` is :math:`\\mathcal N(0, \\sigma_p^2)` with :math:`\\sigma_p` = ``prior_std``
+(see :class:`~pyro_monteclora.nn.priors.GaussianPrior`).
+
 Every field is validated on construction, so a bad value fails before a model is touched.
 
 >>> cfg = MonteCLoRAConfig(rank=8, target_modules=["query", "value"])
@@ -31,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 
 from pyro_monteclora.validation import number_problem
 
-__all__ = ["MonteCLoRAConfig", "BIAS_CHOICES"]
+__all__ = ["MonteCLoRAConfig", "BIAS_CHOICES", "PRIOR_CHOICES"]
 
 
 def _is_number(value: Any) -> bool:
@@ -52,6 +56,8 @@ def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
 
 #: the values of :attr:`MonteCLoRAConfig.bias`
 BIAS_CHOICES = ("none", "all")
+#: the values of :attr:`MonteCLoRAConfig.prior`: the paper's prior, and BLoB's per-entry Gaussian
+PRIOR_CHOICES = ("wishart-mixture", "gaussian")
 
 
 def _field(default: Any, help: str, **metadata: Any) -> Any:
@@ -102,6 +108,18 @@ class MonteCLoRAConfig:
         (),
         "modules (for example the classification head) trained as point estimates, matched like a target_modules list",
     )
+    prior: str = _field(
+        "wishart-mixture",
+        "the prior of each random factor: 'wishart-mixture' (the paper's: a Wishart covariance and "
+        "Dirichlet mixture weights, guided by MonteCLoRAGuide) or 'gaussian' (BLoB-style: each "
+        "entry of A is N(0, prior_std^2), guided by the mean-field MeanFieldGuide)",
+        choices=PRIOR_CHOICES,
+    )
+    prior_std: float = _field(
+        0.2,
+        "standard deviation sigma_p > 0 of the 'gaussian' prior on each entry of A (BLoB's 0.2); "
+        "the wishart-mixture prior does not read it",
+    )
     num_components: int = _field(4, "number N of mixture components (an integer >= 1; the paper uses 4)")
     wishart_df: Optional[float] = _field(
         None, "degrees of freedom nu > r - 1 of the Wishart prior on each covariance (None: the rank)"
@@ -144,6 +162,19 @@ class MonteCLoRAConfig:
         for name in ("sample_scaler", "cooperative_weight", "kl_weight"):
             _number(name, getattr(self, name), minimum=0)
         _number("dirichlet_concentration", self.dirichlet_concentration, minimum=0, exclusive_minimum=True)
+        _require(
+            isinstance(self.prior, str) and self.prior in PRIOR_CHOICES,
+            "prior",
+            "one of " + ", ".join(repr(choice) for choice in PRIOR_CHOICES),
+            self.prior,
+        )
+        _number("prior_std", self.prior_std, minimum=0, exclusive_minimum=True)
+        _require(
+            self.prior != "gaussian" or self.cooperative_weight == 0,
+            "cooperative_weight",
+            "0 with prior='gaussian' (the cooperative term acts on the wishart-mixture prior's mixture weights)",
+            self.cooperative_weight,
+        )
         _require(isinstance(self.random_B, bool), "random_B", "True or False", self.random_B)
         _require(
             self.bias in BIAS_CHOICES, "bias", "one of " + ", ".join(repr(choice) for choice in BIAS_CHOICES), self.bias

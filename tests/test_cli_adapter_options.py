@@ -21,6 +21,9 @@ VALUES = {
     "dropout": (["--lora-dropout", "0.1"], 0.1),
     "target_modules": (["--target-modules", "query, key"], ("query", "key")),
     "modules_to_save": (["--modules-to-save", "pooler"], ("pooler",)),
+    # the default: the cooperative weight below is refused with the Gaussian prior (tested below)
+    "prior": (["--prior", "wishart-mixture"], "wishart-mixture"),
+    "prior_std": (["--prior-std", "0.3"], 0.3),
     "num_components": (["--num-components", "3"], 3),
     "wishart_df": (["--wishart-df", "6.5"], 6.5),
     "sample_scaler": (["--sample-scaler", "0.02"], 0.02),
@@ -52,6 +55,8 @@ def test_every_config_field_is_a_train_option_parsed_into_the_config():
     default = adapter_config(vars(build_parser().parse_args(["train", "--output", "x"])))
     assert default == MonteCLoRAConfig()
     assert build_parser().parse_args(["train", "--output", "x", "--random-b"]).random_B is True
+    gaussian = adapter_config(vars(build_parser().parse_args(["train", "--output", "x", "--prior", "gaussian"])))
+    assert (gaussian.prior, gaussian.prior_std) == ("gaussian", 0.2)
 
 
 def test_the_sweep_takes_the_same_options_and_passes_them_to_every_cell():
@@ -82,6 +87,13 @@ def test_the_sweep_takes_the_same_options_and_passes_them_to_every_cell():
         (["--cooperative-weight", "-1"], "--cooperative-weight must be a finite number >= 0, got -1.0"),
         (["--lora-dropout", "1"], "--lora-dropout must be a number in [0, 1), got 1.0"),
         (["--bias", "lora_only"], "argument --bias: invalid choice: 'lora_only' (choose from"),
+        (["--prior", "laplace"], "argument --prior: invalid choice: 'laplace' (choose from"),
+        (["--prior-std", "0"], "--prior-std must be a finite number > 0, got 0.0"),
+        (["--prior-std", "nan"], "--prior-std must be a finite number > 0, got nan"),
+        (
+            ["--prior", "gaussian", "--cooperative-weight", "0.1"],
+            "--cooperative-weight must be 0 with prior='gaussian'",
+        ),
         (
             ["--target-modules", " , "],
             "--target-modules must be a non-empty list of module names or a regular expression, got ()",

@@ -41,11 +41,31 @@ def test_defaults_follow_the_paper():
         ("target_modules", [""]),
         ("modules_to_save", [3]),
         ("random_B", "yes"),
+        ("prior", "laplace"),
+        ("prior", None),
+        ("prior_std", 0.0),
+        ("prior_std", -0.2),
+        ("prior_std", math.nan),
+        ("prior_std", math.inf),
+        ("prior_std", "0.2"),
     ],
 )
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         MonteCLoRAConfig(**{field: value})
+
+
+def test_the_prior_is_one_of_two_and_the_gaussian_has_no_cooperative_term():
+    assert MonteCLoRAConfig().prior == "wishart-mixture" and MonteCLoRAConfig().prior_std == 0.2
+    assert MonteCLoRAConfig(prior="gaussian", prior_std=0.05).prior_std == 0.05
+    allowed = "one of 'wishart-mixture', 'gaussian'"
+    with pytest.raises(ValueError, match=rf"^MonteCLoRAConfig.prior must be {allowed}, got 'normal'$"):
+        MonteCLoRAConfig(prior="normal")
+    with pytest.raises(ValueError, match=r"^MonteCLoRAConfig.prior_std must be a finite number > 0, got nan$"):
+        MonteCLoRAConfig(prior="gaussian", prior_std=math.nan)
+    with pytest.raises(ValueError, match=r"cooperative_weight must be 0 with prior='gaussian' .*, got 0.5$"):
+        MonteCLoRAConfig(prior="gaussian", cooperative_weight=0.5)
+    MonteCLoRAConfig(prior="wishart-mixture", cooperative_weight=0.5)
 
 
 def test_df_must_exceed_rank_minus_one():

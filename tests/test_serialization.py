@@ -169,7 +169,7 @@ def test_guides_are_found_through_a_registry(tmp_path):
     with pytest.raises(
         CheckpointError,
         match=r"cannot save a AutoNormal guide; registered guide classes are "
-        r"\['EmptyGuide', 'MonteCLoRAGuide'\]",
+        r"\['EmptyGuide', 'MeanFieldGuide', 'MonteCLoRAGuide'\]",
     ):
         model.save_pretrained(tmp_path, guide=AutoNormal(model))
     assert not (tmp_path / CONFIG_NAME).exists()

@@ -93,6 +93,11 @@ class MonteCLoRAGuide(PyroModule):
                 "MonteCLoRAGuide needs a model with adapter_mode='sample' (latent sites); "
                 "a model with mean adapters has none: guide it with EmptyGuide"
             )
+        if model.config.prior != "wishart-mixture":
+            raise ValueError(
+                f"MonteCLoRAGuide needs a model with the wishart-mixture prior; this model's prior is "
+                f"{model.config.prior!r}: guide it with MeanFieldGuide"
+            )
         if scale_tril not in SCALE_TRIL_KINDS:
             raise ValueError(f"MonteCLoRAGuide.scale_tril must be one of {list(SCALE_TRIL_KINDS)}, got {scale_tril!r}")
         super().__init__(name or f"{model._pyro_name}.guide")

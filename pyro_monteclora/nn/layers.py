@@ -21,6 +21,13 @@ The noise site is shared by model and guide, so its log-density ratio is exactly
 paid twice for it (see :func:`~pyro_monteclora.distributions.lora_perturbation`). With
 ``random_B=True`` the same four sites exist under ``<path>.lora_B`` for :math:`B`'s rows.
 
+With the Gaussian prior (``MonteCLoRAConfig.prior="gaussian"``, BLoB's) each random factor is one
+latent site instead, and the layer uses its draw:
+
+.. code-block:: text
+
+    <path>.lora_A           A    ~ Normal(0, sigma_p), shape (r, d_in), one event
+
 The low-rank branch always runs in fp32 with autocast off, so that :math:`A` keeps a perturbation of
 relative size :math:`s \\ll 2^{-8}` when the base runs in bf16/fp16; how much of it reaches a
 bf16/fp16 *output* is said in :meth:`MonteCLoRALinear.forward`.
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -40,7 +47,7 @@ from torch import nn
 
 from pyro_monteclora.config import MonteCLoRAConfig
 from pyro_monteclora.distributions import StandardNormalMatrix, lora_perturbation
-from pyro_monteclora.nn.priors import MonteCLoRAPrior
+from pyro_monteclora.nn.priors import GaussianPrior, MonteCLoRAPrior, prior_from_config
 from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names
 
 __all__ = ["MonteCLoRALinear", "sample_adapter_factors", "latent_scale", "record_value"]
@@ -52,7 +59,8 @@ class MonteCLoRALinear(nn.Module):
     :param nn.Module base_layer: the layer to adapt; its parameters are frozen.
     :param MonteCLoRAConfig config: rank, scaling and prior hyper-parameters.
     :param str path: the module path inside the wrapped model; it names the Pyro sites.
-    :param MonteCLoRAPrior prior: the prior its sites draw from (default: built from ``config``;
+    :param prior: the prior its sites draw from, a :class:`~pyro_monteclora.nn.priors.MonteCLoRAPrior`
+        or :class:`~pyro_monteclora.nn.priors.GaussianPrior` (default: the one ``config.prior`` names;
         :class:`~pyro_monteclora.MonteCLoRAModel` gives all its layers its one ``model.prior``).
 
     Outside a Pyro model (no factors sampled) the layer uses the posterior-mean adapter
@@ -60,7 +68,11 @@ class MonteCLoRALinear(nn.Module):
     """
 
     def __init__(
-        self, base_layer: nn.Module, config: MonteCLoRAConfig, path: str, prior: Optional[MonteCLoRAPrior] = None
+        self,
+        base_layer: nn.Module,
+        config: MonteCLoRAConfig,
+        path: str,
+        prior: Optional[Union[MonteCLoRAPrior, GaussianPrior]] = None,
     ):
         super().__init__()
         weight = base_layer.weight
@@ -79,7 +91,7 @@ class MonteCLoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A_mean, a=math.sqrt(5))  # PEFT's init for A
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self._factors: Optional[tuple] = None
-        self.prior = prior if prior is not None else MonteCLoRAPrior.from_config(config)
+        self.prior = prior if prior is not None else prior_from_config(config)
         self._site_names = {factor: factor_site_names(path, factor) for factor in ("lora_A", "lora_B")}
         self._noise: dict = {}
 
@@ -106,7 +118,8 @@ class MonteCLoRALinear(nn.Module):
 
     def sample_latents(self, factor: str) -> tuple:
         """Emit the latent sites of ``factor`` (``"lora_A"`` or ``"lora_B"``) and return their draws
-        :math:`(L, \\pi, Z)`: the covariance's Cholesky factor, the mixture weights and the noise.
+        :math:`(L, \\pi, Z)`: the covariance's Cholesky factor, the mixture weights and the noise
+        (the wishart-mixture prior; :meth:`sample_gaussian_factor` for the Gaussian one).
 
         The deterministic site holding the factor itself is left to :func:`sample_adapter_factors`.
         """
@@ -125,6 +138,18 @@ class MonteCLoRALinear(nn.Module):
         if cfg.cooperative_weight > 0:
             pyro.factor(f"{names['mixture_weights']}.cooperative", -cfg.cooperative_weight * weights.pow(2).sum(-1))
         return scale_tril, weights, noise
+
+    def sample_gaussian_factor(self, factor: str) -> torch.Tensor:
+        """Emit ``factor``'s one latent site under the Gaussian prior, ``<path>.lora_A`` (or
+        ``<path>.lora_B``) :math:`\\sim \\mathcal N(0, \\sigma_p^2)` over the factor's entries, and
+        return its draw: the factor itself (shaped as :meth:`factor_mean`)."""
+        mean = self.factor_mean(factor)
+        with latent_scale(self.config.kl_weight):
+            return pyro.sample(
+                self._site_names[factor]["value"],
+                self.prior.factor(mean.shape, mean.device),
+                infer={LATENT_SITE: True},
+            )
 
     def factor_mean(self, factor: str) -> torch.Tensor:
         """The point estimate a factor is drawn around: :math:`M` (``lora_A_mean``) or ``lora_B``."""
@@ -228,13 +253,20 @@ def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
     layer axis) and then split: a few autograd nodes per step instead of several per layer. So the
     deterministic ``<path>.lora_A`` sites come after all the latent ones in a trace.
 
+    Under the Gaussian prior a layer's factor is its latent site
+    (:meth:`MonteCLoRALinear.sample_gaussian_factor`), used as drawn.
+
     Draws with batch dimensions of their own (a ``pyro.plate`` around the model, vectorised
     ``Predictive``) are stacked along the layer axis just left of the factor's two dimensions, so
     each layer's mean broadcasts against its own draws only.
     """
     groups: dict = {}  # (factor, shapes of M, L, pi, Z, device, s) -> [(adapter, L, pi, Z)]
+    values: dict = {}
     for adapter in adapters:
         for factor in adapter.random_factors:
+            if isinstance(adapter.prior, GaussianPrior):  # the factor is the latent site itself
+                values[adapter, factor] = adapter.sample_gaussian_factor(factor)
+                continue
             scale_tril, weights, noise = adapter.sample_latents(factor)
             mean = adapter.factor_mean(factor)
             key = (
@@ -247,7 +279,6 @@ def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
                 adapter.config.sample_scaler,
             )
             groups.setdefault(key, []).append((adapter, scale_tril, weights, noise))
-    values: dict = {}
     for key, members in groups.items():
         factor, sample_scaler = key[0], key[-1]
         layers, scale_trils, weights, noises = zip(*members)

@@ -34,7 +34,7 @@ from pyro_monteclora.config import MonteCLoRAConfig
 from pyro_monteclora.nn._params import register_parameters, unique_prefix
 from pyro_monteclora.nn.layers import MonteCLoRALinear, sample_adapter_factors
 from pyro_monteclora.nn.likelihoods import Likelihood, get_likelihood
-from pyro_monteclora.nn.priors import MonteCLoRAPrior
+from pyro_monteclora.nn.priors import GaussianPrior, MonteCLoRAPrior, prior_from_config
 from pyro_monteclora.storage.checkpoint import register_model
 
 __all__ = ["HFPyroModel", "MonteCLoRAModel", "inject_adapters"]
@@ -47,10 +47,10 @@ def _is_adaptable(module: nn.Module) -> bool:
 
 
 def inject_adapters(
-    model: nn.Module, config: MonteCLoRAConfig, prior: Optional[MonteCLoRAPrior] = None
+    model: nn.Module, config: MonteCLoRAConfig, prior: Optional[Union[MonteCLoRAPrior, GaussianPrior]] = None
 ) -> Dict[str, MonteCLoRALinear]:
     """Replace every matching linear layer of ``model`` in place by a :class:`MonteCLoRALinear`
-    whose sites draw from ``prior`` (default: one built from ``config``, shared by all layers).
+    whose sites draw from ``prior`` (default: the one ``config.prior`` names, shared by all layers).
 
     :returns: the adapters, keyed by module path.
     :raises ValueError: if no linear layer matches ``config.target_modules``.
@@ -68,7 +68,7 @@ def inject_adapters(
             f"MonteCLoRAConfig.target_modules={config.target_modules!r} matches no linear layer of "
             f"{type(model).__name__}; its linear layers are named {linear_names}"
         )
-    prior = prior if prior is not None else MonteCLoRAPrior.from_config(config)
+    prior = prior if prior is not None else prior_from_config(config)
     adapters = {}
     for path, module in targets:
         parent_path, _, child = path.rpartition(".")
@@ -271,8 +271,11 @@ class MonteCLoRAModel(HFPyroModel):
         :class:`~pyro_monteclora.MonteCLoRAGuide` or any Pyro guide) or ``"mean"`` (no latent
         site, :math:`A = M`: plain LoRA, trained with :class:`~pyro_monteclora.EmptyGuide`).
 
-    :attr:`prior` (a :class:`~pyro_monteclora.nn.priors.MonteCLoRAPrior`) is built once from the
-    config; every layer's sites draw from it and the guide's KLs are taken against it.
+    :attr:`prior` is built once from the config (``config.prior``: a
+    :class:`~pyro_monteclora.nn.priors.MonteCLoRAPrior`, or a
+    :class:`~pyro_monteclora.nn.priors.GaussianPrior` guided by
+    :class:`~pyro_monteclora.MeanFieldGuide`); every layer's sites draw from it and the guide's KLs
+    are taken against it.
 
     Calling the model, ``model(input_ids=..., attention_mask=..., labels=...)``, emits each
     adapter's latent sites (unless :attr:`adapter_mode` is ``"mean"``), runs the network and observes
@@ -303,7 +306,7 @@ class MonteCLoRAModel(HFPyroModel):
                 )
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        prior = MonteCLoRAPrior.from_config(config)
+        prior = prior_from_config(config)
         adapters = inject_adapters(model, config, prior)
         for path, module in model.named_modules():
             if path and config.matches_saved(path):

@@ -4,8 +4,10 @@ Every adapted layer at module path ``<path>`` emits, per random factor, the late
 ``<path>.covariance`` and ``<path>.mixture_weights`` (tagged ``infer={LATENT_SITE: True}``,
 which :func:`~pyro_monteclora.nn.handlers.kl_scale` scales), the shared noise site
 ``<path>.lora_A.noise`` and the deterministic factor ``<path>.lora_A``
-(:func:`factor_site_names`). A guide, the paper's or an autoguide, draws the latent sites by
-these names.
+(:func:`factor_site_names`). With the Gaussian prior (``MonteCLoRAConfig.prior="gaussian"``) the
+factor ``<path>.lora_A`` is itself the one latent site (tagged the same way) and the other three
+do not exist. A guide, the paper's, BLoB's mean-field one or an autoguide, draws the latent sites
+by these names.
 """
 
 from __future__ import annotations
