@@ -1,0 +1,147 @@
+"""The calibration baselines through the command line: train, calibrate, ensemble, evaluate, predict."""
+
+import json
+
+import pytest
+import torch
+from test_cli import data_dir, model_dir, snapshot, train_args  # noqa: F401  (fixtures)
+
+from pyro_monteclora.cli import main
+from pyro_monteclora.data.classification import TextClassificationData, classification_loader
+from pyro_monteclora.infer.predictive import predict
+from pyro_monteclora.storage.checkpoint import load_pretrained, read_trained_tensors
+from pyro_monteclora.storage.ensembles import read_ensemble_members
+
+
+def evaluate(run, output, *extra):
+    assert main(["evaluate", "--checkpoint", str(run), "--output", str(output), "--overwrite", *extra]) == 0
+    return json.loads((output / "metrics.json").read_text())
+
+
+def test_mc_dropout_with_a_temperature_fitted_on_validation(model_dir, data_dir, tmp_path):
+    run = tmp_path / "mc"
+    args = train_args(model_dir, data_dir, run, "--method", "mc-dropout", "--dropout", "0.2", "--epochs", "2")
+    assert main([*args, "--calibrate", "temperature"]) == 0
+    calibration = json.loads((run / "checkpoint" / "calibration.json").read_text())
+    assert calibration["fitted_on"] == "validation" and calibration["examples"] == 16
+    assert calibration["num_samples"] == 10 and calibration["nll_after"] <= calibration["nll_before"]
+    result = evaluate(run, tmp_path / "eval")
+    assert result["method"] == "mc-dropout" and result["num_samples"] == 10
+    assert result["temperature"] == pytest.approx(calibration["temperature"])
+    raw = evaluate(run, tmp_path / "eval-raw", "--uncalibrated")
+    assert raw["temperature"] is None
+    assert raw["metrics"]["accuracy"] == result["metrics"]["accuracy"]  # a temperature keeps every argmax
+
+
+def test_a_checkpoint_ensemble_of_one_is_the_last_checkpoint(model_dir, data_dir, tmp_path):
+    run = tmp_path / "ckpt"
+    args = train_args(model_dir, data_dir, run, "--method", "checkpoint-ensemble", "--epochs", "3")
+    assert main([*args, "--ensemble-size", "1"]) == 0
+    kind, details, members = read_ensemble_members(run / "checkpoint")
+    assert kind == "checkpoint" and details == [{"epoch": 3}]
+    last = read_trained_tensors(run / "checkpoint")
+    assert all(torch.equal(members[0][name], last[name]) for name in last)
+    ensemble = evaluate(run, tmp_path / "eval")
+    model, guide = load_pretrained(run / "checkpoint")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "checkpoint")
+    records = [json.loads(line) for line in (data_dir / "test.jsonl").read_text().splitlines()]
+    names = json.loads((run / "run.json").read_text())["data"]["label_names"]
+    data = TextClassificationData([r["text"] for r in records], [names.index(r["label"]) for r in records], names)
+    alone = predict(model, guide, classification_loader(data, tokenizer, 64, 16), num_samples=0)
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert ensemble["metrics"]["accuracy"] == pytest.approx(float((alone.predictions == alone.labels).float().mean()))
+    assert [row["probabilities"]["pos"] for row in rows] == pytest.approx(alone.probs[:, 1].tolist(), abs=1e-5)
+
+
+def test_a_checkpoint_ensemble_keeps_the_last_k_epochs_across_a_resume(model_dir, data_dir, tmp_path):
+    run = tmp_path / "ckpt"
+    args = train_args(model_dir, data_dir, run, "--method", "checkpoint-ensemble", "--ensemble-size", "2")
+    assert main([*args, "--epochs", "3"]) == 0
+    kind, details, members = read_ensemble_members(run / "checkpoint")
+    assert details == [{"epoch": 2}, {"epoch": 3}]
+    assert not all(torch.equal(members[0][k], members[1][k]) for k in members[0])
+    result = evaluate(run, tmp_path / "eval")
+    assert result["metrics"]["mean_mutual_information"] > 0
+
+
+def test_a_deep_ensemble_trains_its_members_and_resumes_the_missing_ones(model_dir, data_dir, tmp_path):
+    run = tmp_path / "deep"
+    args = train_args(model_dir, data_dir, run, "--method", "deep-ensemble", "--ensemble-size", "2", "--epochs", "1")
+    assert main(args) == 0
+    kind, details, members = read_ensemble_members(run / "checkpoint")
+    assert kind == "deep" and details == [{"seed": 0}, {"seed": 1}]
+    for index, member in enumerate(members):  # each member is its own LoRA run
+        saved = read_trained_tensors(run / "members" / str(index) / "checkpoint")
+        assert all(torch.equal(member[name], saved[name]) for name in saved)
+    assert json.loads((run / "members" / "1" / "run.json").read_text())["arguments"]["seed"] == 1
+    first = snapshot(run / "members" / "0")
+    # lose the second member and the ensemble, then resume: member 0 is kept, member 1 retrained
+    import shutil
+
+    shutil.rmtree(run / "members" / "1")
+    shutil.rmtree(run / "checkpoint")
+    assert main([*args, "--resume"]) == 0
+    assert snapshot(run / "members" / "0") == first
+    _, _, again = read_ensemble_members(run / "checkpoint")
+    assert all(torch.equal(again[1][name], members[1][name]) for name in members[1])
+    result = evaluate(run, tmp_path / "eval")
+    assert result["method"] == "deep-ensemble" and result["metrics"]["mean_mutual_information"] > 0
+
+
+def test_the_ensemble_command_joins_runs_and_refuses_mixed_ones(model_dir, data_dir, tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"lora{seed}"
+        assert main(train_args(model_dir, data_dir, run, "--method", "lora", "--epochs", "1", "--seed", str(seed))) == 0
+        runs.append(run)
+    output = tmp_path / "ensemble"
+    assert main(["ensemble", "--members", ",".join(map(str, runs)), "--output", str(output)]) == 0
+    kind, details, _ = read_ensemble_members(output)
+    assert kind == "deep" and [d["seed"] for d in details] == [0, 1]
+    assert evaluate(output, tmp_path / "eval")["method"] == "deep-ensemble"
+    # a member with another label set
+    other = tmp_path / "other-labels"
+    rows = [json.dumps({"text": "a film good", "label": lab}) + "\n" for lab in ("x", "y", "z")] * 8
+    (tmp_path / "three.jsonl").write_text("".join(rows))
+    argv = train_args(model_dir, data_dir, other, "--method", "lora", "--epochs", "1")
+    argv[argv.index("--train-file") + 1] = str(tmp_path / "three.jsonl")
+    for option in ("--validation-file", "--test-file"):
+        index = argv.index(option)
+        del argv[index : index + 2]
+    assert main(argv) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["ensemble", "--members", f"{runs[0]},{other}", "--output", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differ in" in err and not bad.exists()
+
+
+BAD = [
+    ("--method mc-dropout without dropout", ["--method", "mc-dropout"], "--dropout above 0"),
+    ("an ensemble size below 1", ["--method", "deep-ensemble", "--ensemble-size", "0"], "--ensemble-size"),
+    ("K above the epochs", ["--method", "checkpoint-ensemble", "--ensemble-size", "4", "--epochs", "2"], "--epochs 2"),
+    ("--ensemble-size on lora", ["--method", "lora", "--ensemble-size", "2"], "applies to --method deep-ensemble"),
+    ("--calibrate with no validation split", ["--calibrate", "temperature", "NO-VALIDATION"], "validation split"),
+    ("an unknown calibration", ["--calibrate", "platt"], "--calibrate"),
+]
+
+
+@pytest.mark.parametrize("case,extra,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_baseline_options_exit_2_with_one_line_and_write_nothing(
+    model_dir, data_dir, tmp_path, capsys, case, extra, message
+):
+    output = tmp_path / "run"
+    argv = train_args(model_dir, data_dir, output, *[e for e in extra if e != "NO-VALIDATION"])
+    if "NO-VALIDATION" in extra:
+        index = argv.index("--validation-file")
+        del argv[index : index + 2]
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's own refusal of a choice
+        status = exit_.code
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) <= 2, err
+    assert not output.exists()
