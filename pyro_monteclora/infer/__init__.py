@@ -5,16 +5,19 @@
 * :mod:`~pyro_monteclora.infer.elbo` -- ``MonteCLoRAELBO``: ``TraceMeanField_ELBO`` specialised to
   MonteCLoRA's structure.
 * :mod:`~pyro_monteclora.infer.predictive` -- Streaming posterior predictive for classifiers.
+* :mod:`~pyro_monteclora.infer.laplace` -- Laplace-LoRA: a post-hoc KFAC Laplace posterior over a
+  trained LoRA adapter, through ``laplace-torch`` (an optional dependency, imported on use).
 
 It imports :mod:`pyro_monteclora.nn`, :mod:`pyro_monteclora.storage` and the leaves.
 
 Every public name of these modules is importable from ``pyro_monteclora.infer``.
 """
 
-from pyro_monteclora.infer import elbo, guides, predictive
+from pyro_monteclora.infer import elbo, guides, laplace, predictive
 from pyro_monteclora.infer.elbo import *  # noqa: F403
 from pyro_monteclora.infer.guides import *  # noqa: F403
+from pyro_monteclora.infer.laplace import *  # noqa: F403
 from pyro_monteclora.infer.predictive import *  # noqa: F403
 
 #: every public name of the modules, in the order the docstring lists them
-__all__ = [*guides.__all__, *elbo.__all__, *predictive.__all__]
+__all__ = [*guides.__all__, *elbo.__all__, *predictive.__all__, *laplace.__all__]
