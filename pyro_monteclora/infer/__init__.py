@@ -12,16 +12,29 @@
 * :mod:`~pyro_monteclora.infer.mc_dropout` -- MC dropout on the LoRA adapters.
 * :mod:`~pyro_monteclora.infer.ensembles` -- Deep and checkpoint ensembles as one predictive.
 * :mod:`~pyro_monteclora.infer.methods` -- Every method's predictive behind one call.
+* :mod:`~pyro_monteclora.infer.laplace` -- Laplace-LoRA: a post-hoc KFAC Laplace posterior over a
+  trained LoRA adapter, through ``laplace-torch`` (an optional dependency, imported on use).
 
 It imports :mod:`pyro_monteclora.nn`, :mod:`pyro_monteclora.storage` and the leaves.
 
 Every public name of these modules is importable from ``pyro_monteclora.infer``.
 """
 
-from pyro_monteclora.infer import elbo, ensembles, guides, mc_dropout, mean_field, methods, predictive, temperature
+from pyro_monteclora.infer import (
+    elbo,
+    ensembles,
+    guides,
+    laplace,
+    mc_dropout,
+    mean_field,
+    methods,
+    predictive,
+    temperature,
+)
 from pyro_monteclora.infer.elbo import *  # noqa: F403
 from pyro_monteclora.infer.ensembles import *  # noqa: F403
 from pyro_monteclora.infer.guides import *  # noqa: F403
+from pyro_monteclora.infer.laplace import *  # noqa: F403
 from pyro_monteclora.infer.mc_dropout import *  # noqa: F403
 from pyro_monteclora.infer.mean_field import *  # noqa: F403
 from pyro_monteclora.infer.methods import *  # noqa: F403
@@ -37,5 +50,6 @@ __all__ = [
     *temperature.__all__,
     *mc_dropout.__all__,
     *ensembles.__all__,
+    *laplace.__all__,
     *methods.__all__,
 ]
