@@ -20,7 +20,7 @@ def evaluate(run, output, *extra):
 
 def test_mc_dropout_with_a_temperature_fitted_on_validation(model_dir, data_dir, tmp_path):
     run = tmp_path / "mc"
-    args = train_args(model_dir, data_dir, run, "--method", "mc-dropout", "--dropout", "0.2", "--epochs", "2")
+    args = train_args(model_dir, data_dir, run, "--method", "mc-dropout", "--lora-dropout", "0.2", "--epochs", "2")
     assert main([*args, "--calibrate", "temperature"]) == 0
     calibration = json.loads((run / "checkpoint" / "calibration.json").read_text())
     assert calibration["fitted_on"] == "validation" and calibration["examples"] == 16
@@ -101,25 +101,26 @@ def test_the_ensemble_command_joins_runs_and_refuses_mixed_ones(model_dir, data_
     kind, details, _ = read_ensemble_members(output)
     assert kind == "deep" and [d["seed"] for d in details] == [0, 1]
     assert evaluate(output, tmp_path / "eval")["method"] == "deep-ensemble"
-    # a member with another label set
-    other = tmp_path / "other-labels"
-    rows = [json.dumps({"text": "a film good", "label": lab}) + "\n" for lab in ("x", "y", "z")] * 8
-    (tmp_path / "three.jsonl").write_text("".join(rows))
-    argv = train_args(model_dir, data_dir, other, "--method", "lora", "--epochs", "1")
-    argv[argv.index("--train-file") + 1] = str(tmp_path / "three.jsonl")
-    for option in ("--validation-file", "--test-file"):
-        index = argv.index(option)
-        del argv[index : index + 2]
-    assert main(argv) == 0
+    # a member trained on another base (same architecture, other weights)
+    import transformers
+    from conftest import tiny_bert_classifier
+
+    other_base = tmp_path / "other-base"
+    tiny_bert_classifier(seed=5).save_pretrained(other_base)
+    transformers.AutoTokenizer.from_pretrained(model_dir).save_pretrained(other_base)
+    other = tmp_path / "other"
+    assert main(train_args(other_base, data_dir, other, "--method", "lora", "--epochs", "1")) == 0
     capsys.readouterr()
     bad = tmp_path / "bad"
     assert main(["ensemble", "--members", f"{runs[0]},{other}", "--output", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "differ in" in err and not bad.exists()
+    assert len(err.splitlines()) == 1 and "differ in the base model" in err and not bad.exists()
+    assert main(["ensemble", "--members", f"{runs[0]},{runs[0]}", "--output", str(bad)]) == 2
+    assert "names one run twice" in capsys.readouterr().err and not bad.exists()
 
 
 BAD = [
-    ("--method mc-dropout without dropout", ["--method", "mc-dropout"], "--dropout above 0"),
+    ("--method mc-dropout without dropout", ["--method", "mc-dropout"], "--lora-dropout above 0"),
     ("an ensemble size below 1", ["--method", "deep-ensemble", "--ensemble-size", "0"], "--ensemble-size"),
     ("K above the epochs", ["--method", "checkpoint-ensemble", "--ensemble-size", "4", "--epochs", "2"], "--epochs 2"),
     ("--ensemble-size on lora", ["--method", "lora", "--ensemble-size", "2"], "applies to --method deep-ensemble"),

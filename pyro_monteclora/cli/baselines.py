@@ -69,8 +69,8 @@ def check_method_options(arguments: dict, causal: bool, splits: dict, world_size
             f"--ensemble-size {ensemble_size(arguments)} is more than --epochs {arguments['epochs']}: a "
             f"checkpoint ensemble takes the last K epochs of one run"
         )
-    if method == "mc-dropout" and not (arguments.get("dropout") or 0) > 0:
-        raise UsageError("--method mc-dropout needs --dropout above 0 (for example 0.1): the masks are the draws")
+    if method == "mc-dropout" and not (arguments.get("lora_dropout") or 0) > 0:
+        raise UsageError("--method mc-dropout needs --lora-dropout above 0 (for example 0.1): the masks are the draws")
     if method == "deep-ensemble" and world_size > 1:
         raise UsageError(
             "--method deep-ensemble trains its members one after the other in one process; launched "

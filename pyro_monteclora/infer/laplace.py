@@ -422,6 +422,21 @@ def fit_laplace(
 
 
 @torch.no_grad()
+def _glm_in_chunks(la, inputs: dict, chunk_size: int):
+    """``la._glm_predictive_distribution`` over ``inputs`` in slices of ``chunk_size`` rows: the
+    Jacobian's memory grows much faster than linearly with the rows of one call (a 64-sentence
+    MiniLM batch ran a 24 GiB machine out of memory, and per sentence slices of 2 ran 5x faster than
+    slices of 8 and 13x faster than slices of 16, at under 1 GiB)."""
+    rows = next(iter(inputs.values())).shape[0]
+    means, variances = [], []
+    for start in range(0, rows, chunk_size):
+        part = {k: v[start : start + chunk_size] for k, v in inputs.items()}
+        f_mu, f_var = la._glm_predictive_distribution(part)
+        means.append(f_mu)
+        variances.append(f_var)
+    return torch.cat(means), torch.cat(variances)
+
+
 def laplace_predict(
     laplace: LaplaceLoRA,
     loader: Iterable[dict],
@@ -429,6 +444,7 @@ def laplace_predict(
     seed: int = 0,
     device=None,
     progress: bool = False,
+    chunk_size: int = 2,
 ) -> PredictiveOutput:
     """The linearised (GLM) Laplace predictive of a classifier over every batch of ``loader``.
 
@@ -450,6 +466,7 @@ def laplace_predict(
     large. The sums run in float64 and the results are float32, as :func:`~pyro_monteclora.predict`.
 
     :param int num_samples: :math:`S \\ge 1` logit draws per example.
+    :param int chunk_size: rows per Jacobian computation (memory, not results, depends on it).
     :param device: where to run (default: where the adapters are; the model must already be there).
     """
     from laplace.utils import normal_samples
@@ -464,7 +481,7 @@ def laplace_predict(
         for batch in progress_bar(loader, f"laplace predict S={num_samples}", progress):
             labels = batch.get("labels")
             inputs = move_batch({k: v for k, v in batch.items() if k not in _NON_INPUTS}, device)
-            f_mu, f_var = la._glm_predictive_distribution(inputs)
+            f_mu, f_var = _glm_in_chunks(la, inputs, chunk_size)
             draws = torch.softmax(normal_samples(f_mu, f_var, num_samples, generator), dim=-1).double()
             expected = entropy(draws).mean(0)
             if laplace.link_approx == "mc":
