@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_cli import data_dir, model_dir, snapshot, train_args  # noqa: F401  (fixtures)
+from test_cli import _stop_after_first_checkpoint, data_dir, model_dir, snapshot, train_args  # noqa: F401
 
 from pyro_monteclora.cli import main
 from pyro_monteclora.data.classification import TextClassificationData, classification_loader
@@ -55,14 +55,22 @@ def test_a_checkpoint_ensemble_of_one_is_the_last_checkpoint(model_dir, data_dir
     assert [row["probabilities"]["pos"] for row in rows] == pytest.approx(alone.probs[:, 1].tolist(), abs=1e-5)
 
 
-def test_a_checkpoint_ensemble_keeps_the_last_k_epochs_across_a_resume(model_dir, data_dir, tmp_path):
-    run = tmp_path / "ckpt"
-    args = train_args(model_dir, data_dir, run, "--method", "checkpoint-ensemble", "--ensemble-size", "2")
-    assert main([*args, "--epochs", "3"]) == 0
-    kind, details, members = read_ensemble_members(run / "checkpoint")
-    assert details == [{"epoch": 2}, {"epoch": 3}]
+def test_a_checkpoint_ensemble_keeps_the_last_k_epochs_across_a_resume(model_dir, data_dir, tmp_path, monkeypatch):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    extra = ("--method", "checkpoint-ensemble", "--ensemble-size", "2", "--epochs", "3")
+    assert main(train_args(model_dir, data_dir, straight, *extra)) == 0
+    with monkeypatch.context() as patch:
+        _stop_after_first_checkpoint(patch)
+        assert main(train_args(model_dir, data_dir, resumed, *extra)) == 130
+    assert read_ensemble_members(resumed / "checkpoint")[1] == [{"epoch": 1}]
+    assert main(["train", "--output", str(resumed), "--resume"]) == 0
+    _, details, members = read_ensemble_members(straight / "checkpoint")
+    _, details_resumed, members_resumed = read_ensemble_members(resumed / "checkpoint")
+    assert details == details_resumed == [{"epoch": 2}, {"epoch": 3}]
+    for a, b in zip(members, members_resumed):
+        assert all(torch.equal(a[name], b[name]) for name in a)
     assert not all(torch.equal(members[0][k], members[1][k]) for k in members[0])
-    result = evaluate(run, tmp_path / "eval")
+    result = evaluate(straight, tmp_path / "eval")
     assert result["metrics"]["mean_mutual_information"] > 0
 
 
@@ -146,3 +154,49 @@ def test_bad_baseline_options_exit_2_with_one_line_and_write_nothing(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) <= 2, err
     assert not output.exists()
+
+
+def test_laplace_trains_lora_then_fits_and_evaluate_uses_its_predictive(model_dir, data_dir, tmp_path):
+    run = tmp_path / "laplace"
+    assert main(train_args(model_dir, data_dir, run, "--method", "laplace", "--epochs", "1")) == 0
+    meta = json.loads((run / "checkpoint" / "laplace.json").read_text())
+    assert meta["prior_precision"]["method"] == "marglik"
+    result = evaluate(run, tmp_path / "eval")
+    assert result["method"] == "laplace" and result["metrics"]["mean_mutual_information"] > 0
+
+
+def test_calibrate_fits_laplace_and_a_temperature_into_a_new_checkpoint(model_dir, data_dir, tmp_path, capsys):
+    run = tmp_path / "lora"
+    assert main(train_args(model_dir, data_dir, run, "--method", "lora", "--epochs", "1")) == 0
+    before = snapshot(run)
+    out = tmp_path / "calibrated"
+    assert main(["calibrate", "--checkpoint", str(run), "--laplace", "--temperature", "--output", str(out)]) == 0
+    assert snapshot(run) == before  # the source is left as it was
+    assert (out / "laplace.safetensors").is_file() and not (out / "training_state.json").exists()
+    assert json.loads((out / "calibration.json").read_text())["temperature"] > 0
+    result = evaluate(out, tmp_path / "eval")
+    assert result["method"] == "laplace" and result["temperature"] > 0
+    capsys.readouterr()
+    # Laplace of a checkpoint it does not apply to; no calibration asked; nothing written either time
+    mc = tmp_path / "mc"
+    assert main(train_args(model_dir, data_dir, mc, "--epochs", "1")) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["calibrate", "--checkpoint", str(mc), "--laplace", "--output", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Laplace-LoRA applies to a LoRA checkpoint" in err and len(err.splitlines()) == 1 and not bad.exists()
+    assert main(["calibrate", "--checkpoint", str(run), "--output", str(bad)]) == 2
+    assert "needs --temperature, --laplace" in capsys.readouterr().err and not bad.exists()
+
+
+def test_calibrate_refuses_a_temperature_without_a_validation_split(model_dir, data_dir, tmp_path, capsys):
+    run = tmp_path / "lora"
+    argv = train_args(model_dir, data_dir, run, "--method", "lora", "--epochs", "1")
+    index = argv.index("--validation-file")
+    del argv[index : index + 2]
+    assert main(argv) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["calibrate", "--checkpoint", str(run), "--temperature", "--output", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "validation" in err and len(err.splitlines()) == 1 and not bad.exists()

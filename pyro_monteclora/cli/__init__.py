@@ -35,8 +35,10 @@ __all__ = ["main", "build_parser", "UsageError", "run_cell"]
 
 def build_parser() -> OneLineParser:
     """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict``,
-    ``generate``, ``sweep`` and ``ensemble`` sub-commands (the CLI reference in the docs is generated from it)."""
+    ``generate``, ``sweep``, ``ensemble`` and ``calibrate`` sub-commands (the CLI reference in the
+    docs is generated from it)."""
     from pyro_monteclora.cli.baselines import add_ensemble_parser
+    from pyro_monteclora.cli.calibrate import add_calibrate_parser
     from pyro_monteclora.cli.evaluate import add_evaluate_parser
     from pyro_monteclora.cli.generate import add_generate_parser
     from pyro_monteclora.cli.predict import add_predict_parser
@@ -51,6 +53,7 @@ def build_parser() -> OneLineParser:
     add_generate_parser(subparsers)
     add_sweep_parser(subparsers)
     add_ensemble_parser(subparsers)
+    add_calibrate_parser(subparsers)
     return parser
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "assemble_ensemble",
     "add_ensemble_parser",
     "run_ensemble",
+    "fit_temperature_into",
 ]
 
 #: ``--ensemble-size`` when not given: M = 5 members (deep), the last K = 3 epochs (checkpoint)
@@ -120,17 +121,27 @@ def _fit_laplace(job, checkpoint: Path) -> None:
 
 
 def _fit_temperature(job, checkpoint: Path) -> None:
+    loader = _evaluation_loader(job, "validation")
+    fit_temperature_into(
+        checkpoint, job.model, job.guide, job.arguments["method"], loader, job.arguments["seed"], job.device
+    )
+
+
+def fit_temperature_into(checkpoint: Path, model, guide, method: str, loader, seed: int, device, num_samples=None):
+    """Fit a temperature on ``loader`` (the validation split) with ``method``'s own predictive of
+    the checkpoint, write ``calibration.json`` into it, and return the temperature."""
     import pyro
 
     from pyro_monteclora.infer.methods import method_predictive
     from pyro_monteclora.infer.temperature import fit_temperature, tempered_nll
     from pyro_monteclora.storage.calibration import save_calibration
 
-    method = job.arguments["method"]
-    predictive = method_predictive(job.model, job.guide, method, checkpoint, calibration=False)
-    num_samples = default_num_samples(method)
-    pyro.set_rng_seed(job.arguments["seed"])
-    output = predictive(_evaluation_loader(job, "validation"), num_samples, device=job.device, progress=True)
+    predictive = method_predictive(model, guide, method, checkpoint, calibration=False)
+    num_samples = default_num_samples(method) if num_samples is None else num_samples
+    pyro.set_rng_seed(seed)
+    output = predictive(loader, num_samples, device=device, progress=True)
+    if output.labels is None:
+        raise UsageError("the validation split has no labels: a temperature is fitted on labelled examples")
     temperature = fit_temperature(output.probs, output.labels)
     save_calibration(
         checkpoint,
@@ -147,6 +158,7 @@ def _fit_temperature(job, checkpoint: Path) -> None:
         f"calibrate: temperature {temperature:.3f} fitted on {output.labels.numel():,} validation examples",
         file=sys.stderr,
     )
+    return temperature
 
 
 # -- deep ensembles --------------------------------------------------------------------------------

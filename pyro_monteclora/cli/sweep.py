@@ -45,6 +45,7 @@ from pyro_monteclora.cli.outputs import (
     run_inputs,
 )
 from pyro_monteclora.cli.sources import evaluation_split
+from pyro_monteclora.infer.methods import SAMPLED_METHODS
 
 __all__ = ["add_sweep_parser", "run_sweep", "train_forwarded", "SWEEP_FILE"]
 
@@ -247,7 +248,7 @@ def _cell_commands(cell, args, train_options: List[str], output: Path) -> Dict[s
         "--seed",
         str(cell.seed),
         "--num-samples",
-        str(args.num_samples if cell.method == "monteclora" else 0),
+        str(args.num_samples if cell.method in SAMPLED_METHODS else 0),
         "--output",
         str(run / "evaluation"),
     ]

@@ -222,9 +222,9 @@ def build_model(method: str, network, arguments: dict, fresh_modules=()):
 
             return build_mean_field(network, config)
         model = MonteCLoRAModel(network, config, adapter_mode="sample" if method == "monteclora" else "mean")
-    except ValueError as error:  # targets that match no layer
+        return model, (MonteCLoRAGuide(model) if method == "monteclora" else EmptyGuide(model))
+    except ValueError as error:  # targets that match no layer; a prior this guide does not cover
         raise UsageError(option_message(error)) from None
-    return model, (MonteCLoRAGuide(model) if method == "monteclora" else EmptyGuide(model))
 
 
 def check_rank(network, config) -> None:

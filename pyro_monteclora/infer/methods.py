@@ -12,7 +12,7 @@ method                   predictive                                             
 ``mc-dropout``           :math:`S` adapter-dropout masks (:mod:`.mc_dropout`)               10
 ``checkpoint-ensemble``  the members (the last :math:`K` epochs) averaged (:mod:`.ensembles`) 0
 ``deep-ensemble``        the members (independently seeded runs) averaged                  0
-``laplace``              the Laplace-LoRA GLM predictive (:mod:`.laplace`)                  0
+``laplace``              the Laplace-LoRA GLM predictive, S logit draws (0: 1,000)          0
 =======================  ================================================================  ============
 
 Any method may carry a temperature (``calibration.json``, fitted on validation by
@@ -104,7 +104,8 @@ class MethodPredictive:
                 self.model, self.guide, self.members, loader, num_samples, device=device, progress=progress
             )
         if self.method == "laplace":
-            return self.laplace.predict(loader, num_samples=num_samples, progress=progress)
+            # S counts logit draws of the GLM predictive here (cheap beside its Jacobians): 0 takes 1,000
+            return self.laplace.predict(loader, num_samples=num_samples or 1000, progress=progress)
         return predict(self.model, self.guide, loader, num_samples, device=device, progress=progress)
 
 
