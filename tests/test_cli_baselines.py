@@ -157,6 +157,7 @@ def test_bad_baseline_options_exit_2_with_one_line_and_write_nothing(
 
 
 def test_laplace_trains_lora_then_fits_and_evaluate_uses_its_predictive(model_dir, data_dir, tmp_path):
+    pytest.importorskip("laplace")
     run = tmp_path / "laplace"
     assert main(train_args(model_dir, data_dir, run, "--method", "laplace", "--epochs", "1")) == 0
     meta = json.loads((run / "checkpoint" / "laplace.json").read_text())
@@ -166,6 +167,7 @@ def test_laplace_trains_lora_then_fits_and_evaluate_uses_its_predictive(model_di
 
 
 def test_calibrate_fits_laplace_and_a_temperature_into_a_new_checkpoint(model_dir, data_dir, tmp_path, capsys):
+    pytest.importorskip("laplace")
     run = tmp_path / "lora"
     assert main(train_args(model_dir, data_dir, run, "--method", "lora", "--epochs", "1")) == 0
     before = snapshot(run)
