@@ -596,7 +596,7 @@ def test_evaluate_refuses_nan_weights_in_one_line(run, data_dir, tmp_path, capsy
 
 
 def test_non_finite_numbers_are_written_as_null(run, data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
-    import pyro_monteclora.infer.predictive as predictive
+    import pyro_monteclora.infer.methods as predictive  # where evaluate and predict call predict()
 
     real = predictive.predict
 
