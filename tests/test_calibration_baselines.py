@@ -182,3 +182,27 @@ def test_ensemble_members_round_trip_and_mismatches_are_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 1 member"):
         save_ensemble_members(tmp_path / "z", [], "deep", [])
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+# -- an evaluation-time posterior scale ----------------------------------------------------------
+def test_posterior_scale_one_is_the_trained_posterior_zero_the_mean_and_wider_spreads_more():
+    model = MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=4, sample_scaler=0.05))
+    guide = MonteCLoRAGuide(model)
+    with torch.no_grad():
+        for adapter in model.adapters().values():
+            adapter.lora_B.normal_(std=0.5)
+
+    def run(factor):
+        torch.manual_seed(7)
+        with model.posterior_scale(factor):
+            return predict(model, guide, loader(), num_samples=6)
+
+    torch.manual_seed(7)
+    trained = predict(model, guide, loader(), num_samples=6)
+    torch.testing.assert_close(run(1.0).probs, trained.probs)
+    torch.testing.assert_close(run(0.0).probs, predict(model, guide, loader(), num_samples=0).probs)
+    assert run(4.0).mutual_information.mean() > 2 * run(1.0).mutual_information.mean()
+    assert all(a.config.sample_scaler == 0.05 for a in model.adapters().values())  # restored
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        with model.posterior_scale(-1.0):
+            pass

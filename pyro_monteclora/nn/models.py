@@ -349,6 +349,34 @@ class MonteCLoRAModel(HFPyroModel):
                     adapter.clear_factors()
 
     @contextlib.contextmanager
+    def posterior_scale(self, factor: float):
+        """Within the context every adapter draws :math:`A = M + (\tau s) \\lVert\\pi\rVert L Z`:
+        the perturbation is ``factor`` :math:`= \tau` times the trained one (the guide is unchanged).
+
+        An evaluation-time knob: :math:`\tau > 1` widens a posterior predictive that stays
+        overconfident, :math:`\tau = 0` is the mean adapter; choose it on validation NLL (never
+        on test). Only for the paper's Wishart-mixture prior (the Gaussian prior has no :math:`s`).
+        """
+        import dataclasses
+        import math
+
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 0):
+            raise ValueError(f"posterior_scale factor must be a finite number >= 0, got {factor!r}")
+        if self.config.prior != "wishart-mixture":
+            raise ValueError(
+                f"posterior_scale scales the sample scaler s of the wishart-mixture prior, not {self.config.prior!r}"
+            )
+        adapters = list(self.adapters().values())
+        saved = [adapter.config for adapter in adapters]
+        try:
+            for adapter, config in zip(adapters, saved):
+                adapter.config = dataclasses.replace(config, sample_scaler=config.sample_scaler * factor)
+            yield self
+        finally:
+            for adapter, config in zip(adapters, saved):
+                adapter.config = config
+
+    @contextlib.contextmanager
     def stacked_adapters(self, guide, num_samples: int):
         """Draw ``num_samples`` adapters from ``guide`` and hold them stacked for the context.
 
