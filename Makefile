@@ -11,7 +11,7 @@ TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint format demo demo-fast bench docs clean results results-demo results-sweep \
-	results-trivia results-calibration results-speed results-cuda
+	results-trivia results-calibration results-baselines results-speed results-cuda
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,7 @@ results:  # one step after the other (never two torch jobs at once on 2 cores), 
 	$(MAKE) results-sweep
 	$(MAKE) results-trivia
 	$(MAKE) results-calibration
+	$(MAKE) results-baselines
 	$(MAKE) results-speed
 
 # The README's headline: the demo table (500 sentences x 6 epochs) and the 2,000 x 1 tie, seeds 0, 1, 2
@@ -134,3 +135,11 @@ docs: $(DOCS_STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# MonteCLoRA against the calibration baselines (3 seeds x two regimes), then the posterior-width study
+# on its MonteCLoRA runs: about 1.5 h on 2 cores; a stopped run continues where it stopped
+results-baselines: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/calibration_baselines.py --runs runs/calibration_baselines \
+		--output benchmarks/results/calibration_baselines
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/posterior_width.py --runs runs/calibration_baselines \
+		--output benchmarks/results/posterior_width

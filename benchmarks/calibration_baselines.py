@@ -343,6 +343,32 @@ def markdown(summary: dict, seeds: dict) -> str:
     return "\n".join(lines)
 
 
+def rst(summary: dict, seeds: dict) -> str:
+    """The tables of :func:`markdown` as reStructuredText list-tables (what the docs include)."""
+    lines = []
+    headers = ["method", "accuracy", "NLL", "ECE", "Brier", "error AUROC", "T", "train × LoRA", "eval × LoRA"]
+    for regime, rows in summary.items():
+        spec = REGIMES.get(regime, {})
+        lines += [
+            f".. list-table:: {regime}: {spec.get('train_samples')} sentences × {spec.get('epochs')} epochs, "
+            f"seeds {seeds.get(regime)} (mean ± std)",
+            "   :header-rows: 1",
+            "",
+            "   * - " + "\n     - ".join(headers),
+        ]
+        for method in METHODS:
+            for calibration in ("raw", "temperature"):
+                row = rows.get(f"{method}|{calibration}")
+                if row is None:
+                    continue
+                label = LABELS[method] + (" + temperature" if calibration == "temperature" else "")
+                cells = [label] + [_cell(row[k]) for k in ("accuracy", "nll", "ece", "brier", "error_auroc")]
+                cells += [_cell(row["temperature"], 2), _cell(row["train_x"], 2), _cell(row["eval_x"], 1)]
+                lines.append("   * - " + "\n     - ".join(cells))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: dict, records: list, output: Path) -> None:
     """``nll_ece.png`` (error bars over seeds) and seed 0's reliability diagrams per regime."""
     import matplotlib
@@ -425,6 +451,7 @@ def main(argv=None) -> int:
     )
     text = markdown(summary, seeds) + f"\nruns measured at commit(s) {', '.join(map(str, commits))}\n\n"
     atomic_write_text(output / "calibration_baselines.md", text + provenance_line(started) + "\n")
+    atomic_write_text(output / "calibration_baselines.rst", rst(summary, seeds))
     plot(summary, records, output)
     print(text)
     return 0
