@@ -9,10 +9,10 @@ likelihood) sees the validation (or training) split only, never the test split.
 Methods (each also "+ temperature": one scalar fitted on the validation split's NLL):
 
 * ``lora``: the point estimate; ``checkpoint-ensemble``: the last K epochs of that same run;
-* ``deep-ensemble``: M = 5 LoRA runs (the LoRA run of seed k and the next four of a pool of
-  ``seeds + M - 1`` runs, so consecutive seeds share members: disclosed in the table);
+* ``deep-ensemble``: M = 5 LoRA runs, seeds k .. k+4 of one pool of runs (``pool/<seed>``), so
+  consecutive seeds share members (disclosed with the table);
 * ``laplace``: Laplace-LoRA (KFAC, marginal-likelihood prior precision, GLM predictive) fitted
-  post hoc on the LoRA run of seed k through laplace-torch;
+  post hoc on the LoRA run of seed k through laplace-torch (the fit counts as training time);
 * ``mc-dropout``: LoRA trained with adapter dropout 0.1, S = 10 masks;
 * ``monteclora``: the demo's setting (s = 2e-2), S = 10 posterior draws;
 * ``blob``: the mean-field Gaussian prior/guide over A (KL weight 0.1), S = 10 draws.
@@ -99,6 +99,9 @@ def _parse(argv):
     parser.add_argument("--fast", action="store_true", help="tiny data and S = 2: a smoke test")
     parser.add_argument("--aggregate-only", action="store_true", help="only summarise the per-seed results")
     args = parser.parse_args(argv)
+    if args.fast:  # never mix smoke-test runs or results with real ones
+        args.runs = args.runs.rstrip("/") + "_fast" if args.runs == parser.get_default("runs") else args.runs
+        args.output = args.output.rstrip("/") + "_fast" if args.output == parser.get_default("output") else args.output
     args.regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
     unknown = [r for r in args.regimes if r not in REGIMES]
     if unknown or not args.regimes:
@@ -192,7 +195,7 @@ def _timed(function):
     return value, time.perf_counter() - started
 
 
-def _evaluate_seed(name: str, regime: dict, seed: int, index: int, args, runs: Path) -> dict:
+def _evaluate_seed(name: str, regime: dict, seed: int, args, runs: Path) -> dict:
     """Every method's validation and test predictives for one seed."""
     import pyro
     from transformers import AutoTokenizer
@@ -202,34 +205,35 @@ def _evaluate_seed(name: str, regime: dict, seed: int, index: int, args, runs: P
     from pyro_monteclora.infer.methods import method_predictive
     from pyro_monteclora.storage.checkpoint import load_pretrained, read_trained_tensors
 
-    pool = [runs / name / "pool" / str(j) / "checkpoint" for j in range(len(args.seeds) + args.ensemble_size - 1)]
-    lora_dir = pool[index]
+    members_seeds = list(range(seed, seed + args.ensemble_size))  # seed k's ensemble: pool runs k .. k+M-1
+    lora_dir = runs / name / "pool" / str(seed) / "checkpoint"
     tokenizer = AutoTokenizer.from_pretrained(lora_dir)
     train_loader, val_loader, test_loader = _loaders(tokenizer, regime, args.fast, args.validation_samples)
     results = {}
 
-    def score(method, predictive, train_seconds, extra_seconds=0.0):
+    def score(method, predictive, train_seconds):
         pyro.set_rng_seed(seed)
         val = predictive(val_loader)
         pyro.set_rng_seed(seed + 1)
         test, seconds = _timed(lambda: predictive(test_loader))
-        results[method] = dict(_scores(val, test, seconds + extra_seconds), train_seconds=train_seconds)
+        results[method] = dict(_scores(val, test, seconds), train_seconds=train_seconds)
         print(f"  {name} seed {seed} {method}: NLL {results[method]['raw']['nll']:.4f}", file=sys.stderr, flush=True)
 
-    seconds = {j: _train_seconds(runs / name / "pool" / str(j)) for j in range(len(pool))}
+    seconds = {j: _train_seconds(runs / name / "pool" / str(j)) for j in members_seeds}
     model, guide = load_pretrained(lora_dir)
-    score("lora", lambda loader: method_predictive(model, guide, "lora")(loader, 0), seconds[index])
+    score("lora", lambda loader: method_predictive(model, guide, "lora")(loader, 0), seconds[seed])
     ckpt = method_predictive(model, guide, "checkpoint-ensemble", lora_dir)
-    score("checkpoint-ensemble", lambda loader: ckpt(loader, 0), seconds[index])
-    members_dirs = pool[index : index + args.ensemble_size]
-    members = [read_trained_tensors(folder) for folder in members_dirs]
+    score("checkpoint-ensemble", lambda loader: ckpt(loader, 0), seconds[seed])
+    members = [read_trained_tensors(runs / name / "pool" / str(j) / "checkpoint") for j in members_seeds]
     score(
         "deep-ensemble",
         lambda loader: ensemble_predict(model, guide, members, loader, 0),
-        sum(seconds[j] for j in range(index, index + args.ensemble_size)),
+        sum(seconds.values()),
     )
+    # Laplace's post-hoc fit counts as training (as in train --method laplace), not as evaluation
     laplace, fit_seconds = _timed(lambda: fit_laplace(model, train_loader))
-    score("laplace", lambda loader: laplace.predict(loader), seconds[index] + fit_seconds, fit_seconds)
+    score("laplace", lambda loader: laplace.predict(loader), seconds[seed] + fit_seconds)
+    results["laplace"]["fit_seconds"] = fit_seconds
     for method in ("mc-dropout", "blob", "monteclora"):
         folder = runs / name / method / str(seed)
         trained, sampled_guide = load_pretrained(folder / "checkpoint")
@@ -245,12 +249,12 @@ def _train_seconds(folder: Path) -> float:
 def run_regime(name: str, args, runs: Path) -> None:
     """Train what is missing, then evaluate every seed not yet evaluated."""
     regime = FAST if args.fast else REGIMES[name]
-    for j in range(len(args.seeds) + args.ensemble_size - 1):
-        seed = args.seeds[0] + j
+    pool = sorted({seed + j for seed in args.seeds for j in range(args.ensemble_size)})
+    for seed in pool:  # pool/<seed>: the LoRA runs (with their last K epochs) every ensemble draws on
         _train(
             "checkpoint-ensemble",
             seed,
-            runs / name / "pool" / str(j),
+            runs / name / "pool" / str(seed),
             regime,
             ["--ensemble-size", str(regime["checkpoints"])],
         )
@@ -270,12 +274,36 @@ def run_regime(name: str, args, runs: Path) -> None:
             regime,
             ["--sample-scaler", str(TRAIN["sample_scaler"])],
         )
-    for index, seed in enumerate(args.seeds):
+    settings = _settings(name, args)
+    for seed in args.seeds:
         path = runs / "results" / f"{name}-seed{seed}.json"
         if path.is_file():
+            recorded = json.loads(path.read_text()).get("settings")
+            if recorded != settings:
+                raise SystemExit(f"{path} was measured with {recorded}, not {settings}: use another --runs folder")
             continue
-        results = _evaluate_seed(name, regime, seed, index, args, runs)
-        atomic_write_json(path, {"regime": name, "seed": seed, "methods": results, "provenance": provenance(REPO)})
+        results = _evaluate_seed(name, regime, seed, args, runs)
+        record = {
+            "regime": name,
+            "seed": seed,
+            "settings": settings,
+            "methods": results,
+            "provenance": provenance(REPO),
+        }
+        atomic_write_json(path, record)
+
+
+def _settings(name: str, args) -> dict:
+    """What a per-seed result depends on besides the seed: a stored result with other settings is refused."""
+    regime = FAST if args.fast else REGIMES[name]
+    return dict(
+        regime,
+        fast=args.fast,
+        num_samples=args.num_samples,
+        ensemble_size=args.ensemble_size,
+        validation_samples=args.validation_samples,
+        **{k: v for k, v in TRAIN.items()},
+    )
 
 
 def _mean_std(values):

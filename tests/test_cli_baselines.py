@@ -134,6 +134,8 @@ BAD = [
     ("--ensemble-size on lora", ["--method", "lora", "--ensemble-size", "2"], "applies to --method deep-ensemble"),
     ("--calibrate with no validation split", ["--calibrate", "temperature", "NO-VALIDATION"], "validation split"),
     ("an unknown calibration", ["--calibrate", "platt"], "--calibrate"),
+    ("--calibrate when validation is what gets scored", ["--calibrate", "temperature", "NO-TEST"], "--test-file"),
+    ("--calibrate on a causal LM", ["--calibrate", "temperature", "--task-type", "causal-lm"], "not causal-lm"),
 ]
 
 
@@ -142,10 +144,11 @@ def test_bad_baseline_options_exit_2_with_one_line_and_write_nothing(
     model_dir, data_dir, tmp_path, capsys, case, extra, message
 ):
     output = tmp_path / "run"
-    argv = train_args(model_dir, data_dir, output, *[e for e in extra if e != "NO-VALIDATION"])
-    if "NO-VALIDATION" in extra:
-        index = argv.index("--validation-file")
-        del argv[index : index + 2]
+    argv = train_args(model_dir, data_dir, output, *[e for e in extra if e not in ("NO-VALIDATION", "NO-TEST")])
+    for marker, option in (("NO-VALIDATION", "--validation-file"), ("NO-TEST", "--test-file")):
+        if marker in extra:
+            index = argv.index(option)
+            del argv[index : index + 2]
     try:
         status = main(argv)
     except SystemExit as exit_:  # argparse's own refusal of a choice
@@ -164,6 +167,11 @@ def test_laplace_trains_lora_then_fits_and_evaluate_uses_its_predictive(model_di
     assert meta["prior_precision"]["method"] == "marglik"
     result = evaluate(run, tmp_path / "eval")
     assert result["method"] == "laplace" and result["metrics"]["mean_mutual_information"] > 0
+    # Laplace + temperature afterwards: the Laplace fit is kept, the temperature added
+    out = tmp_path / "tempered"
+    assert main(["calibrate", "--checkpoint", str(run), "--temperature", "--output", str(out)]) == 0
+    assert (out / "laplace.safetensors").is_file() and (out / "calibration.json").is_file()
+    assert evaluate(out, tmp_path / "eval2")["temperature"] > 0
 
 
 def test_calibrate_fits_laplace_and_a_temperature_into_a_new_checkpoint(model_dir, data_dir, tmp_path, capsys):

@@ -24,7 +24,7 @@ import copy
 import shutil
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from pyro_monteclora.cli.options import UsageError
 from pyro_monteclora.cli.runs import CHECKPOINT_DIR, RUN_FILE, SUMMARY_FILE, latest_checkpoint
@@ -49,8 +49,17 @@ ENSEMBLE_DEFAULTS = {"deep-ensemble": 5, "checkpoint-ensemble": 3}
 #: methods that train plain LoRA (their difference is in the predictive)
 LORA_BASED = ("lora", "mc-dropout", "laplace", "checkpoint-ensemble", "deep-ensemble")
 MEMBERS_DIR = "members"
-#: files of a member's checkpoint that the ensemble's checkpoint does not take over
-_TRAINING_FILES = ("training_state.json", "training_state.safetensors")
+#: files of a member's checkpoint that the ensemble's checkpoint does not take over: its training
+#: state, and fits of that member alone (a temperature, Laplace, members of its own)
+_TRAINING_FILES = (
+    "training_state.json",
+    "training_state.safetensors",
+    "calibration.json",
+    "laplace.json",
+    "laplace.safetensors",
+    "ensemble.json",
+    "ensemble.safetensors",
+)
 
 
 def ensemble_size(arguments: dict) -> int:
@@ -58,11 +67,22 @@ def ensemble_size(arguments: dict) -> int:
     return arguments.get("ensemble_size") or ENSEMBLE_DEFAULTS[arguments["method"]]
 
 
-def check_method_options(arguments: dict, causal: bool, splits: dict, world_size: int) -> None:
+def check_method_options(
+    arguments: dict, causal: bool, splits: dict, world_size: int, evaluation_split: Optional[str] = None
+) -> None:
     """Refuse, before any work, a baseline option that cannot apply (one line, exit 2)."""
     method = arguments["method"]
+    calibrate = arguments.get("calibrate", "none") != "none"
     if causal and method not in ("monteclora", "lora", "full"):
         raise UsageError(f"--method {method} is for sequence classification; causal-lm takes monteclora, lora or full")
+    if causal and calibrate:
+        raise UsageError("--calibrate temperature is for sequence classification, not causal-lm")
+    if world_size > 1 and (method == "laplace" or calibrate):
+        raise UsageError(
+            f"{'--method laplace' if method == 'laplace' else '--calibrate temperature'} fits on the whole split "
+            f"in one process; launched with {world_size}, train without it and run 'pyro-monteclora calibrate' "
+            f"on the checkpoint afterwards"
+        )
     if arguments.get("ensemble_size") is not None and method not in ENSEMBLE_METHODS:
         raise UsageError(f"--ensemble-size applies to --method deep-ensemble or checkpoint-ensemble, not {method}")
     if method == "checkpoint-ensemble" and ensemble_size(arguments) > arguments["epochs"]:
@@ -78,10 +98,16 @@ def check_method_options(arguments: dict, causal: bool, splits: dict, world_size
             "with several processes, train the members as separate lora runs and join them with "
             "'pyro-monteclora ensemble'"
         )
-    if arguments.get("calibrate", "none") != "none" and "validation" not in splits:
+    if calibrate and "validation" not in splits:
         raise UsageError(
             "--calibrate temperature fits the temperature on the validation split, and this data has "
             "none: give --validation-file (or a --task/--dataset with a validation split)"
+        )
+    if calibrate and evaluation_split is not None and evaluation_split != "test":
+        raise UsageError(
+            "--calibrate temperature fits on the validation split, which is also the split this data is "
+            "evaluated on (it has no labelled test split): give --test-file, so the temperature never sees "
+            "the examples it is scored on"
         )
 
 
@@ -239,12 +265,15 @@ def assemble_ensemble(folders: Sequence[Path], checkpoint: Path, details: Sequen
     """Write ``checkpoint`` (atomically): the first member's checkpoint (its training state left
     out), marked ``deep-ensemble``, with every member's trained tensors beside it."""
     from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json
-    from pyro_monteclora.storage.checkpoint import CONFIG_NAME, read_trained_tensors
+    from pyro_monteclora.storage.checkpoint import CONFIG_NAME, CheckpointError, read_trained_tensors
     from pyro_monteclora.storage.ensembles import save_ensemble_members
 
     records = [_member_record(folder) for folder in folders]
     _same_kind(records, folders)
-    members = [read_trained_tensors(folder) for folder in folders]
+    try:
+        members = [read_trained_tensors(folder) for folder in folders]
+    except CheckpointError as error:
+        raise UsageError(f"--members: {error}") from None
     record = copy.deepcopy(records[0])
     metadata = record.setdefault("metadata", {})
     metadata["method"] = "deep-ensemble"

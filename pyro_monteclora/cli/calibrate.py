@@ -29,11 +29,13 @@ from pyro_monteclora.cli.checkpoints import (
 )
 from pyro_monteclora.cli.options import UsageError, add_data_options
 from pyro_monteclora.cli.outputs import check_inputs_outside, check_replaceable
-from pyro_monteclora.cli.sources import resolve_data
+from pyro_monteclora.cli.sources import evaluation_split, resolve_data
 
 __all__ = ["add_calibrate_parser", "run_calibrate"]
 
-#: what a calibrated copy leaves out of its source (the training state; a fit it replaces)
+#: what a calibrated copy leaves out of its source: the training state and the fits it replaces
+_TRAINING_STATE = ("training_state.json", "training_state.safetensors", "calibration.json")
+_LAPLACE_FILES = ("laplace.json", "laplace.safetensors")
 _LEFT_OUT = (
     "training_state.json",
     "training_state.safetensors",
@@ -90,6 +92,14 @@ def run_calibrate(args, parser_defaults: dict) -> int:
     splits, data_spec = resolve_data(
         args, tuple(needed), label_names=recorded_label_names(record), recorded=metadata.get("data")
     )
+    limit = (metadata.get("arguments") or {}).get("max_train_samples")
+    if "train" in splits and limit and args.train_file is None:  # the training set the run saw
+        splits["train"] = splits["train"].subset(limit)
+    if args.temperature and evaluation_split(args, metadata.get("data")) != "test":
+        raise UsageError(
+            "--temperature fits on the validation split, which is also the split this data is evaluated on "
+            "(it has no labelled test split); give the data a test split first"
+        )
     output = Path(args.output)
     check_replaceable(output, args.overwrite, CONFIG_NAME, "pyro-monteclora checkpoint")
     files = (data_spec or {}).get("files") or {}
@@ -100,10 +110,11 @@ def run_calibrate(args, parser_defaults: dict) -> int:
     def loader(split):
         return classification_loader(splits[split], tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, max_length)
 
+    left_out = _TRAINING_STATE + (_LAPLACE_FILES if args.laplace else ())
     updated = dict(record, metadata=dict(metadata, method=method, calibrated_from=str(directory)))
     with atomic_directory(output) as staging:
         for item in directory.iterdir():
-            if item.is_file() and item.name not in _LEFT_OUT:
+            if item.is_file() and item.name not in left_out:
                 shutil.copy2(item, staging / item.name)
         atomic_write_json(staging / CONFIG_NAME, updated)
         if args.laplace:
@@ -112,8 +123,11 @@ def run_calibrate(args, parser_defaults: dict) -> int:
             print("calibrate: fitting Laplace-LoRA on the training split", file=sys.stderr)
             fit_laplace(model, loader("train"), progress=True).save(staging)
         if args.temperature:
-            fit_temperature_into(
-                staging, model, guide, method, loader("validation"), args.seed, device, args.num_samples
-            )
+            try:
+                fit_temperature_into(
+                    staging, model, guide, method, loader("validation"), args.seed, device, args.num_samples
+                )
+            except ValueError as error:  # a checkpoint whose predictive cannot be built (a missing fit)
+                raise UsageError(f"--checkpoint {directory}: {error}") from None
     print(f"wrote {output}", file=sys.stderr)
     return 0

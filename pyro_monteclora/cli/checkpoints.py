@@ -192,6 +192,9 @@ def default_samples(record: dict, requested):
 
     if requested is not None:
         return requested
+    guide = (record.get("guide") or {}).get("class")
+    if record.get("adapter_mode") == "sample" and guide in ("MonteCLoRAGuide", "MeanFieldGuide"):
+        return 10  # a posterior to sample, ensemble members included
     return default_num_samples(record_method(record))
 
 

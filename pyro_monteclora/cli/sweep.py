@@ -146,6 +146,11 @@ def _grid(args):
     from pyro_monteclora.evaluation.sweep import sweep_grid
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "deep-ensemble" in methods:
+        raise UsageError(
+            "--methods: deep-ensemble trains M runs per cell; sweep lora and join its runs with "
+            "'pyro-monteclora ensemble'"
+        )
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or len(set(methods)) != len(methods):
         raise UsageError(f"--methods: {args.methods!r}; give distinct names from {', '.join(METHODS)}")

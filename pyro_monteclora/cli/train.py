@@ -160,6 +160,8 @@ def _check_arguments(args) -> None:
                 f"causal-lm (or use a decoder task: piqa, siqa, winogrande, arc-e, "
                 f"arc-c, obqa, gsm8k)"
             )
+    if args.task_type == "causal-lm" and args.calibrate != "none":
+        raise UsageError("--calibrate temperature is for sequence classification, not causal-lm")
     check_values(vars(args), RUN_CHECKS, option_name)
     if not args.resume:  # a resumed run keeps its recorded (validated) options; changes are refused
         check_adapter_options(args)
@@ -300,7 +302,7 @@ def run_train(args, parser_defaults: dict) -> int:
     from pyro_monteclora.cli.baselines import check_method_options
     from pyro_monteclora.distributed import launched_world_size
 
-    check_method_options(arguments, causal, splits, launched_world_size())
+    check_method_options(arguments, causal, splits, launched_world_size(), _evaluated_split(splits))
     model_path = resolve_model_path(arguments["model"], arguments.get("task_type", "sequence-classification"))
     max_length = arguments["max_length"] or TRAIN_DEFAULTS["causal_lm_max_length" if causal else "max_length"]
     learning_rate = (
@@ -337,8 +339,9 @@ def _run_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_da
     from pyro_monteclora.distributed import launched_world_size
 
     output = Path(args.output)
-    splits, data_spec = _training_data(args, arguments, recorded_data, False)
-    check_method_options(arguments, False, splits, launched_world_size())
+    causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
+    splits, data_spec = _training_data(args, arguments, recorded_data, causal)
+    check_method_options(arguments, causal, splits, launched_world_size(), _evaluated_split(splits))
     device = resolve_device(args.device)
     job = _TrainingJob(
         args=args,
@@ -380,6 +383,11 @@ def _run_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_da
             {
                 "method": "deep-ensemble",
                 "members": arguments.get("ensemble_size") or 5,
+                "train_seconds": sum(
+                    json.loads((path / "train_summary.json").read_text())["train_seconds"]
+                    for path in sorted((output / "members").iterdir())
+                    if (path / "train_summary.json").is_file()
+                ),
                 "wall_seconds_this_session": time.perf_counter() - started,
             },
         )
@@ -387,6 +395,13 @@ def _run_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_da
         return status
     finally:
         lock.release()
+
+
+def _evaluated_split(splits: dict) -> str:
+    """The split ``evaluate`` scores by default: the test split when the data has a labelled one."""
+    test = splits.get("test")
+    labelled = test is not None and getattr(test, "labels", None) is not None and len(test) > 0
+    return "test" if labelled else "validation"
 
 
 def _training_data(args, arguments: dict, recorded_data: Optional[dict], causal: bool):

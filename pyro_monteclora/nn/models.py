@@ -350,11 +350,11 @@ class MonteCLoRAModel(HFPyroModel):
 
     @contextlib.contextmanager
     def posterior_scale(self, factor: float):
-        """Within the context every adapter draws :math:`A = M + (\tau s) \\lVert\\pi\rVert L Z`:
-        the perturbation is ``factor`` :math:`= \tau` times the trained one (the guide is unchanged).
+        """Within the context every adapter draws :math:`A = M + (\\tau s) \\lVert\\pi\\rVert L Z`:
+        the perturbation is ``factor`` :math:`= \\tau` times the trained one (the guide is unchanged).
 
-        An evaluation-time knob: :math:`\tau > 1` widens a posterior predictive that stays
-        overconfident, :math:`\tau = 0` is the mean adapter; choose it on validation NLL (never
+        An evaluation-time knob: :math:`\\tau > 1` widens a posterior predictive that stays
+        overconfident, :math:`\\tau = 0` is the mean adapter; choose it on validation NLL (never
         on test). Only for the paper's Wishart-mixture prior (the Gaussian prior has no :math:`s`).
         """
         import dataclasses
