@@ -5,13 +5,14 @@ This study measures, on the MonteCLoRA runs of ``benchmarks/calibration_baseline
 seeds and budget), the candidates the issue lists, each chosen on the validation split only:
 
 * **an evaluation-time posterior scale** :math:`\\tau` (``MonteCLoRAModel.posterior_scale``): the
-  perturbation :math:`s \\lVert\\pi\\rVert L Z` times :math:`\\tau \\in \\{0.5, 1, 2, 4, 8\\}`, the
-  :math:`\\tau` of least validation NLL scored on test (with and without a temperature on top);
+  perturbation :math:`s \\lVert\\pi\\rVert L Z` times :math:`\\tau \\in \\{1, 2, 4\\}` (the predictive
+  is too narrow, so only widening is tried), the :math:`\\tau` of least validation NLL scored on
+  test (with and without a temperature on top);
 * **weight decay** (``train --weight-decay 0.1``: AdamW's decoupled decay on every trained tensor,
   the guide's included), against the rescaling symmetry :math:`(M, B) \\to (cM, B/c)` that lets
   training shrink the noise's effect on the output (BLoB's Gaussian prior on :math:`A` is the other
   counter, measured in ``calibration_baselines.py``);
-* **the number of samples** :math:`S \\in \\{1, 3, 10, 30\\}` at evaluation, against its cost.
+* **the number of samples** :math:`S \\in \\{1, 3, 10\\}` at evaluation, against its cost.
 
 It writes ``posterior_width.json`` and ``posterior_width.md`` (mean ± std over seeds, each result file
 recording its commit)::
@@ -41,8 +42,8 @@ from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text 
 
 __all__ = ["main", "SCALES", "SAMPLES"]
 
-SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)
-SAMPLES = (1, 3, 10, 30)
+SCALES = (1.0, 2.0, 4.0)
+SAMPLES = (1, 3, 10)
 #: AdamW's decoupled decay on every trained tensor (M, B, the head, the guide's parameters): over the
 #: demo's 192 steps at lr 3e-3 it shrinks an untouched weight by about 5%
 WEIGHT_DECAY = 0.1
