@@ -210,3 +210,13 @@ def test_calibrate_refuses_a_temperature_without_a_validation_split(model_dir, d
     assert main(["calibrate", "--checkpoint", str(run), "--temperature", "--output", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert "validation" in err and len(err.splitlines()) == 1 and not bad.exists()
+
+
+def test_a_sweep_refuses_deep_ensembles_before_writing(model_dir, data_dir, tmp_path, capsys):
+    output = tmp_path / "sweep"
+    argv = ["sweep", "--methods", "lora,deep-ensemble", "--model", str(model_dir), "--output", str(output)]
+    argv += ["--train-file", str(data_dir / "train.jsonl"), "--test-file", str(data_dir / "test.jsonl")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "deep-ensemble trains M runs per cell" in err and len(err.splitlines()) == 1
+    assert not output.exists()
