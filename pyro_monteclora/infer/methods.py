@@ -4,16 +4,12 @@ A checkpoint records its method (``metadata["method"]``, written by ``pyro-monte
 :func:`method_predictive` turns a loaded model, its guide and that method into one
 :class:`MethodPredictive`, so MonteCLoRA and every baseline are scored by the same code:
 
-=======================  ================================================================  ============
-method                   predictive                                                        default S
-=======================  ================================================================  ============
-``monteclora``, ``blob`` :math:`S` adapters drawn from the guide                            10
-``lora``, ``full``       the point estimate                                                0
-``mc-dropout``           :math:`S` adapter-dropout masks (:mod:`.mc_dropout`)               10
-``checkpoint-ensemble``  the members (the last :math:`K` epochs) averaged (:mod:`.ensembles`) 0
-``deep-ensemble``        the members (independently seeded runs) averaged                  0
-``laplace``              the Laplace-LoRA GLM predictive, S logit draws (0: 1,000)          0
-=======================  ================================================================  ============
+* ``monteclora``, ``blob``: :math:`S` adapters drawn from the guide (default :math:`S` = 10);
+* ``lora``, ``full``: the point estimate (0);
+* ``mc-dropout``: :math:`S` adapter-dropout masks (:mod:`~pyro_monteclora.infer.mc_dropout`; 10);
+* ``checkpoint-ensemble``: the members, the last :math:`K` epochs, averaged (:mod:`~pyro_monteclora.infer.ensembles`; 0);
+* ``deep-ensemble``: the members, independently seeded runs, averaged (0);
+* ``laplace``: the Laplace-LoRA GLM predictive (:mod:`~pyro_monteclora.infer.laplace`), :math:`S` logit draws (0: 1,000).
 
 Any method may carry a temperature (``calibration.json``, fitted on validation by
 :func:`~pyro_monteclora.infer.temperature.fit_temperature`); the predictive applies it unless
