@@ -7,9 +7,11 @@ A checkpoint records its method (``metadata["method"]``, written by ``pyro-monte
 * ``monteclora``, ``blob``: :math:`S` adapters drawn from the guide (default :math:`S` = 10);
 * ``lora``, ``full``: the point estimate (0);
 * ``mc-dropout``: :math:`S` adapter-dropout masks (:mod:`~pyro_monteclora.infer.mc_dropout`; 10);
-* ``checkpoint-ensemble``: the members, the last :math:`K` epochs, averaged (:mod:`~pyro_monteclora.infer.ensembles`; 0);
+* ``checkpoint-ensemble``: the members, the last :math:`K` epochs, averaged
+  (:mod:`~pyro_monteclora.infer.ensembles`; 0);
 * ``deep-ensemble``: the members, independently seeded runs, averaged (0);
-* ``laplace``: the Laplace-LoRA GLM predictive (:mod:`~pyro_monteclora.infer.laplace`), :math:`S` logit draws (0: 1,000).
+* ``laplace``: the Laplace-LoRA GLM predictive (:mod:`~pyro_monteclora.infer.laplace`), :math:`S` logit
+  draws (0: 1,000).
 
 Any method may carry a temperature (``calibration.json``, fitted on validation by
 :func:`~pyro_monteclora.infer.temperature.fit_temperature`); the predictive applies it unless
