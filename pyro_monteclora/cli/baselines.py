@@ -129,7 +129,10 @@ def finish_training(job, checkpoint: Path) -> None:
     if arguments["method"] == "laplace":
         _fit_laplace(job, checkpoint)
     if arguments.get("calibrate", "none") == "temperature":
-        _fit_temperature(job, checkpoint)
+        loader = _evaluation_loader(job, "validation")
+        fit_temperature_into(
+            checkpoint, job.model, job.guide, arguments["method"], loader, arguments["seed"], job.device
+        )
 
 
 def _evaluation_loader(job, split: str):
@@ -144,13 +147,6 @@ def _fit_laplace(job, checkpoint: Path) -> None:
     print("laplace: fitting the Kronecker-factored Laplace approximation on the training split", file=sys.stderr)
     laplace = fit_laplace(job.model, _evaluation_loader(job, "train"), progress=True)
     laplace.save(checkpoint)
-
-
-def _fit_temperature(job, checkpoint: Path) -> None:
-    loader = _evaluation_loader(job, "validation")
-    fit_temperature_into(
-        checkpoint, job.model, job.guide, job.arguments["method"], loader, job.arguments["seed"], job.device
-    )
 
 
 def fit_temperature_into(checkpoint: Path, model, guide, method: str, loader, seed: int, device, num_samples=None):
