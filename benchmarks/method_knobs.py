@@ -17,6 +17,12 @@ benchmark's own ``monteclora`` run (the true ELBO: ``kl_weight = 1``, no coopera
   :math:`\\lVert\\pi\\rVert`;
 * **N = 1 and N = 8 mixture components** (the paper's 4 is the reference);
 * **KL weight 0.1** (a tempered posterior);
+* **s = 8e-2 at training**: the width the validation NLL chose at evaluation time
+  (``posterior_width.py``'s :math:`\\tau = 4`), trained with. Initialising the guide's
+  :math:`\\sigma` at :math:`\\log 4` instead is the same perturbation at the start (the noise is
+  :math:`s \\lVert\\pi\\rVert \\operatorname{diag}(e^{\\sigma}) T Z`); the two differ only in that the
+  Wishart KL pulls :math:`\\sigma` back towards the prior's 0, and trained :math:`\\sigma` moves
+  little (``method_knobs.md`` reports how far).
 
 It writes ``method_knobs.json`` and ``method_knobs.md`` (mean ± std over seeds; each run records its
 commit). Run after ``calibration_baselines.py`` on the same ``--runs`` (it reads the reference runs
@@ -70,12 +76,13 @@ VARIANTS = {
     "n1": ("N = 1 mixture component", lambda d: ["--num-components", "1"]),
     "n8": ("N = 8 mixture components", lambda d: ["--num-components", "8"]),
     "kl0.1": ("KL weight 0.1", lambda d: ["--kl-weight", "0.1"]),
+    "s0.08": ("sample scaler s = 8e-2 at training (4 x the demo's)", lambda d: ["--sample-scaler", "0.08"]),
 }
 
 
 def variant_options(name: str, regime: dict) -> list:
     """The ``train`` options of variant ``name`` (on top of the ``monteclora`` method's)."""
-    return ["--sample-scaler", str(TRAIN["sample_scaler"]), *VARIANTS[name][1](regime["train_samples"])]
+    return ["--sample-scaler", str(TRAIN["sample_scaler"]), *VARIANTS[name][1](regime["train_samples"])]  # last wins
 
 
 def _score_run(folder: Path, regime: dict, seed: int, args) -> dict:
@@ -99,6 +106,17 @@ def _score_run(folder: Path, regime: dict, seed: int, args) -> dict:
     return scores
 
 
+def guide_drift(checkpoint: Path) -> dict:
+    """How far training moved the guide from its initialisation: the largest :math:`|\\sigma|`
+    (initialised at 0) and the mean :math:`\\beta` (initialised uniform on (0, 1), mean 0.5)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(checkpoint / "model.safetensors"))
+    scales = [t.abs().max().item() for k, t in tensors.items() if k.endswith(".log_scale")]
+    betas = [t.mean().item() for k, t in tensors.items() if k.endswith(".log_concentration")]
+    return {"max_abs_sigma": max(scales), "mean_beta": statistics.fmean(betas)}
+
+
 def _stat(values):
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -106,8 +124,8 @@ def _stat(values):
 def markdown(records: dict, reference: list) -> str:
     """One row per variant (raw, then + temperature): accuracy, NLL, ECE and T, mean ± std over seeds."""
     lines = [
-        "| setting | seeds | accuracy | NLL | ECE | NLL + T | ECE + T | T |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| setting | seeds | accuracy | NLL | ECE | NLL + T | ECE + T | T | max abs sigma | mean beta |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(label, items):
@@ -115,7 +133,10 @@ def markdown(records: dict, reference: list) -> str:
         tempered = [_stat([i["temperature"][k] for i in items]) for k in ("nll", "ece")]
         temperature = _stat([i["temperature"]["temperature"] for i in items])
         cells = " | ".join(f"{c['mean']:.4f} ± {c['std']:.4f}" for c in raw + tempered)
-        lines.append(f"| {label} | {len(items)} | {cells} | {temperature['mean']:.2f} |")
+        sigma = max(i["guide"]["max_abs_sigma"] for i in items)  # over seeds too
+        beta = statistics.fmean(i["guide"]["mean_beta"] for i in items)
+        drift = f"{sigma:.3f} | {beta:.3f}"
+        lines.append(f"| {label} | {len(items)} | {cells} | {temperature['mean']:.2f} | {drift} |")
 
     if reference:
         row("MonteCLoRA as in calibration_baselines.py (true ELBO, N = 4)", reference)
@@ -154,13 +175,18 @@ def main(argv=None) -> int:
                 record = dict(_score_run(folder, regime, seed, args), seed=seed, provenance=provenance(REPO))
                 atomic_write_json(path, record)
                 print(f"{name} seed {seed}: NLL {record['raw']['nll']:.4f}", file=sys.stderr, flush=True)
-            records[name].append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            record["guide"] = guide_drift(folder / "checkpoint")
+            records[name].append(record)
     reference = []
     baselines = runs / "results"
     for seed in seeds:
         path = baselines / f"{args.regime}-seed{seed}.json"
         if path.is_file():
-            reference.append(json.loads(path.read_text())["methods"]["monteclora"])
+            record = json.loads(path.read_text())["methods"]["monteclora"]
+            record.pop("curves", None)
+            record["guide"] = guide_drift(runs / args.regime / "monteclora" / str(seed) / "checkpoint")
+            reference.append(record)
     started = provenance(REPO)
     commits = sorted({r["provenance"].get("commit") for items in records.values() for r in items})
     output.mkdir(parents=True, exist_ok=True)
