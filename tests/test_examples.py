@@ -64,3 +64,14 @@ def test_trivia_generation_fast(tmp_path):
     # one greedy answer has confidence 1: its ECE is exactly 1 - exact match
     greedy = record["models"]["MonteCLoRA (S=0)"]
     assert greedy["mean_confidence"] == 1 and abs(greedy["ece"] - (1 - greedy["exact_match"])) < 1e-9
+
+
+def test_hf_trainer_example_fast(tmp_path):
+    example = load("hf_trainer")
+    record = example.main(["--fast", "--output", str(tmp_path)])
+    for key in ("test_accuracy", "test_nll", "test_ece", "test_brier", "test_mean_mutual_information"):
+        assert key in record["test"], key
+    assert 0 <= record["test"]["test_accuracy"] <= 1
+    checkpoint = Path(record["best_checkpoint"])
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "training_state.json").is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text())["provenance"]["commit"]

@@ -387,7 +387,7 @@ def load_hub_records(name: str, config: Optional[str], split: str) -> List[dict]
     try:
         import datasets
     except ImportError:
-        raise DataError("--dataset needs the datasets package: pip install 'pyro-monteclora[data]'") from None
+        raise DataError("--dataset needs the datasets package: pip install 'datasets>=3'") from None
     try:
         loaded = datasets.load_dataset(name, config, split=split)
     except Exception as error:  # datasets raises many types (network, missing split, ...)
@@ -403,7 +403,7 @@ def hub_split_names(name: str, config: Optional[str]) -> Dict[str, str]:
     try:
         import datasets
     except ImportError:
-        raise DataError("--dataset needs the datasets package: pip install 'pyro-monteclora[data]'") from None
+        raise DataError("--dataset needs the datasets package: pip install 'datasets>=3'") from None
     try:
         available = datasets.get_dataset_split_names(name, config)
     except Exception as error:

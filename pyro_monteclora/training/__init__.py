@@ -6,6 +6,8 @@ state a resumed run needs.
   model and guide.
 * :mod:`~pyro_monteclora.training.state` -- What a resumed run needs besides the model: optimiser,
   schedule, random state, progress.
+* :mod:`~pyro_monteclora.training.trainer` -- ``MonteCLoRATrainer``: the Hugging Face ``Trainer``
+  training a MonteCLoRA model and guide.
 
 It sits above :mod:`pyro_monteclora.evaluation` (it evaluates after each epoch) and below
 the command line.
@@ -13,9 +15,10 @@ the command line.
 Every public name of these modules is importable from ``pyro_monteclora.training``.
 """
 
-from pyro_monteclora.training import state, svi
+from pyro_monteclora.training import state, svi, trainer
 from pyro_monteclora.training.state import *  # noqa: F403
 from pyro_monteclora.training.svi import *  # noqa: F403
+from pyro_monteclora.training.trainer import *  # noqa: F403
 
 #: every public name of the modules, in the order the docstring lists them
-__all__ = [*svi.__all__, *state.__all__]
+__all__ = [*svi.__all__, *state.__all__, *trainer.__all__]
