@@ -37,8 +37,8 @@ def build_parser() -> OneLineParser:
     """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict``,
     ``generate``, ``sweep``, ``ensemble`` and ``calibrate`` sub-commands (the CLI reference in the
     docs is generated from it)."""
-    from pyro_monteclora.cli.baselines import add_ensemble_parser
     from pyro_monteclora.cli.calibrate import add_calibrate_parser
+    from pyro_monteclora.cli.deep_ensemble import add_ensemble_parser
     from pyro_monteclora.cli.evaluate import add_evaluate_parser
     from pyro_monteclora.cli.generate import add_generate_parser
     from pyro_monteclora.cli.predict import add_predict_parser

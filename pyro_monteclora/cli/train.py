@@ -290,7 +290,7 @@ def run_train(args, parser_defaults: dict) -> int:
     arguments, recorded_data = _prepare_output(args, parser_defaults)
     output = Path(args.output)
     if arguments["method"] == "deep-ensemble":
-        return _run_deep_ensemble(args, parser_defaults, arguments, recorded_data)
+        return _train_deep_ensemble(args, parser_defaults, arguments, recorded_data)
     checkpoint = latest_checkpoint(output) if args.resume else None
     if args.resume and checkpoint is None:
         raise UsageError(f"--resume: {output} has no finished epoch to resume from; start it again with --overwrite")
@@ -332,13 +332,13 @@ def run_train(args, parser_defaults: dict) -> int:
     return _run_locked(job)
 
 
-def _run_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_data) -> int:
-    """``--method deep-ensemble``: its members are LoRA runs in ``<output>/members/<k>/`` (see
-    :mod:`~pyro_monteclora.cli.baselines`), trained here one after the other under the output's lock."""
-    from pyro_monteclora.cli.baselines import check_method_options, run_deep_ensemble
+def _train_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_data) -> int:
+    """Validate a ``--method deep-ensemble`` run, then train its members
+    (:func:`~pyro_monteclora.cli.deep_ensemble.train_deep_ensemble`)."""
+    from pyro_monteclora.cli.baselines import check_method_options
+    from pyro_monteclora.cli.deep_ensemble import train_deep_ensemble
     from pyro_monteclora.distributed import launched_world_size
 
-    output = Path(args.output)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
     splits, data_spec = _training_data(args, arguments, recorded_data, causal)
     check_method_options(arguments, causal, splits, launched_world_size(), _evaluated_split(splits))
@@ -349,52 +349,14 @@ def _run_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_da
         splits=splits,
         data_spec=data_spec,
         model_path=resolve_model_path(arguments["model"], "sequence-classification"),
-        output=output,
+        output=Path(args.output),
         causal=False,
         max_length=arguments["max_length"] or TRAIN_DEFAULTS["max_length"],
         learning_rate=arguments["learning_rate"] or TRAIN_DEFAULTS["learning_rate"],
         device=device,
         torch_dtype=resolve_precision(args.dtype, device),
     )
-    lock = lock_output_folder(output, args, RUN_FILE, "pyro-monteclora run")
-    try:
-        _write_run_record(job)
-        started = time.perf_counter()
-
-        def finish(checkpoint: Path) -> None:
-            from pyro_monteclora.cli.baselines import finish_training
-
-            if arguments.get("calibrate", "none") != "none":
-                from transformers import AutoTokenizer
-
-                from pyro_monteclora.storage.checkpoint import load_pretrained
-
-                model, guide = load_pretrained(checkpoint, device=device)
-                finish_training(
-                    replace(job, model=model, guide=guide, tokenizer=AutoTokenizer.from_pretrained(checkpoint)),
-                    checkpoint,
-                )
-
-        status = run_deep_ensemble(args, parser_defaults, arguments, run_train, finish)
-        from pyro_monteclora.storage.atomic import atomic_write_json
-
-        atomic_write_json(
-            output / "train_summary.json",
-            {
-                "method": "deep-ensemble",
-                "members": arguments.get("ensemble_size") or 5,
-                "train_seconds": sum(
-                    json.loads((path / "train_summary.json").read_text())["train_seconds"]
-                    for path in sorted((output / "members").iterdir())
-                    if (path / "train_summary.json").is_file()
-                ),
-                "wall_seconds_this_session": time.perf_counter() - started,
-            },
-        )
-        print(f"wrote {output / CHECKPOINT_DIR}", file=sys.stderr)
-        return status
-    finally:
-        lock.release()
+    return train_deep_ensemble(job, parser_defaults, run_train, _write_run_record)
 
 
 def _evaluated_split(splits: dict) -> str:
