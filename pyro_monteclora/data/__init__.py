@@ -3,6 +3,8 @@ that turn them into the batches a model takes.
 
 * :mod:`~pyro_monteclora.data.records` -- Labelled text from your own files (csv, tsv, json, jsonl,
   parquet) or from the Hugging Face hub.
+* :mod:`~pyro_monteclora.data.hf_datasets` -- Your own Hugging Face ``datasets.Dataset`` or
+  ``DatasetDict`` as labelled text.
 * :mod:`~pyro_monteclora.data.samplers` -- Samplers: the order in which a loader visits a data set,
   in one process or in a process group.
 * :mod:`~pyro_monteclora.data.classification` -- Offline data and models: the Rotten Tomatoes
@@ -26,6 +28,7 @@ Every public name of these modules is importable from ``pyro_monteclora.data``.
 from pyro_monteclora.data import (
     causal_lm,
     classification,
+    hf_datasets,
     instructions,
     multiple_choice,
     records,
@@ -35,6 +38,7 @@ from pyro_monteclora.data import (
 )
 from pyro_monteclora.data.causal_lm import *  # noqa: F403
 from pyro_monteclora.data.classification import *  # noqa: F403
+from pyro_monteclora.data.hf_datasets import *  # noqa: F403
 from pyro_monteclora.data.instructions import *  # noqa: F403
 from pyro_monteclora.data.multiple_choice import *  # noqa: F403
 from pyro_monteclora.data.records import *  # noqa: F403
@@ -45,6 +49,7 @@ from pyro_monteclora.data.trivia import *  # noqa: F403
 #: every public name of the modules, in the order the docstring lists them
 __all__ = [
     *records.__all__,
+    *hf_datasets.__all__,
     *samplers.__all__,
     *classification.__all__,
     *instructions.__all__,
