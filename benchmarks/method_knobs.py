@@ -156,6 +156,9 @@ def main(argv=None) -> int:
     parser.add_argument("--validation-samples", type=int, default=512)
     parser.add_argument("--output", default="benchmarks/results/method_knobs")
     parser.add_argument("--fast", action="store_true", help="the smoke-test regime of calibration_baselines.py --fast")
+    parser.add_argument(
+        "--aggregate-only", action="store_true", help="train nothing: tabulate the finished runs among --seeds"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     names = [v for v in args.variants.split(",") if v.strip()]
@@ -170,6 +173,8 @@ def main(argv=None) -> int:
         for seed in seeds:
             folder = runs / args.regime / "knobs" / name / str(seed)
             path = runs / "knobs" / f"{args.regime}-{name}-seed{seed}.json"
+            if not path.is_file() and args.aggregate_only:
+                continue
             if not path.is_file():
                 _train("monteclora", seed, folder, regime, variant_options(name, regime))
                 record = dict(_score_run(folder, regime, seed, args), seed=seed, provenance=provenance(REPO))
@@ -194,7 +199,7 @@ def main(argv=None) -> int:
         output / "method_knobs.json",
         {
             "regime": args.regime,
-            "seeds": seeds,
+            "seeds": {name: [r["seed"] for r in items] for name, items in records.items()},
             "variants": {n: {"label": VARIANTS[n][0], "options": variant_options(n, regime)} for n in names},
             "records": records,
             "reference": reference,
