@@ -398,3 +398,16 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     after = trained_tensors(model, guide)
     assert all(t.dtype == torch.float32 for t in after.values())  # trainable tensors stay fp32
     assert any(not torch.equal(after[k], start[k]) for k in start)
+
+
+def test_importing_the_package_does_not_import_the_trainer():
+    """transformers.Trainer and accelerate cost seconds to import: only the trainer's users pay them."""
+    import subprocess
+    import sys
+
+    code = "import sys, pyro_monteclora, pyro_monteclora.training; print('transformers.trainer' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+    from pyro_monteclora.training import MonteCLoRATrainer as lazy
+
+    assert lazy is MonteCLoRATrainer
