@@ -27,8 +27,13 @@ def test_readme_examples_run(tmp_path):
     loop = blocks[1].replace("for batch in train:", "for batch in list(train)[:2]:")
     exec(compile(loop, str(README), "exec"), namespace)
     assert namespace["out"].probs.shape == (32, 2)
-    save = blocks[2].replace('"runs/', f'"{tmp_path}/')
-    assert save != blocks[2]
+    trainer = blocks[2].replace('"runs/', f'"{tmp_path}/').replace("subset(1000)", "subset(32)")
+    trainer = trainer.replace("subset(300)", "subset(16)").replace("num_samples=8", "num_samples=2")
+    assert trainer.count(str(tmp_path)) == 1 and "subset(32)" in trainer
+    exec(compile(trainer, str(README), "exec"), namespace)
+    assert "eval_nll" in namespace["trainer"].state.log_history[0]
+    save = blocks[3].replace('"runs/', f'"{tmp_path}/')
+    assert save != blocks[3]
     exec(compile(save, str(README), "exec"), namespace)
     assert namespace["again"].config == namespace["model"].config
     assert namespace["again_guide"] is not None and (tmp_path / "my-adapter-peft" / "adapter_config.json").is_file()
