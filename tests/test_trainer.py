@@ -281,6 +281,13 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     model, guide = make_classifier()
     with pytest.raises(ValueError, match="num_samples"):
         MonteCLoRATrainer(model, guide, arguments(tmp_path), num_samples=-1)
+    with pytest.raises(ValueError, match="needs its guide"):
+        MonteCLoRATrainer(model, None, arguments(tmp_path))
+    stream = (item for item in TokenSetTask(4))  # no length
+    with pytest.raises(ValueError, match="dataset_size=D"):
+        MonteCLoRATrainer(model, guide, arguments(tmp_path), train_dataset=stream)
+    with pytest.raises(ValueError, match="dataset_size must be"):
+        MonteCLoRATrainer(model, guide, arguments(tmp_path), dataset_size=0)
     assert not any(tmp_path.iterdir())
 
 

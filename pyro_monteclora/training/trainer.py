@@ -212,10 +212,20 @@ class MonteCLoRATrainer(Trainer):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"MonteCLoRATrainer: {name} must be an integer >= {minimum}, got {value!r}")
         train_dataset = kwargs.get("train_dataset")
-        if dataset_size is None:
-            dataset_size = len(train_dataset) if train_dataset is not None else None
+        if dataset_size is None and train_dataset is not None:
+            if not hasattr(train_dataset, "__len__"):
+                raise ValueError(
+                    "MonteCLoRATrainer: the training set has no length (a streaming dataset?); give "
+                    "dataset_size=D, the number of training examples, which scales the likelihood"
+                )
+            dataset_size = len(train_dataset)
         if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
             raise ValueError(f"MonteCLoRATrainer: dataset_size must be an integer >= 1, got {dataset_size!r}")
+        if guide is None and model.adapter_mode != "mean":
+            raise ValueError(
+                "MonteCLoRATrainer: a model with sampled adapters needs its guide, "
+                "for example MonteCLoRATrainer(model, MonteCLoRAGuide(model), args, ...)"
+            )
         guide = guide if guide is not None else EmptyGuide(model)
         self.monteclora_model, self.guide = model, guide
         self.num_samples, self.kl_anneal_steps, self.ece_bins = num_samples, kl_anneal_steps, ece_bins
