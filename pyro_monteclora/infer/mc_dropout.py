@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from pyro_monteclora.infer.predictive import PredictiveOutput, _classifier_log_probs, posterior_predictive
+from pyro_monteclora.infer.predictive import PredictiveOutput, classifier_log_probs, posterior_predictive
 from pyro_monteclora.nn.models import HFPyroModel
 
 __all__ = ["mc_dropout_predict", "dropout_draws", "adapter_dropout"]
@@ -85,7 +85,7 @@ def mc_dropout_predict(
         model,
         None,
         loader,
-        _classifier_log_probs,
+        classifier_log_probs,
         num_samples=num_samples,
         device=device,
         progress=progress,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Tuple
 
 import torch
 from pyro import poutine
@@ -31,6 +31,8 @@ from pyro_monteclora.nn.models import HFPyroModel
 __all__ = [
     "predict",
     "posterior_predictive",
+    "batch_predictive",
+    "classifier_log_probs",
     "PredictiveOutput",
     "entropy",
     "move_batch",
@@ -116,8 +118,31 @@ def adapter_draws(model: HFPyroModel, guide, num_samples: int, inputs: dict) -> 
         yield poutine.replay(model.logits, trace=poutine.trace(guide).get_trace(**inputs))
 
 
-def _classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -> torch.Tensor:
+def classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -> torch.Tensor:
+    """A sequence classifier's class log-probabilities under the current draw (a ``class_log_probs``)."""
     return run_model(**batch).double().log_softmax(-1)
+
+
+@torch.no_grad()
+def batch_predictive(
+    model: HFPyroModel,
+    guide,
+    batch: dict,
+    class_log_probs: ClassLogProbs,
+    num_samples: int,
+    draws: Optional[Callable[..., Iterator[Callable[..., torch.Tensor]]]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The posterior predictive of one batch (inputs only, on the model's device): the mean
+    probabilities :math:`\\bar p = \\frac1S \\sum_s p_s` of shape ``(n, K)`` and the expected
+    entropy :math:`\\frac1S \\sum_s H(p_s)` of shape ``(n,)``, both float64. The caller puts the
+    model in evaluation mode; :func:`posterior_predictive` is this over a loader."""
+    draws = adapter_draws if draws is None else draws
+    mean_probs = expected = 0.0
+    count = 0
+    for run_model in draws(model, guide, num_samples, batch):
+        probs = class_log_probs(run_model, batch).double().exp()
+        mean_probs, expected, count = mean_probs + probs, expected + entropy(probs), count + 1
+    return mean_probs / count, expected / count
 
 
 @torch.no_grad()
@@ -144,7 +169,6 @@ def posterior_predictive(
         (default :func:`adapter_draws`; :func:`~pyro_monteclora.infer.mc_dropout.dropout_draws`
         keeps the adapters' dropout on instead).
     """
-    draws = adapter_draws if draws is None else draws
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
         raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
     if device is None:
@@ -155,12 +179,7 @@ def posterior_predictive(
             batch = move_batch(batch, device)
             labels = batch.pop("labels", None)
             batch.pop("example_index", None)
-            mean_probs = expected = 0.0
-            count = 0
-            for run_model in draws(model, guide, num_samples, batch):
-                probs = class_log_probs(run_model, batch).double().exp()
-                mean_probs, expected, count = mean_probs + probs, expected + entropy(probs), count + 1
-            mean_probs, expected = mean_probs / count, expected / count
+            mean_probs, expected = batch_predictive(model, guide, batch, class_log_probs, num_samples, draws)
             rows["probs"].append(mean_probs.cpu())
             rows["predictive_entropy"].append(entropy(mean_probs).cpu())
             rows["expected_entropy"].append(expected.cpu())
@@ -194,5 +213,5 @@ def predict(
     if model.likelihood.name != "sequence-classification":
         raise ValueError(f"predict() needs a sequence-classification likelihood, got {model.likelihood.name!r}")
     return posterior_predictive(
-        model, guide, loader, _classifier_log_probs, num_samples=num_samples, device=device, progress=progress
+        model, guide, loader, classifier_log_probs, num_samples=num_samples, device=device, progress=progress
     )

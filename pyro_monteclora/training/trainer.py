@@ -62,7 +62,13 @@ from transformers.trainer_utils import EvalPrediction
 
 from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 from pyro_monteclora.infer.guides import EmptyGuide
-from pyro_monteclora.infer.predictive import adapter_draws, entropy, evaluation_mode
+from pyro_monteclora.infer.predictive import (
+    adapter_draws,
+    batch_predictive,
+    classifier_log_probs,
+    entropy,
+    evaluation_mode,
+)
 from pyro_monteclora.nn.handlers import kl_scale
 from pyro_monteclora.nn.likelihoods import sequence_log_likelihood
 from pyro_monteclora.nn.models import HFPyroModel
@@ -282,7 +288,6 @@ class MonteCLoRATrainer(Trainer):
         batch = {k: v for k, v in inputs.items() if k not in ("labels", "example_index")}
         labels = inputs.get("labels")
         monteclora = self.monteclora_model
-        draws = 1 if self.num_samples == 0 else self.num_samples
         with evaluation_mode(monteclora), self.autocast_smart_context_manager():
             if self.is_language_model:
                 inputs_lm = {k: batch[k] for k in ("input_ids", "attention_mask")}
@@ -294,11 +299,9 @@ class MonteCLoRATrainer(Trainer):
                 loss = -log_likelihood.sum() / tokens.sum().clamp_min(1)
                 predictions = (log_likelihood.float(), tokens.float())
                 return (loss.float(), None, None) if prediction_loss_only else (loss.float(), predictions, labels)
-            mean_probs = expected = 0.0
-            for run_model in adapter_draws(monteclora, self.guide, self.num_samples, batch):
-                probs = run_model(**batch).double().softmax(-1)
-                mean_probs, expected = mean_probs + probs, expected + entropy(probs)
-        mean_probs, expected = mean_probs / draws, expected / draws
+            mean_probs, expected = batch_predictive(
+                monteclora, self.guide, batch, classifier_log_probs, self.num_samples
+            )
         log_probs = mean_probs.clamp_min(1e-300).log()
         loss = None
         if labels is not None:
