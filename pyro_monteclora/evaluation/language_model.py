@@ -29,7 +29,7 @@ draw (they sit in the same batch, see :func:`~pyro_monteclora.data.multiple_choi
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 
@@ -40,11 +40,26 @@ from pyro_monteclora.infer.predictive import (
     evaluation_mode,
     move_batch,
     posterior_predictive,
-    uses_mean_adapter,
 )
 from pyro_monteclora.nn.likelihoods import sequence_log_likelihood
 
-__all__ = ["language_model_metrics", "predict_multiple_choice"]
+__all__ = ["language_model_metrics", "batch_log_likelihood", "predict_multiple_choice"]
+
+
+@torch.no_grad()
+def batch_log_likelihood(
+    model, guide, batch: dict, labels: torch.Tensor, num_samples: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each sequence's predictive log-likelihood of its response tokens,
+    :math:`\\log \\frac1S \\sum_s p(y_i \\mid x_i, A^{(s)})` (float64, ``(n,)``), and its number of
+    response tokens (``(n,)``), for one batch (``input_ids``, ``attention_mask``; the caller puts the
+    model in evaluation mode). :math:`S = 0` is the mean adapter."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    per_draw, tokens = [], None
+    for run_model in adapter_draws(model, guide, num_samples, inputs):
+        log_likelihood, tokens = sequence_log_likelihood(run_model(**inputs), labels)
+        per_draw.append(log_likelihood.double())
+    return torch.stack(per_draw).logsumexp(0) - math.log(len(per_draw)), tokens
 
 
 @torch.no_grad()
@@ -59,18 +74,12 @@ def language_model_metrics(model, guide, loader, num_samples: int = 0, device=No
     """
     if device is None:
         device = next(model.parameters()).device
-    draws = 1 if uses_mean_adapter(model, guide, num_samples) else num_samples
     total_log_likelihood, total_tokens = 0.0, 0
     with evaluation_mode(model):
         for batch in loader:
             batch = move_batch(batch, device)
             labels = batch.pop("labels")
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-            per_draw = []
-            for run_model in adapter_draws(model, guide, num_samples, inputs):
-                log_likelihood, tokens = sequence_log_likelihood(run_model(**inputs), labels)
-                per_draw.append(log_likelihood.double())
-            log_likelihood = torch.stack(per_draw).logsumexp(0) - math.log(draws)
+            log_likelihood, tokens = batch_log_likelihood(model, guide, batch, labels, num_samples)
             total_log_likelihood += log_likelihood.double().sum().item()
             total_tokens += int(tokens.sum())
     total_log_likelihood, total_tokens = all_reduce_sums([total_log_likelihood, total_tokens])

@@ -60,17 +60,16 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
+from pyro_monteclora.evaluation.language_model import batch_log_likelihood
 from pyro_monteclora.infer.elbo import MonteCLoRAELBO
 from pyro_monteclora.infer.guides import EmptyGuide
 from pyro_monteclora.infer.predictive import (
-    adapter_draws,
     batch_predictive,
     classifier_log_probs,
     entropy,
     evaluation_mode,
 )
 from pyro_monteclora.nn.handlers import kl_scale
-from pyro_monteclora.nn.likelihoods import sequence_log_likelihood
 from pyro_monteclora.nn.models import HFPyroModel
 from pyro_monteclora.storage.atomic import atomic_write_text
 from pyro_monteclora.storage.checkpoint import load_trained_tensors, read_trained_tensors, save_pretrained
@@ -290,12 +289,7 @@ class MonteCLoRATrainer(Trainer):
         monteclora = self.monteclora_model
         with evaluation_mode(monteclora), self.autocast_smart_context_manager():
             if self.is_language_model:
-                inputs_lm = {k: batch[k] for k in ("input_ids", "attention_mask")}
-                per_draw, tokens = [], None
-                for run_model in adapter_draws(monteclora, self.guide, self.num_samples, inputs_lm):
-                    log_likelihood, tokens = sequence_log_likelihood(run_model(**inputs_lm), labels)
-                    per_draw.append(log_likelihood.double())
-                log_likelihood = torch.stack(per_draw).logsumexp(0) - math.log(len(per_draw))
+                log_likelihood, tokens = batch_log_likelihood(monteclora, self.guide, batch, labels, self.num_samples)
                 loss = -log_likelihood.sum() / tokens.sum().clamp_min(1)
                 predictions = (log_likelihood.float(), tokens.float())
                 return (loss.float(), None, None) if prediction_loss_only else (loss.float(), predictions, labels)
