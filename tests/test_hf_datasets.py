@@ -21,6 +21,20 @@ def test_a_dataset_dict_split_becomes_labelled_text_with_its_class_names():
     assert list(data.label_names) == ["neg", "pos"]
 
 
+@pytest.mark.parametrize("names, labels", [(["neg", "pos"], [1, 0, 1]), (["pos", "neg"], [0, 1, 0])])
+def test_class_label_names_may_be_given(names, labels):
+    """A ClassLabel column's integers are its names: label_names (the same set, or reordered) map them."""
+    data = from_hf_dataset(dataset_dict(), "sentence", "label", label_names=names, split="train")
+    assert data.labels == labels and list(data.label_names) == names
+
+
+def test_an_unlabelled_class_label_row_is_named_against_the_class_names():
+    features = datasets.Features({"t": datasets.Value("string"), "l": datasets.ClassLabel(names=["neg", "pos"])})
+    test = datasets.Dataset.from_dict({"t": ["a", "b"], "l": [0, -1]}, features)  # -1: GLUE's unlabelled test rows
+    with pytest.raises(DataError, match=r"row 2: label -1 in column 'l' is outside the label set \['neg', 'pos'\]"):
+        from_hf_dataset(test, "t", "l")
+
+
 def test_string_labels_and_sentence_pairs():
     ds = datasets.Dataset.from_dict({"a": ["x", "y"], "b": ["p", "q"], "y": ["yes", "no"]})
     data = from_hf_dataset(ds, ["a", "b"], "y")

@@ -73,8 +73,13 @@ def from_hf_dataset(
         raise DataError(f"{source} has no rows")
     feature = data.features.get(label_column) if label_column is not None else None
     rows = data.select_columns(text_columns + ([label_column] if label_column is not None else [])).to_list()
-    if label_names is None and feature is not None and hasattr(feature, "names") and hasattr(feature, "int2str"):
-        label_names = [str(i) for i in range(len(feature.names))]  # the integers index ClassLabel's names
-        checked = records_to_classification(rows, source, text_columns, label_column, label_names)
-        return TextClassificationData(checked.texts, checked.labels, list(feature.names), checked.text_pairs)
+    if feature is not None and hasattr(feature, "names") and hasattr(feature, "int2str"):
+        # a ClassLabel's integers index its names: read them as the names, so that label_names (by
+        # default the ClassLabel's own) may also reorder or extend them; -1 (no label) stays -1
+        names = list(feature.names)
+        for row in rows:
+            value = row[label_column]
+            if isinstance(value, int) and 0 <= value < len(names):
+                row[label_column] = names[value]
+        label_names = names if label_names is None else label_names
     return records_to_classification(rows, source, text_columns, label_column, label_names)
