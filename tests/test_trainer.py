@@ -291,6 +291,42 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "changes, extra, message",
+    [
+        (
+            dict(save_strategy="steps", optim="sgd"),
+            {},
+            r"optim must be one of \['adamw_torch', 'adamw_torch_fused'\].*'sgd'",
+        ),
+        (dict(save_strategy="epoch", optim="adafactor"), {}, r"optim must be one of .*'adafactor'"),
+        (
+            dict(save_strategy="epoch", eval_strategy="epoch", lr_scheduler_type="reduce_lr_on_plateau"),
+            {},
+            r"lr_scheduler_type must not be 'reduce_lr_on_plateau'",
+        ),
+        (dict(label_smoothing_factor=0.1), {}, r"label_smoothing_factor must be 0.*0\.1"),
+        (
+            {},
+            dict(compute_loss_func=lambda outputs, labels, num_items_in_batch=None: 0),
+            r"compute_loss_func must be None",
+        ),
+    ],
+)
+def test_arguments_whose_checkpoints_cannot_resume_are_refused_up_front(tmp_path, changes, extra, message):
+    """A checkpoint whose optimiser or schedule training_state.json cannot hold would be found out only
+    when resuming; another loss would silently replace the ELBO."""
+    model, guide = make_classifier()
+    data = TokenSetTask(16, seed=0)
+    args = arguments(tmp_path, **changes)  # TrainingArguments' own checks pass
+    with pytest.raises(ValueError, match=message):
+        MonteCLoRATrainer(model, guide, args, train_dataset=data, eval_dataset=data, data_collator=stack, **extra)
+    assert not any(tmp_path.iterdir())
+    # without optimiser state in the checkpoints, SGD is fine
+    if changes.get("optim") == "sgd":
+        MonteCLoRATrainer(model, guide, arguments(tmp_path, optim="sgd", save_strategy="steps", save_only_model=True))
+
+
 DDP_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -90,6 +90,55 @@ __all__ = [
 ]
 
 TRAINING_ARGS_JSON = "training_args.json"
+#: the ``TrainingArguments.optim`` values whose state ``training_state.json`` holds (torch's AdamW)
+RESUMABLE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
+
+
+def _name(value) -> str:
+    """An enum of ``TrainingArguments`` (or a plain string) as the string a user writes."""
+    return str(getattr(value, "value", value))
+
+
+def _check_arguments(args: Optional[TrainingArguments], kwargs: dict) -> None:
+    """Refuse, before any work, what would replace the ELBO by another loss, and what would be
+    saved in checkpoints that could not be resumed (found out only at the resume, hours later)."""
+    if kwargs.get("compute_loss_func") is not None:
+        raise ValueError(
+            "MonteCLoRATrainer: compute_loss_func must be None (the loss is the ELBO of the model and "
+            "guide); give elbo=... for another Pyro ELBO"
+        )
+    if args is None:
+        return
+    if args.label_smoothing_factor != 0:
+        raise ValueError(
+            "MonteCLoRATrainer: label_smoothing_factor must be 0 (the loss is the ELBO), "
+            f"got {args.label_smoothing_factor!r}"
+        )
+    if _name(args.save_strategy) == "no" or args.save_only_model:
+        return
+    optimizer, scheduler = tuple(kwargs.get("optimizers") or (None, None))
+    optimizer_class = (kwargs.get("optimizer_cls_and_kwargs") or (None, None))[0]
+    if optimizer is not None or optimizer_class is not None:
+        given = optimizer_class if optimizer is None else type(optimizer)
+        if not (isinstance(given, type) and issubclass(given, (torch.optim.Adam, torch.optim.AdamW))):
+            raise ValueError(
+                "MonteCLoRATrainer: a checkpointed optimiser must be torch.optim.AdamW or Adam (its state "
+                f"is saved as safetensors + JSON), got {getattr(given, '__name__', given)}; or set "
+                "save_strategy='no' or save_only_model=True"
+            )
+    elif _name(args.optim) not in RESUMABLE_OPTIMIZERS:
+        raise ValueError(
+            f"MonteCLoRATrainer: optim must be one of {list(RESUMABLE_OPTIMIZERS)} when checkpoints are "
+            f"saved (their optimiser state is safetensors + JSON), got {_name(args.optim)!r}; or set "
+            "save_strategy='no' or save_only_model=True"
+        )
+    plateau = _name(args.lr_scheduler_type) == "reduce_lr_on_plateau"
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or (scheduler is None and plateau):
+        raise ValueError(
+            "MonteCLoRATrainer: lr_scheduler_type must not be 'reduce_lr_on_plateau' when checkpoints are "
+            "saved (its state cannot be resumed); use 'linear', 'cosine', 'constant' or another schedule, "
+            "or set save_strategy='no' or save_only_model=True"
+        )
 
 
 class ELBOObjective(nn.Module):
@@ -216,6 +265,7 @@ class MonteCLoRATrainer(Trainer):
         for name, value, minimum in (("num_samples", num_samples, 0), ("kl_anneal_steps", kl_anneal_steps, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"MonteCLoRATrainer: {name} must be an integer >= {minimum}, got {value!r}")
+        _check_arguments(args, kwargs)
         train_dataset = kwargs.get("train_dataset")
         if dataset_size is None and train_dataset is not None:
             if not hasattr(train_dataset, "__len__"):
