@@ -327,6 +327,26 @@ def test_arguments_whose_checkpoints_cannot_resume_are_refused_up_front(tmp_path
         MonteCLoRATrainer(model, guide, arguments(tmp_path, optim="sgd", save_strategy="steps", save_only_model=True))
 
 
+def test_the_fp16_grad_scaler_is_checkpointed_as_json_and_never_unpickled(tmp_path):
+    """Trainer pickles the scaler into scaler.pt and torch.loads it back; here it is JSON both ways."""
+    model, guide = make_classifier()
+    trainer = MonteCLoRATrainer(model, guide, arguments(tmp_path), train_dataset=TokenSetTask(16), data_collator=stack)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    trainer._save_scaler(str(checkpoint))
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["grad_scaler.json"]
+    assert json.loads((checkpoint / "grad_scaler.json").read_text())["scale"] == 512.0
+
+    (checkpoint / "scaler.pt").write_bytes(b"not a pickle: loading it would raise")
+    trainer.accelerator.scaler = fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    trainer._load_scaler(str(checkpoint))
+    assert fresh.get_scale() == 512.0 and fresh.get_growth_interval() == 7
+    (checkpoint / "grad_scaler.json").write_text(json.dumps({"scale": -1.0}))
+    with pytest.raises(ValueError, match=r"grad_scaler.json: scale must be a finite number > 0, got -1"):
+        trainer._load_scaler(str(checkpoint))
+
+
 DDP_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})

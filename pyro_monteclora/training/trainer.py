@@ -71,7 +71,7 @@ from pyro_monteclora.infer.predictive import (
 )
 from pyro_monteclora.nn.handlers import kl_scale
 from pyro_monteclora.nn.models import HFPyroModel
-from pyro_monteclora.storage.atomic import atomic_write_text
+from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
 from pyro_monteclora.storage.checkpoint import load_trained_tensors, read_trained_tensors, save_pretrained
 from pyro_monteclora.training.state import (
     TrainingState,
@@ -80,6 +80,7 @@ from pyro_monteclora.training.state import (
     restore_rng_state,
     save_training_state,
 )
+from pyro_monteclora.validation import FieldError, get_field, parse_json
 
 __all__ = [
     "MonteCLoRATrainer",
@@ -90,6 +91,9 @@ __all__ = [
 ]
 
 TRAINING_ARGS_JSON = "training_args.json"
+#: the fp16 gradient scaler's state (``Trainer`` pickles it as ``scaler.pt``)
+GRAD_SCALER_JSON = "grad_scaler.json"
+SCALER_FACTORS = ("scale", "growth_factor", "backoff_factor")
 #: the ``TrainingArguments.optim`` values whose state ``training_state.json`` holds (torch's AdamW)
 RESUMABLE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
 
@@ -399,6 +403,30 @@ class MonteCLoRATrainer(Trainer):
         self.lr_scheduler.load_state_dict(
             dict(state.scheduler, lr_lambdas=self.lr_scheduler.state_dict()["lr_lambdas"])
         )
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        state = scaler.state_dict() if scaler is not None else {}  # {} when the scaler is disabled
+        if state and self.args.should_save:
+            atomic_write_json(Path(output_dir) / GRAD_SCALER_JSON, state)
+
+    def _load_scaler(self, checkpoint: Optional[str]) -> None:
+        """The fp16 gradient scaler from ``grad_scaler.json`` (a ``scaler.pt`` is never unpickled)."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        path = Path(checkpoint) / GRAD_SCALER_JSON if checkpoint is not None else None
+        if scaler is None or path is None or not path.is_file():
+            return
+        from pyro_monteclora.storage.checkpoint import CheckpointError
+
+        positive = dict(minimum=0, exclusive_minimum=True)
+        try:
+            record = parse_json(path.read_text(encoding="utf-8"))
+            state = {key: get_field(record, key, key, "number", **positive) for key in SCALER_FACTORS}
+            for key in ("growth_interval", "_growth_tracker"):
+                state[key] = get_field(record, key, key, "integer", minimum=int(key == "growth_interval"))
+        except (UnicodeDecodeError, json.JSONDecodeError, FieldError) as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        scaler.load_state_dict(state)
 
     def _load_rng_state(self, checkpoint: Optional[str]) -> None:
         if checkpoint is None:
