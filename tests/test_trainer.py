@@ -347,6 +347,28 @@ def test_the_fp16_grad_scaler_is_checkpointed_as_json_and_never_unpickled(tmp_pa
         trainer._load_scaler(str(checkpoint))
 
 
+def test_the_logged_nll_is_fits_under_kl_annealing(tmp_path):
+    """Step t's loss carries the KL factor of step t: the logged nll removes that factor, not the
+    next step's (global_step has already moved on when Trainer logs)."""
+    data = TokenSetTask(32, seed=0)
+    model, guide = make_classifier()
+    loader = DataLoader(data, batch_size=16, collate_fn=stack)
+    result = fit(
+        model, guide, loader, epochs=2, learning_rate=5e-3, seed=3, progress=False, kl_anneal_steps=4, log_every=1
+    )
+    model, guide = make_classifier()
+    args = arguments(tmp_path, logging_steps=1)
+    trainer = SequentialTrainer(model, guide, args, kl_anneal_steps=4, train_dataset=data, data_collator=stack)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "nll" in entry]
+    assert [record["kl_factor"] for record in result.steps] == [0.0, 0.25, 0.5, 0.75]
+    assert len(logged) == len(result.steps) == 4
+    for entry, record in zip(logged, result.steps):
+        assert entry["loss"] == pytest.approx(record["loss"], rel=1e-4)
+        assert entry["kl"] == pytest.approx(record["kl"], rel=1e-4)
+        assert entry["nll"] == pytest.approx(record["nll"], rel=1e-4, abs=1e-5)
+
+
 DDP_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -321,6 +321,19 @@ class MonteCLoRATrainer(Trainer):
             loss = super().training_step(model, inputs, num_items_in_batch)
         return loss
 
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        # the optimiser steps whose mean loss a log now would carry: from the last log to this step
+        self._logged_steps = (self._globalstep_last_logged, self.state.global_step)
+        return super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def _logged_kl_factor(self) -> float:
+        """The mean KL factor of the steps behind the logged ``loss`` (step ``t`` used
+        ``kl_factor(t)``, and ``global_step`` is ``t + 1`` when its loss is logged)."""
+        start, end = getattr(self, "_logged_steps", (None, None))
+        if end != self.state.global_step or start is None or start >= end:
+            start, end = max(self.state.global_step - 1, 0), max(self.state.global_step, 1)
+        return sum(self.kl_factor(step) for step in range(start, end)) / (end - start)
+
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         """``Trainer.log``, with ``kl`` and ``nll`` beside each training ``loss``."""
         kl_of = getattr(self.guide, "kl_divergence", None)
@@ -329,9 +342,7 @@ class MonteCLoRATrainer(Trainer):
                 kl = float(kl_of())
             weight = getattr(getattr(self.monteclora_model, "config", None), "kl_weight", 1.0)
             dataset_size = self.monteclora_model.dataset_size or 1
-            logs = dict(
-                logs, kl=kl, nll=logs["loss"] - self.kl_factor(self.state.global_step) * weight * kl / dataset_size
-            )
+            logs = dict(logs, kl=kl, nll=logs["loss"] - self._logged_kl_factor() * weight * kl / dataset_size)
         super().log(logs, start_time)
 
     # -- evaluation: the posterior predictive ---------------------------------------------------------
