@@ -55,6 +55,7 @@ def test_string_labels_and_sentence_pairs():
         ),
         (lambda: from_hf_dataset(dataset_dict(), "sentence", "labels", split="train"), r"no column 'labels'"),
         (lambda: from_hf_dataset([{"text": "a"}], "text"), r"expected a datasets.Dataset or DatasetDict, got list"),
+        (lambda: from_hf_dataset(dataset_dict(), None, split="train"), r"text_columns must be a column name"),
         (
             lambda: from_hf_dataset(datasets.Dataset.from_dict({"text": ["ok", " "], "label": [0, 1]})),
             r"row 2: the text in column 'text' is empty",

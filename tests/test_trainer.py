@@ -288,6 +288,10 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
         MonteCLoRATrainer(model, guide, arguments(tmp_path), train_dataset=stream)
     with pytest.raises(ValueError, match="dataset_size must be"):
         MonteCLoRATrainer(model, guide, arguments(tmp_path), dataset_size=0)
+    with pytest.raises(ValueError, match="fsdp must be off"):
+        MonteCLoRATrainer(model, guide, arguments(tmp_path, fsdp="full_shard"))
+    with pytest.raises(ValueError, match="torch_compile must be off"):
+        MonteCLoRATrainer(model, guide, arguments(tmp_path, torch_compile=True))
     assert not any(tmp_path.iterdir())
 
 
@@ -472,6 +476,16 @@ def test_best_model_at_end_and_early_stopping_read_the_predictive_nll(tmp_path):
     saved = read_trained_tensors(best_dir)
     for name, value in trained_tensors(model, guide).items():
         torch.testing.assert_close(value, saved[name], msg=name)
+
+
+def test_a_causal_lm_evaluated_without_labels_is_told_what_is_missing(tmp_path):
+    torch.manual_seed(0)
+    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj"]))
+    ids = torch.randint(4, 60, (4, 6))
+    items = [{"input_ids": row, "attention_mask": torch.ones_like(row)} for row in ids]
+    trainer = MonteCLoRATrainer(model, MonteCLoRAGuide(model), arguments(tmp_path), data_collator=stack)
+    with pytest.raises(ValueError, match="no 'labels'.*its keys are \\['attention_mask', 'input_ids'\\]"):
+        trainer.predict(items)
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):

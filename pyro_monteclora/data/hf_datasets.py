@@ -62,7 +62,11 @@ def from_hf_dataset(
     :param split: the split of a ``DatasetDict``.
     :raises DataError: a missing split or column (naming those that exist), or a bad row.
     """
-    text_columns = [text_columns] if isinstance(text_columns, str) else list(text_columns)
+    if isinstance(text_columns, str):
+        text_columns = [text_columns]
+    elif not (isinstance(text_columns, (list, tuple)) and all(isinstance(c, str) for c in text_columns)):
+        raise DataError(f"text_columns must be a column name or a list of one or two names, got {text_columns!r}")
+    text_columns = list(text_columns)
     data = _select_split(dataset, split)
     source = "the datasets.Dataset" + (f" (split {split!r})" if split is not None else "")
     columns = list(data.column_names)

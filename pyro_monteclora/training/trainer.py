@@ -36,7 +36,8 @@ adapter draws (0: the mean adapter). For a classifier the predictions handed to
 the default :func:`posterior_metrics` reports accuracy, NLL, ECE, Brier, Matthews correlation, the
 AUROC of spotting errors and the mean mutual information (``eval_loss`` is the predictive NLL). For
 a causal LM they are each sequence's predictive log-likelihood and response-token count, and the
-metrics are ``token_nll`` and ``perplexity``.
+metrics are ``token_nll`` and ``perplexity`` (read ``eval_token_nll``: ``Trainer`` averages each
+batch's ``eval_loss`` with the batch's number of sequences as its weight, not its number of tokens).
 
 >>> from pyro_monteclora.training.trainer import posterior_metrics
 >>> import numpy as np
@@ -51,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -113,6 +115,12 @@ def _check_arguments(args: Optional[TrainingArguments], kwargs: dict) -> None:
         )
     if args is None:
         return
+    for field, given in (("deepspeed", args.deepspeed), ("fsdp", args.fsdp), ("torch_compile", args.torch_compile)):
+        if given:
+            raise ValueError(
+                f"MonteCLoRATrainer: {field} must be off, got {given!r}: its save, load and compile paths are not "
+                "this trainer's (DDP through torchrun / accelerate launch is supported)"
+            )
     if args.label_smoothing_factor != 0:
         raise ValueError(
             "MonteCLoRATrainer: label_smoothing_factor must be 0 (the loss is the ELBO), "
@@ -349,9 +357,15 @@ class MonteCLoRATrainer(Trainer):
     @torch.no_grad()
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
-        batch = {k: v for k, v in inputs.items() if k not in ("labels", "example_index")}
-        labels = inputs.get("labels")
+        label_name = (self.label_names or ["labels"])[0]
+        batch = {k: v for k, v in inputs.items() if k not in (label_name, "example_index")}
+        labels = inputs.get(label_name)
         monteclora = self.monteclora_model
+        if self.is_language_model and labels is None:
+            raise ValueError(
+                f"MonteCLoRATrainer: a causal LM is scored on its response tokens, but the evaluation batch "
+                f"has no {label_name!r} (the prompt masked with -100); its keys are {sorted(inputs)}"
+            )
         with evaluation_mode(monteclora), self.autocast_smart_context_manager():
             if self.is_language_model:
                 log_likelihood, tokens = batch_log_likelihood(monteclora, self.guide, batch, labels, self.num_samples)
@@ -388,6 +402,12 @@ class MonteCLoRATrainer(Trainer):
         best = self.state.best_model_checkpoint
         if best is not None and os.path.isdir(best):
             self._load_from_checkpoint(best)
+        elif best is not None:
+            warnings.warn(
+                f"MonteCLoRATrainer: the best checkpoint {best} is not on this machine; the model keeps "
+                "the last step's tensors (use a shared disk or save_on_each_node=True)",
+                stacklevel=2,
+            )
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if not self.args.should_save:
@@ -409,7 +429,10 @@ class MonteCLoRATrainer(Trainer):
             return
         state = load_training_state(checkpoint)
         if state is None:
-            raise FileNotFoundError(f"MonteCLoRATrainer: {checkpoint} holds no training_state.json to resume from")
+            raise FileNotFoundError(
+                f"MonteCLoRATrainer: {checkpoint} holds no training_state.json to resume from (a checkpoint "
+                "saved with save_only_model=True has only the model: start a new run from it instead)"
+            )
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(
             dict(state.scheduler, lr_lambdas=self.lr_scheduler.state_dict()["lr_lambdas"])
