@@ -24,8 +24,8 @@ benchmark's own ``monteclora`` run (the true ELBO: ``kl_weight = 1``, no coopera
   Wishart KL pulls :math:`\\sigma` back towards the prior's 0, and trained :math:`\\sigma` moves
   little (``method_knobs.md`` reports how far).
 
-It writes ``method_knobs.json`` and ``method_knobs.md`` (mean ± std over seeds; each run records its
-commit). Run after ``calibration_baselines.py`` on the same ``--runs`` (it reads the reference runs
+It writes ``method_knobs.json``, ``method_knobs.md`` and ``method_knobs.rst`` (mean ± std over seeds;
+each run records its commit). Run after ``calibration_baselines.py`` on the same ``--runs`` (it reads the reference runs
 there and trains its own under ``<runs>/<regime>/knobs/<variant>/<seed>``; finished seeds are kept)::
 
     python benchmarks/method_knobs.py --runs runs/calibration_baselines
@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration_baselines import FAST, REGIMES, TRAIN, _loaders, _scores, _timed, _train  # noqa: E402
 from provenance import provenance, provenance_line  # noqa: E402
+from tables import list_table  # noqa: E402
 
 from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -209,6 +210,8 @@ def main(argv=None) -> int:
     )
     text = markdown(records, reference) + f"\nruns measured at commit(s) {', '.join(map(str, commits))}\n\n"
     atomic_write_text(output / "method_knobs.md", text + provenance_line(started) + "\n")
+    caption = f"{args.regime} regime: one change at a time (mean ± std over the seeds given)"
+    atomic_write_text(output / "method_knobs.rst", list_table(caption, markdown(records, reference)))
     print(text)
     return 0
 

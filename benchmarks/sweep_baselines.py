@@ -11,7 +11,8 @@ is run again for the baselines on the same grid and budget, with ``pyro-monteclo
 The MonteCLoRA, LoRA and full fine-tuning cells are read from the committed sweep
 (``benchmarks/results/sweep_rotten_tomatoes/summary.json``; the commit that last wrote it is
 recorded), and one table and one box plot put every method's spread of accuracy, NLL and ECE side
-by side: ``summary.json``, ``summary.md`` and ``sweep.png`` in ``--results``. The sweeps resume
+by side: ``summary.json``, ``summary.md`` (and ``summary.rst``, which the docs include) and
+``sweep.png`` in ``--results``. The sweeps resume
 where they stopped (``--resume``), so an interrupted run loses at most one cell::
 
     python benchmarks/sweep_baselines.py --runs runs/sweep_baselines    # 32 cells (~1 h, 2 cores)
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from provenance import checkout_environment, provenance, provenance_line  # noqa: E402
+from tables import list_table  # noqa: E402
 
 from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -127,6 +129,7 @@ def main(argv=None) -> int:
         results_dir / "summary.md",
         f"{title}\n\n{table}\n\n{note}\nWall time {wall / 60:.1f} min. {provenance_line(origin)}\n",
     )
+    atomic_write_text(results_dir / "summary.rst", list_table(title, table))
     atomic_write_json(
         results_dir / "summary.json",
         {"metrics": METRICS, "summary": summary, "results": results, "sources": sources, "provenance": origin},
