@@ -118,6 +118,20 @@ def guide_drift(checkpoint: Path) -> dict:
     return {"max_abs_sigma": max(scales), "mean_beta": statistics.fmean(betas)}
 
 
+def factor_sizes(checkpoint: Path) -> dict:
+    """The root mean square of every adapter's :math:`M` and of every :math:`B` (the rescaling
+    symmetry :math:`(M, B) \\to (cM, B/c)` would show as a larger :math:`M` and a smaller :math:`B`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(checkpoint / "model.safetensors"))
+
+    def rms(suffix):
+        return torch.cat([t.flatten() for k, t in tensors.items() if k.endswith(suffix)]).pow(2).mean().sqrt().item()
+
+    return {"M": rms("lora_A_mean"), "B": rms("lora_B")}
+
+
 def _stat(values):
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -193,6 +207,11 @@ def main(argv=None) -> int:
             record.pop("curves", None)
             record["guide"] = guide_drift(runs / args.regime / "monteclora" / str(seed) / "checkpoint")
             reference.append(record)
+    sizes = {
+        method: [factor_sizes(runs / args.regime / folder / str(seed) / "checkpoint") for seed in seeds]
+        for method, folder in (("monteclora", "monteclora"), ("lora", "pool"))
+        if all((runs / args.regime / folder / str(seed) / "checkpoint").is_dir() for seed in seeds)
+    }
     started = provenance(REPO)
     commits = sorted({r["provenance"].get("commit") for items in records.values() for r in items})
     output.mkdir(parents=True, exist_ok=True)
@@ -204,11 +223,20 @@ def main(argv=None) -> int:
             "variants": {n: {"label": VARIANTS[n][0], "options": variant_options(n, regime)} for n in names},
             "records": records,
             "reference": reference,
+            "factor_sizes": sizes,
             "commits": commits,
             "provenance": started,
         },
     )
-    text = markdown(records, reference) + f"\nruns measured at commit(s) {', '.join(map(str, commits))}\n\n"
+    text = markdown(records, reference)
+    if sizes:
+
+        def listed(items, key):
+            return ", ".join(f"{item[key]:.4f}" for item in items)
+
+        parts = [f"{m} M {listed(items, 'M')}, B {listed(items, 'B')}" for m, items in sizes.items()]
+        text += "\nRMS of M and B per seed: " + "; ".join(parts) + "\n"
+    text += f"\nruns measured at commit(s) {', '.join(map(str, commits))}\n\n"
     atomic_write_text(output / "method_knobs.md", text + provenance_line(started) + "\n")
     caption = f"{args.regime} regime: one change at a time (mean ± std over the seeds given)"
     atomic_write_text(output / "method_knobs.rst", list_table(caption, markdown(records, reference)))
