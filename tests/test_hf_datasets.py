@@ -1,7 +1,10 @@
 """A user's own datasets.Dataset / DatasetDict: validated as files are, schema errors before any row."""
 
+import json
+
 import datasets
 import pytest
+from test_cli import model_dir  # noqa: F401  (the tiny BERT folder fixture)
 
 from pyro_monteclora.data import DataError, from_hf_dataset
 
@@ -69,3 +72,37 @@ def test_string_labels_and_sentence_pairs():
 def test_bad_input_names_what_is_missing_and_what_exists(call, message):
     with pytest.raises(DataError, match=message):
         call()
+
+
+def test_the_command_line_trains_and_evaluates_a_saved_dataset_dict(model_dir, tmp_path, capsys):
+    from test_cli import sentences
+
+    from pyro_monteclora.cli import main
+
+    rows = {"train": sentences(16, 0), "test": sentences(8, 1)}  # no validation split
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.Value("int64")})
+    saved = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"sentence": [r["text"] for r in part], "label": [int(r["label"] == "pos") for r in part]}, features
+            )
+            for split, part in rows.items()
+        }
+    )
+    folder = tmp_path / "my_data"
+    saved.save_to_disk(str(folder))
+    run = tmp_path / "run"
+    common = ["--model", str(model_dir), "--text-column", "sentence", "--max-length", "16"]
+    assert main(["train", "--dataset", str(folder), *common, "--epochs", "1", "--output", str(run)]) == 0
+    data = json.loads((run / "run.json").read_text())["data"]
+    assert data["source"] == "dataset" and data["dataset"] == str(folder.resolve())
+    assert main(["evaluate", "--checkpoint", str(run), "--num-samples", "0"]) == 0
+    # a saved data set without a train split: one line naming the splits it has, nothing written
+    saved.pop("train")
+    other = tmp_path / "no_train"
+    saved.save_to_disk(str(other))
+    capsys.readouterr()
+    status = main(["train", "--dataset", str(other), *common, "--output", str(tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert status == 2 and "no 'train' split; its splits are ['test']" in err, err
+    assert not (tmp_path / "refused").exists()

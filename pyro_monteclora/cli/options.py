@@ -215,7 +215,12 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str]) -> 
     group.add_argument(
         "--response-column", default=None, help="causal-lm: the response field (default: output, answer or response)"
     )
-    group.add_argument("--dataset", default=None, help="a Hugging Face hub data set (needs network)")
+    group.add_argument(
+        "--dataset",
+        default=None,
+        help="a Hugging Face hub data set (needs network), or the folder of a Dataset or DatasetDict "
+        "saved with save_to_disk (its train/validation/test splits)",
+    )
     group.add_argument("--dataset-config", default=None, help="its configuration (e.g. mrpc)")
     group.add_argument(
         "--max-length",

@@ -185,7 +185,11 @@ def _classification_spec(args, recorded: Optional[dict]) -> dict:
             },
         }
     if args.dataset is not None:
-        return {"source": "dataset", "dataset": args.dataset, "dataset_config": args.dataset_config}
+        from pyro_monteclora.data.records import saved_dataset_folder
+
+        saved = saved_dataset_folder(args.dataset)  # a saved folder is recorded by its absolute path
+        dataset = str(saved.resolve()) if saved is not None else args.dataset
+        return {"source": "dataset", "dataset": dataset, "dataset_config": args.dataset_config}
     # a paper task with no files: its hub data set
     if TASK_SPECS[args.task].kind != "classification":
         raise UsageError(

@@ -1,4 +1,5 @@
-"""Labelled text from your own files (csv, tsv, json, jsonl, parquet) or from the Hugging Face hub.
+"""Labelled text from your own files (csv, tsv, json, jsonl, parquet), a data set saved with
+``save_to_disk``, or the Hugging Face hub.
 
 Every check runs while the file is read, before any model is loaded, and a failure raises
 :class:`DataError` naming the file, the row and the column: a missing file or column, a column
@@ -46,6 +47,7 @@ __all__ = [
     "has_visible_text",
     "load_hub_records",
     "hub_split_names",
+    "saved_dataset_folder",
     "SUPPORTED_SUFFIXES",
 ]
 
@@ -382,12 +384,44 @@ def load_classification_file(
     return records_to_classification(read_records(path), str(path), text_columns, label_column, label_names)
 
 
+def saved_dataset_folder(name: str) -> Optional[Path]:
+    """``name`` as a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``
+    (``dataset_dict.json`` or ``state.json`` inside), else ``None`` (a hub name)."""
+    path = Path(name)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        return path
+    return None
+
+
+def _saved_splits(path: Path) -> Dict[str, object]:
+    """The splits of a saved data set: a ``DatasetDict``'s, or a single ``Dataset`` as ``train``."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises its own types for a damaged folder
+        raise DataError(f"{path} is not a readable saved data set ({error})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        return dict(loaded)
+    return {"train": loaded}
+
+
 def load_hub_records(name: str, config: Optional[str], split: str) -> List[dict]:
-    """Rows of a Hugging Face hub data set split (needs ``datasets`` and, for the hub, network)."""
+    """Rows of a Hugging Face hub data set split (needs ``datasets`` and, for the hub, network), or
+    of a split of a data set saved with ``save_to_disk`` when ``name`` is its folder."""
     try:
         import datasets
     except ImportError:
         raise DataError("--dataset needs the datasets package: pip install 'datasets>=3'") from None
+    folder = saved_dataset_folder(name)
+    if folder is not None:
+        splits = _saved_splits(folder)
+        if split not in splits:
+            raise DataError(f"the saved data set {folder} has no split {split!r}; its splits are {list(splits)}")
+        rows = splits[split].to_list()
+        if not rows:
+            raise DataError(f"the saved data set {folder} split {split!r} has no rows")
+        return rows
     try:
         loaded = datasets.load_dataset(name, config, split=split)
     except Exception as error:  # datasets raises many types (network, missing split, ...)
@@ -404,6 +438,12 @@ def hub_split_names(name: str, config: Optional[str]) -> Dict[str, str]:
         import datasets
     except ImportError:
         raise DataError("--dataset needs the datasets package: pip install 'datasets>=3'") from None
+    folder = saved_dataset_folder(name)
+    if folder is not None:
+        available = list(_saved_splits(folder))
+        if "train" not in available:
+            raise DataError(f"the saved data set {folder} has no 'train' split; its splits are {available}")
+        return {split: split for split in ("train", "validation", "test") if split in available}
     try:
         available = datasets.get_dataset_split_names(name, config)
     except Exception as error:
