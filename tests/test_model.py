@@ -341,3 +341,11 @@ def test_the_batched_kl_is_not_used_for_a_site_the_model_conditions_on():
     conditioned = poutine.condition(model, data=fixed)
     model_trace = poutine.trace(poutine.replay(conditioned, trace=guide_trace)).get_trace(**batch)
     assert MonteCLoRAELBO._batched_kl_part(guide, guide_trace, model_trace) == (0.0, None)
+
+
+def test_a_classifier_head_left_out_of_modules_to_save_is_warned_about():
+    with pytest.warns(UserWarning, match=r"classification head \['classifier'\] is not in modules_to_save"):
+        MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MonteCLoRAModel(tiny_bert_classifier(), MonteCLoRAConfig(rank=2, modules_to_save=["classifier"]))

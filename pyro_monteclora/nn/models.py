@@ -257,6 +257,23 @@ class HFPyroModel(PyroModule):
 
 
 @register_model
+def _warn_if_head_frozen(model: nn.Module, config: MonteCLoRAConfig, likelihood: Likelihood) -> None:
+    """Warn when a classifier's head is left out of ``modules_to_save``: it stays frozen, and a head
+    that ``from_pretrained`` has just initialised stays random (training moves only the adapters)."""
+    from pyro_monteclora.hf_defaults import default_modules_to_save
+
+    if likelihood.name != "sequence-classification":
+        return
+    heads = default_modules_to_save(model)
+    trained = [path for path, _ in model.named_modules() if path and config.matches_saved(path)]
+    if heads and not any(path.rsplit(".", 1)[-1] in heads for path in trained):
+        warnings.warn(
+            f"{type(model).__name__}: its classification head {heads} is not in modules_to_save, so it stays "
+            f"frozen (random, if from_pretrained just initialised it); pass modules_to_save={heads!r} to train it",
+            stacklevel=3,
+        )
+
+
 class MonteCLoRAModel(HFPyroModel):
     """A Pyro model over a Hugging Face model with MonteCLoRA adapters.
 
@@ -296,7 +313,9 @@ class MonteCLoRAModel(HFPyroModel):
             raise ValueError(f"config must be a MonteCLoRAConfig, got {type(config).__name__}")
         if adapter_mode not in ADAPTER_MODES:
             raise ValueError(f"adapter_mode must be one of {list(ADAPTER_MODES)}, got {adapter_mode!r}")
-        get_likelihood(likelihood, model).check_model(model)  # fail before touching the model
+        resolved = get_likelihood(likelihood, model)
+        resolved.check_model(model)  # fail before touching the model
+        _warn_if_head_frozen(model, config, resolved)
         if config.modules_to_save:
             saved = [path for path, _ in model.named_modules() if path and config.matches_saved(path)]
             if not saved:
