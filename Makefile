@@ -144,9 +144,9 @@ results-baselines: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/posterior_width.py --runs runs/calibration_baselines \
 		--output benchmarks/results/posterior_width
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/method_knobs.py --runs runs/calibration_baselines \
-		--variants paper-weights,n1,cooperative,s0.08 --output benchmarks/results/method_knobs
+		--variants paper-weights,n1,cooperative,s0.08,n8 --output benchmarks/results/method_knobs
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/method_knobs.py --runs runs/calibration_baselines --seeds 0 \
-		--variants n8,kl0.1 --output benchmarks/results/method_knobs
+		--variants kl0.1 --output benchmarks/results/method_knobs
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/method_knobs.py --runs runs/calibration_baselines --aggregate-only \
 		--output benchmarks/results/method_knobs
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sweep_baselines.py --runs runs/sweep_baselines \
