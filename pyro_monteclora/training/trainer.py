@@ -305,7 +305,6 @@ class MonteCLoRATrainer(Trainer):
             )
         model.dataset_size = dataset_size
         objective = ELBOObjective(model, guide, dataset_size or 1, elbo)
-        self._last_kl: Optional[float] = None
         super().__init__(model=objective, args=args, **kwargs)
         # The loss is a per-batch mean (the Trainer divides it by the accumulation steps), and the
         # objective takes no loss keywords (its ``**inputs`` are the model's)
@@ -324,6 +323,7 @@ class MonteCLoRATrainer(Trainer):
             raise ValueError("MonteCLoRATrainer: give train_dataset (or dataset_size) before training")
         objective = self.accelerator.unwrap_model(model)
         objective.kl_factor = self.kl_factor(self.state.global_step)
+        objective.dataset_size = self.monteclora_model.dataset_size  # D, also when set after __init__
         # a checkpointed backward recomputes the forward with the draws of the pass it recomputes
         with self.monteclora_model.retained_draws():
             loss = super().training_step(model, inputs, num_items_in_batch)
