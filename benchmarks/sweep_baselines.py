@@ -90,6 +90,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     origin = provenance(argv=["benchmarks/sweep_baselines.py", *(argv if argv is not None else sys.argv[1:])])
     runs, results_dir = Path(args.runs), Path(args.results)
+    # the cells' provenance is that of the run that started the sweeps (a resumed or re-summarised
+    # run keeps it: its cells were trained then)
+    trained = runs / "provenance.json"
+    if not trained.is_file():
+        runs.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(trained, origin)
+    cells_origin = json.loads(trained.read_text(encoding="utf-8"))
     started = time.perf_counter()
     sweeps = []
     for folder, methods, options in GROUPS:
@@ -122,7 +129,8 @@ def main(argv=None) -> int:
     table = summary_markdown(summary, METRICS)
     note = (
         f"MonteCLoRA, LoRA and full fine-tuning cells: `{sources['committed']['file']}` (last written at "
-        f"{sources['committed']['last_commit'][:7]}); the baselines' cells: this run.\n"
+        f"{sources['committed']['last_commit'][:7]}); the baselines' cells: trained from commit "
+        f"{str(cells_origin.get('commit'))[:7]} (sweeps started {cells_origin.get('date')}).\n"
     )
     wall = time.perf_counter() - started
     atomic_write_text(
@@ -132,7 +140,14 @@ def main(argv=None) -> int:
     atomic_write_text(results_dir / "summary.rst", list_table(title, table))
     atomic_write_json(
         results_dir / "summary.json",
-        {"metrics": METRICS, "summary": summary, "results": results, "sources": sources, "provenance": origin},
+        {
+            "metrics": METRICS,
+            "summary": summary,
+            "results": results,
+            "sources": sources,
+            "cells_provenance": cells_origin,
+            "provenance": origin,
+        },
     )
     print(table)
     return 0
