@@ -256,7 +256,6 @@ class HFPyroModel(PyroModule):
         return logits
 
 
-@register_model
 def _warn_if_head_frozen(model: nn.Module, config: MonteCLoRAConfig, likelihood: Likelihood) -> None:
     """Warn when a classifier's head is left out of ``modules_to_save``: it stays frozen, and a head
     that ``from_pretrained`` has just initialised stays random (training moves only the adapters)."""
@@ -274,6 +273,7 @@ def _warn_if_head_frozen(model: nn.Module, config: MonteCLoRAConfig, likelihood:
         )
 
 
+@register_model
 class MonteCLoRAModel(HFPyroModel):
     """A Pyro model over a Hugging Face model with MonteCLoRA adapters.
 
