@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration_baselines import FAST, REGIMES, TRAIN, _loaders, _scores, _timed, _train  # noqa: E402
+from posterior_width import _stat  # noqa: E402
 from provenance import provenance, provenance_line  # noqa: E402
 from tables import list_table  # noqa: E402
 
@@ -130,10 +131,6 @@ def factor_sizes(checkpoint: Path) -> dict:
         return torch.cat([t.flatten() for k, t in tensors.items() if k.endswith(suffix)]).pow(2).mean().sqrt().item()
 
     return {"M": rms("lora_A_mean"), "B": rms("lora_B")}
-
-
-def _stat(values):
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def markdown(records: dict, reference: list) -> str:

@@ -1,5 +1,6 @@
-"""MonteCLoRATrainer: the Hugging Face Trainer reaches fit()'s parameters, resumes exactly, evaluates
-through the posterior predictive, writes no pickle and refuses what it cannot train."""
+"""MonteCLoRATrainer: the Hugging Face Trainer reaches fit()'s parameters, resumes exactly, accumulates
+and distributes like fit, and evaluates through the posterior predictive (what it refuses:
+test_trainer_refusals.py)."""
 
 import json
 import math
@@ -90,20 +91,19 @@ def trained_tensors(model, guide):
     return {name: t.detach().clone() for name, t in tensors(model, guide).items()}
 
 
+def fitted(model, guide, items, batch_size, epochs, learning_rate, **options):
+    """``fit`` over ``items`` in their order (the batches SequentialTrainer sees): its result and
+    the trained tensors."""
+    loader = DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=stack)
+    result = fit(model, guide, loader, epochs=epochs, learning_rate=learning_rate, seed=3, progress=False, **options)
+    return result, trained_tensors(model, guide)
+
+
 def test_trainer_and_fit_reach_the_same_parameters(tmp_path):
     data = TokenSetTask(64, seed=0)
     model, guide = make_classifier()
     start = trained_tensors(model, guide)
-    result = fit(
-        model,
-        guide,
-        DataLoader(data, batch_size=16, shuffle=False, collate_fn=stack),
-        epochs=2,
-        learning_rate=5e-3,
-        seed=3,
-        progress=False,
-    )
-    by_fit = trained_tensors(model, guide)
+    result, by_fit = fitted(model, guide, data, 16, epochs=2, learning_rate=5e-3)
 
     model2, guide2 = make_classifier()
     assert all(torch.equal(start[k], v) for k, v in trained_tensors(model2, guide2).items())
@@ -229,16 +229,7 @@ def test_a_decoder_trains_like_fit(tmp_path):
         return model, MonteCLoRAGuide(model)
 
     model, guide = make()
-    fit(
-        model,
-        guide,
-        DataLoader(items, batch_size=4, collate_fn=stack),
-        epochs=1,
-        learning_rate=1e-2,
-        seed=3,
-        progress=False,
-    )
-    by_fit = trained_tensors(model, guide)
+    _, by_fit = fitted(model, guide, items, 4, epochs=1, learning_rate=1e-2)
     model, guide = make()
     args = arguments(tmp_path, per_device_train_batch_size=4, num_train_epochs=1, learning_rate=1e-2)
     trainer = SequentialTrainer(model, guide, args, train_dataset=items, data_collator=stack, eval_dataset=items[:4])
@@ -275,91 +266,12 @@ def test_gradient_accumulation_is_the_larger_batch(tmp_path):
         torch.testing.assert_close(runs[2][name], runs[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bad_input_is_refused_before_any_work(tmp_path):
-    with pytest.raises(TypeError, match="MonteCLoRAModel"):
-        MonteCLoRATrainer(tiny_bert_classifier(), None, arguments(tmp_path))
-    model, guide = make_classifier()
-    with pytest.raises(ValueError, match="num_samples"):
-        MonteCLoRATrainer(model, guide, arguments(tmp_path), num_samples=-1)
-    with pytest.raises(ValueError, match="needs its guide"):
-        MonteCLoRATrainer(model, None, arguments(tmp_path))
-    stream = (item for item in TokenSetTask(4))  # no length
-    with pytest.raises(ValueError, match="dataset_size=D"):
-        MonteCLoRATrainer(model, guide, arguments(tmp_path), train_dataset=stream)
-    with pytest.raises(ValueError, match="dataset_size must be"):
-        MonteCLoRATrainer(model, guide, arguments(tmp_path), dataset_size=0)
-    with pytest.raises(ValueError, match="fsdp must be off"):
-        MonteCLoRATrainer(model, guide, arguments(tmp_path, fsdp="full_shard"))
-    with pytest.raises(ValueError, match="torch_compile must be off"):
-        MonteCLoRATrainer(model, guide, arguments(tmp_path, torch_compile=True))
-    assert not any(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize(
-    "changes, extra, message",
-    [
-        (
-            dict(save_strategy="steps", optim="sgd"),
-            {},
-            r"optim must be one of \['adamw_torch', 'adamw_torch_fused'\].*'sgd'",
-        ),
-        (dict(save_strategy="epoch", optim="adafactor"), {}, r"optim must be one of .*'adafactor'"),
-        (
-            dict(save_strategy="epoch", eval_strategy="epoch", lr_scheduler_type="reduce_lr_on_plateau"),
-            {},
-            r"lr_scheduler_type must not be 'reduce_lr_on_plateau'",
-        ),
-        (dict(label_smoothing_factor=0.1), {}, r"label_smoothing_factor must be 0.*0\.1"),
-        (
-            {},
-            dict(compute_loss_func=lambda outputs, labels, num_items_in_batch=None: 0),
-            r"compute_loss_func must be None",
-        ),
-    ],
-)
-def test_arguments_whose_checkpoints_cannot_resume_are_refused_up_front(tmp_path, changes, extra, message):
-    """A checkpoint whose optimiser or schedule training_state.json cannot hold would be found out only
-    when resuming; another loss would silently replace the ELBO."""
-    model, guide = make_classifier()
-    data = TokenSetTask(16, seed=0)
-    args = arguments(tmp_path, **changes)  # TrainingArguments' own checks pass
-    with pytest.raises(ValueError, match=message):
-        MonteCLoRATrainer(model, guide, args, train_dataset=data, eval_dataset=data, data_collator=stack, **extra)
-    assert not any(tmp_path.iterdir())
-    # without optimiser state in the checkpoints, SGD is fine
-    if changes.get("optim") == "sgd":
-        MonteCLoRATrainer(model, guide, arguments(tmp_path, optim="sgd", save_strategy="steps", save_only_model=True))
-
-
-def test_the_fp16_grad_scaler_is_checkpointed_as_json_and_never_unpickled(tmp_path):
-    """Trainer pickles the scaler into scaler.pt and torch.loads it back; here it is JSON both ways."""
-    model, guide = make_classifier()
-    trainer = MonteCLoRATrainer(model, guide, arguments(tmp_path), train_dataset=TokenSetTask(16), data_collator=stack)
-    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
-    checkpoint = tmp_path / "checkpoint-1"
-    checkpoint.mkdir()
-    trainer._save_scaler(str(checkpoint))
-    assert sorted(p.name for p in checkpoint.iterdir()) == ["grad_scaler.json"]
-    assert json.loads((checkpoint / "grad_scaler.json").read_text())["scale"] == 512.0
-
-    (checkpoint / "scaler.pt").write_bytes(b"not a pickle: loading it would raise")
-    trainer.accelerator.scaler = fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    trainer._load_scaler(str(checkpoint))
-    assert fresh.get_scale() == 512.0 and fresh.get_growth_interval() == 7
-    (checkpoint / "grad_scaler.json").write_text(json.dumps({"scale": -1.0}))
-    with pytest.raises(ValueError, match=r"grad_scaler.json: scale must be a finite number > 0, got -1"):
-        trainer._load_scaler(str(checkpoint))
-
-
 def test_the_logged_nll_is_fits_under_kl_annealing(tmp_path):
     """Step t's loss carries the KL factor of step t: the logged nll removes that factor, not the
     next step's (global_step has already moved on when Trainer logs)."""
     data = TokenSetTask(32, seed=0)
     model, guide = make_classifier()
-    loader = DataLoader(data, batch_size=16, collate_fn=stack)
-    result = fit(
-        model, guide, loader, epochs=2, learning_rate=5e-3, seed=3, progress=False, kl_anneal_steps=4, log_every=1
-    )
+    result, _ = fitted(model, guide, data, 16, epochs=2, learning_rate=5e-3, kl_anneal_steps=4, log_every=1)
     model, guide = make_classifier()
     args = arguments(tmp_path, logging_steps=1)
     trainer = SequentialTrainer(model, guide, args, kl_anneal_steps=4, train_dataset=data, data_collator=stack)
@@ -478,16 +390,6 @@ def test_best_model_at_end_and_early_stopping_read_the_predictive_nll(tmp_path):
         torch.testing.assert_close(value, saved[name], msg=name)
 
 
-def test_a_causal_lm_evaluated_without_labels_is_told_what_is_missing(tmp_path):
-    torch.manual_seed(0)
-    model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=2, target_modules=["q_proj"]))
-    ids = torch.randint(4, 60, (4, 6))
-    items = [{"input_ids": row, "attention_mask": torch.ones_like(row)} for row in ids]
-    trainer = MonteCLoRATrainer(model, MonteCLoRAGuide(model), arguments(tmp_path), data_collator=stack)
-    with pytest.raises(ValueError, match="no 'labels'.*its keys are \\['attention_mask', 'input_ids'\\]"):
-        trainer.predict(items)
-
-
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     model, guide = make_classifier()
     args = arguments(tmp_path, bf16=True, num_train_epochs=1)
@@ -497,16 +399,3 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     after = trained_tensors(model, guide)
     assert all(t.dtype == torch.float32 for t in after.values())  # trainable tensors stay fp32
     assert any(not torch.equal(after[k], start[k]) for k in start)
-
-
-def test_importing_the_package_does_not_import_the_trainer():
-    """transformers.Trainer and accelerate cost seconds to import: only the trainer's users pay them."""
-    import subprocess
-    import sys
-
-    code = "import sys, pyro_monteclora, pyro_monteclora.training; print('transformers.trainer' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "False", done.stderr[-2000:]
-    from pyro_monteclora.training import MonteCLoRATrainer as lazy
-
-    assert lazy is MonteCLoRATrainer
