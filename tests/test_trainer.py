@@ -300,6 +300,10 @@ trainer.train()
 assert trainer.args.world_size == 2, trainer.args.world_size
 if trainer.is_world_process_zero():
     save_file(trained_tensors(model, guide), {out!r})
+import torch.distributed as dist
+
+dist.barrier()  # no rank tears the group down while another still works in it
+dist.destroy_process_group()
 """
 
 
