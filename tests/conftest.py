@@ -1,8 +1,11 @@
 """Shared fixtures: tiny random HF configs (fast), offline settings, a clean Pyro state per test."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# files read by ``datasets`` leave their Arrow tables in its cache: keep this run's out of ~/.cache
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="pyro-monteclora-datasets-"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

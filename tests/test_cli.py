@@ -326,17 +326,21 @@ def test_console_script_runs_as_a_module(tmp_path):
 
 def test_hub_dataset_reads_the_splits_it_has(model_dir, tmp_path, monkeypatch):
     """--dataset goes through datasets.load_dataset; here the hub is replaced by local rows."""
-    import pyro_monteclora.data.records as datafiles
+    import datasets
+
+    import pyro_monteclora.data.hf_datasets as hub
 
     rows = {"train": sentences(16, 0), "test": sentences(8, 1)}  # no validation split
     calls = []
 
     def load(name, config, split):
         calls.append((name, config, split))
-        return [{"sentence": r["text"], "label": int(r["label"] == "pos")} for r in rows[split]]
+        return datasets.Dataset.from_list(
+            [{"sentence": r["text"], "label": int(r["label"] == "pos")} for r in rows[split]]
+        )
 
-    monkeypatch.setattr(datafiles, "hub_split_names", lambda name, config: {s: s for s in rows})
-    monkeypatch.setattr(datafiles, "load_hub_records", load)
+    monkeypatch.setattr(hub, "hub_split_names", lambda name, config: {s: s for s in rows})
+    monkeypatch.setattr(hub, "load_hub_table", load)
     run = tmp_path / "hub"
     assert (
         main(

@@ -353,7 +353,9 @@ def test_a_classifier_checkpoint_is_refused_by_generate_and_multiple_choice(tmp_
 def test_gsm8k_schema_from_the_hub_and_final_number_answers(decoder_dir, tmp_path, monkeypatch):
     """--dataset goes through datasets.load_dataset (replaced here by local rows); generate
     scores the final number of the worked answers."""
-    import pyro_monteclora.data.records as datafiles
+    import datasets
+
+    import pyro_monteclora.data.hf_datasets as datafiles
     from pyro_monteclora.evaluation.generation import final_number
 
     rows = {"train": sum_rows(16, 0), "test": sum_rows(6, 1)}
@@ -361,10 +363,10 @@ def test_gsm8k_schema_from_the_hub_and_final_number_answers(decoder_dir, tmp_pat
 
     def load(name, config, split):
         calls.append((name, config, split))
-        return rows[split]
+        return datasets.Dataset.from_list(rows[split])
 
     monkeypatch.setattr(datafiles, "hub_split_names", lambda name, config: {s: s for s in rows})
-    monkeypatch.setattr(datafiles, "load_hub_records", load)
+    monkeypatch.setattr(datafiles, "load_hub_table", load)
     run = tmp_path / "gsm"
     assert (
         main(

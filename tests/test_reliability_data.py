@@ -32,7 +32,8 @@ from test_cli_decoders import decoder_dir  # noqa: F401 (fixture)
 
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from pyro_monteclora.cli import main
-from pyro_monteclora.data.records import DataError, has_visible_text, load_classification_file, read_records
+from pyro_monteclora.data.files import read_records
+from pyro_monteclora.data.records import DataError, has_visible_text, load_classification_file
 from pyro_monteclora.storage.checkpoint import CheckpointError, load_pretrained, save_pretrained
 
 

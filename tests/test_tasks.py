@@ -111,7 +111,9 @@ def test_a_task_without_files_reads_its_hub_data_set_and_scores_on_validation(
     tmp_path,  # noqa: F811
     monkeypatch,
 ):
-    import pyro_monteclora.data.records as datafiles
+    import datasets
+
+    import pyro_monteclora.data.hf_datasets as datafiles
 
     splits = {
         "train": _schema_rows("rte", 16, 0),
@@ -121,7 +123,9 @@ def test_a_task_without_files_reads_its_hub_data_set_and_scores_on_validation(
     calls = []
     monkeypatch.setattr(datafiles, "hub_split_names", lambda name, config: {s: s for s in splits})
     monkeypatch.setattr(
-        datafiles, "load_hub_records", lambda name, config, split: calls.append((name, config, split)) or splits[split]
+        datafiles,
+        "load_hub_table",
+        lambda name, config, split: calls.append((name, config, split)) or datasets.Dataset.from_list(splits[split]),
     )
     run = tmp_path / "rte"
     assert (

@@ -106,8 +106,9 @@ def _check_file_output(value, option: str, overwrite: bool) -> None:
 
 
 def _read_prompts(args):
+    from pyro_monteclora.data.errors import DataError
+    from pyro_monteclora.data.files import read_located_records, split_lines
     from pyro_monteclora.data.instructions import InstructionData, records_to_instructions
-    from pyro_monteclora.data.records import DataError, read_located_records, split_lines
 
     if bool(args.prompt) == bool(args.prompt_file):
         raise UsageError("give prompts with --prompt TEXT (repeatable) or --prompt-file FILE, not both")

@@ -36,7 +36,8 @@ def _check_source(args) -> str:
 
 
 def _located_rows(spec: dict, split: str, available: Optional[dict]):
-    from pyro_monteclora.data.records import load_hub_records, read_located_records
+    from pyro_monteclora.data.files import read_located_records
+    from pyro_monteclora.data.hf_datasets import load_hub_table
 
     if spec["source"] == "files":
         path = recorded_file(spec, split)
@@ -45,7 +46,7 @@ def _located_rows(spec: dict, split: str, available: Optional[dict]):
         return read_located_records(path), path
     if split not in available:
         return None, None
-    rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
+    rows = load_hub_table(spec["dataset"], spec["dataset_config"], split).to_list()
     return [(f"record {i}", row) for i, row in enumerate(rows, start=1)], f"{spec['dataset']}[{split}]"
 
 
@@ -84,8 +85,9 @@ def resolve_instruction_data(
 
     :returns: ``({split: InstructionData}, spec)``; ``spec`` is JSON-able and reproduces them.
     """
+    from pyro_monteclora.data.errors import DataError
+    from pyro_monteclora.data.hf_datasets import hub_split_names
     from pyro_monteclora.data.instructions import records_to_instructions
-    from pyro_monteclora.data.records import DataError, hub_split_names
 
     spec = _spec(args, recorded, needed[0])
     splits = {}
@@ -113,8 +115,9 @@ def load_multiple_choice_split(args, split: str = "test", recorded: Optional[dic
 
     :returns: ``(MultipleChoiceData, spec)``.
     """
+    from pyro_monteclora.data.errors import DataError
+    from pyro_monteclora.data.hf_datasets import hub_split_names
     from pyro_monteclora.data.multiple_choice import records_to_multiple_choice
-    from pyro_monteclora.data.records import DataError, hub_split_names
 
     task = task_of(args, recorded)
     commonsense = task is not None and task.kind == "multiple-choice"

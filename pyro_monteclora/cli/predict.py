@@ -56,7 +56,9 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 
 def _read_texts(args):
     from pyro_monteclora.data.classification import TextClassificationData
-    from pyro_monteclora.data.records import DataError, read_records, records_to_classification, split_lines
+    from pyro_monteclora.data.errors import DataError
+    from pyro_monteclora.data.files import load_file_table, split_lines
+    from pyro_monteclora.data.records import table_to_classification
 
     if args.input == "-" or Path(args.input).suffix.lower() in ("", ".txt"):
         if args.input == "-":
@@ -77,8 +79,7 @@ def _read_texts(args):
             raise UsageError(f"--input {args.input}: no text (one text per line)")
         return TextClassificationData(texts, [0] * len(texts), ["0"])
     try:
-        rows = read_records(args.input)
-        return records_to_classification(rows, args.input, args.text_column or ["text"], None)
+        return table_to_classification(load_file_table(args.input), args.input, args.text_column or ["text"], None)
     except DataError as error:
         raise UsageError(str(error)) from None
 
@@ -107,7 +108,7 @@ def run_predict(args, parser_defaults: dict) -> int:
 
     from pyro_monteclora.data.classification import classification_loader
     from pyro_monteclora.nn.precision import autocast
-    from pyro_monteclora.storage.atomic import atomic_write_text, json_line
+    from pyro_monteclora.storage.atomic import atomic_write_lines, json_line
 
     loader = classification_loader(
         data, tokenizer, args.batch_size or CLASSIFIER_BATCH_SIZE, metadata.get("max_length", 128)
@@ -117,15 +118,17 @@ def run_predict(args, parser_defaults: dict) -> int:
     with autocast(device, args.torch_dtype):
         result = predictive(loader, default_samples(record, args.num_samples), progress=args.output != "-")
     result.labels = None  # the placeholder labels of unlabelled text
-    rows = []
-    for row in prediction_rows(data, result, label_names):
-        row["label"] = row.pop("predicted")
-        rows.append(json_line(row))
-    text = "\n".join(rows) + "\n"
+
+    def lines():
+        for row in prediction_rows(data, result, label_names):
+            row["label"] = row.pop("predicted")
+            yield json_line(row)
+
     if args.output == "-":
-        sys.stdout.write(text)
+        for line in lines():
+            sys.stdout.write(line + "\n")
         sys.stdout.flush()
     else:
-        atomic_write_text(args.output, text)
-        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+        atomic_write_lines(args.output, lines())
+        print(f"wrote {len(data)} predictions to {args.output}", file=sys.stderr)
     return 0

@@ -17,26 +17,36 @@ UNITS = (
 
 
 def prediction_rows(data, output, label_names):
-    """One JSON-able dict per example of ``data`` with the predictive's outputs."""
-    for index in range(len(data)):
-        probs = output.probs[index].tolist()
-        row = {"index": index, "text": data.texts[index]}
-        if data.text_pairs is not None:
-            row["text_pair"] = data.text_pairs[index]
-        predicted = max(range(len(probs)), key=probs.__getitem__)
-        row.update(
-            {
-                "predicted": label_names[predicted],
-                "probabilities": {name: p for name, p in zip(label_names, probs)},
-                "predictive_entropy": output.predictive_entropy[index].item(),
-                "expected_entropy": output.expected_entropy[index].item(),
-                "mutual_information": output.mutual_information[index].item(),
-            }
-        )
-        if output.labels is not None:
-            row["label"] = label_names[int(output.labels[index])]
-            row["correct"] = predicted == int(output.labels[index])
-        yield row
+    """One JSON-able dict per example of ``data`` with the predictive's outputs, the texts read
+    from its table a batch at a time (a million rows are never one list)."""
+    pairs = "text_pair" in data.table.column_names
+    columns = ["text", "text_pair"] if pairs else ["text"]
+    index = -1
+    for batch in data.table.select_columns(columns).iter(batch_size=4096):
+        for position, text in enumerate(batch["text"]):
+            index += 1
+            yield _prediction_row(index, text, batch["text_pair"][position] if pairs else None, output, label_names)
+
+
+def _prediction_row(index: int, text: str, text_pair, output, label_names) -> dict:
+    probs = output.probs[index].tolist()
+    row = {"index": index, "text": text}
+    if text_pair is not None:
+        row["text_pair"] = text_pair
+    predicted = max(range(len(probs)), key=probs.__getitem__)
+    row.update(
+        {
+            "predicted": label_names[predicted],
+            "probabilities": {name: p for name, p in zip(label_names, probs)},
+            "predictive_entropy": output.predictive_entropy[index].item(),
+            "expected_entropy": output.expected_entropy[index].item(),
+            "mutual_information": output.mutual_information[index].item(),
+        }
+    )
+    if output.labels is not None:
+        row["label"] = label_names[int(output.labels[index])]
+        row["correct"] = predicted == int(output.labels[index])
+    return row
 
 
 def predictive_metrics(result, ece_bins: int):
@@ -62,10 +72,10 @@ def write_results(output: Path, rows, curve: dict, label: str, title: str, recor
     """Write ``predictions.jsonl`` (``rows``), ``reliability.png`` (``curve``, skipped with a line
     on stderr without matplotlib) and ``metrics.json`` (``record``, with the units line and the
     curve) into ``output``: all three appear together, or none (an atomic folder swap)."""
-    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_text, json_line
+    from pyro_monteclora.storage.atomic import atomic_directory, atomic_write_json, atomic_write_lines, json_line
 
     with atomic_directory(output) as staging:
-        atomic_write_text(staging / "predictions.jsonl", "".join(json_line(row) + "\n" for row in rows))
+        atomic_write_lines(staging / "predictions.jsonl", (json_line(row) for row in rows))
         try:
             from pyro_monteclora.evaluation.plots import plot_reliability_diagram
 

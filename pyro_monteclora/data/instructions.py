@@ -29,7 +29,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from torch.utils.data import Dataset
 
-from pyro_monteclora.data.records import DataError, read_located_records
+from pyro_monteclora.data.errors import DataError
+from pyro_monteclora.data.files import read_located_records
 
 __all__ = [
     "InstructionData",
@@ -147,7 +148,7 @@ def records_to_instructions(
     require_response: bool = True,
 ) -> InstructionData:
     """Validate located rows (``(place, record)`` pairs, see
-    :func:`~pyro_monteclora.data.records.read_located_records`) into :class:`InstructionData`.
+    :func:`~pyro_monteclora.data.files.read_located_records`) into :class:`InstructionData`.
 
     :raises DataError: naming the file and line of the first record without its prompt (or,
         with ``require_response``, its response) field, or with an empty or non-text one.

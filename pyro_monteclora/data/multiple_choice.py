@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_monteclora.data.causal_lm import encode_prompt, pad_batch
-from pyro_monteclora.data.records import DataError, read_located_records
+from pyro_monteclora.data.errors import DataError
+from pyro_monteclora.data.files import read_located_records
 from pyro_monteclora.hf_defaults import pad_token_id
 from pyro_monteclora.util import IGNORE_INDEX
 

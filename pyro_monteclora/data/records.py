@@ -1,11 +1,12 @@
-"""Labelled text from your own files (csv, tsv, json, jsonl, parquet), a data set saved with
-``save_to_disk``, or the Hugging Face hub.
+"""Labelled text, validated: from your own files (csv, tsv, json, jsonl, parquet), a
+``datasets.Dataset`` or rows in Python, as :class:`~pyro_monteclora.data.classification.TextClassificationData`.
 
-Every check runs while the file is read, before any model is loaded, and a failure raises
-:class:`DataError` naming the file, the row and the column: a missing file or column, a column
-named twice (in a header or a JSON object), a file that is not UTF-8, an empty text, a missing,
-NaN or fractional label, a label outside the label set. JSON-lines files are cut into lines at
-``\\n`` and ``\\r\\n`` only (:func:`split_lines`): a U+2028 inside a string is content.
+Files are read by ``datasets`` (:func:`~pyro_monteclora.data.files.load_file_table`) and validated
+in Arrow batches of :data:`BATCH_ROWS` rows, so a file of a million rows is checked at flat memory.
+Every check runs before any model is loaded, and a failure raises :class:`DataError` naming the
+file, the row and the column: a missing column, an empty text, a missing, NaN or fractional label,
+a label outside the label set (and, while the file is read, a file that is not UTF-8, a column
+named twice, a malformed line).
 
 Labels may be whole numbers (``0 .. K-1``, however written: ``1``, ``1.0`` and ``"1"`` are one
 label, see :func:`label_key`) or names (``"positive"``). The label set comes from the training
@@ -22,202 +23,31 @@ stay inside it.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import re
 import unicodedata
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from pyro_monteclora.data.classification import TextClassificationData
-from pyro_monteclora.validation import parse_json
+from pyro_monteclora.data.errors import DataError  # noqa: F401  (importable from here, as it always was)
+from pyro_monteclora.data.files import load_file_table
 
 __all__ = [
-    "DataError",
-    "split_lines",
-    "read_records",
-    "read_located_records",
-    "load_classification_file",
-    "infer_label_names",
     "label_key",
-    "records_to_classification",
+    "infer_label_names",
     "has_visible_text",
-    "load_hub_records",
-    "hub_split_names",
-    "saved_dataset_folder",
-    "SUPPORTED_SUFFIXES",
+    "records_to_classification",
+    "table_to_classification",
+    "load_classification_file",
+    "BATCH_ROWS",
 ]
 
-SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 PathLike = Union[str, os.PathLike]
 #: more integer classes than this is taken for a mistake (an id column given as the label)
 MAX_LABELS = 10_000
-
-
-class DataError(ValueError):
-    """Bad data: the message names the file (or data set), the row and the column at fault."""
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"{path} cannot be read ({error.strerror})") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{path} is not UTF-8 text (invalid byte at line {line}); convert it with iconv or re-save it as UTF-8"
-        ) from None
-
-
-def split_lines(text: str) -> List[str]:
-    """``text`` cut at ``\\n`` and ``\\r\\n`` only: unlike ``str.splitlines``, a form feed, a
-    vertical tab or a Unicode line or paragraph separator (U+2028, U+2029, U+0085) inside a line is
-    part of it, as it is in a JSON string.
-
-    >>> split_lines("a\\u2028b\\r\\nc\\x0cd\\n")
-    ['a\\u2028b', 'c\\x0cd']
-    """
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
-def _check_unique_columns(names: Sequence[str], path: Path, place: str) -> None:
-    """Refuse a header that names a column twice (the reader would keep only one of them)."""
-    seen = set()
-    for name in names:
-        if name in seen and name not in ("", None):  # blank names (trailing commas) are never read
-            raise DataError(f"{path}{place}: the column {name!r} appears twice; rename one of them")
-        seen.add(name)
-
-
-def _unique_keys(where: str):
-    """A ``json.loads`` ``object_pairs_hook`` that refuses an object naming a field twice (JSON
-    itself would keep the last value silently)."""
-
-    def hook(pairs):
-        record = {}
-        for key, value in pairs:
-            if key in record:
-                raise DataError(f"{where}: the field {key!r} appears twice in one object; rename one of them")
-            record[key] = value
-        return record
-
-    return hook
-
-
-def read_records(path: PathLike) -> List[dict]:
-    """The rows of a csv/tsv (header row), json (a list of objects, or an object of columns),
-    jsonl (one object per line) or parquet file, as dictionaries."""
-    return [row for _, row in read_located_records(path)]
-
-
-def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
-    """:func:`read_records` with each row's place in the file, for error messages:
-    ``"line N"`` in jsonl, csv and tsv files (for csv, the line where the row ends), ``"record N"``
-    in json and parquet files."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {list(SUPPORTED_SUFFIXES)}")
-    if suffix == ".parquet":
-        rows, places = _read_parquet(path)
-    elif suffix in (".csv", ".tsv"):
-        rows, places = _read_delimited(path, suffix)
-    elif suffix == ".jsonl":
-        rows, places = _read_jsonl(path)
-    else:
-        rows, places = _read_json(path)
-    if not rows:
-        raise DataError(f"{path} has no rows")
-    return list(zip(places, rows))
-
-
-def _numbered_records(rows: List[dict]) -> Tuple[List[dict], List[str]]:
-    return rows, [f"record {i}" for i in range(1, len(rows) + 1)]
-
-
-def _read_parquet(path: Path) -> Tuple[List[dict], List[str]]:
-    """A parquet file's rows (needs pyarrow), each at ``"record N"``."""
-    try:
-        import pyarrow.parquet as parquet
-    except ImportError:
-        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
-    try:
-        _check_unique_columns(parquet.read_schema(path).names, path, "")
-        rows = parquet.read_table(path).to_pylist()
-    except DataError:
-        raise
-    except Exception as error:  # pyarrow raises its own error types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path} is not a readable parquet file ({first})") from None
-    return _numbered_records(rows)
-
-
-def _read_delimited(path: Path, suffix: str) -> Tuple[List[dict], List[str]]:
-    """A csv or tsv file's rows under its header, each at the line where it ends."""
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-    try:
-        _check_unique_columns(reader.fieldnames or [], path, " line 1")
-        rows, places = [], []
-        for row in reader:
-            if None in row:  # DictReader's key for fields past the header's
-                raise DataError(
-                    f"{path} line {reader.line_num} has {len(reader.fieldnames) + len(row[None])} "
-                    f"fields, the header {len(reader.fieldnames)}; quote a text that holds "
-                    f"a {'tab' if suffix == '.tsv' else 'comma'}"
-                )
-            places.append(f"line {reader.line_num}")
-            rows.append(dict(row))
-    except csv.Error as error:
-        raise DataError(f"{path} line {reader.line_num} is not valid {suffix[1:]}: {error}") from None
-    return rows, places
-
-
-def _read_jsonl(path: Path) -> Tuple[List[dict], List[str]]:
-    """A JSON-lines file's objects (blank lines skipped), each at its line."""
-    rows, places = [], []
-    for number, line in enumerate(split_lines(_read_text(path)), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json(line, object_pairs_hook=_unique_keys(f"{path} line {number}"))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {number} is not a JSON object")
-        rows.append(row)
-        places.append(f"line {number}")
-    return rows, places
-
-
-def _read_json(path: Path) -> Tuple[List[dict], List[str]]:
-    """A JSON file's rows, each at ``"record N"``: a list of objects, or an object of equal-length
-    column lists."""
-    try:
-        value = parse_json(_read_text(path), object_pairs_hook=_unique_keys(str(path)))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
-    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
-        lengths = {len(v) for v in value.values()}
-        if len(lengths) != 1:
-            raise DataError(f"{path}: its columns have different lengths {sorted(lengths)}")
-        keys = list(value)
-        rows = [dict(zip(keys, items)) for items in zip(*value.values())]
-    elif isinstance(value, list) and all(isinstance(row, dict) for row in value):
-        rows = value
-    else:
-        raise DataError(f"{path}: expected a list of objects or an object of equal-length lists")
-    return _numbered_records(rows)
+#: rows validated (and normalised) at a time
+BATCH_ROWS = 10_000
 
 
 #: a number written in ASCII digits (``"²"``, ``"--1"`` or ``"١"`` are names, not numbers)
@@ -314,20 +144,7 @@ def has_visible_text(text: str) -> bool:
     return any(not (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp")) for ch in text)
 
 
-def records_to_classification(
-    rows: List[dict],
-    source: str,
-    text_columns: Sequence[str],
-    label_column: Optional[str],
-    label_names: Optional[Sequence[str]] = None,
-) -> TextClassificationData:
-    """Validate ``rows`` and turn them into :class:`~pyro_monteclora.data.classification.TextClassificationData`.
-
-    :param source: the file or data set name, for error messages.
-    :param text_columns: one column, or two for sentence pairs.
-    :param label_column: ``None`` for unlabelled text (the ``predict`` command): every label is 0.
-    :param label_names: the label set (default: inferred from these rows).
-    """
+def _check_columns(columns: Sequence[str], source: str, text_columns: Sequence[str], label_column: Optional[str]):
     if not 1 <= len(text_columns) <= 2:
         raise DataError(f"give one text column, or two for sentence pairs; got {list(text_columns)}")
     if label_column is not None and label_column in text_columns:
@@ -335,43 +152,174 @@ def records_to_classification(
             f"{source}: the label column {label_column!r} is also a text column "
             f"(every text would be its own class); name the label column"
         )
-    columns = list(rows[0])
-    wanted = list(text_columns) + ([label_column] if label_column is not None else [])
-    for column in wanted:
+    for column in list(text_columns) + ([label_column] if label_column is not None else []):
         if column not in columns:
-            raise DataError(f"{source}: no column {column!r}; its columns are {columns}")
-    texts: List[List[str]] = [[] for _ in text_columns]
-    for number, row in enumerate(rows, start=1):
-        for index, column in enumerate(text_columns):
-            value = row.get(column)
-            if not isinstance(value, str) or not has_visible_text(value):
-                shown = "missing" if value is None else repr(value)[:40]
-                raise DataError(
-                    f"{source} row {number}: the text in column {column!r} is empty or not a string ({shown})"
+            raise DataError(f"{source}: no column {column!r}; its columns are {list(columns)}")
+
+
+def _label_value(value):
+    """A label as read: a name label is its text without surrounding spaces (" pos" from
+    "text, pos" is "pos")."""
+    return value.strip() if isinstance(value, str) else value
+
+
+class _Validation:
+    """The checks of one pass over column batches: the first bad text, the first bad label and
+    the first label outside a given label set, each kept until the pass ends so that they are
+    reported in that order (as one reading of all texts, then all labels, would)."""
+
+    def __init__(self, source: str, text_columns, label_column, label_names):
+        self.source, self.text_columns, self.label_column = source, list(text_columns), label_column
+        self.index_of = None if label_names is None else {str(name): i for i, name in enumerate(label_names)}
+        self.text_error = self.label_error = self.outside_error = None
+        self.keys: set = set()
+
+    def batch(self, start: int, columns: Dict[str, list]) -> None:
+        if self.text_error is None:
+            texts = [columns[column] for column in self.text_columns]
+            for offset, values in enumerate(zip(*texts)):
+                for column, value in zip(self.text_columns, values):
+                    if not isinstance(value, str) or not has_visible_text(value):
+                        shown = "missing" if value is None else repr(value)[:40]
+                        self.text_error = DataError(
+                            f"{self.source} row {start + offset + 1}: the text in column {column!r} is empty "
+                            f"or not a string ({shown})"
+                        )
+                        break
+                if self.text_error is not None:
+                    break
+        if self.label_column is None or self.label_error is not None:
+            return
+        where = f" in column {self.label_column!r}"
+        for offset, value in enumerate(columns[self.label_column]):
+            value = _label_value(value)
+            number = start + offset + 1
+            if value is None or (isinstance(value, str) and not value.strip()):
+                self.label_error = DataError(f"{self.source} row {number}: no label{where}")
+                return
+            try:
+                key = label_key(value)
+            except ValueError as error:
+                self.label_error = DataError(f"{self.source} row {number}: label {str(value)[:40]!r}{where} {error}")
+                return
+            self.keys.add(key)
+            if self.index_of is not None and self.outside_error is None and str(key) not in self.index_of:
+                self.outside_error = DataError(
+                    f"{self.source} row {number}: label {value!r} in column {self.label_column!r} "
+                    f"is outside the label set {list(self.index_of)}"
                 )
-            texts[index].append(value.strip())
+
+    def label_names(self, given: Optional[Sequence[str]]) -> List[str]:
+        """Raise the first error found, else the label set (``given``, or inferred)."""
+        for error in (self.text_error, self.label_error):
+            if error is not None:
+                raise error
+        if self.label_column is None:
+            return list(given) if given is not None else ["0"]
+        names = list(given) if given is not None else _names_of(sorted(self.keys, key=str), self.source)
+        if self.outside_error is not None:
+            raise self.outside_error
+        return names
+
+
+def _normalised(columns: Dict[str, list], text_columns, label_column, index_of) -> Dict[str, list]:
+    """The columns the model reads: ``text`` (and ``text_pair``) stripped, ``label`` the index of
+    each label in the label set (0 for unlabelled text)."""
+    out = {"text": [value.strip() for value in columns[text_columns[0]]]}
+    if len(text_columns) == 2:
+        out["text_pair"] = [value.strip() for value in columns[text_columns[1]]]
     if label_column is None:
-        names = list(label_names) if label_names is not None else ["0"]
-        labels = [0] * len(rows)
+        out["label"] = [0] * len(out["text"])
     else:
-        # a name label is its text without surrounding spaces (" pos" from "text, pos" is "pos")
-        values = [
-            value.strip() if isinstance(value, str) else value for value in (row.get(label_column) for row in rows)
-        ]
-        keys = _label_keys(values, source, label_column)
-        names = list(label_names) if label_names is not None else _names_of(keys, source)
-        index_of = {name: i for i, name in enumerate(names)}
-        labels = []
-        for number, (value, key) in enumerate(zip(values, keys), start=1):
-            key = str(key)
-            if key not in index_of:
-                raise DataError(
-                    f"{source} row {number}: label {value!r} in column {label_column!r} "
-                    f"is outside the label set {names}"
-                )
-            labels.append(index_of[key])
-    pairs = texts[1] if len(text_columns) == 2 else None
-    return TextClassificationData(texts[0], labels, names, pairs)
+        out["label"] = [index_of[str(label_key(_label_value(value)))] for value in columns[label_column]]
+    return out
+
+
+def _row_batches(rows: Sequence[dict], columns: Sequence[str]) -> Iterator[Tuple[int, Dict[str, list]]]:
+    for start in range(0, len(rows), BATCH_ROWS):
+        part = rows[start : start + BATCH_ROWS]
+        yield start, {column: [row.get(column) for row in part] for column in columns}
+
+
+def _table_batches(table, columns: Sequence[str]) -> Iterator[Tuple[int, Dict[str, list]]]:
+    start = 0
+    for batch in table.select_columns(list(columns)).iter(batch_size=BATCH_ROWS):
+        yield start, batch
+        start += len(batch[columns[0]])
+
+
+def _validated_names(batches: Iterable, source, text_columns, label_column, label_names) -> List[str]:
+    check = _Validation(source, text_columns, label_column, label_names)
+    for start, columns in batches:
+        check.batch(start, columns)
+    return check.label_names(label_names)
+
+
+def records_to_classification(
+    rows: List[dict],
+    source: str,
+    text_columns: Sequence[str],
+    label_column: Optional[str],
+    label_names: Optional[Sequence[str]] = None,
+) -> TextClassificationData:
+    """Validate ``rows`` (dictionaries held in Python) and turn them into
+    :class:`~pyro_monteclora.data.classification.TextClassificationData`.
+
+    :param source: the file or data set name, for error messages.
+    :param text_columns: one column, or two for sentence pairs.
+    :param label_column: ``None`` for unlabelled text (the ``predict`` command): every label is 0.
+    :param label_names: the label set (default: inferred from these rows).
+    """
+    _check_columns(list(rows[0]) if rows else [], source, text_columns, label_column)
+    wanted = list(text_columns) + ([label_column] if label_column is not None else [])
+    names = _validated_names(_row_batches(rows, wanted), source, text_columns, label_column, label_names)
+    index_of = {name: i for i, name in enumerate(names)}
+    columns = _normalised({c: [row.get(c) for row in rows] for c in wanted}, text_columns, label_column, index_of)
+    return TextClassificationData(columns["text"], columns["label"], names, columns.get("text_pair"))
+
+
+def table_to_classification(
+    table,
+    source: str,
+    text_columns: Sequence[str],
+    label_column: Optional[str],
+    label_names: Optional[Sequence[str]] = None,
+) -> TextClassificationData:
+    """Validate a ``datasets.Dataset`` batch by batch and turn it into
+    :class:`~pyro_monteclora.data.classification.TextClassificationData` with ``Dataset.map``
+    (cached next to a file's table, so the rows never become Python lists).
+
+    The parameters are those of :func:`records_to_classification`.
+    """
+    import datasets
+
+    from pyro_monteclora.data.files import PROGRESS_ROWS, datasets_progress
+
+    _check_columns(table.column_names, source, text_columns, label_column)
+    if len(table) == 0:
+        raise DataError(f"{source} has no rows")
+    wanted = list(text_columns) + ([label_column] if label_column is not None else [])
+    names = _validated_names(_table_batches(table, wanted), source, text_columns, label_column, label_names)
+    features = {"text": datasets.Value("string")}
+    if len(text_columns) == 2:
+        features["text_pair"] = datasets.Value("string")
+    features["label"] = datasets.Value("int64")
+    with datasets_progress(len(table) >= PROGRESS_ROWS):
+        normal = table.select_columns(wanted).map(
+            _normalised,
+            batched=True,
+            batch_size=BATCH_ROWS,
+            input_columns=None,
+            fn_kwargs={
+                "text_columns": list(text_columns),
+                "label_column": label_column,
+                "index_of": {name: i for i, name in enumerate(names)},
+            },
+            remove_columns=wanted,
+            features=datasets.Features(features),
+            desc="checking labels",
+        )
+    return TextClassificationData.from_table(normal, names)
 
 
 def load_classification_file(
@@ -380,72 +328,5 @@ def load_classification_file(
     label_column: Optional[str] = "label",
     label_names: Optional[Sequence[str]] = None,
 ) -> TextClassificationData:
-    """Read and validate one labelled file (see :func:`records_to_classification`)."""
-    return records_to_classification(read_records(path), str(path), text_columns, label_column, label_names)
-
-
-def saved_dataset_folder(name: str) -> Optional[Path]:
-    """``name`` as a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``
-    (``dataset_dict.json`` or ``state.json`` inside), else ``None`` (a hub name)."""
-    path = Path(name)
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        return path
-    return None
-
-
-def _saved_splits(path: Path) -> Dict[str, object]:
-    """The splits of a saved data set: a ``DatasetDict``'s, or a single ``Dataset`` as ``train``."""
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as error:  # datasets raises its own types for a damaged folder
-        raise DataError(f"{path} is not a readable saved data set ({error})") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        return dict(loaded)
-    return {"train": loaded}
-
-
-def load_hub_records(name: str, config: Optional[str], split: str) -> List[dict]:
-    """Rows of a Hugging Face hub data set split (needs ``datasets`` and, for the hub, network), or
-    of a split of a data set saved with ``save_to_disk`` when ``name`` is its folder."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("--dataset needs the datasets package: pip install 'datasets>=3'") from None
-    folder = saved_dataset_folder(name)
-    if folder is not None:
-        splits = _saved_splits(folder)
-        if split not in splits:
-            raise DataError(f"the saved data set {folder} has no split {split!r}; its splits are {list(splits)}")
-        rows = splits[split].to_list()
-        if not rows:
-            raise DataError(f"the saved data set {folder} split {split!r} has no rows")
-        return rows
-    try:
-        loaded = datasets.load_dataset(name, config, split=split)
-    except Exception as error:  # datasets raises many types (network, missing split, ...)
-        raise DataError(f"dataset {name!r} (config {config!r}), split {split!r}: {error}") from None
-    rows = loaded.to_list()
-    if not rows:
-        raise DataError(f"dataset {name!r} split {split!r} has no rows")
-    return rows
-
-
-def hub_split_names(name: str, config: Optional[str]) -> Dict[str, str]:
-    """The split names of a hub data set (``train``/``validation``/``test`` where present)."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("--dataset needs the datasets package: pip install 'datasets>=3'") from None
-    folder = saved_dataset_folder(name)
-    if folder is not None:
-        available = list(_saved_splits(folder))
-        if "train" not in available:
-            raise DataError(f"the saved data set {folder} has no 'train' split; its splits are {available}")
-        return {split: split for split in ("train", "validation", "test") if split in available}
-    try:
-        available = datasets.get_dataset_split_names(name, config)
-    except Exception as error:
-        raise DataError(f"dataset {name!r} (config {config!r}): {error}") from None
-    return {split: split for split in ("train", "validation", "test") if split in available}
+    """Read one labelled file with ``datasets`` and validate it (see :func:`table_to_classification`)."""
+    return table_to_classification(load_file_table(path), str(path), text_columns, label_column, label_names)

@@ -99,7 +99,7 @@ class TaskSpec:
 
         :raises DataError: naming ``where`` and the allowed values.
         """
-        from pyro_monteclora.data.records import DataError
+        from pyro_monteclora.data.errors import DataError
 
         names = self.label_names
         if isinstance(value, bool):
@@ -128,19 +128,21 @@ class TaskSpec:
         source: str,
         text_columns: Optional[Sequence[str]] = None,
         label_column: Optional[str] = None,
+        start: int = 1,
     ) -> List[dict]:
         """``rows`` with their labels as names and (WiC) the word put before the first text.
 
         :param text_columns: the columns read as texts (default: the task's);
             ``--text-column`` overrides them.
         :param label_column: the label column (default: the task's); ``--label-column``.
+        :param start: the row number of ``rows[0]``, for error messages.
         """
-        from pyro_monteclora.data.records import DataError
+        from pyro_monteclora.data.errors import DataError
 
         text_columns = list(text_columns or self.text_columns)
         label_column = label_column or self.label_column
         out = []
-        for number, row in enumerate(rows, start=1):
+        for number, row in enumerate(rows, start=start):
             row = dict(row)
             where = f"{source} row {number}"
             if label_column in row and row[label_column] not in (None, -1):
@@ -155,6 +157,38 @@ class TaskSpec:
                     row[text_columns[0]] = f"{word.strip()}: {first}"
             out.append(row)
         return out
+
+    def classification_table(
+        self,
+        table,
+        source: str,
+        text_columns: Optional[Sequence[str]] = None,
+        label_column: Optional[str] = None,
+    ):
+        """:meth:`classification_rows` over a ``datasets.Dataset``, a batch at a time with
+        ``Dataset.map`` (the labels become names, stored as JSON values beside a -1 or a missing
+        label)."""
+        import datasets
+
+        label_column = label_column or self.label_column
+        features = dict(table.features)
+        if label_column in features:
+            features[label_column] = datasets.Json()
+        return table.map(
+            self._classification_batch,
+            batched=True,
+            with_indices=True,
+            fn_kwargs={"source": source, "text_columns": text_columns, "label_column": label_column},
+            features=datasets.Features(features),
+        )
+
+    def _classification_batch(self, batch: dict, indices: List[int], source, text_columns, label_column) -> dict:
+        names = list(batch)
+        rows = [dict(zip(names, values)) for values in zip(*batch.values())]
+        rows = self.classification_rows(
+            rows, source, text_columns, label_column, start=indices[0] + 1 if indices else 1
+        )
+        return {name: [row.get(name) for row in rows] for name in names}
 
 
 def _glue(name, title, columns, labels, metric="accuracy", config=None, hub="nyu-mll/glue", word=None):
@@ -266,8 +300,8 @@ def commonsense_to_multiple_choice(task: TaskSpec, rows, source: str, require_an
     :raises DataError: naming the record, for a missing instruction, or an answer that is not one
         of the question's options.
     """
+    from pyro_monteclora.data.errors import DataError
     from pyro_monteclora.data.multiple_choice import MultipleChoiceData
-    from pyro_monteclora.data.records import DataError
 
     questions, choices, answers = [], [], []
     for place, row in rows:

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 try:
     import fcntl
@@ -38,6 +38,7 @@ except ImportError:  # not POSIX: no advisory locks, FolderLock does nothing
 __all__ = [
     "atomic_file",
     "atomic_write_text",
+    "atomic_write_lines",
     "atomic_write_json",
     "atomic_directory",
     "finite_or_none",
@@ -82,6 +83,18 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     with atomic_file(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as stream:
             stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+
+def atomic_write_lines(path: PathLike, lines: Iterable[str]) -> None:
+    """Write each of ``lines`` and a newline (UTF-8) to ``path`` through :func:`atomic_file`, as
+    they come: a million prediction rows are streamed, not joined into one string first."""
+    with atomic_file(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            for line in lines:
+                stream.write(line)
+                stream.write("\n")
             stream.flush()
             os.fsync(stream.fileno())
 
