@@ -11,7 +11,7 @@ TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint format demo demo-fast bench docs clean results results-demo results-sweep \
-	results-trivia results-calibration results-baselines results-speed results-cuda
+	results-trivia results-calibration results-baselines results-speed results-data results-cuda
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +83,7 @@ results:  # one step after the other (never two torch jobs at once on 2 cores), 
 	$(MAKE) results-calibration
 	$(MAKE) results-baselines
 	$(MAKE) results-speed
+	$(MAKE) results-data
 
 # The README's headline: the demo table (500 sentences x 6 epochs) and the 2,000 x 1 tie, seeds 0, 1, 2
 # (~40 min). The runs (checkpoints) stay in runs/; the summaries go to benchmarks/results/demo_seeds/.
@@ -117,6 +118,11 @@ results-speed: bench
 	$(RUN) benchmarks/layer_forward.py --json $(RESULTS_DIR)/layer_forward.json
 	$(RUN) benchmarks/sampling_overhead.py --model llama --all-linear \
 		--label "make results: tiny Llama, every linear layer (42 adapters)"
+
+# The data layer against the hand-written readers it replaced (f64e2ac): load + tokenise of Rotten
+# Tomatoes and a generated million-row csv, then train + evaluate on each (~35 min, ~2 GB of disk).
+results-data: setup
+	$(RUN) benchmarks/data_loading.py --rows 1000000 --output $(RESULTS_DIR)/data_loading
 
 # On a CUDA machine only (a few minutes): the H200 rows of the README's speed table.
 CUDA_CHECK_JSON ?= $(RESULTS_DIR)/cuda_check_h200.json

@@ -102,14 +102,15 @@ def _status(pid: int) -> dict:
     return values
 
 
-def _peak_of(command, env: dict) -> dict:
+def _peak_of(command, env: dict, cwd: Path) -> dict:
     """Run ``command``: its wall time, its peak resident set (``wait4``'s ``ru_maxrss``), the peak
     of its anonymous memory (``RssAnon`` read every 20 ms: the resident set less the pages of
     memory-mapped files, which the kernel may drop and read again) and the JSON line it printed
-    last."""
+    last. ``cwd`` is a folder without a ``pyro_monteclora`` package (``python -m`` puts the working
+    directory first on the path: run from a checkout, it would shadow the code under test)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=err, text=True)
         anonymous = 0.0
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -207,7 +208,7 @@ def _load_cases(files: dict, codes: dict, folder: Path, args) -> list:
                 str(args.max_length),
             ]
             print(f"load: {name} {label} ...", file=sys.stderr, flush=True)
-            run = _peak_of(command, _environment(codes[path], caches[path]))
+            run = _peak_of(command, _environment(codes[path], caches[path]), folder)
             report = run.pop("report")
             results.append(
                 {
@@ -225,12 +226,23 @@ def _load_cases(files: dict, codes: dict, folder: Path, args) -> list:
     return results
 
 
+def _imported_package(env: dict, cwd: Path) -> str:
+    """The folder of the ``pyro_monteclora`` that ``python -m pyro_monteclora`` imports with ``env``
+    in ``cwd``."""
+    probe = "import pathlib, pyro_monteclora; print(pathlib.Path(pyro_monteclora.__file__).parent)"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 def _train_cases(files: dict, codes: dict, folder: Path, model: Path, args) -> list:
     results = []
     for name, spec in files.items():
         for path in codes:
             run = folder / f"run-{name}-{path}"
             env = _environment(codes[path], folder / f"cache-train-{name}-{path}")
+            package = _imported_package(env, folder)
+            if not package.startswith(str(codes[path])):
+                raise RuntimeError(f"the {path} path imported pyro_monteclora from {package}, not {codes[path]}")
             cli = [sys.executable, "-m", "pyro_monteclora"]
             steps = {
                 "train": cli
@@ -243,12 +255,13 @@ def _train_cases(files: dict, codes: dict, folder: Path, model: Path, args) -> l
             }
             for step, command in steps.items():
                 print(f"train: {name} {path} {step} ...", file=sys.stderr, flush=True)
-                measured = _peak_of(command, env)
+                measured = _peak_of(command, env, folder)
                 results.append(
                     {
                         "file": name,
                         "rows": spec["rows"],
                         "path": path,
+                        "package": package,
                         "step": step,
                         "seconds": measured["seconds"],
                         "peak_rss_mib": measured["peak_rss_mib"],
@@ -323,7 +336,7 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the generated file")
     parser.add_argument("--batch-size", type=int, default=64, help="loader batch size of the load part")
-    parser.add_argument("--train-batch-size", type=int, default=256, help="batch size of train and evaluate")
+    parser.add_argument("--train-batch-size", type=int, default=512, help="batch size of train and evaluate")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--old-ref", default=OLD_REF, help="the commit of the hand-written readers")
     parser.add_argument("--skip-train", action="store_true", help="only the load part")

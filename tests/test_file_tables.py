@@ -178,3 +178,11 @@ def test_a_multi_batch_table_reports_the_first_bad_row_of_a_later_batch(tmp_path
         )
     data = from_hf_dataset(datasets.Dataset.from_list([dict(r, label=i % 2) for i, r in enumerate(rows)]))
     assert data.labels == [i % 2 for i in range(30)] and data.texts[22] == "t22"
+
+
+@pytest.mark.parametrize("name, content", [("header.csv", "text,label\n"), ("header.tsv", "text\tlabel\n\n")])
+def test_a_header_without_rows_has_no_rows(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{name} has no rows"):
+        load_classification_file(path, ["text"], "label")

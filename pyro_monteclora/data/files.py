@@ -130,10 +130,12 @@ def _unique_keys(where: str):
     return hook
 
 
-def _scan_delimited(path: Path, delimiter: str, located: bool) -> Tuple[List[str], List[str]]:
-    """The header of a csv/tsv file and (``located``) the line where each row ends, checked in one
-    streaming pass: a duplicate column, a row wider than the header, a line ``csv`` cannot parse."""
+def _scan_delimited(path: Path, delimiter: str, located: bool) -> Tuple[List[str], int, List[str]]:
+    """The header of a csv/tsv file, its number of rows and (``located``) the line where each row
+    ends, checked in one streaming pass: a duplicate column, a row wider than the header, a line
+    ``csv`` cannot parse."""
     places: List[str] = []
+    count = 0
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
@@ -149,13 +151,14 @@ def _scan_delimited(path: Path, delimiter: str, located: bool) -> Tuple[List[str
                         f"{path} line {reader.line_num} has {len(row)} fields, the header {len(header)}; "
                         f"quote a text that holds a {'tab' if delimiter == chr(9) else 'comma'}"
                     )
+                count += 1
                 if located:
                     places.append(f"line {reader.line_num}")
         except csv.Error as error:
             raise DataError(f"{path} line {reader.line_num} is not valid {path.suffix[1:]}: {error}") from None
         except UnicodeDecodeError:
             raise _not_utf8(path) from None
-    return header, places
+    return header, count, places
 
 
 def _scan_jsonl(path: Path, located: bool) -> Tuple[int, List[str]]:
@@ -270,7 +273,9 @@ def _load_table(path: Path, located: bool):
 
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        header, places = _scan_delimited(path, "\t" if suffix == ".tsv" else ",", located)
+        header, count, places = _scan_delimited(path, "\t" if suffix == ".tsv" else ",", located)
+        if not count:
+            raise DataError(f"{path} has no rows")
         # every cell is text, as written: no NA guessing, no number parsing; blank header names
         # (trailing commas) get names of their own
         names = [name if name else f"__unnamed_{i}" for i, name in enumerate(header)]

@@ -252,6 +252,8 @@ def _validated_names(batches: Iterable, source, text_columns, label_column, labe
     check = _Validation(source, text_columns, label_column, label_names)
     for start, columns in batches:
         check.batch(start, columns)
+        if check.text_error is not None:  # reported before anything else: the rest cannot change it
+            break
     return check.label_names(label_names)
 
 
