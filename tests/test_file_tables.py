@@ -186,3 +186,16 @@ def test_a_header_without_rows_has_no_rows(tmp_path, name, content):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError, match=rf"{name} has no rows"):
         load_classification_file(path, ["text"], "label")
+
+
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    """datasets writes its Arrow table into its cache first; when it cannot (a read-only home, as
+    root cannot reproduce here), the one line says which setting moves the cache."""
+    path = _write_csv(tmp_path / "train.csv", 5)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/home/user/.cache/huggingface/datasets")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    with pytest.raises(DataError, match=r"train\.csv cannot be read \(.*Permission denied.*HF_DATASETS_CACHE"):
+        load_file_table(path)

@@ -264,6 +264,8 @@ def _load(path: Path, builder: str, **options):
     except Exception as error:  # datasets wraps the parser's error in its own
         cause = error.__cause__ or error
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if isinstance(cause, PermissionError):
+            first += "; the datasets cache must be writable: set HF_DATASETS_CACHE to a folder you can write"
         raise DataError(f"{path} cannot be read ({first})") from None
 
 
