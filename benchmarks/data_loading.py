@@ -48,11 +48,19 @@ REPO = HERE.parent
 OLD_REF = "f64e2ac"
 
 
-def _rss_mib(field: str = "VmRSS") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
+def _status(pid="self", fields=("VmHWM", "RssAnon")) -> dict:
+    """``fields`` of ``/proc/<pid>/status`` in MiB (``VmHWM``: peak resident set; ``RssAnon``:
+    resident memory not backed by a file); empty once the process has gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in fields:
+            values[key] = int(rest.split()[0]) / 1024.0
+    return values
 
 
 def _worker_load(path: str, batch_size: int, max_length: int) -> dict:
@@ -66,8 +74,7 @@ def _worker_load(path: str, batch_size: int, max_length: int) -> dict:
     from pyro_monteclora.data.records import load_classification_file
 
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
-    baseline = _rss_mib()
-    baseline_anonymous = _rss_mib("RssAnon")
+    baseline = _status(fields=("VmRSS", "RssAnon"))
     start = time.perf_counter()
     data = load_classification_file(path, ["text"], "label")
     loaded = time.perf_counter()
@@ -79,27 +86,12 @@ def _worker_load(path: str, batch_size: int, max_length: int) -> dict:
         "package": str(Path(pyro_monteclora.__file__).parent),
         "rows": len(data),
         "tokens": tokens,
-        "baseline_rss_mib": baseline,
-        "baseline_anonymous_mib": baseline_anonymous,
+        "baseline_rss_mib": baseline["VmRSS"],
+        "baseline_anonymous_mib": baseline["RssAnon"],
         "load_seconds": loaded - start,
         "tokenise_seconds": done - loaded,
         "total_seconds": done - start,
     }
-
-
-def _status(pid: int) -> dict:
-    """``VmHWM`` (peak resident set) and ``RssAnon`` (resident memory not backed by a file) of
-    process ``pid``, in MiB; empty once it has gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    values = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmHWM", "RssAnon"):
-            values[key] = int(rest.split()[0]) / 1024.0
-    return values
 
 
 def _peak_of(command, env: dict, cwd: Path) -> dict:

@@ -101,7 +101,7 @@ class TextClassificationData(Dataset):
         if len(table):
             import pyarrow.compute as compute
 
-            bounds = compute.min_max(table.select_columns(["label"]).with_format("arrow")[:]["label"]).as_py()
+            bounds = compute.min_max(_label_array(table)).as_py()
             _check_label_range([bounds["min"], bounds["max"]], label_names)
         data = cls.__new__(cls)
         data.table, data.label_names = table, list(label_names)
@@ -131,7 +131,7 @@ class TextClassificationData(Dataset):
 
         if not len(self.table):
             return []
-        return sorted(compute.unique(self.table.select_columns(["label"]).with_format("arrow")[:]["label"]).to_pylist())
+        return sorted(compute.unique(_label_array(self.table)).to_pylist())
 
     def __len__(self) -> int:
         return len(self.table)
@@ -202,6 +202,11 @@ def _table_features(pairs: bool):
         features["text_pair"] = datasets.Value("string")
     features["label"] = datasets.Value("int64")
     return datasets.Features(features)
+
+
+def _label_array(table):
+    """The ``label`` column as an Arrow array (a view of a memory-mapped table, not a list)."""
+    return table.select_columns(["label"]).with_format("arrow")[:]["label"]
 
 
 def _check_label_range(labels: Sequence[int], label_names: Sequence[str]) -> None:

@@ -46,7 +46,6 @@ __all__ = [
     "read_records",
     "read_located_records",
     "datasets_progress",
-    "path_suffix",
 ]
 
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
@@ -302,14 +301,15 @@ def _load_table(path: Path, located: bool):
             table = _columns_table(value)
         else:
             table = _load(path, "json") if value else None
-        places = [f"record {i}" for i in range(1, (len(table) if table is not None else 0) + 1)] if located else []
+        places = []  # numbered below
     else:
         _scan_parquet(path)
         table = _load(path, "parquet")
-        places = [f"record {i}" for i in range(1, len(table) + 1)] if located else []
+        places = []
     if table is None or len(table) == 0:
         raise DataError(f"{path} has no rows")
-    if located and len(places) != len(table):  # the scan and the parser disagree on a row: say so plainly
+    # json and parquet rows, or a scan that disagrees with the parser on a row, are numbered plainly
+    if located and len(places) != len(table):
         places = [f"record {i}" for i in range(1, len(table) + 1)]
     return table, places
 
@@ -338,13 +338,7 @@ def read_located_records(path: PathLike) -> List[Tuple[str, dict]]:
     A JSON row has the fields its object names: the table's other columns (``None`` in that row,
     as Arrow fills them) are left out, as is a field written ``null``."""
     table, places = _load_table(_checked_path(path), located=True)
-    json_rows = path_suffix(path) in (".json", ".jsonl")
     rows = table.to_list()
-    if json_rows:
+    if Path(path).suffix.lower() in (".json", ".jsonl"):
         rows = [{key: value for key, value in row.items() if value is not None} for row in rows]
     return list(zip(places, rows))
-
-
-def path_suffix(path: PathLike) -> str:
-    """The lower-case suffix of ``path`` (``".csv"``)."""
-    return Path(path).suffix.lower()

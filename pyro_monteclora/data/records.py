@@ -311,7 +311,6 @@ def table_to_classification(
             _normalised,
             batched=True,
             batch_size=BATCH_ROWS,
-            input_columns=None,
             fn_kwargs={
                 "text_columns": list(text_columns),
                 "label_column": label_column,
