@@ -78,7 +78,7 @@ def main() -> None:
     def timed(samples: int, per_pass=None):
         def run() -> float:
             started = time.perf_counter()
-            generate_answers(model, tokenizer, prompts, samples, guide, samples_per_pass=per_pass, **fixed)
+            generate_answers(model, guide, tokenizer, prompts, samples, samples_per_pass=per_pass, **fixed)
             return time.perf_counter() - started
 
         return run

@@ -69,10 +69,10 @@ def test_generation_with_stacked_draws_on_cuda():
     guide = MonteCLoRAGuide(model)
     results = generate_answers(
         model,
+        guide,
         word_tokenizer(),
         ["what is the capital of peru ?", "capital ?"],
         4,
-        guide,
         max_new_tokens=4,
         answer_type="text",
     )

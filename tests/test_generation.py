@@ -1,6 +1,8 @@
 """Generation with posterior sampling: answer extraction, majority vote, stacked draws against one
 draw at a time, greedy mean-adapter decoding, and the agreement rate."""
 
+import inspect
+
 import pyro
 import pytest
 import torch
@@ -89,9 +91,7 @@ def test_stacked_draws_give_each_group_of_rows_its_own_adapter(random_B):
 def test_mean_adapter_generation_is_greedy_decoding_of_the_mean_model():
     tokenizer = word_tokenizer()
     model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=1.0)
-    results = generate_answers(
-        model, tokenizer, PROMPTS, num_samples=0, guide=guide, max_new_tokens=4, answer_type="text", batch_size=2
-    )
+    results = generate_answers(model, guide, tokenizer, PROMPTS, 0, max_new_tokens=4, answer_type="text", batch_size=2)
     for prompt, result in zip(PROMPTS, results):
         ids = torch.tensor([encode_prompt(tokenizer, prompt)])
         with torch.no_grad(), model.mean_adapters():
@@ -106,16 +106,14 @@ def test_s_batched_samples_match_one_sample_at_a_time_with_left_padding():
     tokenizer = word_tokenizer()
     model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=2.0)
     pyro.set_rng_seed(3)
-    together = generate_answers(
-        model, tokenizer, PROMPTS, num_samples=4, guide=guide, max_new_tokens=5, answer_type="text", batch_size=3
-    )
+    together = generate_answers(model, guide, tokenizer, PROMPTS, 4, max_new_tokens=5, answer_type="text", batch_size=3)
     pyro.set_rng_seed(3)
     apart = generate_answers(
         model,
+        guide,
         tokenizer,
         PROMPTS,
-        num_samples=4,
-        guide=guide,
+        4,
         max_new_tokens=5,
         answer_type="text",
         batch_size=3,
@@ -127,7 +125,7 @@ def test_s_batched_samples_match_one_sample_at_a_time_with_left_padding():
     for index, prompt in enumerate(PROMPTS):
         pyro.set_rng_seed(3)
         alone = generate_answers(
-            model, tokenizer, [prompt], num_samples=4, guide=guide, max_new_tokens=5, answer_type="text", batch_size=1
+            model, guide, tokenizer, [prompt], 4, max_new_tokens=5, answer_type="text", batch_size=1
         )
         assert alone[0].generations == together[index].generations
     assert len({tuple(r.generations) for r in together}) > 1
@@ -137,8 +135,8 @@ def test_s_batched_samples_match_one_sample_at_a_time_with_left_padding():
 def test_zero_sample_scaler_makes_every_sample_the_mean_and_agreement_one():
     tokenizer = word_tokenizer()
     model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=0.0)
-    mean = generate_answers(model, tokenizer, PROMPTS, 0, guide, max_new_tokens=4, answer_type="text")
-    sampled = generate_answers(model, tokenizer, PROMPTS, 3, guide, max_new_tokens=4, answer_type="text")
+    mean = generate_answers(model, guide, tokenizer, PROMPTS, 0, max_new_tokens=4, answer_type="text")
+    sampled = generate_answers(model, guide, tokenizer, PROMPTS, 3, max_new_tokens=4, answer_type="text")
     for m, s in zip(mean, sampled):
         assert s.generations == m.generations * 3 and s.num_samples == 3
         assert s.agreement == (1.0 if s.answer is not None else 0.0)
@@ -149,7 +147,7 @@ def test_references_fill_correct_and_long_prompts_are_cut_with_a_warning():
     model, guide = adapted(tiny_llama(initializer_range=0.2), sample_scaler=0.5)
     with pytest.warns(UserWarning, match=r"2 of 3 prompts were longer than max_length - max_new_tokens = 6"):
         results = generate_answers(
-            model, tokenizer, PROMPTS, 2, guide, max_new_tokens=4, max_length=10, references=[["lima"], None, ["tokyo"]]
+            model, guide, tokenizer, PROMPTS, 2, max_new_tokens=4, max_length=10, references=[["lima"], None, ["tokyo"]]
         )
     assert results[1].correct is None and isinstance(results[0].correct, bool)
     assert results[0].correct == (results[0].answer == "lima")
@@ -158,14 +156,44 @@ def test_references_fill_correct_and_long_prompts_are_cut_with_a_warning():
 def test_the_cut_prompt_warning_points_at_the_caller():
     model, guide = adapted(tiny_llama(), sample_scaler=0.0)
     with pytest.warns(UserWarning, match="cut from the left") as caught:
-        generate_answers(model, word_tokenizer(), PROMPTS[:1], 0, guide, max_new_tokens=2, max_length=5)
+        generate_answers(model, guide, word_tokenizer(), PROMPTS[:1], 0, max_new_tokens=2, max_length=5)
     assert [w.filename for w in caught if "cut from the left" in str(w.message)] == [__file__]
+
+
+def test_the_earlier_order_still_works_with_a_future_warning_at_the_caller():
+    tokenizer = word_tokenizer()
+    model, guide = adapted(tiny_llama(), sample_scaler=1.0, random_B=True)
+    pyro.set_rng_seed(5)
+    today = generate_answers(model, guide, tokenizer, PROMPTS[:2], 3, max_new_tokens=3, answer_type="text")
+    for old_call in (
+        lambda: generate_answers(model, tokenizer, PROMPTS[:2], 3, guide, max_new_tokens=3, answer_type="text"),
+        lambda: generate_answers(
+            model, tokenizer, PROMPTS[:2], num_samples=3, guide=guide, max_new_tokens=3, answer_type="text"
+        ),
+    ):
+        pyro.set_rng_seed(5)
+        with pytest.warns(
+            FutureWarning, match=r"generate_answers\(model, guide, tokenizer, prompts, num_samples\)"
+        ) as caught:
+            old = old_call()
+        assert [w.filename for w in caught] == [__file__]
+        assert [r.generations for r in old] == [r.generations for r in today]
+    # the old order without a guide is the mean adapter
+    with pytest.warns(FutureWarning):
+        mean = generate_answers(model, tokenizer, PROMPTS[:2], max_new_tokens=3, answer_type="text")
+    assert [r.generations for r in mean] == [
+        r.generations
+        for r in generate_answers(model, None, tokenizer, PROMPTS[:2], max_new_tokens=3, answer_type="text")
+    ]
+    with pytest.raises(TypeError, match="multiple values for argument 'guide'"), pytest.warns(FutureWarning):
+        generate_answers(model, tokenizer, PROMPTS[:2], 3, guide, guide=guide)
+    assert "guide" in str(inspect.signature(generate_answers)).split("tokenizer")[0]
 
 
 def test_gpt2_conv1d_decoders_generate_with_stacked_draws_too():
     tokenizer = word_tokenizer()
     model, guide = adapted(tiny_gpt2(), sample_scaler=1.0, targets=("c_attn",))
-    results = generate_answers(model, tokenizer, PROMPTS[:2], 3, guide, max_new_tokens=3, answer_type="text")
+    results = generate_answers(model, guide, tokenizer, PROMPTS[:2], 3, max_new_tokens=3, answer_type="text")
     assert all(len(r.generations) == 3 for r in results)
 
 
@@ -173,7 +201,7 @@ def test_a_lora_guide_decodes_once_with_its_mean():
     tokenizer = word_tokenizer()
     model = MonteCLoRAModel(tiny_llama(), MonteCLoRAConfig(rank=4, target_modules=["q_proj"]), adapter_mode="mean")
     guide = EmptyGuide(model)
-    results = generate_answers(model, tokenizer, PROMPTS[:1], 5, guide, max_new_tokens=2)
+    results = generate_answers(model, guide, tokenizer, PROMPTS[:1], 5, max_new_tokens=2)
     assert results[0].num_samples == 0 and len(results[0].generations) == 1
     with pytest.raises(ValueError, match=r"mean adapters \(LoRA\), or no guide, has no posterior"):
         with model.stacked_adapters(guide, 2):

@@ -37,9 +37,7 @@ def test_smollm2_loads_trains_scores_and_generates(smollm2):
     guide = MonteCLoRAGuide(model)
     assert len(model.adapters()) == 90  # 30 layers x q, k, v
     # B = 0 at initialisation: every posterior sample is exactly the pretrained model
-    fresh = generate_answers(
-        model, tokenizer, [question], num_samples=2, guide=guide, max_new_tokens=6, answer_type="text"
-    )[0]
+    fresh = generate_answers(model, guide, tokenizer, [question], 2, max_new_tokens=6, answer_type="text")[0]
     expected = tokenizer.decode(base[0, ids.shape[1] :], skip_special_tokens=True)
     assert fresh.generations == [expected, expected] and "paris" in expected.lower()
 
@@ -59,7 +57,5 @@ def test_smollm2_loads_trains_scores_and_generates(smollm2):
     result = fit(model, guide, loader, epochs=1, max_steps=3, learning_rate=3e-3, seed=0, progress=False, log_every=1)
     assert all(torch.isfinite(torch.tensor(step["loss"])) for step in result.steps)
     assert all(not torch.equal(p, before[n]) for n, p in model.trainable_parameters())
-    sampled = generate_answers(
-        model, tokenizer, [r["question"] for r in trivia[:2]], num_samples=2, guide=guide, max_new_tokens=8
-    )
+    sampled = generate_answers(model, guide, tokenizer, [r["question"] for r in trivia[:2]], 2, max_new_tokens=8)
     assert all(len(r.generations) == 2 and r.num_samples == 2 for r in sampled)

@@ -57,10 +57,10 @@ def _exact_match(run, metrics):
     with autocast(run.device, args.torch_dtype):
         results = generate_answers(
             run.model,
+            run.guide,
             run.tokenizer,
             data.prompts,
             run.num_samples,
-            run.guide,
             inputs=data.inputs,
             references=references,
             answer_type="number",

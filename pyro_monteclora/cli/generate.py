@@ -261,10 +261,10 @@ def _generate(args, model, guide, tokenizer, data, num_samples: int, max_length:
         with autocast(device, args.torch_dtype):
             results = generate_answers(
                 model,
+                guide,
                 tokenizer,
                 data.prompts,
                 num_samples,
-                guide,
                 inputs=data.inputs,
                 references=data.references if has_references else None,
                 answer_type=args.answer_type,

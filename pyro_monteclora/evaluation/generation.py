@@ -28,6 +28,7 @@ paid once for all samples.
 
 from __future__ import annotations
 
+import inspect
 import re
 import string
 from collections import Counter
@@ -145,7 +146,7 @@ def _encode_prompts(tokenizer, prompts: Sequence[str], inputs: Sequence[str], ro
         warnings.warn(
             f"{cut} of {len(prompts)} prompts were longer than max_length - max_new_tokens = "
             f"{room} tokens and were cut from the left",
-            stacklevel=4,
+            stacklevel=5,
         )
     return encoded
 
@@ -225,13 +226,50 @@ def _greedy_settings(tokenizer, max_new_tokens: int, pad_id: int, generate_kwarg
     return settings
 
 
+def _is_tokenizer(value) -> bool:
+    return callable(getattr(value, "batch_decode", None)) and hasattr(value, "pad_token_id")
+
+
+def _legacy_arguments(args: tuple, kwargs: dict) -> Optional[Tuple[tuple, dict]]:
+    """A call in the earlier order, ``(model, tokenizer, prompts, num_samples=0, guide=None, ...)``
+    (recognised by a tokenizer in second place), rebound to today's order; ``None`` for a current call."""
+    if len(args) < 2 or not _is_tokenizer(args[1]):
+        return None
+    import warnings
+
+    warnings.warn(
+        "generate_answers(model, tokenizer, prompts, num_samples, guide) is deprecated: call "
+        "generate_answers(model, guide, tokenizer, prompts, num_samples), the order of predict()",
+        FutureWarning,
+        stacklevel=3,
+    )
+    names = ("model", "tokenizer", "prompts", "num_samples", "guide")
+    if len(args) > len(names):
+        raise TypeError(f"generate_answers() takes at most {len(names)} positional arguments, got {len(args)}")
+    bound = dict(zip(names, args))
+    clash = sorted(set(bound) & set(kwargs))
+    if clash:
+        raise TypeError(f"generate_answers() got multiple values for argument {clash[0]!r}")
+    bound.update(kwargs)
+    model, tokenizer, prompts = (bound.pop(name) for name in names[:3])
+    guide, num_samples = bound.pop("guide", None), bound.pop("num_samples", 0)
+    return (model, guide, tokenizer, prompts, num_samples), bound
+
+
+def generate_answers(*args, **kwargs) -> List[GenerationResult]:
+    legacy = _legacy_arguments(args, kwargs)
+    if legacy is not None:
+        args, kwargs = legacy
+    return _generate_answers(*args, **kwargs)
+
+
 @torch.no_grad()
-def generate_answers(
+def _generate_answers(
     model,
+    guide,
     tokenizer,
     prompts: Sequence[str],
     num_samples: int = 0,
-    guide=None,
     *,
     inputs: Optional[Sequence[str]] = None,
     references=None,
@@ -245,8 +283,15 @@ def generate_answers(
 ) -> List[GenerationResult]:
     """Generate for every prompt with ``num_samples`` posterior draws (0: the mean adapter, greedy).
 
+    The arguments come in the order of :func:`~pyro_monteclora.infer.predictive.predict`:
+    model, guide, data, number of samples. The earlier order,
+    ``generate_answers(model, tokenizer, prompts, num_samples, guide)``, still works with a
+    :class:`FutureWarning` and will be removed.
+
     :param model: a :class:`~pyro_monteclora.MonteCLoRAModel` (or any ``HFPyroModel``) over a
         causal LM; with mean adapters (LoRA) or no guide, ``num_samples`` > 0 acts as 0.
+    :param guide: its guide, or ``None`` (the mean adapter).
+    :param tokenizer: the base model's tokenizer.
     :param prompts: the questions or instructions (formatted by
         :func:`~pyro_monteclora.data.instructions.format_prompt`).
     :param references: accepted answers per prompt (optional): fills ``correct``.
@@ -277,3 +322,7 @@ def generate_answers(
                 refs = None if references is None else references[index]
                 results.append(_result(prompts[index], generations, refs, answer_type, draws))
     return results
+
+
+generate_answers.__doc__ = _generate_answers.__doc__
+generate_answers.__signature__ = inspect.signature(_generate_answers)
