@@ -312,38 +312,40 @@ def _df_terms_tensor(df_p: torch.Tensor, df_q: torch.Tensor, rank: int) -> torch
     )
 
 
-def wishart_kl(df_p, scale_tril_p: torch.Tensor, df_q, scale_tril_q: torch.Tensor) -> torch.Tensor:
-    """:math:`\\mathrm{KL}(\\mathcal{W}(\\nu_p, V_p) \\,\\|\\, \\mathcal{W}(\\nu_q, V_q))` in closed form.
+def wishart_kl(df_q, scale_tril_q: torch.Tensor, df_p, scale_tril_p: torch.Tensor) -> torch.Tensor:
+    """:math:`\\mathrm{KL}(\\mathcal{W}(\\nu_q, V_q) \\,\\|\\, \\mathcal{W}(\\nu_p, V_p))` in closed form.
 
     .. math::
 
-        \\mathrm{KL} = \\frac{\\nu_q}{2}\\left(\\log|V_q| - \\log|V_p|\\right)
-        + \\frac{\\nu_p}{2}\\left(\\operatorname{tr}(V_q^{-1} V_p) - r\\right)
-        + \\log\\Gamma_r\\!\\left(\\tfrac{\\nu_q}{2}\\right) - \\log\\Gamma_r\\!\\left(\\tfrac{\\nu_p}{2}\\right)
-        + \\frac{\\nu_p - \\nu_q}{2} \\psi_r\\!\\left(\\tfrac{\\nu_p}{2}\\right)
+        \\mathrm{KL} = \\frac{\\nu_p}{2}\\left(\\log|V_p| - \\log|V_q|\\right)
+        + \\frac{\\nu_q}{2}\\left(\\operatorname{tr}(V_p^{-1} V_q) - r\\right)
+        + \\log\\Gamma_r\\!\\left(\\tfrac{\\nu_p}{2}\\right) - \\log\\Gamma_r\\!\\left(\\tfrac{\\nu_q}{2}\\right)
+        + \\frac{\\nu_q - \\nu_p}{2} \\psi_r\\!\\left(\\tfrac{\\nu_q}{2}\\right)
 
-    computed from the scale factors (:math:`\\operatorname{tr}(V_q^{-1} V_p) = \\lVert S_q^{-1} S_p \\rVert_F^2`).
+    The names follow the ELBO's :math:`\\mathrm{KL}(q \\,\\|\\, p)`: the first Wishart is the
+    guide's (:math:`q`), the second the prior's (:math:`p`); the function itself holds for any pair.
+    Computed from the scale factors (:math:`\\operatorname{tr}(V_p^{-1} V_q) = \\lVert S_p^{-1} S_q \\rVert_F^2`).
     With equal degrees of freedom given as numbers the last three terms vanish and are not computed.
     A degree of freedom given as a tensor may carry a batch shape and a gradient: the KL is then
     computed with tensors (the :math:`\\nu`-terms in fp64), so the gradient reaches it.
     """
-    rank = scale_tril_p.shape[-1]
-    dtype = _math_dtype(scale_tril_p, scale_tril_q)
-    if torch.is_tensor(df_p) or torch.is_tensor(df_q):
-        df_p, df_q = _df_tensor(df_p, rank, scale_tril_p.device), _df_tensor(df_q, rank, scale_tril_p.device)
-        df_terms = _df_terms_tensor(df_p, df_q, rank).to(dtype)
-        df_p, df_q = df_p.to(dtype), df_q.to(dtype)
+    rank = scale_tril_q.shape[-1]
+    dtype = _math_dtype(scale_tril_q, scale_tril_p)
+    if torch.is_tensor(df_q) or torch.is_tensor(df_p):
+        df_q, df_p = _df_tensor(df_q, rank, scale_tril_q.device), _df_tensor(df_p, rank, scale_tril_q.device)
+        df_terms = _df_terms_tensor(df_q, df_p, rank).to(dtype)
+        df_q, df_p = df_q.to(dtype), df_p.to(dtype)
     else:
-        df_p, df_q = _as_df(df_p, rank), _as_df(df_q, rank)
-        df_terms = _df_terms(df_p, df_q, rank)
-    with _Fp32(scale_tril_p):
-        scale_tril_p, scale_tril_q = scale_tril_p.to(dtype), scale_tril_q.to(dtype)
-        shape = torch.broadcast_shapes(scale_tril_p.shape, scale_tril_q.shape)
-        whitened = torch.linalg.solve_triangular(scale_tril_q.expand(shape), scale_tril_p.expand(shape), upper=False)
+        df_q, df_p = _as_df(df_q, rank), _as_df(df_p, rank)
+        df_terms = _df_terms(df_q, df_p, rank)
+    with _Fp32(scale_tril_q):
+        scale_tril_q, scale_tril_p = scale_tril_q.to(dtype), scale_tril_p.to(dtype)
+        shape = torch.broadcast_shapes(scale_tril_q.shape, scale_tril_p.shape)
+        whitened = torch.linalg.solve_triangular(scale_tril_p.expand(shape), scale_tril_q.expand(shape), upper=False)
         trace = whitened.pow(2).sum((-2, -1))
-        log_det_p = 2.0 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         log_det_q = 2.0 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        kl = 0.5 * df_q * (log_det_q - log_det_p) + 0.5 * df_p * (trace - rank)
+        log_det_p = 2.0 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        kl = 0.5 * df_p * (log_det_p - log_det_q) + 0.5 * df_q * (trace - rank)
         return kl + df_terms
 
 
