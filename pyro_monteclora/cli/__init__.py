@@ -1,4 +1,4 @@
-"""The ``pyro-monteclora`` command: ``train``, ``evaluate``, ``predict``, ``generate`` and ``sweep``.
+"""The ``pyro-monteclora`` command: ``train``, ``evaluate``, ``predict``, ``generate``, ``lm-eval`` and ``sweep``.
 
 .. code-block:: bash
 
@@ -10,6 +10,7 @@
     pyro-monteclora train --task-type causal-lm --train-file qa.jsonl --output runs/qa
     pyro-monteclora evaluate --checkpoint runs/qa --multiple-choice --test-file mc.jsonl
     pyro-monteclora generate --checkpoint runs/qa --prompt "What is the capital of Peru?" --num-samples 5
+    pyro-monteclora lm-eval --checkpoint runs/qa --tasks arc_easy --num-samples 10 --output lm_eval.json
 
     # the robustness study: a learning-rate x batch-size grid per method, summarised and plotted
     pyro-monteclora sweep --methods monteclora,lora --learning-rates 1e-4,1e-3 --output runs/sweep
@@ -35,12 +36,13 @@ __all__ = ["main", "build_parser", "UsageError", "run_cell"]
 
 def build_parser() -> OneLineParser:
     """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict``,
-    ``generate``, ``sweep``, ``ensemble`` and ``calibrate`` sub-commands (the CLI reference in the
+    ``generate``, ``lm-eval``, ``sweep``, ``ensemble`` and ``calibrate`` sub-commands (the CLI reference in the
     docs is generated from it)."""
     from pyro_monteclora.cli.calibrate import add_calibrate_parser
     from pyro_monteclora.cli.deep_ensemble import add_ensemble_parser
     from pyro_monteclora.cli.evaluate import add_evaluate_parser
     from pyro_monteclora.cli.generate import add_generate_parser
+    from pyro_monteclora.cli.harness import add_lm_eval_parser
     from pyro_monteclora.cli.predict import add_predict_parser
     from pyro_monteclora.cli.sweep import add_sweep_parser
     from pyro_monteclora.cli.train import add_train_parser
@@ -51,6 +53,7 @@ def build_parser() -> OneLineParser:
     add_evaluate_parser(subparsers)
     add_predict_parser(subparsers)
     add_generate_parser(subparsers)
+    add_lm_eval_parser(subparsers)
     add_sweep_parser(subparsers)
     add_ensemble_parser(subparsers)
     add_calibrate_parser(subparsers)

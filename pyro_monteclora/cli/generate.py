@@ -29,7 +29,7 @@ from pyro_monteclora.cli.options import (
     resolve_model_path,
     resolve_precision,
 )
-from pyro_monteclora.cli.outputs import check_distinct_outputs, check_file_output_not_input, check_writable
+from pyro_monteclora.cli.outputs import check_distinct_outputs, check_file_output, check_file_output_not_input
 
 __all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
 
@@ -92,17 +92,6 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace existing --output/--metrics")
     parser.set_defaults(handler=run_generate)
     return parser
-
-
-def _check_file_output(value, option: str, overwrite: bool) -> None:
-    if value in (None, "-"):
-        return
-    path = Path(value)
-    check_writable(path, option)
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise UsageError(f"{option} {path} already exists; pass --overwrite to replace it")
 
 
 def _read_prompts(args):
@@ -216,8 +205,8 @@ def _check_options(args) -> None:
     check_number("--max-length", args.max_length, minimum=args.max_new_tokens + 1, integer=True)
     if args.metrics == "-":
         raise UsageError("--metrics - : give a file name (the generations go to standard output)")
-    _check_file_output(args.output, "--output", args.overwrite)
-    _check_file_output(args.metrics, "--metrics", args.overwrite)
+    check_file_output(args.output, "--output", args.overwrite)
+    check_file_output(args.metrics, "--metrics", args.overwrite)
     check_distinct_outputs([("--output", args.output), ("--metrics", args.metrics)])
     from pyro_monteclora.cli.checkpoints import find_checkpoint
 

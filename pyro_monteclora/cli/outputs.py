@@ -17,6 +17,7 @@ __all__ = [
     "lock_output_folder",
     "run_inputs",
     "check_inputs_outside",
+    "check_file_output",
     "check_file_output_not_input",
     "check_distinct_outputs",
     "check_replaceable",
@@ -162,6 +163,19 @@ def check_inputs_outside(
                 f"replacing {output} would delete it; move it out or choose another "
                 f"{option}"
             )
+
+
+def check_file_output(value, option: str, overwrite: bool) -> None:
+    """An output file (``-`` or ``None``: none): writable, not a folder, not replacing a file
+    without ``--overwrite``."""
+    if value in (None, "-"):
+        return
+    path = Path(value)
+    check_writable(path, option)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{option} {path} already exists; pass --overwrite to replace it")
 
 
 def check_file_output_not_input(output, option: str, inputs: Sequence[Tuple[str, Optional[object]]]) -> None:

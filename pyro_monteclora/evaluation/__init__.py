@@ -7,6 +7,8 @@ decoders, the statistics of a sweep, and their figures.
   likelihoods under the posterior predictive.
 * :mod:`~pyro_monteclora.evaluation.generation` -- Generation with posterior sampling, answer
   extraction and agreement as confidence.
+* :mod:`~pyro_monteclora.evaluation.harness` -- A MonteCLoRA checkpoint as an lm-evaluation-harness
+  model (needs the ``harness`` extra; imported on its own, not re-exported here).
 * :mod:`~pyro_monteclora.evaluation.evaluators` -- Evaluators for
   :func:`~pyro_monteclora.training.svi.fit`: what it measures after every epoch.
 * :mod:`~pyro_monteclora.evaluation.sweep` -- Hyper-parameter sweeps and the spread of their results
