@@ -11,7 +11,7 @@ TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint format demo demo-fast bench docs clean results results-demo results-sweep \
-	results-trivia results-calibration results-baselines results-speed results-data results-cuda results-tables
+	results-trivia results-calibration results-baselines results-speed results-data results-cuda results-tables results-quickstart
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,11 @@ results:  # one step after the other (never two torch jobs at once on 2 cores), 
 	$(MAKE) results-speed
 	$(MAKE) results-data
 	$(MAKE) results-tables
+
+# The README's quick-start times and the docs' predict/generate output: setup, demo and test in a new
+# environment, then predict and the trivia example (~11 min; benchmarks/results/quickstart/).
+results-quickstart: setup
+	$(RUN) benchmarks/quickstart.py
 
 # The docs' tables (benchmarks/results/**/*.rst) written again from the result files; tests/test_docs_tables.py
 # fails while one is out of date.

@@ -12,7 +12,7 @@ Runs, one after the other in this checkout, each as a whole command:
 and writes ``quickstart.json`` (seconds per command, the output lines, provenance) and
 ``quickstart.rst`` (what the docs include) into ``--output``::
 
-    python benchmarks/quickstart.py            # about 17 minutes on 2 CPU cores
+    python benchmarks/quickstart.py            # about 11 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
