@@ -1,4 +1,5 @@
-"""The ``pyro-monteclora`` command: ``train``, ``evaluate``, ``predict``, ``generate``, ``lm-eval`` and ``sweep``.
+"""The ``pyro-monteclora`` command: ``train``, ``evaluate``, ``predict``, ``generate``, ``lm-eval``,
+``humaneval``, ``sweep``, ``ensemble`` and ``calibrate``.
 
 .. code-block:: bash
 
@@ -11,6 +12,7 @@
     pyro-monteclora evaluate --checkpoint runs/qa --multiple-choice --test-file mc.jsonl
     pyro-monteclora generate --checkpoint runs/qa --prompt "What is the capital of Peru?" --num-samples 5
     pyro-monteclora lm-eval --checkpoint runs/qa --tasks arc_easy --num-samples 10 --output lm_eval.json
+    pyro-monteclora humaneval --checkpoint runs/code --num-samples 4 --output runs/code/humaneval
 
     # the robustness study: a learning-rate x batch-size grid per method, summarised and plotted
     pyro-monteclora sweep --methods monteclora,lora --learning-rates 1e-4,1e-3 --output runs/sweep
@@ -36,13 +38,14 @@ __all__ = ["main", "build_parser", "UsageError", "run_cell"]
 
 def build_parser() -> OneLineParser:
     """The ``pyro-monteclora`` argument parser with its ``train``, ``evaluate``, ``predict``,
-    ``generate``, ``lm-eval``, ``sweep``, ``ensemble`` and ``calibrate`` sub-commands (the CLI reference in the
-    docs is generated from it)."""
+    ``generate``, ``lm-eval``, ``humaneval``, ``sweep``, ``ensemble`` and ``calibrate`` sub-commands
+    (the CLI reference in the docs is generated from it)."""
     from pyro_monteclora.cli.calibrate import add_calibrate_parser
     from pyro_monteclora.cli.deep_ensemble import add_ensemble_parser
     from pyro_monteclora.cli.evaluate import add_evaluate_parser
     from pyro_monteclora.cli.generate import add_generate_parser
     from pyro_monteclora.cli.harness import add_lm_eval_parser
+    from pyro_monteclora.cli.humaneval import add_humaneval_parser
     from pyro_monteclora.cli.predict import add_predict_parser
     from pyro_monteclora.cli.sweep import add_sweep_parser
     from pyro_monteclora.cli.train import add_train_parser
@@ -54,6 +57,7 @@ def build_parser() -> OneLineParser:
     add_predict_parser(subparsers)
     add_generate_parser(subparsers)
     add_lm_eval_parser(subparsers)
+    add_humaneval_parser(subparsers)
     add_sweep_parser(subparsers)
     add_ensemble_parser(subparsers)
     add_calibrate_parser(subparsers)

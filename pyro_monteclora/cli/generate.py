@@ -31,7 +31,7 @@ from pyro_monteclora.cli.options import (
 )
 from pyro_monteclora.cli.outputs import check_distinct_outputs, check_file_output, check_file_output_not_input
 
-__all__ = ["add_generate_parser", "run_generate", "GENERATE_SAMPLES"]
+__all__ = ["add_generate_parser", "run_generate", "open_decoder", "GENERATE_SAMPLES"]
 
 #: default S for a MonteCLoRA checkpoint (each sample is a full decoding pass)
 GENERATE_SAMPLES = 5
@@ -125,7 +125,7 @@ def _read_prompts(args):
         raise UsageError(str(error)) from None
 
 
-def _open(args, device):
+def open_decoder(args, device):
     """The model (a MonteCLoRA checkpoint, or a bare base model), its guide, tokenizer and record."""
     from pyro_monteclora.cli.checkpoints import load_for_inference, open_model
 
@@ -174,7 +174,7 @@ def run_generate(args, parser_defaults: dict) -> int:
         raise UsageError("--num-samples > 0 needs a MonteCLoRA --checkpoint (a base model has no posterior)")
     device = resolve_device(args.device)
     args.torch_dtype = resolve_precision(args.dtype, device)
-    model, guide, tokenizer, record = _open(args, device)
+    model, guide, tokenizer, record = open_decoder(args, device)
 
     from pyro_monteclora.cli.checkpoints import default_samples
 

@@ -6,7 +6,9 @@ Three schemas are recognised from a record's fields (the first that fits wins), 
 * Alpaca and LLM-Adapters' ``commonsense_15k`` / ``math_10k``: the prompt is ``instruction``
   (with ``input`` when present), the response ``output``;
 * GSM8k and question answering: ``question`` -> ``answer``;
-* plain: ``prompt`` -> ``response``.
+* plain: ``prompt`` -> ``response``;
+* code instructions in Magicoder-OSS-Instruct's schema (the paper's code data): ``problem`` ->
+  ``solution``.
 
 A record may also carry reference answers for evaluation: ``answers`` (a list of accepted
 answers, for example aliases) or ``answer`` (LLM-Adapters' short answer; in GSM8k the worked
@@ -18,6 +20,8 @@ turn, then the assistant's turn is opened), else with the Alpaca template that L
 >>> data = records_to_instructions([("line 1", {"question": "2+2?", "answer": "4"})], "qa.jsonl")
 >>> data.prompts, data.responses, data.references
 (['2+2?'], ['4'], [['4']])
+>>> records_to_instructions([("line 1", {"problem": "Add a and b.", "solution": "a + b"})], "code.jsonl").responses
+['a + b']
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ SCHEMAS = (
     ("alpaca", "instruction", "output"),
     ("question-answer", "question", "answer"),
     ("prompt-response", "prompt", "response"),
+    ("magicoder", "problem", "solution"),
 )
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately "

@@ -28,6 +28,7 @@ __all__ = [
     "confidence_reliability_curve",
     "confidence_metrics",
     "classification_metrics",
+    "pass_at_k",
 ]
 
 
@@ -202,3 +203,33 @@ def classification_metrics(
     if uncertainty is not None:
         result["error_auroc"] = auroc(uncertainty, probs.argmax(-1) != labels)
     return result
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """The unbiased estimator of pass@k (Chen et al. 2021, *Evaluating Large Language Models
+    Trained on Code*): the probability that at least one of :math:`k` completions drawn without
+    replacement from :math:`n` generated, of which :math:`c` pass, passes,
+
+    .. math::
+
+        \\widehat{\\text{pass@}k} = 1 - \\binom{n - c}{k} \\Big/ \\binom{n}{k}
+        = 1 - \\prod_{i = n - c + 1}^{n} \\left(1 - \\frac{k}{i}\\right),
+
+    the product form avoiding large binomials; 1 when :math:`n - c < k`.
+
+    >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 2), round(pass_at_k(4, 2, 2), 4)
+    (0.25, 0.5, 0.8333)
+    """
+    for name, value in (("num_samples", num_samples), ("num_correct", num_correct), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"pass_at_k(): {name} must be an integer >= 0, got {value!r}")
+    if not 1 <= k <= num_samples:
+        raise ValueError(f"pass_at_k(): k must be between 1 and the number of samples {num_samples}, got {k}")
+    if num_correct > num_samples:
+        raise ValueError(f"pass_at_k(): num_correct {num_correct} exceeds num_samples {num_samples}")
+    if num_samples - num_correct < k:
+        return 1.0
+    product = 1.0
+    for i in range(num_samples - num_correct + 1, num_samples + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product

@@ -2,7 +2,8 @@
 
 :func:`plot_reliability_diagram` draws, side by side, one reliability diagram per model from the
 output of :func:`~pyro_monteclora.evaluation.metrics.reliability_curve`; :func:`plot_sweep_boxes` draws the
-spread of a hyper-parameter sweep's cells per method, one panel per metric (the paper's box plots).
+spread of a hyper-parameter sweep's cells per method, one panel per metric (the paper's box plots);
+:func:`plot_pass_at_k` draws HumanEval's pass@k per run and how many completions of each problem passed.
 matplotlib is optional: it is imported
 only when a figure is drawn, and the figure is rendered with the Agg canvas (no display, no change
 to ``pyplot``'s global backend).
@@ -18,7 +19,7 @@ from typing import Mapping, Optional, Union
 from pyro_monteclora.evaluation.metrics import curve_ece
 from pyro_monteclora.storage.atomic import atomic_file
 
-__all__ = ["plot_reliability_diagram", "plot_sweep_boxes"]
+__all__ = ["plot_reliability_diagram", "plot_sweep_boxes", "plot_pass_at_k"]
 
 _METHOD_COLOURS = {"monteclora": "#4C72B0", "lora": "#DD8452", "full": "#55A868"}
 
@@ -267,3 +268,34 @@ def _draw_sweep_legend(axis, batch_sizes, rates) -> None:
     if len(batch_sizes) > 1:
         axis.plot([], [], " ", label="batch " + ", ".join(map(str, batch_sizes)) + " left to right")
     axis.legend(fontsize=7, frameon=False, loc="best")
+
+
+def plot_pass_at_k(runs: Mapping[str, Mapping], path: Union[str, os.PathLike], title: Optional[str] = None) -> Path:
+    """pass@k of each run (left) and, per run, the share of problems by the fraction of their
+    completions that passed (right), from the outputs of
+    :func:`~pyro_monteclora.evaluation.humaneval.score_completions` keyed by label."""
+    if not runs:
+        raise ValueError("plot_pass_at_k(): no run to plot")
+    FigureCanvasAgg, Figure = _matplotlib("plot_pass_at_k")
+    figure = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    labels = list(runs)
+    ks = list(next(iter(runs.values()))["pass_at_k"])
+    width = 0.8 / len(labels)
+    for index, label in enumerate(labels):
+        values = [runs[label]["pass_at_k"][k] for k in ks]
+        positions = [x + index * width for x in range(len(ks))]
+        bars = left.bar(positions, values, width, label=label)
+        left.bar_label(bars, fmt="%.3f", fontsize=7)
+        fractions = [row["passed"] / runs[label]["num_samples"] for row in runs[label]["problems"]]
+        right.hist(fractions, bins=[i / 10 for i in range(11)], histtype="step", linewidth=1.5, label=label)
+    left.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(ks))], ks)
+    left.set_ylabel("pass@k (mean over problems)")
+    left.legend(fontsize=8)
+    right.set_xlabel("fraction of a problem's completions that pass")
+    right.set_ylabel("problems")
+    right.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save_png(figure, Path(path))
