@@ -54,6 +54,8 @@ def humaneval_args(source, problems_file, output, *extra):
         "2",
         "--timeout",
         "5",
+        "--prompt-style",
+        "raw",
         "--device",
         "cpu",
         "--output",
@@ -103,6 +105,12 @@ def test_posterior_completions_come_from_distinct_draws_and_temperature_from_the
     assert any(len(set(c)) > 1 for c in drawn)  # the draws differ
     greedy_mean = generate_completions(model, guide, tokenizer, prompts, 2, sampling="temperature", temperature=1e-4)
     assert all(len(set(c)) == 1 for c in greedy_mean)  # a tiny temperature is the mean adapter's greedy text
+    chat = generate_completions(
+        model, guide, word_tokenizer(chat_template=True), prompts, 2, prompt_style="chat", max_new_tokens=3
+    )
+    assert all(text.startswith("\n") and text.endswith("\n") for texts in chat for text in texts)
+    with pytest.raises(ValueError, match="prompt_style must be one of raw, chat"):
+        generate_completions(model, guide, tokenizer, prompts, 2, prompt_style="markdown")
     with pytest.raises(ValueError, match="sampling='posterior' needs a guide with a posterior"):
         generate_completions(model, None, tokenizer, prompts, 2)
     with pytest.raises(ValueError, match="sampling must be one of posterior, temperature"):

@@ -61,6 +61,13 @@ def add_humaneval_parser(subparsers) -> argparse.ArgumentParser:
         help="posterior draws decoded greedily, or temperature sampling of the mean adapter "
         "(default: posterior for a MonteCLoRA checkpoint, else temperature)",
     )
+    parser.add_argument(
+        "--prompt-style",
+        default=None,
+        choices=["raw", "chat"],
+        help="continue the prompt as text, or ask for the function through the chat template and take "
+        "its code block (default: chat when the tokenizer has a chat template)",
+    )
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--k", default="1,2,4", help="comma-separated k of pass@k, each <= --num-samples")
@@ -148,8 +155,10 @@ def run_humaneval(args, parser_defaults: dict) -> int:
     sampling = args.sampling or ("temperature" if uses_mean_adapter(model, guide, 1) else "posterior")
     if sampling == "posterior" and uses_mean_adapter(model, guide, 1):
         raise UsageError(f"--checkpoint {args.checkpoint}: no posterior to sample (LoRA); use --sampling temperature")
+    args.prompt_style = args.prompt_style or ("chat" if getattr(tokenizer, "chat_template", None) else "raw")
     sys.stderr.write(
-        f"humaneval: {len(problems)} problems x {args.num_samples} completions ({sampling}); the completions "
+        f"humaneval: {len(problems)} problems x {args.num_samples} completions ({sampling}, {args.prompt_style} "
+        "prompts); the completions "
         "run as code on this machine, in a sandbox\n"
     )
     pyro.set_rng_seed(args.seed)
@@ -173,6 +182,7 @@ def _complete_and_score(args, model, guide, tokenizer, problems, ks, sampling, l
             [problem.prompt for problem in problems],
             args.num_samples,
             sampling=sampling,
+            prompt_style=args.prompt_style,
             temperature=args.temperature,
             top_p=args.top_p,
             max_new_tokens=args.max_new_tokens,
@@ -198,7 +208,9 @@ def _write(args, summary: dict, sampling: str) -> None:
         key: getattr(args, key)
         for key in ("checkpoint", "model", "problems", "limit", "num_samples", "temperature", "top_p", "seed")
     }
-    settings.update(sampling=sampling, max_new_tokens=args.max_new_tokens, limits=_limits_of(args))
+    settings.update(
+        sampling=sampling, prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens, limits=_limits_of(args)
+    )
     atomic_write_json(output / "humaneval.json", dict(summary, settings=settings))
     atomic_write_text(output / "problems.jsonl", "".join(json_line(row) + "\n" for row in problems))
     label = f"{Path(args.checkpoint or args.model).name} ({sampling}, n = {args.num_samples})"

@@ -7,6 +7,11 @@ the prompt, followed by the problem's tests and ``check(entry_point)``, and run 
 :func:`~pyro_monteclora.evaluation.sandbox.run_program`. With :math:`c` of the :math:`n` passing,
 pass@k is :func:`~pyro_monteclora.evaluation.metrics.pass_at_k` averaged over the problems.
 
+Two prompt styles (``prompt_style``): ``"raw"`` continues the prompt as text (base models, as
+lm-eval's ``humaneval`` task does); ``"chat"`` asks an instruction-tuned model, through its chat
+template, for the whole function in a code block, and the completion is the code of that block
+(:func:`extract_code`; the model's full definition follows the prompt's, which it replaces).
+
 The :math:`n` completions come from one of two samplers (``sampling``):
 
 * ``"posterior"``: :math:`n` adapters drawn from the guide, each decoding greedily, all in one
@@ -58,6 +63,9 @@ __all__ = [
     "load_code_problems",
     "humaneval_path",
     "truncate_completion",
+    "extract_code",
+    "chat_prompt",
+    "PROMPT_STYLES",
     "program_of",
     "generate_completions",
     "score_completions",
@@ -67,6 +75,9 @@ __all__ = [
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 #: how the n completions of a problem are drawn (see the module)
 SAMPLING = ("posterior", "temperature")
+#: how a problem is put to the model (see the module)
+PROMPT_STYLES = ("raw", "chat")
+_FENCE = "```"
 _FIELDS = ("task_id", "prompt", "test", "entry_point")
 
 
@@ -134,25 +145,58 @@ def truncate_completion(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str
     return text[:cut]
 
 
+def chat_prompt(problem_prompt: str) -> str:
+    """The request an instruction-tuned model gets in the ``"chat"`` style (before its chat template)."""
+    return (
+        "Complete the following Python function. Reply with the whole function in one Python code "
+        f"block.\n\n{_FENCE}python\n{problem_prompt.rstrip()}\n{_FENCE}"
+    )
+
+
+def extract_code(response: str) -> str:
+    """The code of the first fenced block of a chat response (the text up to a closing fence when
+    it has no opening one), on a new line so that it follows the prompt.
+
+    >>> extract_code("Sure!\n```python\ndef f():\n    return 1\n```\nDone.")
+    '\ndef f():\n    return 1\n'
+    """
+    parts = response.split(_FENCE)
+    if len(parts) >= 3 or (len(parts) == 2 and not parts[0].strip()):
+        text = parts[1]  # an opened block (closed or not): drop its language tag line
+        first, _, rest = text.partition("\n")
+        text = rest if first.strip().isalnum() or not first.strip() else text
+    else:
+        text = parts[0]  # no fence, or only a closing one after the code
+    return "\n" + text.strip("\n") + "\n"
+
+
 def program_of(problem: CodeProblem, completion: str) -> str:
     """The program that decides a completion: prompt, completion, tests, ``check(entry_point)``."""
     return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-class _StopOnStrings:
-    """A ``StoppingCriteria`` that ends each row once its new text holds a stop sequence."""
+class _StopWhenDone:
+    """A ``StoppingCriteria`` that ends each row once its new text is complete: it holds a stop
+    sequence (``raw``) or a closed code block (``chat``)."""
 
-    def __init__(self, tokenizer, start: int, stops: Sequence[str]):
-        self.tokenizer, self.start, self.stops = tokenizer, start, tuple(stops)
+    def __init__(self, tokenizer, start: int, style: str):
+        self.tokenizer, self.start, self.style = tokenizer, start, style
+
+    def done(self, text: str) -> bool:
+        if self.style == "chat":
+            return text.count(_FENCE) >= 2
+        return any(stop in text for stop in STOP_SEQUENCES)
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
-        return torch.tensor([any(stop in text for stop in self.stops) for text in texts], device=input_ids.device)
+        return torch.tensor([self.done(text) for text in texts], device=input_ids.device)
 
 
-def _check_generation(num_samples, sampling, temperature, top_p, max_new_tokens, batch_size) -> None:
+def _check_generation(num_samples, sampling, prompt_style, temperature, top_p, max_new_tokens, batch_size) -> None:
     if sampling not in SAMPLING:
         raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
     for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -169,6 +213,7 @@ def generate_completions(
     num_samples: int,
     *,
     sampling: str = "posterior",
+    prompt_style: str = "raw",
     temperature: float = 0.8,
     top_p: float = 0.95,
     max_new_tokens: int = 256,
@@ -177,19 +222,27 @@ def generate_completions(
     samples_per_pass: Optional[int] = None,
     progress: bool = False,
 ) -> List[List[str]]:
-    """``num_samples`` completions of every prompt, each cut at :data:`STOP_SEQUENCES` (see the module).
+    """``num_samples`` completions of every prompt: cut at :data:`STOP_SEQUENCES` (``prompt_style="raw"``)
+    or the code of the response's block (``"chat"``; see the module).
 
     :param model: an ``HFPyroModel`` over a causal LM (a MonteCLoRA model, LoRA, or a base alone).
     :param guide: its guide; ``sampling="posterior"`` needs one with a posterior to draw from.
     :param int samples_per_pass: draws decoded together (default: all).
     :param int max_length: prompt + completion tokens; longer prompts lose their first tokens.
     """
-    _check_generation(num_samples, sampling, temperature, top_p, max_new_tokens, batch_size)
+    _check_generation(num_samples, sampling, prompt_style, temperature, top_p, max_new_tokens, batch_size)
     if sampling == "posterior" and uses_mean_adapter(model, guide, num_samples):
         raise ValueError("sampling='posterior' needs a guide with a posterior (MonteCLoRA); use 'temperature'")
     device = next(model.parameters()).device
     room = max(1, max_length - max_new_tokens)
-    encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    if prompt_style == "chat":
+        from pyro_monteclora.data.causal_lm import encode_prompt
+
+        encoded = [encode_prompt(tokenizer, chat_prompt(prompt)) for prompt in prompts]
+        finish = extract_code
+    else:
+        encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+        finish = truncate_completion
     cut = sum(len(ids) > room for ids in encoded)
     if cut:
         warnings.warn(f"{cut} prompt(s) longer than {room} tokens were cut from the left", stacklevel=2)
@@ -211,7 +264,7 @@ def generate_completions(
             done = 0
             while done < num_samples:
                 k = min(per_pass, num_samples - done)
-                stop = _StopOnStrings(tokenizer, width, STOP_SEQUENCES)
+                stop = _StopWhenDone(tokenizer, width, prompt_style)
                 inputs = dict(input_ids=ids.repeat(k, 1), attention_mask=mask.repeat(k, 1), stopping_criteria=[stop])
                 if sampling == "posterior":
                     with model.stacked_adapters(guide, k) as network:
@@ -221,7 +274,7 @@ def generate_completions(
                         out = model.network.generate(**inputs, **settings)
                 texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
                 for position, text in enumerate(texts):  # sample-major: row = draw * b + prompt
-                    completions[start + position % rows].append(truncate_completion(text))
+                    completions[start + position % rows].append(finish(text))
                 done += k
     return completions
 
