@@ -127,8 +127,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained_run, decoder_di
     run = ["--checkpoint", str(trained_run)]
     cases = [
         (humaneval_args(run, problems_file, out, "--k", "1,4"), "each k must be between 1 and --num-samples 3"),
-        (humaneval_args(run, problems_file, out, "--cpu-seconds", "0"), "--cpu-seconds must be a positive number"),
-        (humaneval_args(run, problems_file, out, "--timeout", "-1"), "--timeout must be a positive number"),
+        (
+            humaneval_args(run, problems_file, out, "--cpu-seconds", "0"),
+            "--cpu-seconds must be a positive, finite number",
+        ),
+        (humaneval_args(run, problems_file, out, "--timeout", "-1"), "--timeout must be a positive, finite number"),
+        (humaneval_args(run, problems_file, out, "--cpu-seconds", "inf"), "--cpu-seconds must be a positive, finite"),
         (humaneval_args(run, problems_file, out, "--memory-mb", "0"), "--memory-mb must be"),
         (humaneval_args(run, problems_file, out, "--k", "one"), "--k 'one': comma-separated integers"),
         (humaneval_args(run, problems_file, taken), "is not empty; pass --overwrite"),

@@ -185,6 +185,8 @@ def test_the_earlier_order_still_works_with_a_future_warning_at_the_caller():
         r.generations
         for r in generate_answers(model, None, tokenizer, PROMPTS[:2], max_new_tokens=3, answer_type="text")
     ]
+    with pytest.raises(TypeError, match="missing required argument: 'prompts'"), pytest.warns(FutureWarning):
+        generate_answers(model, tokenizer)
     with pytest.raises(TypeError, match="multiple values for argument 'guide'"), pytest.warns(FutureWarning):
         generate_answers(model, tokenizer, PROMPTS[:2], 3, guide, guide=guide)
     assert "guide" in str(inspect.signature(generate_answers)).split("tokenizer")[0]

@@ -228,3 +228,31 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
         MonteCLoRALM(model=model, guide=guide, tokenizer=tokenizer, num_samples=-1)
     with pytest.raises(ValueError, match="give checkpoint, or model and tokenizer"):
         MonteCLoRALM(model=model)
+
+
+def test_is_greedy_marks_the_predictives_own_greedy_continuation_across_passes():
+    tokenizer = full_tokenizer()
+    model, guide = adapted(sample_scaler=0.0)  # every draw is the mean adapter: the predictive is its model
+    context = "what is the capital of peru ?"
+    ids = torch.tensor([tokenizer.encode(context)])
+    model.eval()
+    with torch.no_grad(), model.mean_adapters():
+        out = model.network.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    greedy_text = " " + tokenizer.decode(out[0, ids.shape[1] :])
+    other = " lima lima lima" if greedy_text != " lima lima lima" else " tokyo tokyo tokyo"
+    for samples, per_pass in ((0, None), (3, 2)):
+        lm = MonteCLoRALM(model=model, guide=guide, tokenizer=tokenizer, num_samples=samples, samples_per_pass=per_pass)
+        flags = [
+            flag for _, flag in lm.loglikelihood(instances("loglikelihood", [(context, greedy_text), (context, other)]))
+        ]
+        assert flags == [True, False], (samples, greedy_text)
+
+
+def test_requests_lm_eval_refuses_are_refused_here_too():
+    model, guide = adapted()
+    lm = MonteCLoRALM(model=model, guide=guide, tokenizer=full_tokenizer(), num_samples=0, max_length=4)
+    with pytest.raises(ValueError, match="exceeds max_length 4"):
+        lm.loglikelihood(instances("loglikelihood", [("capital", " lima lima lima lima lima")]))
+    assert lm.loglikelihood_rolling(instances("loglikelihood_rolling", [("",)])) == [0.0]
+    with pytest.raises(TypeError):
+        MonteCLoRALM(model=model, guide=guide, tokenizer=full_tokenizer(), num_sample=0)

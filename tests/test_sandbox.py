@@ -53,7 +53,8 @@ def hostile_programs(canary, outside):
             "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))",
             "refused: import resource",
         ),
-        ("kills its parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "refused: os.kill"),
+        ("kills its parent", "import os\nos.kill(os.getppid(), 9)", "refused: os.kill"),
+        ("kills its parent by pidfd", "import os\nos.pidfd_open(os.getppid())", "refused: a call outside its folder"),
         (
             "reads the parent's environment",
             "import os\nprint(open(f'/proc/{os.getppid()}/environ').read())",
@@ -65,6 +66,41 @@ def hostile_programs(canary, outside):
             "failed: KeyError",
         ),
         ("floods its output", "while True:\n    print('x' * 10000)", "file size limit"),
+        (
+            "writes through a directory descriptor",
+            f"import os\nfd = os.open({str(outside.parent)!r}, os.O_RDONLY)\n"
+            "os.close(os.open('pwned.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd))",
+            "refused: open",
+        ),
+        (
+            "writes with pathlib",
+            f"import pathlib\npathlib.Path({str(outside)!r}).write_text('x')",
+            "refused: open for writing",
+        ),
+        ("creates a database outside", f"import sqlite3\nsqlite3.connect({str(outside)!r})", "refused: import sqlite3"),
+        (
+            "truncates a file with readline",
+            f"import readline\nreadline.write_history_file({str(canary)!r})",
+            "refused: import readline",
+        ),
+        ("makes a fifo outside", f"import os\nos.mkfifo({str(outside)!r})", "refused: a call outside its folder"),
+        (
+            "moves the hook's folder",
+            f"import __main__\n__main__.ROOT = ''\nopen({str(outside)!r}, 'w')",
+            "refused: open for writing",
+        ),
+        (
+            "widens a builtin the hook uses",
+            f"import builtins\nbuiltins.isinstance = lambda a, b: False\nopen({str(outside)!r}, 'w')",
+            "refused: open for writing",
+        ),
+        ("exits 0 before the tests", "import sys\nsys.exit(0)\nassert False", "left early (SystemExit)"),
+        ("leaves with os._exit(0)", "import os\nos._exit(0)\nassert False", "left early (exit before the end)"),
+        (
+            "forges the namespace report",
+            "open('namespace.txt', 'w').write('ns=yes')\nassert False",
+            "failed: AssertionError",
+        ),
     ]
 
 
@@ -83,6 +119,21 @@ def test_hostile_programs_fail_with_their_reason_and_change_nothing(canary, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     # no sandbox folder is left behind, and no process of theirs is left running
     assert len([p for p in os.listdir("/tmp") if p.startswith("pyro-monteclora-sandbox-")]) == sandboxes
+    assert not _sandbox_processes()
+
+
+def _sandbox_processes() -> list:
+    """Processes running the sandbox's start-up code (their command line holds it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = open(f"/proc/{entry}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"_sandbox(sys.argv)" in command:
+                found.append(int(entry))
+    return found
 
 
 def test_a_program_may_write_in_its_own_folder_and_exit_cleanly():

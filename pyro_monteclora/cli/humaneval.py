@@ -23,6 +23,7 @@ exit status 2 before any model loads.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -104,8 +105,8 @@ def _check_options(args) -> list:
         check_number(name, value, minimum=low, integer=True)
     check_number("--max-length", args.max_length, minimum=args.max_new_tokens + 1, integer=True)
     for name, value in (("--cpu-seconds", args.cpu_seconds), ("--timeout", args.timeout)):
-        if not value > 0 or value != value:
-            raise UsageError(f"{name} must be a positive number of seconds, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            raise UsageError(f"{name} must be a positive, finite number of seconds, got {value}")
     if not args.temperature > 0 or not 0 < args.top_p <= 1:
         raise UsageError(f"--temperature must be > 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
     check_seed("--seed", args.seed)

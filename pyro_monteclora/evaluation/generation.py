@@ -251,6 +251,9 @@ def _legacy_arguments(args: tuple, kwargs: dict) -> Optional[Tuple[tuple, dict]]
     if clash:
         raise TypeError(f"generate_answers() got multiple values for argument {clash[0]!r}")
     bound.update(kwargs)
+    missing = [name for name in names[:3] if name not in bound]
+    if missing:
+        raise TypeError(f"generate_answers() missing required argument: {missing[0]!r}")
     model, tokenizer, prompts = (bound.pop(name) for name in names[:3])
     guide, num_samples = bound.pop("guide", None), bound.pop("num_samples", 0)
     return (model, guide, tokenizer, prompts, num_samples), bound

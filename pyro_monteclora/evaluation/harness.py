@@ -120,6 +120,7 @@ class MonteCLoRALM(TemplateLM):
         ``"text"`` (the text, whitespace-normalised), ``"number"`` (the final number, GSM8k) or
         ``"short"`` (the first line, normalised).
     :param add_bos_token: as lm-eval's ``hf``: ``None`` leaves it to the tokenizer.
+    :param max_batch_size: accepted for lm-eval's calling convention and not used.
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class MonteCLoRALM(TemplateLM):
         add_bos_token: Optional[bool] = None,
         device: Optional[str] = None,
         trust_remote_code: bool = False,
-        **unused,
+        max_batch_size: Optional[int] = None,
     ):
         super().__init__()
         _positive_int("num_samples", num_samples, minimum=0)
@@ -236,8 +237,11 @@ class MonteCLoRALM(TemplateLM):
                 context_len=1,
             )
             rows = [self._scored_row(*lm_utils.make_disjoint_window(window)) for window in windows]
-            per_draw, _ = self._draw_log_likelihoods(rows)  # every window under the same draws
-            value = (per_draw.sum(1).logsumexp(0) - math.log(per_draw.shape[0])).item()
+            if not rows:  # an empty text (no prefix token to predict from): log 1
+                value = 0.0
+            else:
+                per_draw, _ = self._draw_log_likelihoods(rows, greedy=False)  # every window under the same draws
+                value = (per_draw.sum(1).logsumexp(0) - math.log(per_draw.shape[0])).item()
             results.append(value)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), value)
         return results
@@ -264,7 +268,15 @@ class MonteCLoRALM(TemplateLM):
 
     def _scored_row(self, context: Sequence[int], continuation: Sequence[int]) -> Tuple[List[int], int]:
         """``(input tokens, scored)``: the last ``max_length + 1`` tokens of context + continuation
-        as lm-eval's ``hf`` cuts them; the model reads all but the last and scores the last ``scored``."""
+        as lm-eval's ``hf`` cuts them; the model reads all but the last and scores the last ``scored``.
+
+        :raises ValueError: a continuation longer than ``max_length`` tokens, or one with nothing
+            before it to predict it from (``hf`` refuses both with an assertion).
+        """
+        if len(continuation) > self.max_length:
+            raise ValueError(f"a continuation of {len(continuation)} tokens exceeds max_length {self.max_length}")
+        if not context and continuation:
+            raise ValueError("a continuation without a context token to predict its first token from")
         whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
         return whole, min(len(continuation), len(whole) - 1)
 
@@ -287,10 +299,12 @@ class MonteCLoRALM(TemplateLM):
                 yield network, count
 
     @torch.no_grad()
-    def _draw_log_likelihoods(self, rows: List[Tuple[List[int], int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Every draw's log-likelihood of each row's scored tokens, ``(S, rows)`` float64, and whether
-        each row's scored tokens are the predictive's greedy choice, ``(rows,)`` bool. The draws are
-        held across all chunks of ``rows``."""
+    def _draw_log_likelihoods(
+        self, rows: List[Tuple[List[int], int]], greedy: bool = True
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Every draw's log-likelihood of each row's scored tokens, ``(S, rows)`` float64, and (with
+        ``greedy``) whether each row's scored tokens are the predictive's greedy choice, ``(rows,)``
+        bool. The draws are held across all chunks of ``rows``."""
         per_draw, prob_sums = [], [None] * len(rows)
         with evaluation_mode(self.model):
             for count in self._passes():
@@ -298,24 +312,26 @@ class MonteCLoRALM(TemplateLM):
                     drawn = []
                     for start in range(0, len(rows), self._batch_size):
                         chunk = rows[start : start + self._batch_size]
-                        scores, probs = self._forward(network, draws, chunk)
+                        scores, probs = self._forward(network, draws, chunk, greedy)
                         drawn.append(scores)
-                        for offset, row_probs in enumerate(probs):
+                        for offset, row_probs in enumerate(probs if greedy else ()):
                             total = prob_sums[start + offset]
                             prob_sums[start + offset] = row_probs if total is None else total + row_probs
                     per_draw.append(torch.cat(drawn, 1))
-        greedy = torch.tensor(
+        if not greedy:
+            return torch.cat(per_draw, 0), None
+        flags = torch.tensor(
             [
                 scored == 0 or bool((total.argmax(-1) == torch.tensor(row[-scored:])).all())
                 for total, (row, scored) in zip(prob_sums, rows)
             ]
         )
-        return torch.cat(per_draw, 0), greedy
+        return torch.cat(per_draw, 0), flags
 
-    def _forward(self, network, draws: int, chunk: List[Tuple[List[int], int]]):
+    def _forward(self, network, draws: int, chunk: List[Tuple[List[int], int]], greedy: bool = True):
         """One pass of ``draws × len(chunk)`` rows: each draw's log-likelihood of the scored tokens,
-        ``(draws, len(chunk))``, and per row the next-token probabilities at its scored positions
-        summed over the draws, ``(scored, vocabulary)``."""
+        ``(draws, len(chunk))``, and (with ``greedy``) per row the next-token probabilities at its
+        scored positions summed over the draws, ``(scored, vocabulary)``."""
         batch = pad_batch([row[:-1] for row, _ in chunk], self._pad_id, side="right")
         ids, mask = batch["input_ids"].to(self._device), batch["attention_mask"].to(self._device)
         logits = network(input_ids=ids.repeat(draws, 1), attention_mask=mask.repeat(draws, 1)).logits
@@ -331,8 +347,9 @@ class MonteCLoRALM(TemplateLM):
                 scores[:, index] = (
                     log_probs.gather(-1, targets.expand(draws, -1)[..., None]).squeeze(-1).sum(-1).double().cpu()
                 )
-                probs.append(log_probs.exp().sum(0).cpu())
-            else:
+                if greedy:
+                    probs.append(log_probs.exp().sum(0).cpu())
+            elif greedy:
                 probs.append(torch.zeros(0, logits.shape[-1]))
         return scores, probs
 

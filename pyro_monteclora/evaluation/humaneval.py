@@ -157,11 +157,16 @@ def extract_code(response: str) -> str:
     """The code of the first fenced block of a chat response (the text up to a closing fence when
     it has no opening one), on a new line so that it follows the prompt.
 
-    >>> extract_code("Sure!\n```python\ndef f():\n    return 1\n```\nDone.")
-    '\ndef f():\n    return 1\n'
+    >>> extract_code("Sure!\\n```python\\ndef f():\\n    return 1\\n```\\nDone.")
+    '\\ndef f():\\n    return 1\\n'
+    >>> extract_code("Here:\\n```python\\ndef f():\\n    return 1")  # cut before the block closed
+    '\\ndef f():\\n    return 1\\n'
+    >>> extract_code("def f():\\n    return 1\\n```\\nThis returns one.")  # only a closing fence
+    '\\ndef f():\\n    return 1\\n'
     """
     parts = response.split(_FENCE)
-    if len(parts) >= 3 or (len(parts) == 2 and not parts[0].strip()):
+    opens_block = len(parts) == 2 and (not parts[0].strip() or parts[1].partition("\n")[0].strip().isalnum())
+    if len(parts) >= 3 or opens_block:
         text = parts[1]  # an opened block (closed or not): drop its language tag line
         first, _, rest = text.partition("\n")
         text = rest if first.strip().isalnum() or not first.strip() else text

@@ -10,11 +10,17 @@ line, trusted start-up code in that process:
   processes or threads for an unprivileged user (``RLIMIT_NPROC`` = 0);
 * moves into a new, empty **network namespace** where the kernel allows it (``unshare``; recorded
   as :attr:`ExecutionResult.network_namespace`);
-* installs a Python **audit hook** (:pep:`578`; it cannot be removed) that refuses process creation
-  (``os.fork``, ``os.system``, ``subprocess``, ``os.exec*``, ``os.posix_spawn``, ``pty``), signals
-  to other processes, ``ctypes`` and the modules that reach C process calls directly, every socket
-  operation, writing, deleting, renaming or changing the mode of any path outside the program's
-  working directory, and reading ``/proc`` and ``/sys`` (another process's environment).
+* installs a Python **audit hook** (:pep:`578`; it cannot be removed, and it keeps what it checks
+  against in its own closure) that refuses process creation (``os.fork``, ``os.system``,
+  ``subprocess``, ``os.exec*``, ``os.posix_spawn``, ``pty``), signals to other processes,
+  ``ctypes`` and the modules that reach C calls without an audit event (``sqlite3``, ``readline``,
+  shared memory, ``dbm``, ``signal``, ``fcntl``), every socket operation, writing, deleting,
+  renaming or changing the mode of any path outside the program's working directory, opening a
+  directory outside it (so no ``dir_fd`` escape), and reading ``/proc`` and ``/sys`` (another
+  process's environment); ``os.mkfifo``, ``os.mknod``, ``os.pidfd_open`` and ``setsid`` are
+  replaced by refusals;
+* runs the program as a fresh ``__main__`` module, apart from the start-up code's names;
+* asks the kernel to kill it if the evaluator dies (``PR_SET_PDEATHSIG``).
 
 The parent gives it a fresh empty working directory (deleted afterwards), closed standard input,
 an environment of ``PATH``, ``HOME``, ``TMPDIR`` and ``LANG`` only (no secrets to read), standard
@@ -23,14 +29,21 @@ output and error in files of that directory, and a wall-clock timeout. Every out
 ``timeout``, ``cpu time limit``, ``memory limit``, ``file size limit``, ``refused: import socket``,
 ``refused: os.fork``, ...
 
+A program **passes only if it runs to its last line**: the start-up code reports completion through
+a pipe after the program returns, so a ``sys.exit(0)`` or ``os._exit(0)`` before the tests' end is a
+failure (``left early``), and a program cannot forge the network-namespace report in a file.
+
 **What it does not protect against**: it is a guard against runaway and careless code, and against
-the obvious hostile calls, not a security boundary. Code written to escape a Python sandbox can
-(for example by tampering with the audit hook's objects through ``gc`` or by exploiting an
-interpreter bug), and a process running as root ignores ``RLIMIT_NPROC``. It may still **read**
-any file the user can read (without the network it cannot send it anywhere, unless the network
-namespace was refused and a hook bypass is found), and it shares the machine's CPU and memory
-within its limits. For untrusted models, run the evaluation itself inside a container or VM with
-no network and no credentials.
+the obvious hostile calls, not a security boundary. The hook and the refused functions live in the
+same interpreter as the program: code written to escape can reach them (through ``gc`` and the
+hook's closure, by replacing functions of the standard-library modules the hook calls, such as
+``os.path``'s, or through an interpreter bug), and C extensions that write files without an audit
+event are not covered beyond the modules refused. A process running as root ignores
+``RLIMIT_NPROC``. It may still **read** any file the user can read (without the network it cannot
+send it anywhere, unless the namespace was refused and the hook is defeated), and it shares the
+machine's CPU and memory within its limits. For untrusted models, run the whole evaluation inside a
+container or VM with no network and no credentials (a kernel sandbox such as bubblewrap, Landlock
+or seccomp is the boundary this module is not).
 
 >>> result = run_program("assert sum(range(4)) == 6")
 >>> result.passed, result.reason
@@ -59,75 +72,98 @@ __all__ = ["SandboxLimits", "ExecutionResult", "run_program", "run_programs"]
 
 #: the start-up code run before the program, in the program's process (see the module)
 _BOOT = r"""
-import os, resource, sys
-limits = [int(v) for v in sys.argv[1:5]]
-resource.setrlimit(resource.RLIMIT_CPU, (limits[0], limits[0] + 1))
-resource.setrlimit(resource.RLIMIT_AS, (limits[1], limits[1]))
-resource.setrlimit(resource.RLIMIT_FSIZE, (limits[2], limits[2]))
-try:
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-except (ValueError, OSError):
-    pass
-namespace = "no"
-if limits[3]:
+def _sandbox(argv):
+    import os, posix, resource, sys, types, _signal
+    cpu, memory, file_size, try_namespace, report = (int(v) for v in argv[1:6])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    except (ValueError, OSError):
+        pass
+    namespace = b"ns=no\n"
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
-        for flags in (0x40000000, 0x40000000 | 0x10000000):  # CLONE_NEWNET, + CLONE_NEWUSER
-            if libc.unshare(flags) == 0:
-                namespace = "yes"
-                break
+        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL when the evaluator dies
+        if try_namespace:
+            for flags in (0x40000000, 0x40000000 | 0x10000000):  # CLONE_NEWNET, + CLONE_NEWUSER
+                if libc.unshare(flags) == 0:
+                    namespace = b"ns=yes\n"
+                    break
+        del ctypes, libc
     except Exception:
         pass
-with open("namespace.txt", "w") as out:
-    out.write(namespace)
-for name in ("ctypes", "_ctypes", "ctypes._endian", "resource"):  # a new import of them is refused below
-    sys.modules.pop(name, None)
-globals().pop("ctypes", None), globals().pop("libc", None), globals().pop("resource", None)
-ROOT = os.path.realpath(os.getcwd())
-source = open("program.py", encoding="utf-8").read()
-REFUSED = frozenset((
-    "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.kill",
-    "os.killpg", "os.setsid", "os.chmod", "os.chown", "os.chroot", "subprocess.Popen", "pty.spawn",
-    "os.putenv", "os.unsetenv", "signal.pthread_kill", "sys.remote_exec", "resource.setrlimit",
-    "resource.prlimit",
-))
-MODULES = frozenset(("ctypes", "_ctypes", "_posixsubprocess", "subprocess", "multiprocessing", "pty", "socket",
-                     "_socket", "ssl", "_ssl", "select", "selectors", "asyncio", "mmap", "resource"))
-PATHS = frozenset(("os.remove", "os.rmdir", "os.rename", "os.replace", "os.link", "os.symlink",
-                   "os.truncate", "os.mkdir", "shutil.rmtree", "os.utime", "shutil.copyfile", "shutil.move"))
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-realpath, fspath, startswith = os.path.realpath, os.fspath, str.startswith
-def inside(path):
-    real = realpath(fspath(path)) if isinstance(path, (str, bytes, os.PathLike)) else None
-    if isinstance(real, bytes):
-        real = real.decode("utf-8", "replace")
-    return real is None or real == ROOT or startswith(real, ROOT + os.sep)
-def hook(event, args):
-    if event in REFUSED or startswith(event, "socket.") or startswith(event, "ctypes."):
-        raise PermissionError("sandbox refused " + event)
-    if event == "import" and args[0].partition(".")[0] in MODULES:
-        raise PermissionError("sandbox refused import " + args[0])
-    if event == "open":
-        path, mode, flags = args
-        if isinstance(path, int):
-            return
+    os.write(report, namespace)
+    def refuse(*args, **kwargs):
+        raise PermissionError("sandbox refused a call outside its folder")
+    for module in (os, posix):  # calls that no audit event covers
+        for name in ("mkfifo", "mknod", "pidfd_open", "setsid", "setpgid", "chroot", "setuid", "setgid"):
+            if hasattr(module, name):
+                setattr(module, name, refuse)
+    for name in ("pidfd_send_signal", "pthread_kill", "sigqueue"):
+        if hasattr(_signal, name):
+            setattr(_signal, name, refuse)
+    for name in ("ctypes", "_ctypes", "ctypes._endian", "resource"):  # a new import of them is refused below
+        sys.modules.pop(name, None)
+    root = os.path.realpath(os.getcwd())
+    with open("program.py", encoding="utf-8") as handle:
+        code = compile(handle.read(), "program.py", "exec")
+    refused = frozenset((
+        "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.kill",
+        "os.killpg", "os.chmod", "os.chown", "os.chroot", "subprocess.Popen", "pty.spawn", "os.putenv",
+        "os.unsetenv", "signal.pthread_kill", "sys.remote_exec", "resource.setrlimit", "resource.prlimit",
+        "os.setsid",
+    ))
+    modules = frozenset((
+        "ctypes", "_ctypes", "_posixsubprocess", "subprocess", "multiprocessing", "pty", "socket", "_socket",
+        "ssl", "_ssl", "select", "selectors", "asyncio", "mmap", "resource", "sqlite3", "_sqlite3", "readline",
+        "_posixshmem", "dbm", "_dbm", "_gdbm", "shelve", "signal", "_multiprocessing", "fcntl", "termios",
+    ))
+    paths = frozenset((
+        "os.remove", "os.rmdir", "os.rename", "os.replace", "os.link", "os.symlink", "os.truncate", "os.mkdir",
+        "shutil.rmtree", "os.utime", "shutil.copyfile", "shutil.move",
+    ))
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    realpath, fspath, isdir, sep = os.path.realpath, os.fspath, os.path.isdir, os.sep
+    is_instance, path_types, text, startswith = isinstance, (str, bytes, os.PathLike), str, str.startswith
+    def resolved(path):
         real = realpath(fspath(path))
-        real = real.decode("utf-8", "replace") if isinstance(real, bytes) else real
-        if startswith(real, "/proc") or startswith(real, "/sys"):
-            raise PermissionError("sandbox refused open " + real)
-        writing = (mode is not None and any(c in str(mode) for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)
-        if writing and not inside(path):
-            raise PermissionError("sandbox refused open for writing " + real)
-    elif event in PATHS:
-        for value in args:
-            if isinstance(value, (str, bytes, os.PathLike)) and not inside(value):
-                raise PermissionError("sandbox refused " + event)
-sys.addaudithook(hook)
-del hook, limits
-code = compile(source, "program.py", "exec")
-del source
-exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+        return real.decode("utf-8", "replace") if is_instance(real, bytes) else real
+    def inside(real):
+        return real == root or startswith(real, root + sep)
+    def hook(event, args):
+        if event in refused or startswith(event, "socket.") or startswith(event, "ctypes."):
+            raise PermissionError("sandbox refused " + event)
+        if event == "import" and args[0].partition(".")[0] in modules:
+            raise PermissionError("sandbox refused import " + args[0])
+        if event == "open":
+            path, mode, flags = args
+            if is_instance(path, int):
+                return
+            real = resolved(path)
+            if startswith(real, "/proc") or startswith(real, "/sys"):
+                raise PermissionError("sandbox refused open " + real)
+            if not inside(real) and isdir(real):  # no directory descriptor outside (dir_fd=)
+                raise PermissionError("sandbox refused open " + real)
+            writing = (mode is not None and any(c in text(mode) for c in "wax+")) or bool((flags or 0) & write_flags)
+            if writing and not inside(real):
+                raise PermissionError("sandbox refused open for writing " + real)
+        elif event in paths:
+            for value in args:
+                if is_instance(value, path_types) and not inside(resolved(value)):
+                    raise PermissionError("sandbox refused " + event)
+    sys.addaudithook(hook)
+    program = types.ModuleType("__main__")
+    sys.modules["__main__"] = program  # the program sees its own module, not this one
+    try:
+        exec(code, program.__dict__)
+    except SystemExit as stop:
+        raise SystemExit(f"the program left early (SystemExit({stop.code!r}))") from None
+    os.write(report, b"completed\n")
+import sys
+_sandbox(sys.argv)
 """
 
 
@@ -193,6 +229,8 @@ def _reason(returncode: Optional[int], timed_out: bool, stderr: str) -> str:
         return "file size limit"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else ""
+    if "the program left early" in stderr:
+        return "left early (SystemExit)"
     if "sandbox refused" in stderr:
         refused = next(line for line in reversed(lines) if "sandbox refused" in line)
         detail = refused.split("sandbox refused", 1)[1].strip()
@@ -215,17 +253,24 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def _remove(folder: Path) -> None:
-    def unlock(function, path, _):
-        os.chmod(path, 0o700)
-        function(path)
-
-    shutil.rmtree(folder, onerror=unlock)
+    """Delete the program's folder whatever modes it left (never raising: a leftover is not worth a run)."""
+    try:
+        for directory, _, _ in os.walk(folder):
+            os.chmod(directory, 0o700)
+    except OSError:
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_program(source: str, limits: Optional[SandboxLimits] = None) -> ExecutionResult:
-    """Run the Python program ``source`` under ``limits`` (see the module) and say how it ended."""
+    """Run the Python program ``source`` under ``limits`` (see the module) and say how it ended.
+
+    It passes only if it ran to its last line: the start-up code reports completion through a pipe
+    after the program returns, so ``sys.exit(0)`` or ``os._exit(0)`` before the end is a failure.
+    """
     limits = limits or SandboxLimits()
     folder = Path(tempfile.mkdtemp(prefix="pyro-monteclora-sandbox-"))
+    read_end, write_end = os.pipe()
     try:
         (folder / "program.py").write_text(source, encoding="utf-8")
         environment = {"PATH": "/usr/bin:/bin", "HOME": str(folder), "TMPDIR": str(folder), "LANG": "C.UTF-8"}
@@ -234,6 +279,7 @@ def run_program(source: str, limits: Optional[SandboxLimits] = None) -> Executio
             str(int(limits.memory_mb) * 2**20),
             str(int(limits.file_mb) * 2**20),
             "1" if limits.network_namespace else "0",
+            str(write_end),
         ]
         started = time.perf_counter()
         with open(folder / "stdout.txt", "wb") as out, open(folder / "stderr.txt", "wb") as err:
@@ -245,8 +291,10 @@ def run_program(source: str, limits: Optional[SandboxLimits] = None) -> Executio
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                close_fds=True,
+                pass_fds=(write_end,),
             )
+            os.close(write_end)
+            write_end = None
             timed_out = False
             try:
                 process.wait(timeout=limits.wall_seconds)
@@ -256,12 +304,35 @@ def run_program(source: str, limits: Optional[SandboxLimits] = None) -> Executio
                 _kill_group(process)
                 process.wait()
         seconds = time.perf_counter() - started
+        report = _read_all(read_end)
         stderr = _tail(folder / "stderr.txt")
-        namespace = _tail(folder / "namespace.txt", 8).strip() == "yes"
+        completed = "completed" in report.split()
         reason = _reason(process.returncode, timed_out, stderr)
-        return ExecutionResult(reason == "passed", reason, process.returncode, seconds, stderr[-500:], namespace)
+        if reason == "passed" and not completed:
+            reason = "left early (exit before the end)"
+        return ExecutionResult(
+            reason == "passed", reason, process.returncode, seconds, stderr[-500:], "ns=yes" in report
+        )
     finally:
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
         _remove(folder)
+
+
+def _read_all(descriptor: int, limit: int = 4096) -> str:
+    """What the start-up code reported (the writers are gone: the group was killed)."""
+    os.set_blocking(descriptor, False)
+    chunks = []
+    try:
+        while sum(map(len, chunks)) < limit:
+            chunk = os.read(descriptor, 512)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 def run_programs(
@@ -273,6 +344,9 @@ def run_programs(
     sources = list(sources)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda source: run_program(source, limits), sources)
-        return list(progress_bar(results, f"execute {len(sources)} programs", progress))
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(run_program, source, limits) for source in sources]
+        return [future.result() for future in progress_bar(futures, f"execute {len(sources)} programs", progress)]
+    finally:  # on an interrupt, the queued programs never start; the running ones end within their limits
+        pool.shutdown(wait=True, cancel_futures=True)
