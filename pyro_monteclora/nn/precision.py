@@ -3,8 +3,9 @@
 MonteCLoRA perturbs the adapter factor by :math:`s \\lVert\\pi\\rVert L Z` with :math:`s` as small as
 :math:`10^{-6}` for large decoders, far below bf16's resolution (:math:`2^{-8}` relative). So:
 
-* the frozen base may be **loaded** in half precision (:func:`cast_frozen`; half the memory) and
-  **run** under ``torch.autocast`` (:func:`autocast`);
+* the frozen base may be **loaded** in half precision (:func:`cast_frozen`: half the weights'
+  memory, though not half a step's on the CPU; see *Memory with a bf16 base* in the docs' getting
+  started) and **run** under ``torch.autocast`` (:func:`autocast`);
 * every trainable tensor (the adapters' :math:`M` and :math:`B`, a classification head, the guide)
   stays fp32, and AdamW updates fp32 values;
 * the Bartlett and Dirichlet draws, the perturbation and the adapter's low-rank product run in fp32
