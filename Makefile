@@ -11,7 +11,7 @@ TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint format demo demo-fast bench docs clean results results-demo results-sweep \
-	results-trivia results-calibration results-baselines results-speed results-data results-cuda results-tables results-quickstart
+	results-trivia results-calibration results-baselines results-speed results-data results-cuda results-tables results-quickstart results-humaneval
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,11 +80,17 @@ results:  # one step after the other (never two torch jobs at once on 2 cores), 
 	$(MAKE) results-demo
 	$(MAKE) results-sweep
 	$(MAKE) results-trivia
+	$(MAKE) results-humaneval
 	$(MAKE) results-calibration
 	$(MAKE) results-baselines
 	$(MAKE) results-speed
 	$(MAKE) results-data
 	$(MAKE) results-tables
+
+# HumanEval pass@1/2/4 of SmolLM2 (base, LoRA, MonteCLoRA) after training on the standard library's
+# documented functions; every completion runs in the sandbox (~1 h; benchmarks/results/humaneval/).
+results-humaneval: setup
+	$(RUN) benchmarks/humaneval_smollm2.py
 
 # The README's quick-start times and the docs' predict/generate output: setup, demo and test in a new
 # environment, then predict and the trivia example (~11 min; benchmarks/results/quickstart/).
