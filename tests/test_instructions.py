@@ -55,7 +55,7 @@ def test_columns_given_by_name_override_the_schema(tmp_path):
     [
         (
             [{"question": "a", "answer": "b"}, {"answer": "c"}],
-            r"bad\.jsonl line 2: no prompt field; expected one of \['instruction', 'question', 'prompt'\]",
+            r"bad\.jsonl line 2: no prompt field; expected one of \['instruction', 'question', 'prompt', 'problem'\]",
         ),
         (
             [{"instruction": "a", "output": "b"}, {"instruction": "c"}],
