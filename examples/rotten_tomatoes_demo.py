@@ -17,7 +17,7 @@ to the two runs (``monteclora/``, ``lora/``: checkpoints, ``evaluation/``). ``me
 under ``provenance`` the commit the run started at (and whether it had uncommitted changes), the date,
 the machine and the command (``benchmarks/provenance.py``)::
 
-    python examples/rotten_tomatoes_demo.py             # about 4 minutes on 2 CPU cores
+    python examples/rotten_tomatoes_demo.py             # about 3 minutes on 2 CPU cores
     python examples/rotten_tomatoes_demo.py --fast      # a smoke test (under a minute)
     PYRO_MONTECLORA_FAST=1 python examples/rotten_tomatoes_demo.py   # same as --fast
 """
