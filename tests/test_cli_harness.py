@@ -5,8 +5,9 @@ import json
 
 import pytest
 from conftest import CAPITALS, capital_rows, tiny_bert_classifier
-from test_cli import snapshot, write_jsonl
+from test_cli import snapshot
 from test_cli_decoders import decoder_dir, qa_dir, trained_run  # noqa: F401 (fixtures)
+from test_harness import write_local_tasks
 
 pytest.importorskip("lm_eval")
 from pyro_monteclora import MonteCLoRAConfig, MonteCLoRAModel, save_pretrained  # noqa: E402
@@ -15,23 +16,13 @@ from pyro_monteclora.cli import main  # noqa: E402
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    """A folder of lm-eval task YAMLs over a local JSONL file: multiple choice and generation."""
+    """A folder of lm-eval task YAMLs over a local JSONL file, one per request type."""
     folder = tmp_path_factory.mktemp("tasks")
     rows = [
         {"question": r["question"], "choices": [r["answer"], CAPITALS[(i + 1) % 8]], "answer": 0, "target": r["answer"]}
         for i, r in enumerate(capital_rows())
     ]
-    data = write_jsonl(folder / "capitals.jsonl", rows)
-    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-    (folder / "mc.yaml").write_text(
-        "task: capitals_mc\noutput_type: multiple_choice\n" + common + 'doc_to_text: "{{question}}"\n'
-        'doc_to_target: "{{answer}}"\ndoc_to_choice: "{{choices}}"\nmetric_list:\n  - metric: acc\n'
-    )
-    (folder / "gen.yaml").write_text(
-        "task: capitals_gen\noutput_type: generate_until\n" + common + 'doc_to_text: "{{question}}"\n'
-        'doc_to_target: "{{target}}"\ngeneration_kwargs:\n  until: ["?"]\n  max_gen_toks: 3\n'
-        "metric_list:\n  - metric: exact_match\n"
-    )
+    write_local_tasks(folder, rows)
     return folder
 
 

@@ -54,6 +54,28 @@ def instances(kind, args):
     return [Instance(kind, {}, arg, index) for index, arg in enumerate(args)]
 
 
+def write_local_tasks(folder, rows) -> None:
+    """lm-eval task YAMLs over a local JSONL of ``rows`` (question, choices, answer, target), one per
+    request type: ``capitals_mc``, ``capitals_gen`` and ``capitals_ppl``."""
+    data = folder / "capitals.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    (folder / "mc.yaml").write_text(
+        "task: capitals_mc\noutput_type: multiple_choice\n" + common + 'doc_to_text: "{{question}}"\n'
+        'doc_to_target: "{{answer}}"\ndoc_to_choice: "{{choices}}"\nmetric_list:\n  - metric: acc\n'
+    )
+    (folder / "gen.yaml").write_text(
+        "task: capitals_gen\noutput_type: generate_until\n" + common + 'doc_to_text: "{{question}}"\n'
+        'doc_to_target: "{{target}}"\ngeneration_kwargs:\n  until: ["?"]\n  max_gen_toks: 3\n'
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    (folder / "ppl.yaml").write_text(
+        "task: capitals_ppl\noutput_type: loglikelihood_rolling\n" + common + 'doc_to_text: ""\n'
+        'doc_to_target: "{{question}} {{target}}"\nmetric_list:\n  - metric: word_perplexity\n'
+        "  - metric: bits_per_byte\n"
+    )
+
+
 def test_with_no_draws_every_request_type_equals_lm_eval_hf_on_the_peft_export(tmp_path):
     from lm_eval.models.huggingface import HFLM
 
@@ -189,23 +211,7 @@ def test_simple_evaluate_runs_local_tasks_of_every_request_type(tmp_path):
         {"question": "what is the capital of peru ?", "choices": ["lima", "tokyo"], "answer": 0, "target": "lima"},
         {"question": "what is the capital of japan ?", "choices": ["lima", "tokyo"], "answer": 1, "target": "tokyo"},
     ]
-    data = tmp_path / "capitals.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-    (tmp_path / "mc.yaml").write_text(
-        "task: capitals_mc\noutput_type: multiple_choice\n" + common + 'doc_to_text: "{{question}}"\n'
-        'doc_to_target: "{{answer}}"\ndoc_to_choice: "{{choices}}"\nmetric_list:\n  - metric: acc\n'
-    )
-    (tmp_path / "gen.yaml").write_text(
-        "task: capitals_gen\noutput_type: generate_until\n" + common + 'doc_to_text: "{{question}}"\n'
-        'doc_to_target: "{{target}}"\ngeneration_kwargs:\n  until: ["?"]\n  max_gen_toks: 3\n'
-        "metric_list:\n  - metric: exact_match\n"
-    )
-    (tmp_path / "ppl.yaml").write_text(
-        "task: capitals_ppl\noutput_type: loglikelihood_rolling\n" + common + 'doc_to_text: ""\n'
-        'doc_to_target: "{{question}} {{target}}"\nmetric_list:\n  - metric: word_perplexity\n'
-        "  - metric: bits_per_byte\n"
-    )
+    write_local_tasks(tmp_path, rows)
     model, guide = adapted()
     lm = MonteCLoRALM(model=model, guide=guide, tokenizer=full_tokenizer(), num_samples=2)
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
