@@ -41,15 +41,15 @@ def clean_pyro_state():
     pyro.settings.set(module_local_params=False)
 
 
-def tiny_bert_classifier(num_labels: int = 2, seed: int = 0):
+def tiny_bert_classifier(num_labels: int = 2, seed: int = 0, hidden_size: int = 32):
     """A 2-layer, 32-wide random BERT classifier without dropout (deterministic forwards)."""
     torch.manual_seed(seed)
     config = transformers.BertConfig(
         vocab_size=VOCAB,
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=64,
         num_labels=num_labels,
         hidden_dropout_prob=0.0,
@@ -58,14 +58,14 @@ def tiny_bert_classifier(num_labels: int = 2, seed: int = 0):
     return transformers.BertForSequenceClassification(config)
 
 
-def tiny_llama(seed: int = 0, initializer_range: float = 0.02):
+def tiny_llama(seed: int = 0, initializer_range: float = 0.02, hidden_size: int = 32):
     """A 2-layer, 32-wide random Llama causal LM. Its frozen random ``lm_head`` bounds the logits
     by about ``initializer_range * hidden_size``: tests that must learn a mapping raise it."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,

@@ -28,6 +28,7 @@ LEAVES = {
     "transforms": set(),  # the lower_cholesky bijection for autoguides
     "distributed": {"util"},
     "hf_defaults": set(),  # what the package knows about Hugging Face bases (targets, heads, pad ids)
+    "quantization": {"validation"},  # quantised frozen bases (bitsandbytes), as checkpoints record them
     "validation": set(),  # one checker for values typed and values read back from disk
 }
 _LEAF_NAMES = set(LEAVES)
@@ -35,7 +36,7 @@ _LEAF_NAMES = set(LEAVES)
 #: layer -> the layers it may import (besides itself); "" is the package's ``__init__`` (its facade)
 LAYERS = {
     **LEAVES,
-    "storage": {"util", "_version", "config", "validation"},
+    "storage": {"util", "_version", "config", "validation", "quantization"},
     "nn": _LEAF_NAMES | {"storage"},
     "data": _LEAF_NAMES | {"storage"},
     "infer": _LEAF_NAMES | {"storage", "nn"},

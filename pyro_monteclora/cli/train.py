@@ -234,9 +234,10 @@ def check_rank(network, config) -> None:
     anything is allocated: a low-rank update wider than its layer has no use, and its prior's
     ``rank x rank`` factors are what run out of memory. (``network`` may be on the meta device.)"""
     from pyro_monteclora.nn.models import _is_adaptable
+    from pyro_monteclora.quantization import linear_shape
 
     widths = [
-        (min(module.weight.shape), path, tuple(module.weight.shape))
+        (min(linear_shape(module)), path, linear_shape(module))
         for path, module in network.named_modules()
         if path and _is_adaptable(module) and config.matches_target(path) and not config.matches_saved(path)
     ]

@@ -24,6 +24,7 @@ from torch import nn
 from pyro_monteclora.nn._params import unique_prefix
 from pyro_monteclora.nn.likelihoods import Likelihood
 from pyro_monteclora.nn.models import HFPyroModel
+from pyro_monteclora.quantization import quantized_layer_names
 from pyro_monteclora.storage.checkpoint import register_model
 
 __all__ = ["FullFineTuneModel"]
@@ -41,6 +42,12 @@ class FullFineTuneModel(HFPyroModel):
     def __init__(self, model: nn.Module, likelihood: Union[str, Likelihood] = "auto", name: Optional[str] = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        quantized = quantized_layer_names(model)
+        if quantized:
+            raise ValueError(
+                f"full fine-tuning updates every weight, and {len(quantized)} layers of this base are quantised "
+                f"(e.g. {quantized[0]}): train adapters on a quantised base (MonteCLoRAModel), or load it unquantised"
+            )
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         super().__init__(model, likelihood, name or unique_prefix("full_finetune"))

@@ -49,12 +49,15 @@ from pyro_monteclora.config import MonteCLoRAConfig
 from pyro_monteclora.distributions import StandardNormalMatrix, lora_perturbation
 from pyro_monteclora.nn.priors import GaussianPrior, MonteCLoRAPrior, prior_from_config
 from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names
+from pyro_monteclora.quantization import linear_shape, prepare_quantized_layer
 
 __all__ = ["MonteCLoRALinear", "sample_adapter_factors", "latent_scale", "record_value"]
 
 
 class MonteCLoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` (or HF ``Conv1D``) with a MonteCLoRA adapter.
+    """A frozen ``nn.Linear`` (or HF ``Conv1D``, or a bitsandbytes ``Linear4bit`` /
+    ``Linear8bitLt`` of a quantised base, see :mod:`pyro_monteclora.quantization`) with a
+    MonteCLoRA adapter.
 
     :param nn.Module base_layer: the layer to adapt; its parameters are frozen.
     :param MonteCLoRAConfig config: rank, scaling and prior hyper-parameters.
@@ -75,16 +78,17 @@ class MonteCLoRALinear(nn.Module):
         prior: Optional[Union[MonteCLoRAPrior, GaussianPrior]] = None,
     ):
         super().__init__()
-        weight = base_layer.weight
         self.transposed = type(base_layer).__name__ == "Conv1D"  # GPT-2 style (d_in, d_out) weight
-        self.in_features, self.out_features = tuple(weight.shape) if self.transposed else tuple(weight.shape[::-1])
+        # a quantised base layer (bitsandbytes) stores a packed weight: its shape is read from the layer
+        self.out_features, self.in_features = linear_shape(base_layer)
+        prepare_quantized_layer(base_layer)  # a bitsandbytes layer: one layout in training and evaluation
         self.base_layer = base_layer
         self.config = config
         self.path = path
         self.rank = config.rank
         self.scaling = config.scaling
         self.random_B = config.random_B
-        device = weight.device
+        device = base_layer.weight.device
         # Adapter weights stay fp32 whatever the base dtype (DESIGN: small s is rounded away in bf16).
         self.lora_A_mean = nn.Parameter(torch.empty(self.rank, self.in_features, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device))

@@ -35,6 +35,7 @@ from pyro_monteclora.nn._params import register_parameters, unique_prefix
 from pyro_monteclora.nn.layers import MonteCLoRALinear, sample_adapter_factors
 from pyro_monteclora.nn.likelihoods import Likelihood, get_likelihood
 from pyro_monteclora.nn.priors import GaussianPrior, MonteCLoRAPrior, prior_from_config
+from pyro_monteclora.quantization import prepare_quantized_layer, quantized_layer_names
 from pyro_monteclora.storage.checkpoint import register_model
 
 __all__ = ["HFPyroModel", "MonteCLoRAModel", "inject_adapters"]
@@ -278,7 +279,9 @@ class MonteCLoRAModel(HFPyroModel):
     """A Pyro model over a Hugging Face model with MonteCLoRA adapters.
 
     :param nn.Module model: a ``transformers`` model (``*ForSequenceClassification``,
-        ``*ForCausalLM``, ...); it is modified in place (adapters injected, base frozen).
+        ``*ForCausalLM``, ...); it is modified in place (adapters injected, base frozen). Its
+        linear layers may be quantised (loaded with transformers' ``BitsAndBytesConfig``, see
+        :mod:`pyro_monteclora.quantization`); the adapters wrap them and stay fp32.
     :param MonteCLoRAConfig config: the adapters and their prior.
     :param likelihood: ``"auto"`` (from the model's class), ``"sequence-classification"``,
         ``"causal-lm"`` or a :class:`~pyro_monteclora.nn.likelihoods.Likelihood`.
@@ -323,8 +326,17 @@ class MonteCLoRAModel(HFPyroModel):
                     f"MonteCLoRAConfig.modules_to_save={list(config.modules_to_save)!r} matches no "
                     f"module of {type(model).__name__}"
                 )
+            frozen_int = [path for path in saved if quantized_layer_names(model.get_submodule(path))]
+            if frozen_int:
+                raise ValueError(
+                    f"MonteCLoRAConfig.modules_to_save names {frozen_int[0]}, which the base holds quantised: "
+                    f"a trained module must stay in full precision; load the base with "
+                    f"BitsAndBytesConfig(llm_int8_skip_modules=[{frozen_int[0].rsplit('.', 1)[-1]!r}, ...])"
+                )
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        for module in model.modules():  # one computation in training, evaluation and saving
+            prepare_quantized_layer(module)
         prior = prior_from_config(config)
         adapters = inject_adapters(model, config, prior)
         for path, module in model.named_modules():

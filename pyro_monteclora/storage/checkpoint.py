@@ -33,6 +33,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pyro_monteclora.quantization import (
+    Quantization,
+    QuantizationError,
+    check_quantization_device,
+    dequantized_weight,
+    describe_quantization,
+)
 from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json
 from pyro_monteclora.validation import FieldError, check_value, get_field, parse_json
 
@@ -51,6 +58,7 @@ __all__ = [
     "trained_tensors",
     "load_trained_tensors",
     "read_trained_tensors",
+    "recorded_quantization",
 ]
 
 FORMAT = "pyro-monteclora"
@@ -98,22 +106,41 @@ def register_guide(cls: type) -> type:
 
 
 def _base_fingerprint(model) -> Optional[List[float]]:
-    """The first 32 entries of the first adapted layer's frozen weight: they tell two same-shaped
-    bases apart, and survive loading the base in bf16/fp16 (compared with a tolerance)."""
+    """The first 32 entries of the first adapted layer's frozen weight (de-quantised, for a
+    quantised base): they tell two same-shaped bases apart, and survive loading the base in
+    bf16/fp16 (compared with a tolerance)."""
     adapters = model.adapters()
     if not adapters:
         return None
-    weight = next(iter(adapters.values())).base_layer.weight.detach()
-    return [round(float(v), 6) for v in weight.flatten()[:32].float().cpu()]
+    weight = dequantized_weight(next(iter(adapters.values())).base_layer)
+    return [round(float(v), 6) for v in weight.flatten()[:32].cpu()]
 
 
-def _same_base(recorded: Optional[List[float]], model) -> bool:
+#: how far a 4-bit weight may be from its fp32 value, relative to the largest weight compared:
+#: half NF4's widest gap between code values (-1 to -0.696: 0.152), with a margin for double
+#: quantisation of the block constants
+QUANTIZED_FINGERPRINT_TOLERANCE = 0.16
+
+
+def _same_base(recorded: Optional[List[float]], model, recorded_quantization=None) -> bool:
+    """Whether ``model``'s base has the frozen weights of the recorded fingerprint: to bf16's
+    precision, or, when one side is quantised and the other is not (or quantised otherwise), to the
+    4-bit rounding bound :data:`QUANTIZED_FINGERPRINT_TOLERANCE` times the largest entry."""
     current = _base_fingerprint(model)
     if recorded is None or current is None:
         return True
-    return len(recorded) == len(current) and torch.allclose(
-        torch.tensor(recorded), torch.tensor(current), rtol=1e-2, atol=1e-3
-    )
+    if len(recorded) != len(current):
+        return False
+    recorded, current = torch.tensor(recorded), torch.tensor(current)
+    if recorded_quantization != _quantization_record(model.network):
+        atol = QUANTIZED_FINGERPRINT_TOLERANCE * float(torch.cat([recorded, current]).abs().max())
+        return bool(((recorded - current).abs() <= atol + 1e-6).all())
+    return torch.allclose(recorded, current, rtol=1e-2, atol=1e-3)
+
+
+def _quantization_record(network) -> Optional[dict]:
+    quantization = describe_quantization(network)
+    return quantization.to_dict() if quantization is not None else None
 
 
 def _describe_base(network) -> dict:
@@ -124,6 +151,7 @@ def _describe_base(network) -> dict:
         "model_type": getattr(config, "model_type", None),
         "num_labels": getattr(config, "num_labels", None),
         "pad_token_id": getattr(config, "pad_token_id", None),
+        "quantization": _quantization_record(network),
     }
 
 
@@ -282,6 +310,9 @@ def _check_record(record: dict) -> None:
         get_field(base, "fingerprint", "base_model.fingerprint", "list", nullable=True, default=None) or []
     ):
         check_value(f"base_model.fingerprint[{index}]", value, "number")
+    quantization = get_field(base, "quantization", "base_model.quantization", "object", nullable=True, default=None)
+    if quantization is not None:
+        Quantization.from_dict(quantization, "base_model.quantization")
     tensors = get_field(record, "tensors", "tensors", "object")
     for name, shape in tensors.items():
         check_value(f"tensors.{name}", shape, "list")
@@ -318,7 +349,13 @@ def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
     return tensors
 
 
-def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype, source: Path):
+def recorded_quantization(record: dict) -> Optional[Quantization]:
+    """The quantisation of the base a checkpoint was trained on (``None``: not quantised)."""
+    described = record["base_model"].get("quantization")
+    return Quantization.from_dict(described, "base_model.quantization") if described is not None else None
+
+
+def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype, source: Path, device=None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     described = record["base_model"]
@@ -332,6 +369,13 @@ def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype, s
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
+    quantization = recorded_quantization(record)
+    if quantization is not None:  # the same quantised base again, placed on the device as it loads
+        try:
+            check_quantization_device(quantization, device or "cpu")
+        except QuantizationError as error:
+            raise CheckpointError(f"{source}: the checkpoint's base is quantised: {error}") from None
+        kwargs.update(quantization.from_pretrained_kwargs(device or "cpu"))
     if described.get("pad_token_id") is not None:
         from transformers import AutoConfig
 
@@ -369,20 +413,23 @@ def load_pretrained(
         for the ``name_or_path`` the checkpoint records.
     :param bool trust_remote_code: passed to ``from_pretrained`` (off unless you ask).
     :param bool check_base: refuse a base whose frozen weights differ from the training base's
-        (compares the recorded fingerprint).
+        (compares the recorded fingerprint; a quantised base against an unquantised record, or the
+        other way round, to the 4-bit rounding bound).
+    :param device: where the model and guide go; a base the checkpoint records as quantised is
+        loaded quantised the same way, straight onto this device (default: the CPU).
     :raises CheckpointError: unreadable files, or a base model the checkpoint was not made for.
     """
     directory = Path(directory)
     record = read_saved_config(directory)
     tensors = _read_checkpoint_tensors(directory, record)
-    network = _load_base(record, base_model, trust_remote_code, torch_dtype, directory / CONFIG_NAME)
+    network = _load_base(record, base_model, trust_remote_code, torch_dtype, directory / CONFIG_NAME, device)
     described = record["base_model"]
     if type(network).__name__ != described["architecture"]:
         raise CheckpointError(
             f"the checkpoint in {directory} was made for a {described['architecture']}, got a {type(network).__name__}"
         )
     model = _rebuild_model(record, network, directory)
-    if check_base and not _same_base(described.get("fingerprint"), model):
+    if check_base and not _same_base(described.get("fingerprint"), model, described.get("quantization")):
         raise CheckpointError(
             f"the checkpoint in {directory} was made for base model "
             f"{described.get('name_or_path')!r}; the given base has other frozen weights "
