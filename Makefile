@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[test,plot,decoders,laplace,harness,code]"
+	$(BIN)/python -m pip install --quiet -e ".[test,plot,decoders,laplace,harness,code,quantize]"
 	# Laplace-LoRA's library chain without the torchvision its metadata declares (see pyproject.toml)
 	$(BIN)/python -m pip install --quiet --no-deps "laplace-torch>=0.3,<0.4" "curvlinops-for-pytorch>=3.0.1,<4" \
 		"backpack-for-pytorch>=1.7,<2"

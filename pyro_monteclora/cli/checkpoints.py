@@ -123,7 +123,22 @@ def load_for_inference(args, likelihoods=("sequence-classification",)):
         )
     device = resolve_device(args.device)
     args.torch_dtype = resolve_precision(getattr(args, "dtype", "fp32"), device)
+    _check_quantized_base(directory, record, device)
     return directory, record, device
+
+
+def _check_quantized_base(directory: Path, record: dict, device) -> None:
+    """A checkpoint trained on a quantised base loads it quantised again: refuse it (exit 2, before
+    anything is loaded or written) when bitsandbytes is missing or cannot run it on ``device``."""
+    from pyro_monteclora.quantization import QuantizationError, check_quantization_device
+    from pyro_monteclora.storage.checkpoint import recorded_quantization
+
+    try:
+        quantization = recorded_quantization(record)
+        if quantization is not None:
+            check_quantization_device(quantization, device)
+    except QuantizationError as error:
+        raise UsageError(f"--checkpoint {directory}: its base is quantised: {error}") from None
 
 
 def open_model(directory: Path, record: dict, args, device):

@@ -29,6 +29,7 @@ from pyro_monteclora.cli.options import (
     check_adapter_options,
     check_values,
 )
+from pyro_monteclora.quantization import QUANTIZE_CHOICES
 
 __all__ = [
     "RUN_FILE",
@@ -93,6 +94,7 @@ RUN_OPTIONS = (
     "dataset",
     "dataset_config",
     "max_length",
+    "quantize",
     *adapter_dests(),
     "learning_rate",
     "batch_size",
@@ -137,6 +139,7 @@ RUN_CHECKS = {
     "dataset": _TEXT,
     "dataset_config": _TEXT,
     "max_length": {"kind": "integer", "minimum": 2, "nullable": True},
+    "quantize": {"kind": QUANTIZE_CHOICES, "nullable": True, "default": None},
     "learning_rate": {"kind": "number", "minimum": 0, "exclusive_minimum": True, "nullable": True},
     "batch_size": {"kind": "integer", "minimum": 1},
     "epochs": {"kind": "integer", "minimum": 1},

@@ -59,6 +59,7 @@ from pyro_monteclora.cli.runs import (
     read_run,
 )
 from pyro_monteclora.cli.sources import resolve_data
+from pyro_monteclora.quantization import QUANTIZE_CHOICES
 
 __all__ = ["add_train_parser", "run_train", "TrainingFault", "TRAIN_DEFAULTS"]
 
@@ -87,6 +88,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_options(parser)
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=QUANTIZE_CHOICES,
+        help="load the frozen base quantised (bitsandbytes: 4bit is NF4 with double quantisation, 8bit "
+        "LLM.int8); the adapters, head, guide and sampler stay fp32, the head is never quantised, "
+        "--dtype sets the 4-bit compute dtype; needs the quantize extra",
+    )
     parser.add_argument(
         "--task-type",
         default="sequence-classification",
@@ -163,6 +172,11 @@ def _check_arguments(args) -> None:
     if args.task_type == "causal-lm" and args.calibrate != "none":
         raise UsageError("--calibrate temperature is for sequence classification, not causal-lm")
     check_values(vars(args), RUN_CHECKS, option_name)
+    if args.quantize is not None and args.method == "full":
+        raise UsageError(
+            f"--quantize {args.quantize} freezes the base in {args.quantize[0]} bits, and --method full trains every "
+            f"weight: quantise with --method monteclora, lora, blob or the other adapter methods"
+        )
     if not args.resume:  # a resumed run keeps its recorded (validated) options; changes are refused
         check_adapter_options(args)
 
@@ -249,14 +263,25 @@ def check_rank(network, config) -> None:
         )
 
 
-def _load_network(model_path: str, arguments: dict, label_names, trust_remote_code: bool):
+def _load_network(
+    model_path: str, arguments: dict, label_names, trust_remote_code: bool, quantization=None, device=None
+):
     """The tokenizer, the HF network (a classifier with ``len(label_names)`` labels, or a causal LM)
-    and the modules ``from_pretrained`` initialised afresh; loading errors become exit 2."""
+    and the modules ``from_pretrained`` initialised afresh; loading errors become exit 2. With
+    ``quantization`` the base loads quantised straight onto ``device``, its heads and
+    ``--modules-to-save`` in full precision."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from pyro_monteclora.hf_defaults import prepare_base
 
     causal = arguments.get("task_type") == "causal-lm"
+    options = {"trust_remote_code": trust_remote_code, "use_safetensors": True, "output_loading_info": True}
+    if quantization is not None:
+        from dataclasses import replace as replaced
+
+        trained = tuple(arguments.get("modules_to_save") or ())
+        quantization = replaced(quantization, skip_modules=quantization.skip_modules + trained)
+        options.update(quantization.from_pretrained_kwargs(device))
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except Exception as error:  # see LOAD_ERRORS: a bad tokenizer.json raises a bare Exception
@@ -267,22 +292,33 @@ def _load_network(model_path: str, arguments: dict, label_names, trust_remote_co
         ) from None
     try:
         if causal:
-            network, loading = AutoModelForCausalLM.from_pretrained(
-                model_path, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
-            )
+            network, loading = AutoModelForCausalLM.from_pretrained(model_path, **options)
         else:
             network, loading = AutoModelForSequenceClassification.from_pretrained(
-                model_path,
-                num_labels=len(label_names),
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-                output_loading_info=True,
+                model_path, num_labels=len(label_names), **options
             )
     except LOAD_ERRORS as error:
         raise UsageError(f"--model {arguments['model'] or model_path}: {load_error(error)}") from None
     # weights the checkpoint lacks are newly initialised: train (and save) them with the head
     fresh_modules = prepare_base(network, tokenizer, None if causal else label_names, loading)
     return tokenizer, network, fresh_modules
+
+
+def resolve_quantization(arguments: dict, device, torch_dtype):
+    """The :class:`~pyro_monteclora.quantization.Quantization` ``--quantize`` asks for, once
+    bitsandbytes has run one such layer on ``device`` (``None`` without ``--quantize``); a missing
+    bitsandbytes or a device it cannot use is exit 2, before anything is loaded or written."""
+    from pyro_monteclora.quantization import Quantization, QuantizationError, check_quantization_device
+
+    name = arguments.get("quantize")
+    if name is None:
+        return None
+    try:
+        quantization = Quantization.from_name(name, compute_dtype=torch_dtype)
+        check_quantization_device(quantization, device)
+    except QuantizationError as error:
+        raise UsageError(f"--quantize {name}: {error}") from None
+    return quantization
 
 
 def run_train(args, parser_defaults: dict) -> int:
@@ -298,6 +334,7 @@ def run_train(args, parser_defaults: dict) -> int:
     resume_state = read_resume_state(checkpoint, arguments, output) if checkpoint is not None else None
     device = resolve_device(args.device)
     torch_dtype = resolve_precision(args.dtype, device)
+    quantization = resolve_quantization(arguments, device, torch_dtype)
     causal = arguments.get("task_type", "sequence-classification") == "causal-lm"
     splits, data_spec = _training_data(args, arguments, recorded_data, causal)
     from pyro_monteclora.cli.baselines import check_method_options
@@ -326,6 +363,7 @@ def run_train(args, parser_defaults: dict) -> int:
             learning_rate=learning_rate,
             device=device,
             torch_dtype=torch_dtype,
+            quantization=quantization,
             resume_state=resume_state,
         ),
     )
@@ -344,6 +382,7 @@ def _train_deep_ensemble(args, parser_defaults: dict, arguments: dict, recorded_
     splits, data_spec = _training_data(args, arguments, recorded_data, causal)
     check_method_options(arguments, causal, splits, launched_world_size(), _evaluated_split(splits))
     device = resolve_device(args.device)
+    resolve_quantization(arguments, device, resolve_precision(args.dtype, device))  # before any member starts
     job = _TrainingJob(
         args=args,
         arguments=arguments,
@@ -437,6 +476,7 @@ class _TrainingJob:
     learning_rate: float
     device: Any
     torch_dtype: Any
+    quantization: Any = None
     tokenizer: Any = None
     network: Any = None
     model: Any = None
@@ -455,7 +495,12 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
 
     pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
     tokenizer, network, fresh_modules = _load_network(
-        job.model_path, arguments, job.data_spec.get("label_names"), args.trust_remote_code
+        job.model_path,
+        arguments,
+        job.data_spec.get("label_names"),
+        args.trust_remote_code,
+        quantization=job.quantization,
+        device=job.device,
     )
     limit = getattr(network.config, "max_position_embeddings", None)
     if limit and job.max_length > limit:
@@ -529,10 +574,13 @@ def _announce(job: _TrainingJob) -> None:
 
     labels_note = "" if job.causal else f"{len(job.data_spec.get('label_names'))} labels, "
     world_note = f", {torch.distributed.get_world_size()} processes" if torch.distributed.is_initialized() else ""
+    quantization = job.quantization
+    quantized_note = f", base quantised {quantization.name} ({quantization.quant_type})" if quantization else ""
     print(
         f"{job.arguments['method']}: {type(job.network).__name__} from {job.model_path}, "
         f"{len(job.splits['train']):,} training examples, {labels_note}"
-        f"{job.model.num_trainable_parameters():,} trainable parameters, device {job.device}{world_note}",
+        f"{job.model.num_trainable_parameters():,} trainable parameters, device {job.device}{world_note}"
+        f"{quantized_note}",
         file=sys.stderr,
         flush=True,
     )

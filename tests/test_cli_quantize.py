@@ -1,0 +1,188 @@
+"""``train --quantize 4bit|8bit`` on the tiny Llama and the tiny BERT saved to disk: the run and the
+checkpoint record the quantisation, ``evaluate``, ``predict`` and ``generate`` rebuild it, and bad
+input (full fine-tuning, no bitsandbytes, a device it cannot run on) exits 2 with one line and
+writes nothing."""
+
+import json
+
+import pytest
+import transformers
+from conftest import capital_rows, tiny_bert_classifier, tiny_llama, word_tokenizer
+from test_cli import WORDS, sentences, snapshot, write_jsonl
+
+import pyro_monteclora.quantization as quantization_module
+from pyro_monteclora.cli import main
+from pyro_monteclora.quantization import Quantization
+
+pytest.importorskip("bitsandbytes")
+HIDDEN = 64  # bitsandbytes quantises 4-bit weights in blocks of 64
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama-64")
+    word_tokenizer(chat_template=True).save_pretrained(folder)
+    network = tiny_llama(initializer_range=0.2, hidden_size=HIDDEN)
+    network.config.pad_token_id = 0
+    network.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert-64")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    transformers.BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(folder)
+    tiny_bert_classifier(hidden_size=HIDDEN).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quantize-data")
+    write_jsonl(folder / "qa.jsonl", capital_rows() * 2)
+    write_jsonl(folder / "train.jsonl", sentences(32, 0))
+    write_jsonl(folder / "validation.jsonl", sentences(16, 1))
+    write_jsonl(folder / "test.jsonl", sentences(16, 2))
+    return folder
+
+
+def decoder_args(decoder_dir, data_dir, output, *extra):
+    return [
+        "train",
+        "--task-type",
+        "causal-lm",
+        "--model",
+        str(decoder_dir),
+        "--train-file",
+        str(data_dir / "qa.jsonl"),
+        "--no-validation",
+        "--rank",
+        "4",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "0.02",
+        "--max-length",
+        "32",
+        "--output",
+        str(output),
+        *extra,
+    ]
+
+
+def classifier_args(classifier_dir, data_dir, output, *extra):
+    return [
+        "train",
+        "--model",
+        str(classifier_dir),
+        "--train-file",
+        str(data_dir / "train.jsonl"),
+        "--validation-file",
+        str(data_dir / "validation.jsonl"),
+        "--test-file",
+        str(data_dir / "test.jsonl"),
+        "--rank",
+        "4",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--max-length",
+        "16",
+        "--learning-rate",
+        "0.01",
+        "--output",
+        str(output),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def decoder_run(decoder_dir, data_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("quantized-runs") / "decoder-4bit"
+    assert main(decoder_args(decoder_dir, data_dir, output, "--quantize", "4bit")) == 0
+    return output
+
+
+def recorded_quantization(run):
+    record = json.loads((run / "checkpoint" / "monteclora_config.json").read_text())
+    return Quantization.from_dict(record["base_model"]["quantization"])
+
+
+def test_a_4bit_decoder_run_records_its_quantisation_and_generate_and_evaluate_rebuild_it(
+    decoder_run, data_dir, tmp_path, capsys
+):
+    assert json.loads((decoder_run / "run.json").read_text())["arguments"]["quantize"] == "4bit"
+    quantization = recorded_quantization(decoder_run)
+    assert (quantization.bits, quantization.quant_type, quantization.double_quant) == (4, "nf4", True)
+    out = tmp_path / "generations.jsonl"
+    argv = ["generate", "--checkpoint", str(decoder_run), "--prompt-file", str(data_dir / "qa.jsonl")]
+    assert main([*argv, "--num-samples", "3", "--max-new-tokens", "3", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 16 and all(len(row["generations"]) == 3 for row in rows)
+    argv = ["evaluate", "--checkpoint", str(decoder_run), "--test-file", str(data_dir / "qa.jsonl")]
+    assert main([*argv, "--num-samples", "2", "--output", str(tmp_path / "nll")]) == 0
+    metrics = json.loads((tmp_path / "nll" / "metrics.json").read_text())["metrics"]
+    assert metrics["tokens"] == 32 and metrics["token_nll"] > 0
+
+
+def test_an_8bit_classifier_run_trains_its_fp32_head_and_predict_rebuilds_the_base(
+    classifier_dir, data_dir, tmp_path, capsys
+):
+    run = tmp_path / "classifier-8bit"
+    assert main(classifier_args(classifier_dir, data_dir, run, "--quantize", "8bit")) == 0
+    assert "base quantised 8bit (int8)" in capsys.readouterr().err
+    assert recorded_quantization(run).bits == 8
+    record = json.loads((run / "checkpoint" / "monteclora_config.json").read_text())
+    assert "network.classifier.weight" in record["tensors"]  # the head is trained in full precision
+    output = tmp_path / "predictions.jsonl"
+    argv = ["predict", "--checkpoint", str(run), "--input", str(data_dir / "test.jsonl")]
+    assert main([*argv, "--num-samples", "3", "--output", str(output)]) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 16 and all(abs(sum(row["probabilities"].values()) - 1) < 1e-4 for row in rows)
+
+
+def test_bad_quantisation_input_exits_2_with_one_line_and_writes_nothing(
+    decoder_dir, data_dir, decoder_run, tmp_path, monkeypatch, capsys
+):
+    def refused(argv, pattern):
+        before, run_before = snapshot(tmp_path), snapshot(decoder_run)
+        status = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert status == 2, err
+        assert err.startswith("pyro-monteclora") and "\n" not in err, err
+        assert __import__("re").search(pattern, err), err
+        assert snapshot(tmp_path) == before and snapshot(decoder_run) == run_before
+
+    output = tmp_path / "run"
+    refused(
+        decoder_args(decoder_dir, data_dir, output, "--quantize", "4bit", "--method", "full"),
+        r"--quantize 4bit freezes the base in 4 bits, and --method full trains every weight",
+    )
+    refused(decoder_args(decoder_dir, data_dir, output, "--quantize", "2bit"), r"invalid choice: '2bit'")
+    evaluate = ["evaluate", "--checkpoint", str(decoder_run), "--test-file", str(data_dir / "qa.jsonl")]
+    evaluate += ["--output", str(tmp_path / "nll")]
+    # a device bitsandbytes cannot run this quantisation on
+    monkeypatch.setattr(quantization_module, "_DEVICE_CHECKS", {})
+    monkeypatch.setattr(quantization_module, "_try_device", lambda *args: "NotImplementedError: no 4-bit kernel")
+    refused(
+        decoder_args(decoder_dir, data_dir, output, "--quantize", "4bit"),
+        r"--quantize 4bit: bitsandbytes .* cannot run a 4bit \(nf4\) base on cpu: NotImplementedError",
+    )
+    refused(evaluate, r"--checkpoint .*: its base is quantised: bitsandbytes .* cannot run a 4bit \(nf4\) base on cpu")
+    # bitsandbytes not installed: the message names the extra
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name))
+    refused(
+        decoder_args(decoder_dir, data_dir, output, "--quantize", "8bit"),
+        r"--quantize 8bit: a quantised base needs bitsandbytes, which is not installed: "
+        r'pip install "pyro-monteclora\[quantize\]"',
+    )
+    refused(evaluate, r"its base is quantised: a quantised base needs bitsandbytes.*\[quantize\]")
