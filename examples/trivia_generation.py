@@ -87,6 +87,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="also train the LoRA baseline (same budget and seed) and generate with it",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=["4bit", "8bit"],
+        default=None,
+        help="train (and generate) on a quantised base: train --quantize (needs the quantize extra)",
+    )
     parser.add_argument("--fast", action="store_true", help="tiny smoke-test settings")
     args = apply_presets(parser, parser.parse_args(argv), PRESETS)
     for name in ("train_samples", "test_samples", "epochs", "num_samples", "batch_size", "rank", "max_new_tokens"):
@@ -183,6 +189,7 @@ def main(argv=None) -> dict:
                 "--output",
                 str(output / method),
                 "--overwrite",
+                *(["--quantize", args.quantize] if args.quantize else []),
             ]
         )
     if args.with_lora:
@@ -225,6 +232,7 @@ def main(argv=None) -> dict:
             "max_new_tokens",
             "seed",
             "with_lora",
+            "quantize",
             "fast",
         )
     }
