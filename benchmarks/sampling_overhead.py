@@ -1,7 +1,8 @@
 """The MonteCLoRA-only work of one SVI step, with the network left out: the guide's draws, the
 model's sites and perturbations, the closed-form KL, and their backward, for the 12 adapted layers
 of MiniLM (r = 8, query + value; ``--model llama`` for the suite's tiny Llama, ``--all-linear`` to
-adapt every linear layer); medians of ``--steps`` after 20 warm-up steps (CPU).
+adapt every linear layer; ``--site-layout stacked`` for one site per kind and factor width); medians
+of ``--steps`` after 20 warm-up steps (CPU).
 
 This is what a MonteCLoRA step adds to a LoRA step besides the extra autograd work inside the
 network's backward. ``--label`` names the code measured (run it on two checkouts with
@@ -9,6 +10,7 @@ network's backward. ``--label`` names the code measured (run it on two checkouts
 the provenance (commit) of the checkout whose ``pyro_monteclora`` was imported.
 
     python benchmarks/sampling_overhead.py --label batched-guide [--steps 200] [--model llama] [--all-linear]
+        [--site-layout stacked]
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ def main() -> None:
         "--model", choices=["minilm", "llama"], default="minilm", help="llama: bench_suite.py's random 6-layer Llama"
     )
     parser.add_argument("--all-linear", action="store_true", help="adapt every linear layer, not q/v")
+    parser.add_argument(
+        "--site-layout",
+        choices=["per-layer", "stacked"],
+        default="per-layer",
+        help="MonteCLoRAConfig.site_layout (stacked: one site per kind and factor width for all layers)",
+    )
     args = parser.parse_args()
     origin = provenance()  # of the imported pyro_monteclora: maybe another checkout
     transformers.logging.set_verbosity_error()
@@ -48,7 +56,8 @@ def main() -> None:
     network = base_model(args.model)
     targets = (ALL_LINEAR if args.all_linear else TARGETS)[args.model]
     head = "classifier" if args.model == "minilm" else "score"
-    model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=targets, modules_to_save=[head]))
+    layout = {"site_layout": args.site_layout} if args.site_layout != "per-layer" else {}  # older checkouts lack it
+    model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=targets, modules_to_save=[head], **layout))
     guide = MonteCLoRAGuide(model)
     adapters = list(model.adapters().values())
     try:  # all layers' factors formed together, as MonteCLoRAModel does since 977c9bd
@@ -89,6 +98,7 @@ def main() -> None:
         model=args.model,
         steps=args.steps,
         layers=len(adapters),
+        site_layout=args.site_layout,
         torch=torch.__version__,
         provenance=origin,
     )

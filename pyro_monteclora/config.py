@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 
 from pyro_monteclora.validation import number_problem
 
-__all__ = ["MonteCLoRAConfig", "BIAS_CHOICES", "PRIOR_CHOICES"]
+__all__ = ["MonteCLoRAConfig", "BIAS_CHOICES", "PRIOR_CHOICES", "SITE_LAYOUTS"]
 
 
 def _is_number(value: Any) -> bool:
@@ -56,6 +56,9 @@ def _require(condition: bool, name: str, allowed: str, value: Any) -> None:
 
 #: the values of :attr:`MonteCLoRAConfig.bias`
 BIAS_CHOICES = ("none", "all")
+#: the values of :attr:`MonteCLoRAConfig.site_layout`: one set of Pyro sites per adapted layer, or one
+#: per kind for all layers of one width (see :mod:`pyro_monteclora.nn.sites`)
+SITE_LAYOUTS = ("per-layer", "stacked")
 #: the values of :attr:`MonteCLoRAConfig.prior`: the paper's prior, and BLoB's per-entry Gaussian
 PRIOR_CHOICES = ("wishart-mixture", "gaussian")
 
@@ -138,6 +141,14 @@ class MonteCLoRAConfig:
     )
     kl_weight: float = _field(1.0, "weight lambda >= 0 on the latent sites' KL terms (1 is the true ELBO)")
     random_B: bool = _field(False, "also make B random, with its own Wishart and Dirichlet (off in the paper)")
+    site_layout: str = _field(
+        "per-layer",
+        "'per-layer' (each adapted layer emits its own named sites, <path>.covariance, ...) or 'stacked' "
+        "(one covariance, mixture-weight and noise site per factor width for all layers, with the layer as an "
+        "event dimension: Pyro's per-site work no longer grows with the number of layers; the per-layer "
+        "values are rows of the stacked sites, see MonteCLoRAModel.site_index). The wishart-mixture prior only",
+        choices=SITE_LAYOUTS,
+    )
     bias: str = _field(
         "none",
         "'none' (frozen biases, PEFT's default) or 'all' (the biases of adapted layers trained as point estimates)",
@@ -176,6 +187,18 @@ class MonteCLoRAConfig:
             self.cooperative_weight,
         )
         _require(isinstance(self.random_B, bool), "random_B", "True or False", self.random_B)
+        _require(
+            self.site_layout in SITE_LAYOUTS,
+            "site_layout",
+            "one of " + ", ".join(repr(choice) for choice in SITE_LAYOUTS),
+            self.site_layout,
+        )
+        _require(
+            self.site_layout == "per-layer" or self.prior == "wishart-mixture",
+            "site_layout",
+            "'per-layer' with prior='gaussian' (the stacked layout covers the wishart-mixture prior's sites)",
+            self.site_layout,
+        )
         _require(
             self.bias in BIAS_CHOICES, "bias", "one of " + ", ".join(repr(choice) for choice in BIAS_CHOICES), self.bias
         )

@@ -32,6 +32,9 @@ from pyro_monteclora.training.svi import fit
 GUIDES = {
     "structured": ("sample", MonteCLoRAGuide, {}),
     "autonormal": ("sample", AutoNormal, {}),
+    # the stacked site layout: one site per kind for all layers of one width (nn.sites)
+    "structured-stacked": ("sample", MonteCLoRAGuide, {"site_layout": "stacked"}),
+    "autonormal-stacked": ("sample", AutoNormal, {"site_layout": "stacked"}),
     "mean-field": ("sample", MeanFieldGuide, {"prior": "gaussian", "kl_weight": 0.02}),
     "lora": ("mean", EmptyGuide, {}),
 }

@@ -44,10 +44,17 @@ from pyro_monteclora.nn._params import register_parameters
 from pyro_monteclora.nn.handlers import PresampledMessenger
 from pyro_monteclora.nn.layers import latent_scale
 from pyro_monteclora.nn.models import HFPyroModel, MonteCLoRAModel
-from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names
+from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names, stacked_groups, stacked_site_names
 from pyro_monteclora.storage.checkpoint import register_guide
 
-__all__ = ["MonteCLoRAGuide", "EmptyGuide", "FactorPosterior", "SCALE_TRIL_KINDS"]
+__all__ = [
+    "MonteCLoRAGuide",
+    "EmptyGuide",
+    "FactorPosterior",
+    "StackedFactorPosteriors",
+    "FactorPosteriorRow",
+    "SCALE_TRIL_KINDS",
+]
 
 SCALE_TRIL_KINDS = ("diagonal", "full")
 
@@ -72,6 +79,39 @@ class FactorPosterior(nn.Module):
         if self.scale_offdiag is not None:
             tril = tril + self.scale_offdiag.tril(-1)
         return tril
+
+
+class StackedFactorPosteriors(nn.Module):
+    """The variational parameters of ``count`` random factors stored stacked (the stacked site
+    layout): :math:`\\sigma` ``(count, r)``, :math:`\\beta` ``(count, N)`` (and the strict lower
+    triangles ``(count, r, r)`` with ``scale_tril="full"``), row :math:`k` for factor :math:`k`.
+    Three parameters to announce to Pyro per step, however many layers are adapted; initialised as
+    ``count`` :class:`FactorPosterior` would be (the same random stream)."""
+
+    def __init__(self, count: int, rank: int, num_components: int, scale_tril: str = "diagonal", device=None):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(count, rank, device=device))
+        self.log_concentration = nn.Parameter(torch.rand(count, num_components, device=device))
+        if scale_tril == "full":
+            self.scale_offdiag = nn.Parameter(torch.zeros(count, rank, rank, device=device))
+        else:
+            self.register_parameter("scale_offdiag", None)
+
+    def row(self, index: int) -> "FactorPosteriorRow":
+        """Factor ``index``'s parameters, as views (read them; train the stacked tensors)."""
+        return FactorPosteriorRow(self, index)
+
+
+class FactorPosteriorRow:
+    """One row of :class:`StackedFactorPosteriors`, read like a :class:`FactorPosterior`."""
+
+    def __init__(self, stacked: StackedFactorPosteriors, index: int):
+        self.log_scale = stacked.log_scale[index]
+        self.log_concentration = stacked.log_concentration[index]
+        self.scale_offdiag = stacked.scale_offdiag[index] if stacked.scale_offdiag is not None else None
+        self.rank = self.log_scale.shape[-1]
+
+    scale_tril = FactorPosterior.scale_tril
 
 
 @register_guide
@@ -105,23 +145,38 @@ class MonteCLoRAGuide(PyroModule):
         self._model = (model,)  # held, not a submodule (as Pyro's AutoGuide)
         self.scale_tril_kind = scale_tril
         self.config = config
-        self.posteriors = nn.ModuleDict()
+        self.stacked = config.site_layout == "stacked"
         self._sites = []  # (key, path, factor, rank, width)
+        devices = []
         for path, adapter in model.adapters().items():
             factors = [("lora_A", adapter.in_features)]
             if config.random_B:
                 factors.append(("lora_B", adapter.out_features))
             for factor, width in factors:
-                key = f"{path}.{factor}".replace(".", "__")
-                self.posteriors[key] = FactorPosterior(
-                    config.rank, config.num_components, scale_tril, device=adapter.lora_A_mean.device
-                )
-                self._sites.append((key, path, factor, config.rank, width))
+                self._sites.append((f"{path}.{factor}".replace(".", "__"), path, factor, config.rank, width))
+                devices.append(adapter.lora_A_mean.device)
+        if self.stacked:  # one tensor per kind of parameter, a row per factor
+            self.posteriors = StackedFactorPosteriors(
+                len(self._sites), config.rank, config.num_components, scale_tril, device=devices[0] if devices else None
+            )
+        else:
+            self.posteriors = nn.ModuleDict(
+                {
+                    key: FactorPosterior(config.rank, config.num_components, scale_tril, device=device)
+                    for (key, *_), device in zip(self._sites, devices)
+                }
+            )
         # fixed once the guide exists: each site's names, and the noise draws grouped by shape
         self._site_names = [factor_site_names(path, factor) for _, path, factor, _, _ in self._sites]
         self._noise_groups: Dict[tuple, list] = {}
         for index, (_, _, _, rank, width) in enumerate(self._sites):
             self._noise_groups.setdefault((rank, width), []).append(index)
+        # the stacked layout: the model's groups of factors of one width, as indices into _sites
+        position = {(path, factor): index for index, (_, path, factor, _, _) in enumerate(self._sites)}
+        self._stacked_groups = []  # (site names, index tensor, rank, width)
+        for (factor, width), members in stacked_groups(list(model.adapters().values())).items():
+            indices = torch.tensor([position[layer.path, factor] for layer in members])
+            self._stacked_groups.append((stacked_site_names(factor, width), indices, config.rank, width))
 
     @property
     def model(self) -> MonteCLoRAModel:
@@ -138,8 +193,12 @@ class MonteCLoRAGuide(PyroModule):
         return {"scale_tril": self.scale_tril_kind}
 
     def factor_posteriors(self) -> Dict[str, FactorPosterior]:
-        """The variational parameters, keyed by the factor's site stem (``<path>.lora_A``)."""
+        """The variational parameters, keyed by the factor's site stem (``<path>.lora_A``); with
+        the stacked layout, each factor's row of the stacked parameters
+        (:class:`FactorPosteriorRow`, read-only views)."""
         modules = self._modules["posteriors"]
+        if self.stacked:
+            return {f"{path}.{factor}": modules.row(i) for i, (_, path, factor, _, _) in enumerate(self._sites)}
         return {f"{path}.{factor}": modules[key] for key, path, factor, _, _ in self._sites}
 
     def forward(self, *args, **kwargs) -> Dict[str, torch.Tensor]:
@@ -154,6 +213,8 @@ class MonteCLoRAGuide(PyroModule):
         register_parameters(self._pyro_name, posteriors.named_parameters())
         if not self._sites:
             return {}
+        if self.stacked:
+            return self._draw_stacked()
         values, covariances, mixtures = self.draw_all()
         draws = {}
         with PresampledMessenger(values):
@@ -200,11 +261,58 @@ class MonteCLoRAGuide(PyroModule):
             values[names["noise"]] = noise[index]
         return values, covariances, mixtures
 
+    def _draw_stacked(self) -> Dict[str, torch.Tensor]:
+        """The stacked layout's sites: per group of one factor width, :math:`q(\\Sigma)` and
+        :math:`q(\\pi)` of its ``L`` layers as one site each (the layer axis an event dimension),
+        and the shared noise; drawn from the batched posteriors in one go."""
+        q_cov, q_mix = self._batched_posteriors()
+        scale_trils, weights = q_cov.rsample(), q_mix.rsample()
+        device = q_mix.concentration.device
+        draws = {}
+        for names, indices, rank, width in self._stacked_groups:
+            indices = indices.to(device)
+            values = {
+                names["covariance"]: scale_trils.index_select(0, indices),
+                names["mixture_weights"]: weights.index_select(0, indices),
+                names["noise"]: torch.randn(len(indices), rank, width, device=device),
+            }
+            covariance, mixture = self._posteriors_at(q_cov, q_mix, indices)
+            with PresampledMessenger(values), latent_scale(self.config.kl_weight):
+                draws[names["covariance"]] = pyro.sample(
+                    names["covariance"], covariance.to_event(1), infer={LATENT_SITE: True}
+                )
+                draws[names["mixture_weights"]] = pyro.sample(
+                    names["mixture_weights"], mixture.to_event(1), infer={LATENT_SITE: True}
+                )
+            with PresampledMessenger(values):
+                noise = StandardNormalMatrix(rank, width, device).expand((len(indices),)).to_event(1)
+                draws[names["noise"]] = pyro.sample(names["noise"], noise)
+        return draws
+
+    def _posteriors_at(self, q_cov, q_mix, indices):
+        """The rows ``indices`` of the batched :math:`q(\\Sigma)` and :math:`q(\\pi)`."""
+        df = self.prior.wishart_df
+        if q_cov.log_scale_diagonal is not None:
+            covariance = WishartCholesky.from_log_diagonal(
+                df, q_cov.log_scale_diagonal.index_select(0, indices), validate_args=False
+            )
+        else:
+            covariance = WishartCholesky(df, q_cov.scale_tril.index_select(0, indices), validate_args=False)
+        return covariance, dist.Dirichlet(q_mix.concentration.index_select(0, indices), validate_args=False)
+
     def _batched_posteriors(self):
         """:math:`q(\\Sigma)` and :math:`q(\\pi)` of all factors as two batched distributions (the
         parameters stacked in site order; built from positive parameters, so not re-validated).
         :math:`q(\\Sigma)` has the prior's degrees of freedom :math:`\\nu`, as the paper's."""
         df = self.prior.wishart_df
+        if self.stacked:
+            stacked = self._modules["posteriors"]
+            if self.scale_tril_kind == "diagonal":
+                q_cov = WishartCholesky.from_log_diagonal(df, stacked.log_scale, validate_args=False)
+            else:
+                tril = torch.diag_embed(stacked.log_scale.exp()) + stacked.scale_offdiag.tril(-1)
+                q_cov = WishartCholesky(df, tril, validate_args=False)
+            return q_cov, dist.Dirichlet(stacked.log_concentration.exp(), validate_args=False)
         posteriors = [self._modules["posteriors"][key] for key, *_ in self._sites]
         if self.scale_tril_kind == "diagonal":
             q_cov = WishartCholesky.from_log_diagonal(
@@ -228,7 +336,16 @@ class MonteCLoRAGuide(PyroModule):
         device = q_mix.concentration.device
         prior_cov = self.prior.covariance(device, q_cov.batch_shape)
         prior_mix = self.prior.mixture_weights(device, q_mix.batch_shape)
-        kls = torch.cat([kl_divergence(q_cov, prior_cov), kl_divergence(q_mix, prior_mix)])
+        covariance_kls, mixture_kls = kl_divergence(q_cov, prior_cov), kl_divergence(q_mix, prior_mix)
+        if self.stacked:  # one KL per stacked site: the sum over its layers
+            groups = [(names, indices.to(device)) for names, indices, _, _ in self._stacked_groups]
+            kls = torch.stack(
+                [covariance_kls.index_select(0, indices).sum() for _, indices in groups]
+                + [mixture_kls.index_select(0, indices).sum() for _, indices in groups]
+            )
+            sites = [names["covariance"] for names, _ in groups] + [names["mixture_weights"] for names, _ in groups]
+            return sites, kls
+        kls = torch.cat([covariance_kls, mixture_kls])
         names = [names["covariance"] for names in self._site_names] + [
             names["mixture_weights"] for names in self._site_names
         ]
@@ -245,6 +362,8 @@ class MonteCLoRAGuide(PyroModule):
 
     def zero_kl_sites(self) -> set:
         """Latent sites whose model and guide distributions are identical (the shared noise)."""
+        if self.stacked:
+            return {names["noise"] for names, *_ in self._stacked_groups}
         return {names["noise"] for names in self._site_names}
 
     def kl_divergence(self) -> torch.Tensor:

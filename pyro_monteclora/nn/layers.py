@@ -48,7 +48,7 @@ from torch import nn
 from pyro_monteclora.config import MonteCLoRAConfig
 from pyro_monteclora.distributions import StandardNormalMatrix, lora_perturbation
 from pyro_monteclora.nn.priors import GaussianPrior, MonteCLoRAPrior, prior_from_config
-from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names
+from pyro_monteclora.nn.sites import LATENT_SITE, factor_site_names, stacked_groups, stacked_site_names
 from pyro_monteclora.quantization import linear_shape, prepare_quantized_layer
 
 __all__ = ["MonteCLoRALinear", "sample_adapter_factors", "latent_scale", "record_value"]
@@ -264,6 +264,9 @@ def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
     ``Predictive``) are stacked along the layer axis just left of the factor's two dimensions, so
     each layer's mean broadcasts against its own draws only.
     """
+    if adapters and adapters[0].config.site_layout == "stacked":
+        _sample_stacked_factors(adapters)
+        return
     groups: dict = {}  # (factor, shapes of M, L, pi, Z, device, s) -> [(adapter, L, pi, Z)]
     values: dict = {}
     for adapter in adapters:
@@ -293,6 +296,44 @@ def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
         stacked = means + (delta.mT if factor == "lora_B" else delta)
         for layer, value in zip(layers, stacked.unbind(-3)):
             values[layer, factor] = record_value(layer._site_names[factor]["value"], value)
+    for adapter in adapters:
+        B = values[adapter, "lora_B"] if adapter.random_B else adapter.lora_B
+        adapter.hold_factors(values[adapter, "lora_A"], B)
+
+
+def _sample_stacked_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
+    """The stacked layout (``site_layout="stacked"``): per factor width, one covariance, one
+    mixture-weight and one noise site for all its ``L`` layers (the layer axis an event dimension),
+    one batched perturbation and one deterministic site of shape ``(..., L, r, d)``; then each
+    layer holds its row. The joint density is the per-layer layout's."""
+    values: dict = {}
+    for (factor, width), members in stacked_groups(adapters).items():
+        first = members[0]
+        config, names, device, count = (
+            first.config,
+            stacked_site_names(factor, width),
+            first.lora_A_mean.device,
+            len(members),
+        )
+        covariance_prior, mixture_prior = (
+            first.prior.covariance(device, (count,)),
+            first.prior.mixture_weights(device, (count,)),
+        )
+        with latent_scale(config.kl_weight):
+            scale_tril = pyro.sample(names["covariance"], covariance_prior.to_event(1), infer={LATENT_SITE: True})
+            weights = pyro.sample(names["mixture_weights"], mixture_prior.to_event(1), infer={LATENT_SITE: True})
+        noise = pyro.sample(
+            names["noise"], StandardNormalMatrix(first.rank, width, device).expand((count,)).to_event(1)
+        )
+        if config.cooperative_weight > 0:
+            pyro.factor(
+                f"{names['mixture_weights']}.cooperative", -config.cooperative_weight * weights.pow(2).sum((-2, -1))
+            )
+        delta = lora_perturbation(scale_tril, weights, noise, config.sample_scaler)  # (..., L, r, d)
+        means = torch.stack([layer.factor_mean(factor) for layer in members])
+        stacked = record_value(names["value"], means + (delta.mT if factor == "lora_B" else delta))
+        for layer, value in zip(members, stacked.unbind(-3)):
+            values[layer, factor] = value
     for adapter in adapters:
         B = values[adapter, "lora_B"] if adapter.random_B else adapter.lora_B
         adapter.hold_factors(values[adapter, "lora_A"], B)

@@ -362,6 +362,29 @@ class MonteCLoRAModel(HFPyroModel):
         network = self.network
         return {path: network.get_submodule(path) for path in self._adapter_paths}
 
+    def site_index(self) -> Dict[str, tuple]:
+        """Where each layer's random factor is in the trace: ``{"<path>.lora_A": (site, row)}``.
+
+        With the per-layer layout the site is ``<path>.lora_A`` itself and ``row`` is ``None``;
+        with ``site_layout="stacked"`` it is the stacked site (``stacked.lora_A.<d_in>``) and the
+        layer's values are ``value[..., row, :, :]`` of it (and of its ``.covariance``,
+        ``.mixture_weights`` and ``.noise`` sites).
+        """
+        from pyro_monteclora.nn.sites import factor_site_names, stacked_groups, stacked_site_names
+
+        adapters = list(self.adapters().values())
+        if self.config.site_layout != "stacked":
+            return {
+                f"{a.path}.{factor}": (factor_site_names(a.path, factor)["value"], None)
+                for a in adapters
+                for factor in a.random_factors
+            }
+        index = {}
+        for (factor, width), members in stacked_groups(adapters).items():
+            for row, layer in enumerate(members):
+                index[f"{layer.path}.{factor}"] = (stacked_site_names(factor, width)["value"], row)
+        return index
+
     @contextlib.contextmanager
     def sampled_adapters(self):
         """Draw every adapter's factors (emitting the latent sites) and hold them for the context.
