@@ -31,6 +31,7 @@ VALUES = {
     "cooperative_weight": (["--cooperative-weight", "0.1"], 0.1),
     "kl_weight": (["--kl-weight", "0.25"], 0.25),
     "random_B": (["--random-B"], True),
+    "site_layout": (["--site-layout", "stacked"], "stacked"),
     "bias": (["--bias", "all"], "all"),
 }
 FIELDS = [field.name for field in dataclasses.fields(MonteCLoRAConfig)]
