@@ -146,6 +146,21 @@ def _speed(bench: dict, llama: dict, cuda: dict) -> str:
     return _pipe(rows)
 
 
+def _site_layouts(runs: list[dict]) -> str:
+    """The latest ``sampling_overhead.py`` run of each (model, adapters, site layout) that records its
+    layout: milliseconds of MonteCLoRA-only host work per step, by part."""
+    latest = {}
+    for run in runs:
+        if "site_layout" in run:
+            latest[run.get("model", "minilm"), run["layers"], run["site_layout"]] = run
+    rows = [["model, adapted layers", "site layout", "guide", "model sites", "KL", "backward", "total ms"]]
+    names = {"minilm": "MiniLM", "llama": "tiny Llama"}
+    for (model, layers, layout), run in sorted(latest.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+        parts = [_round(run[key], 2) for key in ("guide", "model_sites", "kl", "backward", "total")]
+        rows.append([f"{names.get(model, model)}, {layers}", layout, *parts])
+    return _pipe(rows)
+
+
 SUITE_ROWS = (  # (case, label, memory measured)
     ("plain-lora", "plain-PyTorch LoRA (the floor)", True),
     ("peft-monteclora", "PEFT's MonteCLoRA variant (``MontecloraConfig``, 4 samples)", True),
@@ -182,6 +197,7 @@ def docs_tables(results: Path = RESULTS) -> dict[Path, str]:
     cuda = _read("cuda_check_h200.json", results)
     generation = (results / "generation_speed.md").read_text()
     trivia = (results / "trivia" / "report.md").read_text()
+    layout_runs = [run for run in _read("sampling_overhead.json", results) if "site_layout" in run]
     tables = {
         "demo_seeds/demo_summary.rst": (
             _measured_at(demo, "demo_seeds/demo_summary.json"),
@@ -213,6 +229,13 @@ def docs_tables(results: Path = RESULTS) -> dict[Path, str]:
             "Source: ``generation_speed.json``.",
             list_table(
                 "16 trivia prompts × 16 new tokens, median of 3 interleaved rounds, CPU", _first_table(generation)
+            ),
+        ),
+        "site_layout.rst": (
+            _measured_at(layout_runs[-1], "sampling_overhead.json"),
+            list_table(
+                "MonteCLoRA-only host work of one SVI step (CPU, medians of 200 steps; the network left out)",
+                _site_layouts(layout_runs),
             ),
         ),
         "trivia/report.rst": (

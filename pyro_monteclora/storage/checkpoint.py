@@ -6,8 +6,10 @@ A saved model is a folder with two files:
     the format tag and version, the model class (``MonteCLoRAModel`` or ``FullFineTuneModel``) and
     its adapter mode, the :class:`~pyro_monteclora.MonteCLoRAConfig`, the guide's class and
     options (``null`` when saved without a guide), the likelihood, a description of
-    the base model (its ``name_or_path``, class, ``model_type`` and a fingerprint of its frozen
-    weights), the name and shape of every saved tensor, and free-form ``metadata``;
+    the base model (its ``name_or_path``, class, ``model_type``, a fingerprint of its frozen
+    weights and its ``quantization``: ``null``, or the
+    :class:`~pyro_monteclora.quantization.Quantization` it was loaded with, which loading repeats),
+    the name and shape of every saved tensor, and free-form ``metadata``;
 ``model.safetensors``
     the trained tensors only: ``network.<parameter name>`` (adapter means :math:`M`, :math:`B`,
     ``modules_to_save``, trained biases; every weight for full fine-tuning) and ``guide.<name>``
