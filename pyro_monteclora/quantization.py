@@ -196,9 +196,6 @@ def require_bitsandbytes():
     """Import bitsandbytes, or raise :class:`QuantizationError` saying which extra installs it."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise QuantizationError(f"a quantised base needs bitsandbytes, which is not installed: {INSTALL_HINT}")
-    # bitsandbytes warns at import that the optional `kernels` package is missing for its packed
-    # bf16 CPU kernel, which prepare_quantized_layer switches off anyway
-    _drop_messages("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward")
     import bitsandbytes
 
     return bitsandbytes
@@ -361,3 +358,9 @@ def prepare_quantized_layer(module: nn.Module) -> None:
             )
     elif kind == 8:
         quiet_int8_input_cast()
+
+
+# bitsandbytes warns when it is imported (by this module, transformers or PEFT) that the optional
+# `kernels` package is missing for its packed bf16 CPU kernel, which prepare_quantized_layer
+# switches off anyway: that one message is dropped
+_drop_messages("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward")
