@@ -103,6 +103,7 @@ def test_the_quantised_weight_is_within_the_stated_rounding_bound(bases, name):
         tightest = max(tightest, float((error / bound).max()))
     assert tightest > 0.9  # the bound is the real one, not a loose one
 
+
 @pytest.mark.parametrize("name", BITS)
 def test_an_adapter_on_a_quantised_layer_computes_the_dequantised_weight_plus_the_fp32_update(bases, name):
     """The mean adapter's logits on the quantised base equal the same adapters on an fp32 base
@@ -257,6 +258,7 @@ def test_a_quantised_checkpoint_records_and_rebuilds_its_quantisation(bases, nam
     assert Quantization.from_dict(recorded) == describe_quantization(model.network)
     loaded, loaded_guide = load_pretrained(tmp_path)  # the base from its recorded path, quantised again
     assert describe_quantization(loaded.network) == describe_quantization(model.network)
+    assert describe_quantization(MonteCLoRAModel.from_pretrained(tmp_path).network).name == name
     batch = ids(2)
     with torch.no_grad(), model.mean_adapters(), loaded.mean_adapters():
         torch.testing.assert_close(loaded.logits(input_ids=batch), model.logits(input_ids=batch))
