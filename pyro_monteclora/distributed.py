@@ -38,6 +38,7 @@ __all__ = [
     "all_reduce_sums",
     "gather_tensors",
     "all_ranks_agree",
+    "local_device",
 ]
 
 
@@ -61,6 +62,20 @@ def launched_world_size() -> int:
 def launched_rank() -> int:
     """``RANK`` as set by the launcher (0 when not launched)."""
     return int(os.environ.get("RANK", "0") or 0)
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The device this process places its model on: ``cuda:LOCAL_RANK`` for a CUDA ``device``
+    without an index when launched with several processes (each rank its own GPU), else
+    ``device`` itself.
+
+    >>> local_device(torch.device("cpu"))
+    device(type='cpu')
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and launched_world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+    return device
 
 
 def init_distributed(device: torch.device) -> bool:

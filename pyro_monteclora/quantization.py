@@ -4,18 +4,21 @@ The frozen base weight :math:`W_0` is stored in 4 or 8 bits and de-quantised blo
 each product; everything that is trained or sampled stays fp32: the adapters' :math:`M` and
 :math:`B`, the guide, the Wishart/Dirichlet draws and the perturbation
 :math:`s \\lVert\\pi\\rVert L Z`, and the classification head (never quantised: it is trained).
-A quantised layer computes :math:`\\hat W_0 x` with :math:`\\hat W_0 = \\operatorname{deq}(q(W_0))`,
-so the adapter layer on it is
+A 4-bit layer computes :math:`\\hat W_0 x` with :math:`\\hat W_0 = \\operatorname{deq}(q(W_0))`
+(in its compute dtype), so the adapter layer on it is
 
 .. math::
 
     y = \\hat W_0 x + b + \\gamma\\, B A\\, x, \\qquad
-    |\\hat W_0 - W_0|_{ij} \\le \\epsilon\\, \\max_{\\text{block}(ij)} |W_0|,
+    |\\hat W_0 - W_0|_{ij} \\le \\epsilon\\, a_{ij} + |a'_{ij} - a_{ij}|,
 
-with :math:`\\epsilon` half the widest gap between neighbouring code values: 0.152 for NF4 (its
-two lowest levels are :math:`-1` and :math:`-0.696`; one absmax per block of 64 weights) and :math:`1/254` for
-LLM.int8 (one absmax per output row; with the default outlier threshold 6 on the CPU every column
-is int8).
+with :math:`a_{ij}` the absmax of the weight's block, :math:`a'_{ij}` the value stored for it (the
+same, unless double quantisation rounds it too) and :math:`\\epsilon` half the widest gap
+between neighbouring code values: 0.152 for NF4 (its two lowest levels are :math:`-1` and
+:math:`-0.696`; one absmax per block of 64 weights) and :math:`1/254` for
+LLM.int8 (one absmax per output row; the weight is rounded to fp16 first, which adds up to
+:math:`2^{-11} a`; LLM.int8 also rounds each activation row to int8, so its layer is not exactly
+:math:`\\hat W_0 x`). ``tests/test_quantization.py`` checks both bounds entry by entry.
 
 A :class:`Quantization` is what a checkpoint records (``monteclora_config.json``'s
 ``base_model.quantization``), so ``evaluate``, ``predict``, ``generate`` and
@@ -32,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -71,6 +75,21 @@ _BNB_LINEAR = {"Linear4bit": 4, "Linear8bitLt": 8}
 _DEVICE_CHECKS: Dict[tuple, Optional[str]] = {}
 
 
+_COMPONENT = r"(?:.*\.)?"  # a skip pattern's prefix: any path before the named component
+
+
+def _skip_name(pattern: str) -> str:
+    """The module name a :meth:`Quantization.skip_patterns` pattern was made from (a plain name
+    as it is)."""
+    if pattern.startswith(_COMPONENT):
+        return re.sub(r"\\(.)", r"\1", pattern[len(_COMPONENT) :])
+    return pattern
+
+
+def _choices(values) -> str:
+    return ", ".join(repr(value) for value in values)
+
+
 class QuantizationError(ValueError):
     """A quantisation that cannot be used: bitsandbytes is missing, the device cannot run it, or a
     recorded quantisation is malformed."""
@@ -86,8 +105,8 @@ class Quantization:
         double quantisation, about 0.4 bits per weight saved).
     :param str compute_dtype: the dtype a 4-bit layer de-quantises to and multiplies in
         (``"float32"``, ``"bfloat16"``, ``"float16"``).
-    :param skip_modules: module names kept in full precision (matched as transformers does: a
-        suffix or a prefix up to a dot); :data:`NEVER_QUANTIZED` is always added.
+    :param skip_modules: module names kept in full precision, with everything under them (a path
+        component of that name, :meth:`skip_patterns`); :data:`NEVER_QUANTIZED` is always added.
     :param float threshold: 8-bit only: LLM.int8's outlier threshold (input columns above it run in
         16 bits on the GPU).
     """
@@ -101,16 +120,20 @@ class Quantization:
 
     def __post_init__(self):
         if self.bits not in _QUANT_TYPES:
-            raise QuantizationError(f"quantization bits must be one of {sorted(_QUANT_TYPES)}, got {self.bits!r}")
+            raise QuantizationError(f"Quantization.bits must be one of {_choices(_QUANT_TYPES)}, got {self.bits!r}")
         if self.quant_type not in _QUANT_TYPES[self.bits]:
             raise QuantizationError(
-                f"quantization quant_type for {self.bits} bits must be one of "
-                f"{list(_QUANT_TYPES[self.bits])}, got {self.quant_type!r}"
+                f"Quantization.quant_type for {self.bits} bits must be one of "
+                f"{_choices(_QUANT_TYPES[self.bits])}, got {self.quant_type!r}"
             )
         if self.compute_dtype not in _COMPUTE_DTYPES:
             raise QuantizationError(
-                f"quantization compute_dtype must be one of {sorted(_COMPUTE_DTYPES)}, got {self.compute_dtype!r}"
+                f"Quantization.compute_dtype must be one of {_choices(_COMPUTE_DTYPES)}, got {self.compute_dtype!r}"
             )
+        if not (isinstance(self.threshold, (int, float)) and self.threshold > 0):
+            raise QuantizationError(f"Quantization.threshold must be a number > 0, got {self.threshold!r}")
+        if self.bits == 8 and self.double_quant:
+            raise QuantizationError("Quantization.double_quant applies to 4 bits only; 8 bits takes False")
         skip = tuple(dict.fromkeys(tuple(NEVER_QUANTIZED) + tuple(self.skip_modules)))
         object.__setattr__(self, "skip_modules", skip)
 
@@ -126,10 +149,13 @@ class Quantization:
         """The quantisation ``--quantize name`` means: NF4 with double quantisation for ``"4bit"``,
         LLM.int8 for ``"8bit"``; ``compute_dtype`` is the base's dtype (``--dtype``)."""
         if name not in QUANTIZE_CHOICES:
-            raise QuantizationError(f"quantize must be one of {list(QUANTIZE_CHOICES)}, got {name!r}")
+            raise QuantizationError(f"quantize must be one of {_choices(QUANTIZE_CHOICES)}, got {name!r}")
         dtype_name = next((key for key, value in _COMPUTE_DTYPES.items() if value == compute_dtype), None)
         if dtype_name is None:
-            raise QuantizationError(f"quantization compute dtype must be one of {sorted(_COMPUTE_DTYPES)}")
+            raise QuantizationError(
+                f"the compute dtype (--dtype) must be one of torch.float32, torch.bfloat16, torch.float16, "
+                f"got {compute_dtype!r}"
+            )
         if name == "4bit":
             return cls(4, "nf4", True, dtype_name, tuple(skip_modules))
         return cls(8, "int8", False, dtype_name, tuple(skip_modules))
@@ -167,6 +193,7 @@ class Quantization:
 
     @property
     def torch_compute_dtype(self) -> torch.dtype:
+        """:attr:`compute_dtype` as a torch dtype."""
         return _COMPUTE_DTYPES[self.compute_dtype]
 
     def to_transformers(self):
@@ -174,17 +201,27 @@ class Quantization:
         require_bitsandbytes()
         from transformers import BitsAndBytesConfig
 
+        skip = self.skip_patterns()
         if self.bits == 4:
             return BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=self.quant_type,
                 bnb_4bit_use_double_quant=self.double_quant,
                 bnb_4bit_compute_dtype=self.torch_compute_dtype,
-                llm_int8_skip_modules=list(self.skip_modules),
+                llm_int8_skip_modules=skip,
             )
-        return BitsAndBytesConfig(
-            load_in_8bit=True, llm_int8_threshold=self.threshold, llm_int8_skip_modules=list(self.skip_modules)
-        )
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.threshold, llm_int8_skip_modules=skip)
+
+    def skip_patterns(self) -> list:
+        """:attr:`skip_modules` as transformers' ``llm_int8_skip_modules`` patterns: a name keeps
+        every module at or under a path component of that name (``pooler`` keeps
+        ``bert.pooler.dense``; transformers alone would match only a prefix or a suffix).
+
+        >>> import re
+        >>> bool(re.match(Quantization(4, skip_modules=("pooler",)).skip_patterns()[-1], "bert.pooler.dense"))
+        True
+        """
+        return [_COMPONENT + re.escape(name) for name in self.skip_modules]
 
     def from_pretrained_kwargs(self, device) -> dict:
         """``quantization_config`` and ``device_map`` for transformers' ``from_pretrained``: a
@@ -309,7 +346,8 @@ def describe_quantization(network: nn.Module) -> Optional[Quantization]:
         skip = recorded.get("llm_int8_skip_modules")
     compute_name = next((k for k, v in _COMPUTE_DTYPES.items() if v == compute), "float32")
     threshold = float(getattr(getattr(module, "state", None), "threshold", 6.0) or 6.0) if bits == 8 else 6.0
-    return Quantization(bits, quant_type, double_quant, compute_name, tuple(skip or ()), threshold)
+    skip = tuple(dict.fromkeys(_skip_name(pattern) for pattern in skip or ()))
+    return Quantization(bits, quant_type, double_quant, compute_name, skip, threshold)
 
 
 class _DropMessages(logging.Filter):

@@ -13,6 +13,7 @@ from test_cli import WORDS, sentences, snapshot, write_jsonl
 import pyro_monteclora.quantization as quantization_module
 from pyro_monteclora.cli import main
 from pyro_monteclora.quantization import Quantization
+from pyro_monteclora.quantization import is_quantized_linear as is_quantized
 
 pytest.importorskip("bitsandbytes")
 HIDDEN = 64  # bitsandbytes quantises 4-bit weights in blocks of 64
@@ -147,6 +148,24 @@ def test_an_8bit_classifier_run_trains_its_fp32_head_and_predict_rebuilds_the_ba
     assert len(rows) == 16 and all(abs(sum(row["probabilities"].values()) - 1) < 1e-4 for row in rows)
 
 
+def test_modules_to_save_stay_in_full_precision_and_everything_else_is_quantised(classifier_dir, data_dir, tmp_path):
+    from pyro_monteclora import load_pretrained
+    from pyro_monteclora.quantization import quantized_layer_names
+
+    run = tmp_path / "classifier-pooler"
+    argv = classifier_args(classifier_dir, data_dir, run, "--quantize", "4bit", "--modules-to-save", "pooler")
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert "pooler" in recorded_quantization(run).skip_modules
+    model, _ = load_pretrained(run / "checkpoint")
+    quantized = quantized_layer_names(model.network)
+    # 2 blocks x (query, key, value, attention output, intermediate, output): 12; pooler and head fp32
+    assert len(quantized) == 12 and not any("pooler" in path or "classifier" in path for path in quantized)
+    assert (
+        "network.bert.pooler.dense.weight"
+        in json.loads((run / "checkpoint" / "monteclora_config.json").read_text())["tensors"]
+    )
+
+
 def test_bad_quantisation_input_exits_2_with_one_line_and_writes_nothing(
     decoder_dir, data_dir, decoder_run, tmp_path, monkeypatch, capsys
 ):
@@ -165,6 +184,19 @@ def test_bad_quantisation_input_exits_2_with_one_line_and_writes_nothing(
         r"--quantize 4bit freezes the base in 4 bits, and --method full trains every weight",
     )
     refused(decoder_args(decoder_dir, data_dir, output, "--quantize", "2bit"), r"invalid choice: '2bit'")
+    refused(
+        decoder_args(decoder_dir, data_dir, output, "--quantize", "8bit", "--method", "laplace"),
+        r"--quantize 8bit with --method laplace: laplace-torch's Jacobians",
+    )
+    refused(
+        decoder_args(decoder_dir, data_dir, output, "--method", "blob", "--site-layout", "stacked"),
+        r"--site-layout stacked covers the wishart-mixture prior's sites; --method blob",
+    )
+    # --dtype is not a run option, but it sets the 4-bit compute dtype: a resume must keep it
+    refused(
+        decoder_args(decoder_dir, data_dir, decoder_run, "--quantize", "4bit", "--resume", "--dtype", "bf16"),
+        r"--resume: the run's 4bit base computes in float32; resume it with --dtype fp32",
+    )
     evaluate = ["evaluate", "--checkpoint", str(decoder_run), "--test-file", str(data_dir / "qa.jsonl")]
     evaluate += ["--output", str(tmp_path / "nll")]
     # a device bitsandbytes cannot run this quantisation on
@@ -186,3 +218,27 @@ def test_bad_quantisation_input_exits_2_with_one_line_and_writes_nothing(
         r'pip install "pyro-monteclora\[quantize\]"',
     )
     refused(evaluate, r"its base is quantised: a quantised base needs bitsandbytes.*\[quantize\]")
+
+
+def test_modules_the_checkpoint_lacks_are_loaded_in_full_precision_and_trained(classifier_dir, data_dir, tmp_path):
+    """A base whose file lacks a module (DeBERTa's pooler, here BERT's with its weights removed):
+    from_pretrained initialises it afresh, so it is trained with the head and must not be quantised."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pyro_monteclora import load_pretrained
+    from pyro_monteclora.quantization import quantized_layer_names
+
+    base = tmp_path / "no-pooler"
+    shutil.copytree(classifier_dir, base)
+    tensors = {k: v for k, v in load_file(base / "model.safetensors").items() if "pooler" not in k}
+    save_file(tensors, base / "model.safetensors", metadata={"format": "pt"})
+    run = tmp_path / "run"
+    assert main([*classifier_args(base, data_dir, run, "--quantize", "8bit"), "--epochs", "1"]) == 0
+    model, _ = load_pretrained(run / "checkpoint")
+    assert len(quantized_layer_names(model.network)) == 12 and not is_quantized(model.network.bert.pooler.dense)
+    assert (
+        "network.bert.pooler.dense.weight"
+        in json.loads((run / "checkpoint" / "monteclora_config.json").read_text())["tensors"]
+    )

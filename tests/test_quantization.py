@@ -161,7 +161,7 @@ def test_a_quantisation_record_round_trips_and_bad_fields_are_named():
     ]:
         with pytest.raises(ValueError, match=pattern):
             Quantization.from_dict(dict(record, **{field: value}))
-    with pytest.raises(QuantizationError, match=r"quantize must be one of \['4bit', '8bit'\], got '2bit'"):
+    with pytest.raises(QuantizationError, match=r"quantize must be one of .4bit., .8bit., got .2bit."):
         Quantization.from_name("2bit")
 
 
@@ -183,7 +183,11 @@ def test_trained_modules_cannot_be_quantised_and_full_fine_tuning_refuses_a_quan
         bases / "bert", quantization_config=everything, device_map={"": "cpu"}
     )
     assert is_quantized_linear(network.classifier)
-    with pytest.raises(ValueError, match=r"modules_to_save names classifier, which the base holds quantised"):
+    with pytest.raises(
+        ValueError,
+        match=r"modules_to_save names classifier, which the base holds quantised.*"
+        r"llm_int8_skip_modules=\[.classifier., ...\]",
+    ):
         bert_model(network)
     with pytest.raises(ValueError, match=r"full fine-tuning updates every weight, and 13 layers"):
         FullFineTuneModel(load(bases, "bert", "4bit"))

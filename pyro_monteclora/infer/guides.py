@@ -174,6 +174,7 @@ class MonteCLoRAGuide(PyroModule):
         # the stacked layout: the model's groups of factors of one width, as indices into _sites
         position = {(path, factor): index for index, (_, path, factor, _, _) in enumerate(self._sites)}
         self._stacked_groups = []  # (site names, index tensor, rank, width)
+        self._rows_on_device: Dict[tuple, torch.Tensor] = {}
         for (factor, width), members in stacked_groups(list(model.adapters().values())).items():
             indices = torch.tensor([position[layer.path, factor] for layer in members])
             self._stacked_groups.append((stacked_site_names(factor, width), indices, config.rank, width))
@@ -269,8 +270,8 @@ class MonteCLoRAGuide(PyroModule):
         scale_trils, weights = q_cov.rsample(), q_mix.rsample()
         device = q_mix.concentration.device
         draws = {}
-        for names, indices, rank, width in self._stacked_groups:
-            indices = indices.to(device)
+        for group, (names, _, rank, width) in enumerate(self._stacked_groups):
+            indices = self._group_rows(group, device)
             values = {
                 names["covariance"]: scale_trils.index_select(0, indices),
                 names["mixture_weights"]: weights.index_select(0, indices),
@@ -288,6 +289,14 @@ class MonteCLoRAGuide(PyroModule):
                 noise = StandardNormalMatrix(rank, width, device).expand((len(indices),)).to_event(1)
                 draws[names["noise"]] = pyro.sample(names["noise"], noise)
         return draws
+
+    def _group_rows(self, group: int, device) -> torch.Tensor:
+        """Group ``group``'s rows of the stacked parameters, as an index tensor on ``device`` (made
+        once per device: no host-to-device copy per step)."""
+        key = (group, str(device))
+        if key not in self._rows_on_device:
+            self._rows_on_device[key] = self._stacked_groups[group][1].to(device)
+        return self._rows_on_device[key]
 
     def _posteriors_at(self, q_cov, q_mix, indices):
         """The rows ``indices`` of the batched :math:`q(\\Sigma)` and :math:`q(\\pi)`."""
@@ -338,7 +347,7 @@ class MonteCLoRAGuide(PyroModule):
         prior_mix = self.prior.mixture_weights(device, q_mix.batch_shape)
         covariance_kls, mixture_kls = kl_divergence(q_cov, prior_cov), kl_divergence(q_mix, prior_mix)
         if self.stacked:  # one KL per stacked site: the sum over its layers
-            groups = [(names, indices.to(device)) for names, indices, _, _ in self._stacked_groups]
+            groups = [(names, self._group_rows(i, device)) for i, (names, *_) in enumerate(self._stacked_groups)]
             kls = torch.stack(
                 [covariance_kls.index_select(0, indices).sum() for _, indices in groups]
                 + [mixture_kls.index_select(0, indices).sum() for _, indices in groups]

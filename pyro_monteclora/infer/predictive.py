@@ -140,10 +140,25 @@ def stacked_adapter_draws(samples_per_pass: int) -> Callable[..., Iterator[Calla
             with model.stacked_adapters(guide, count) as network:
                 logits = network(**repeated, return_dict=True).logits
             for k in range(count):
-                yield lambda *args, k=k, **kwargs: logits[k * rows : (k + 1) * rows]
+                yield _stacked_slice(logits, k, rows, inputs)
             done += count
 
     return draws
+
+
+def _stacked_slice(logits: torch.Tensor, k: int, rows: int, inputs: dict) -> Callable[..., torch.Tensor]:
+    """Draw ``k``'s logits of a stacked pass, for a ``run_model(**inputs)`` call with the very
+    inputs the pass ran on (anything else is refused: the pass cannot be re-run for other inputs)."""
+
+    def run_model(*args, **kwargs) -> torch.Tensor:
+        if args or kwargs.keys() != inputs.keys() or any(kwargs[key] is not inputs[key] for key in inputs):
+            raise ValueError(
+                "stacked_adapter_draws ran the model once on the batch's inputs; its run_model takes exactly "
+                "those inputs (use adapter_draws, samples_per_pass=1, for a class_log_probs that changes them)"
+            )
+        return logits[k * rows : (k + 1) * rows]
+
+    return run_model
 
 
 def classifier_log_probs(run_model: Callable[..., torch.Tensor], batch: dict) -> torch.Tensor:

@@ -118,6 +118,11 @@ class MonteCLoRALinear(nn.Module):
         model execution and before the wrapped network runs (:func:`sample_adapter_factors`), so
         that a layer called several times (generation) reuses one draw.
         """
+        if self.config.site_layout == "stacked":
+            raise ValueError(
+                f"{self.path}: with site_layout='stacked' the sites of all layers are emitted together: "
+                f"call sample_adapter_factors(all the model's adapters), as MonteCLoRAModel does"
+            )
         sample_adapter_factors([self])
 
     def sample_latents(self, factor: str) -> tuple:

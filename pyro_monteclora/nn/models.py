@@ -331,7 +331,8 @@ class MonteCLoRAModel(HFPyroModel):
                 raise ValueError(
                     f"MonteCLoRAConfig.modules_to_save names {frozen_int[0]}, which the base holds quantised: "
                     f"a trained module must stay in full precision; load the base with "
-                    f"BitsAndBytesConfig(llm_int8_skip_modules=[{frozen_int[0].rsplit('.', 1)[-1]!r}, ...])"
+                    f"BitsAndBytesConfig(llm_int8_skip_modules=[{frozen_int[0]!r}, ...]) (a path prefix), or "
+                    f"Quantization(..., skip_modules=[{frozen_int[0].rsplit('.', 1)[-1]!r}]).to_transformers()"
                 )
         for parameter in model.parameters():
             parameter.requires_grad_(False)
@@ -339,6 +340,12 @@ class MonteCLoRAModel(HFPyroModel):
             prepare_quantized_layer(module)
         prior = prior_from_config(config)
         adapters = inject_adapters(model, config, prior)
+        devices = {str(adapter.lora_A_mean.device) for adapter in adapters.values()}
+        if config.site_layout == "stacked" and len(devices) > 1:
+            raise ValueError(
+                f"MonteCLoRAConfig.site_layout='stacked' stacks every layer's factors on one device, and this "
+                f"base's adapted layers are on {sorted(devices)} (device_map?): use site_layout='per-layer'"
+            )
         for path, module in model.named_modules():
             if path and config.matches_saved(path):
                 for parameter in module.parameters(recurse=False):

@@ -61,6 +61,7 @@ __all__ = [
     "load_trained_tensors",
     "read_trained_tensors",
     "recorded_quantization",
+    "QUANTIZED_FINGERPRINT_TOLERANCE",
 ]
 
 FORMAT = "pyro-monteclora"
@@ -107,27 +108,35 @@ def register_guide(cls: type) -> type:
     return cls
 
 
+def _first_weights(model, count: int) -> Optional[torch.Tensor]:
+    """The first ``count`` entries of the first adapted layer's frozen weight, de-quantised for a
+    quantised base (``None`` without adapters)."""
+    adapters = model.adapters()
+    if not adapters:
+        return None
+    return dequantized_weight(next(iter(adapters.values())).base_layer).flatten()[:count].cpu()
+
+
 def _base_fingerprint(model) -> Optional[List[float]]:
     """The first 32 entries of the first adapted layer's frozen weight (de-quantised, for a
     quantised base): they tell two same-shaped bases apart, and survive loading the base in
     bf16/fp16 (compared with a tolerance)."""
-    adapters = model.adapters()
-    if not adapters:
-        return None
-    weight = dequantized_weight(next(iter(adapters.values())).base_layer)
-    return [round(float(v), 6) for v in weight.flatten()[:32].cpu()]
+    weights = _first_weights(model, 32)
+    return None if weights is None else [round(float(v), 6) for v in weights]
 
 
-#: how far a 4-bit weight may be from its fp32 value, relative to the largest weight compared:
-#: half NF4's widest gap between code values (-1 to -0.696: 0.152), with a margin for double
-#: quantisation of the block constants
-QUANTIZED_FINGERPRINT_TOLERANCE = 0.16
+#: how far a 4-bit weight may be from its fp32 value, relative to the absmax of its block of 64:
+#: half NF4's widest gap between code values (-1 to -0.696: 0.152) plus the error of the block's
+#: double-quantised scale, which reaches a few percent for heavy-tailed weights; 0.25 leaves room
+#: for both, and two different bases still differ by more than it in nearly every entry
+QUANTIZED_FINGERPRINT_TOLERANCE = 0.25
 
 
 def _same_base(recorded: Optional[List[float]], model, recorded_quantization=None) -> bool:
     """Whether ``model``'s base has the frozen weights of the recorded fingerprint: to bf16's
-    precision, or, when one side is quantised and the other is not (or quantised otherwise), to the
-    4-bit rounding bound :data:`QUANTIZED_FINGERPRINT_TOLERANCE` times the largest entry."""
+    precision, or, when one side is quantised and the other is not (or quantised otherwise), each
+    entry within :data:`QUANTIZED_FINGERPRINT_TOLERANCE` times the absmax of the first block of 64
+    weights (read from the base at hand: a quantised block's largest entry is its stored scale)."""
     current = _base_fingerprint(model)
     if recorded is None or current is None:
         return True
@@ -135,7 +144,8 @@ def _same_base(recorded: Optional[List[float]], model, recorded_quantization=Non
         return False
     recorded, current = torch.tensor(recorded), torch.tensor(current)
     if recorded_quantization != _quantization_record(model.network):
-        atol = QUANTIZED_FINGERPRINT_TOLERANCE * float(torch.cat([recorded, current]).abs().max())
+        block = _first_weights(model, 64).abs().max()
+        atol = QUANTIZED_FINGERPRINT_TOLERANCE * float(torch.maximum(block, recorded.abs().max()))
         return bool(((recorded - current).abs() <= atol + 1e-6).all())
     return torch.allclose(recorded, current, rtol=1e-2, atol=1e-3)
 
