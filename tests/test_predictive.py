@@ -110,10 +110,15 @@ def test_draws_in_one_batched_pass_give_the_same_predictive_as_one_at_a_time(lay
             adapter.lora_B.normal_(0, 0.5)
     guide = MonteCLoRAGuide(model)
     batches = loader()
-    results = []
+    results, passes = [], []
     for per_pass in (1, 3, 10):  # one at a time; passes of 3, 3 and 1; all 7 in one pass
+        calls = []
+        hook = model.network.register_forward_hook(lambda module, args, kwargs, out: calls.append(1), with_kwargs=True)
         pyro.set_rng_seed(4)
         results.append(predict(model, guide, batches, num_samples=7, samples_per_pass=per_pass))
+        hook.remove()
+        passes.append(len(calls))
+    assert passes == [2 * 7, 2 * 3, 2 * 1]  # network forwards for the 2 batches
     for other in results[1:]:
         torch.testing.assert_close(other.probs, results[0].probs, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(other.mutual_information, results[0].mutual_information, rtol=1e-4, atol=1e-6)

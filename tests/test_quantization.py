@@ -52,7 +52,8 @@ def bases(tmp_path_factory):
 
 
 def load(bases, kind: str, name: str = None):
-    cls = transformers.AutoModelForCausalLM if kind == "llama" else transformers.AutoModelForSequenceClassification
+    bert = kind == "bert"
+    cls = transformers.AutoModelForSequenceClassification if bert else transformers.AutoModelForCausalLM
     kwargs = Quantization.from_name(name).from_pretrained_kwargs("cpu") if name else {}
     return cls.from_pretrained(bases / kind, **kwargs)
 
@@ -276,6 +277,38 @@ def test_a_quantised_checkpoint_records_and_rebuilds_its_quantisation(bases, nam
     record["base_model"]["quantization"]["compute_dtype"] = "float64"
     (tmp_path / CONFIG_NAME).write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"base_model\.quantization\.compute_dtype must be one of"):
+        load_pretrained(tmp_path)
+
+
+def test_heavy_tailed_weights_pass_the_fp32_to_4bit_base_check(tmp_path):
+    """The base check between an fp32 record and a 4-bit base reads the block's absmax: weights from
+    a Student-t with 3 degrees of freedom (whose block scales double quantisation rounds most) pass
+    for every seed, and another base of the same weights' scale does not."""
+    for seed in range(6):
+        network = tiny_llama(seed=seed, hidden_size=HIDDEN)
+        with torch.no_grad():
+            for module in network.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.copy_(0.02 * torch.distributions.StudentT(3.0).sample(module.weight.shape))
+        folder = tmp_path / f"t3-{seed}"
+        network.save_pretrained(folder)
+        model = llama_model(transformers.AutoModelForCausalLM.from_pretrained(folder))
+        model.save_pretrained(folder / "adapters")
+        load_pretrained(folder / "adapters", base_model=load(tmp_path, f"t3-{seed}", "4bit"))
+    with pytest.raises(CheckpointError, match=r"other frozen weights"):
+        load_pretrained(tmp_path / "t3-0" / "adapters", base_model=load(tmp_path, "t3-1", "4bit"))
+
+
+def test_a_quantised_checkpoint_on_a_device_that_cannot_run_it_is_refused_naming_the_file(bases, tmp_path, monkeypatch):
+    import pyro_monteclora.quantization as quantization_module
+
+    model = llama_model(load(bases, "llama", "4bit"))
+    model.save_pretrained(tmp_path)
+    monkeypatch.setattr(quantization_module, "_DEVICE_CHECKS", {})
+    monkeypatch.setattr(quantization_module, "_try_device", lambda *args: "RuntimeError: no kernel")
+    with pytest.raises(
+        CheckpointError, match=r"monteclora_config.json: the checkpoint's base is quantised: .*no kernel"
+    ):
         load_pretrained(tmp_path)
 
 

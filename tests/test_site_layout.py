@@ -139,3 +139,43 @@ def test_the_gaussian_prior_keeps_the_per_layer_layout():
         MonteCLoRAConfig(prior="gaussian", site_layout="stacked")
     with pytest.raises(ValueError, match=r"site_layout must be one of 'per-layer', 'stacked', got 'fused'"):
         MonteCLoRAConfig(site_layout="fused")
+
+
+def test_each_stacked_row_is_its_layers_posterior_with_random_B_and_distinct_parameters():
+    """Every factor's (sigma, beta, lower triangle) given its own values in the per-layer guide and
+    copied to its row of the stacked one: the same closed-form KL, site by site summed per group."""
+    per_layer_model, per_layer = build("per-layer", ALL_LINEAR, scale_tril="full", random_B=True)
+    _, stacked = build("stacked", ALL_LINEAR, scale_tril="full", random_B=True)
+    rows = stacked._modules["posteriors"]
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for index, (key, *_rest) in enumerate(per_layer._sites):
+            posterior = per_layer._modules["posteriors"][key]
+            for name in ("log_scale", "log_concentration", "scale_offdiag"):
+                value = 0.3 * torch.randn(getattr(posterior, name).shape, generator=generator)
+                getattr(posterior, name).copy_(value)
+                getattr(rows, name)[index].copy_(value)
+    terms = per_layer.kl_terms()
+    names, kls = stacked.batched_kl()
+    assert torch.allclose(stacked.kl_divergence(), per_layer.kl_divergence(), rtol=1e-5)
+    for site, kl in zip(names, kls):  # "stacked.lora_B.32.covariance": the sum over its layers' sites
+        _, factor, width, kind = site.split(".")
+        expected = 0.0
+        for path, layer in per_layer_model.adapters().items():
+            if (layer.in_features if factor == "lora_A" else layer.out_features) == int(width):
+                stem = path if factor == "lora_A" else f"{path}.lora_B"
+                expected = expected + terms[f"{stem}.{kind}"]
+        torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-5)
+    assert len({float(kl) for kl in kls}) == len(kls)  # distinct groups
+
+
+def test_posterior_scale_and_per_layer_calls_under_the_stacked_layout():
+    model, guide = build("stacked")
+    guide_trace = poutine.trace(guide).get_trace()
+    with model.posterior_scale(0.0), model.retained_draws():
+        poutine.replay(model, trace=guide_trace)(input_ids=IDS)
+        for adapter in model.adapters().values():
+            assert torch.equal(adapter.factors()[0], adapter.lora_A_mean)  # tau = 0: the mean
+    adapter = next(iter(model.adapters().values()))
+    with pytest.raises(ValueError, match=r"with site_layout='stacked' the sites of all layers are emitted together"):
+        adapter.sample_factors()

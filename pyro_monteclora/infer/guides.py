@@ -208,7 +208,8 @@ class MonteCLoRAGuide(PyroModule):
         The draws of all layers are made together (:meth:`draw_all`: one Bartlett, one Dirichlet
         and one noise draw per factor width) and handed to the per-layer sites, so the trace holds
         one named site per layer, with its own distribution, at the cost of a few batched
-        operations instead of a dozen per layer.
+        operations instead of a dozen per layer. With ``site_layout="stacked"`` the same draws go
+        to one site per kind and factor width instead (:meth:`_draw_stacked`).
         """
         posteriors = self._modules["posteriors"]
         register_parameters(self._pyro_name, posteriors.named_parameters())

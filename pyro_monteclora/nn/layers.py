@@ -17,6 +17,8 @@ model's Pyro sites
     <path>.lora_A.noise     Z    ~ Normal(0, 1), shape (r, d_in)
     <path>.lora_A           A    =  M + s ||pi|| L Z                  (deterministic)
 
+(With ``MonteCLoRAConfig.site_layout="stacked"`` the layers of one factor width share these sites,
+``stacked.lora_A.<d_in>.covariance`` and so on, a row per layer: :mod:`pyro_monteclora.nn.sites`.)
 The noise site is shared by model and guide, so its log-density ratio is exactly zero and nothing is
 paid twice for it (see :func:`~pyro_monteclora.distributions.lora_perturbation`). With
 ``random_B=True`` the same four sites exist under ``<path>.lora_B`` for :math:`B`'s rows.
@@ -268,6 +270,9 @@ def sample_adapter_factors(adapters: Sequence[MonteCLoRALinear]) -> None:
     Draws with batch dimensions of their own (a ``pyro.plate`` around the model, vectorised
     ``Predictive``) are stacked along the layer axis just left of the factor's two dimensions, so
     each layer's mean broadcasts against its own draws only.
+
+    With ``site_layout="stacked"`` (:mod:`~pyro_monteclora.nn.sites`) the layers of one factor
+    width share one site per kind instead, the layer axis an event dimension.
     """
     if adapters and adapters[0].config.site_layout == "stacked":
         _sample_stacked_factors(adapters)

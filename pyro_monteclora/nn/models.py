@@ -374,8 +374,9 @@ class MonteCLoRAModel(HFPyroModel):
 
         With the per-layer layout the site is ``<path>.lora_A`` itself and ``row`` is ``None``;
         with ``site_layout="stacked"`` it is the stacked site (``stacked.lora_A.<d_in>``) and the
-        layer's values are ``value[..., row, :, :]`` of it (and of its ``.covariance``,
-        ``.mixture_weights`` and ``.noise`` sites).
+        layer's values are row ``row`` of the layer axis, the third dimension from the right of it
+        and of its ``.covariance`` and ``.noise`` sites (``value[..., row, :, :]``) and the second
+        from the right of its ``.mixture_weights`` site (``value[..., row, :]``).
         """
         from pyro_monteclora.nn.sites import factor_site_names, stacked_groups, stacked_site_names
 
