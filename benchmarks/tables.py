@@ -147,17 +147,19 @@ def _speed(bench: dict, llama: dict, cuda: dict) -> str:
 
 
 def _site_layouts(runs: list[dict]) -> str:
-    """The latest ``sampling_overhead.py`` run of each (model, adapters, site layout) that records its
-    layout: milliseconds of MonteCLoRA-only host work per step, by part."""
-    latest = {}
-    for run in runs:
-        if "site_layout" in run:
-            latest[run.get("model", "minilm"), run["layers"], run["site_layout"]] = run
-    rows = [["model, adapted layers", "site layout", "guide", "model sites", "KL", "backward", "total ms"]]
+    """Every ``sampling_overhead.py`` run at the commit of the last one that records its site
+    layout, in the order they ran: milliseconds of MonteCLoRA-only host work per step, by part."""
+    commit = runs[-1].get("provenance", {}).get("commit")
+    rows = [["model, adapted layers", "site layout", "run", "guide", "model sites", "KL", "backward", "total ms"]]
     names = {"minilm": "MiniLM", "llama": "tiny Llama"}
-    for (model, layers, layout), run in sorted(latest.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+    for run in runs:
+        if run.get("provenance", {}).get("commit") != commit:
+            continue
         parts = [_round(run[key], 2) for key in ("guide", "model_sites", "kl", "backward", "total")]
-        rows.append([f"{names.get(model, model)}, {layers}", layout, *parts])
+        label = run["label"].rsplit("run ", 1)[1] if "run " in run["label"] else "1"
+        rows.append(
+            [f"{names.get(run.get('model'), run.get('model'))}, {run['layers']}", run["site_layout"], label, *parts]
+        )
     return _pipe(rows)
 
 
