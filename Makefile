@@ -11,7 +11,7 @@ TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint format demo demo-fast bench docs clean results results-demo results-sweep \
-	results-trivia results-calibration results-baselines results-speed results-data results-cuda results-tables results-quickstart results-humaneval
+	results-trivia results-calibration results-baselines results-speed results-data results-cuda results-tables results-quickstart results-humaneval results-quantized
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,7 @@ results:  # one step after the other (never two torch jobs at once on 2 cores), 
 	$(MAKE) results-calibration
 	$(MAKE) results-baselines
 	$(MAKE) results-speed
+	$(MAKE) results-quantized
 	$(MAKE) results-data
 	$(MAKE) results-tables
 
@@ -133,8 +134,18 @@ results-calibration: setup
 results-speed: bench
 	$(RUN) benchmarks/causal_lm_step.py --output $(RESULTS_DIR)/causal_lm_step.json
 	$(RUN) benchmarks/layer_forward.py --json $(RESULTS_DIR)/layer_forward.json
-	$(RUN) benchmarks/sampling_overhead.py --model llama --all-linear \
-		--label "make results: tiny Llama, every linear layer (42 adapters)"
+	for run in 1 2; do for layout in per-layer stacked; do \
+		$(RUN) benchmarks/sampling_overhead.py --model llama --all-linear --site-layout $$layout \
+			--label "make results: tiny Llama, 42 adapters, $$layout sites, run $$run" || exit 1; done; done
+	for layout in per-layer stacked; do \
+		$(RUN) benchmarks/sampling_overhead.py --model minilm --site-layout $$layout \
+			--label "make results: MiniLM, $$layout sites" || exit 1; done
+
+# Quantised bases on SmolLM2: SVI step memory and time in fp32 / 8-bit / 4-bit (~3 min), then the trivia
+# example on a 4-bit base against fp32, seeds 0 and 1 (~35 min; benchmarks/results/quantized_*/).
+results-quantized: setup
+	$(RUN) benchmarks/quantized_base.py
+	$(RUN) benchmarks/quantized_trivia.py --seeds 0 1
 
 # The data layer against the hand-written readers it replaced (f64e2ac): load + tokenise of Rotten
 # Tomatoes and a generated million-row csv, then train + evaluate on each (~35 min, ~2 GB of disk).
