@@ -131,7 +131,7 @@ def _check_quantized_base(directory: Path, record: dict, device) -> None:
     """A checkpoint trained on a quantised base loads it quantised again: refuse it (exit 2, before
     anything is loaded or written) when bitsandbytes is missing or cannot run it on ``device``."""
     from pyro_monteclora.quantization import QuantizationError, check_quantization_device
-    from pyro_monteclora.storage.checkpoint import recorded_quantization
+    from pyro_monteclora.storage.bases import recorded_quantization
 
     try:
         quantization = recorded_quantization(record)

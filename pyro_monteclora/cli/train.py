@@ -559,7 +559,8 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
 def _check_resumed_compute_dtype(checkpoint: Path, quantization) -> None:
     """``--dtype`` is not a run option, but it sets a 4-bit base's compute dtype: a resume must
     multiply as the run did (exit 2 otherwise, before the base is loaded)."""
-    from pyro_monteclora.storage.checkpoint import read_saved_config, recorded_quantization
+    from pyro_monteclora.storage.bases import recorded_quantization
+    from pyro_monteclora.storage.checkpoint import read_saved_config
 
     recorded = recorded_quantization(read_saved_config(checkpoint))
     if recorded is not None and recorded.compute_dtype != quantization.compute_dtype:

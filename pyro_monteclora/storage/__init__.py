@@ -11,6 +11,8 @@ configurations, so the models (:mod:`pyro_monteclora.nn`) and guides
   behind.
 * :mod:`~pyro_monteclora.storage.checkpoint` -- Saving and loading trained models: safetensors for
   tensors, JSON for everything else.
+* :mod:`~pyro_monteclora.storage.bases` -- Which base model a checkpoint was made for: its
+  description, quantisation and a fingerprint of its frozen weights.
 * :mod:`~pyro_monteclora.storage.ensembles` -- Ensemble members (deep or checkpoint ensembles)
   inside a checkpoint folder.
 * :mod:`~pyro_monteclora.storage.calibration` -- A fitted temperature beside a checkpoint.
@@ -20,14 +22,16 @@ configurations, so the models (:mod:`pyro_monteclora.nn`) and guides
 * :mod:`~pyro_monteclora.storage.pretrained` -- Base models that need preparing before
   ``from_pretrained``: GGUF files and the offline decoder.
 
-It imports only the leaves (:mod:`pyro_monteclora.config`, :mod:`pyro_monteclora.util`).
+It imports only the leaves (:mod:`pyro_monteclora.config`, :mod:`pyro_monteclora.util`,
+:mod:`pyro_monteclora.quantization`, ...).
 
 Every public name of these modules is importable from ``pyro_monteclora.storage``.
 """
 
-from pyro_monteclora.storage import assets, atomic, calibration, checkpoint, ensembles, pretrained
+from pyro_monteclora.storage import assets, atomic, bases, calibration, checkpoint, ensembles, pretrained
 from pyro_monteclora.storage.assets import *  # noqa: F403
 from pyro_monteclora.storage.atomic import *  # noqa: F403
+from pyro_monteclora.storage.bases import *  # noqa: F403
 from pyro_monteclora.storage.calibration import *  # noqa: F403
 from pyro_monteclora.storage.checkpoint import *  # noqa: F403
 from pyro_monteclora.storage.ensembles import *  # noqa: F403
@@ -37,6 +41,7 @@ from pyro_monteclora.storage.pretrained import *  # noqa: F403
 __all__ = [
     *atomic.__all__,
     *checkpoint.__all__,
+    *bases.__all__,
     *ensembles.__all__,
     *calibration.__all__,
     *assets.__all__,

@@ -29,20 +29,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pyro_monteclora.quantization import (
-    Quantization,
-    QuantizationError,
-    check_quantization_device,
-    dequantized_weight,
-    describe_quantization,
-)
+from pyro_monteclora.quantization import QuantizationError, check_quantization_device
 from pyro_monteclora.storage.atomic import atomic_file, atomic_write_json
+from pyro_monteclora.storage.bases import (
+    base_fingerprint,
+    describe_base,
+    recorded_quantization,
+    same_base,
+)
 from pyro_monteclora.validation import FieldError, check_value, get_field, parse_json
 
 __all__ = [
@@ -60,8 +60,6 @@ __all__ = [
     "trained_tensors",
     "load_trained_tensors",
     "read_trained_tensors",
-    "recorded_quantization",
-    "QUANTIZED_FINGERPRINT_TOLERANCE",
 ]
 
 FORMAT = "pyro-monteclora"
@@ -106,65 +104,6 @@ def register_guide(cls: type) -> type:
         raise ValueError(f"register_guide: {cls.__name__} has no checkpoint_options() method")
     GUIDE_CLASSES[cls.__name__] = cls
     return cls
-
-
-def _first_weights(model, count: int) -> Optional[torch.Tensor]:
-    """The first ``count`` entries of the first adapted layer's frozen weight, de-quantised for a
-    quantised base (``None`` without adapters)."""
-    adapters = model.adapters()
-    if not adapters:
-        return None
-    return dequantized_weight(next(iter(adapters.values())).base_layer).flatten()[:count].cpu()
-
-
-def _base_fingerprint(model) -> Optional[List[float]]:
-    """The first 32 entries of the first adapted layer's frozen weight (de-quantised, for a
-    quantised base): they tell two same-shaped bases apart, and survive loading the base in
-    bf16/fp16 (compared with a tolerance)."""
-    weights = _first_weights(model, 32)
-    return None if weights is None else [round(float(v), 6) for v in weights]
-
-
-#: how far a 4-bit weight may be from its fp32 value, relative to the absmax of its block of 64:
-#: half NF4's widest gap between code values (-1 to -0.696: 0.152) plus the error of the block's
-#: double-quantised scale, which reaches a few percent for heavy-tailed weights; 0.25 leaves room
-#: for both, and two different bases still differ by more than it in nearly every entry
-QUANTIZED_FINGERPRINT_TOLERANCE = 0.25
-
-
-def _same_base(recorded: Optional[List[float]], model, recorded_quantization=None) -> bool:
-    """Whether ``model``'s base has the frozen weights of the recorded fingerprint: to bf16's
-    precision, or, when one side is quantised and the other is not (or quantised otherwise), each
-    entry within :data:`QUANTIZED_FINGERPRINT_TOLERANCE` times the absmax of the first block of 64
-    weights (read from the base at hand: a quantised block's largest entry is its stored scale)."""
-    current = _base_fingerprint(model)
-    if recorded is None or current is None:
-        return True
-    if len(recorded) != len(current):
-        return False
-    recorded, current = torch.tensor(recorded), torch.tensor(current)
-    if recorded_quantization != _quantization_record(model.network):
-        block = _first_weights(model, 64).abs().max()
-        atol = QUANTIZED_FINGERPRINT_TOLERANCE * float(torch.maximum(block, recorded.abs().max()))
-        return bool(((recorded - current).abs() <= atol + 1e-6).all())
-    return torch.allclose(recorded, current, rtol=1e-2, atol=1e-3)
-
-
-def _quantization_record(network) -> Optional[dict]:
-    quantization = describe_quantization(network)
-    return quantization.to_dict() if quantization is not None else None
-
-
-def _describe_base(network) -> dict:
-    config = getattr(network, "config", None)
-    return {
-        "name_or_path": str(getattr(config, "_name_or_path", "") or ""),
-        "architecture": type(network).__name__,
-        "model_type": getattr(config, "model_type", None),
-        "num_labels": getattr(config, "num_labels", None),
-        "pad_token_id": getattr(config, "pad_token_id", None),
-        "quantization": _quantization_record(network),
-    }
 
 
 def trained_tensors(model, guide=None) -> Dict[str, torch.Tensor]:
@@ -234,7 +173,7 @@ def save_pretrained(model, directory: Union[str, os.PathLike], guide=None, metad
         "config": config.to_dict() if config is not None else None,
         "guide": guide_record,
         "likelihood": model.likelihood.name,
-        "base_model": dict(_describe_base(model.network), fingerprint=_base_fingerprint(model)),
+        "base_model": dict(describe_base(model.network), fingerprint=base_fingerprint(model)),
         "tensors": {name: list(t.shape) for name, t in tensors.items()},
         "metadata": metadata or {},
     }
@@ -324,7 +263,7 @@ def _check_record(record: dict) -> None:
         check_value(f"base_model.fingerprint[{index}]", value, "number")
     quantization = get_field(base, "quantization", "base_model.quantization", "object", nullable=True, default=None)
     if quantization is not None:
-        Quantization.from_dict(quantization, "base_model.quantization")
+        recorded_quantization(record)  # read field by field (FieldError naming it)
     tensors = get_field(record, "tensors", "tensors", "object")
     for name, shape in tensors.items():
         check_value(f"tensors.{name}", shape, "list")
@@ -359,12 +298,6 @@ def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
                 f"checkpoint is damaged (train again, or resume from a good copy)"
             )
     return tensors
-
-
-def recorded_quantization(record: dict) -> Optional[Quantization]:
-    """The quantisation of the base a checkpoint was trained on (``None``: not quantised)."""
-    described = record["base_model"].get("quantization")
-    return Quantization.from_dict(described, "base_model.quantization") if described is not None else None
 
 
 def _load_base(record: dict, base_model, trust_remote_code: bool, torch_dtype, source: Path, device=None):
@@ -441,7 +374,7 @@ def load_pretrained(
             f"the checkpoint in {directory} was made for a {described['architecture']}, got a {type(network).__name__}"
         )
     model = _rebuild_model(record, network, directory)
-    if check_base and not _same_base(described.get("fingerprint"), model, described.get("quantization")):
+    if check_base and not same_base(described.get("fingerprint"), model, described.get("quantization")):
         raise CheckpointError(
             f"the checkpoint in {directory} was made for base model "
             f"{described.get('name_or_path')!r}; the given base has other frozen weights "
@@ -545,7 +478,7 @@ def export_peft(model, directory: Union[str, os.PathLike], base_model_name_or_pa
     peft_config = {
         "peft_type": "LORA",
         "task_type": PEFT_TASK_TYPES.get(model.likelihood.name),
-        "base_model_name_or_path": base_model_name_or_path or _describe_base(model.network)["name_or_path"],
+        "base_model_name_or_path": base_model_name_or_path or describe_base(model.network)["name_or_path"],
         "r": config.rank,
         "lora_alpha": config.alpha,
         "lora_dropout": config.dropout,
