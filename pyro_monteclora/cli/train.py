@@ -45,6 +45,13 @@ from pyro_monteclora.cli.outputs import (
     lock_output_folder,
     run_inputs,
 )
+from pyro_monteclora.cli.quantize import (
+    check_quantize_options,
+    check_resumed_compute_dtype,
+    load_options,
+    resolve_quantization,
+    unquantized_fresh_modules,
+)
 from pyro_monteclora.cli.runs import (
     CALIBRATIONS,
     CHECKPOINT_DIR,
@@ -172,21 +179,7 @@ def _check_arguments(args) -> None:
     if args.task_type == "causal-lm" and args.calibrate != "none":
         raise UsageError("--calibrate temperature is for sequence classification, not causal-lm")
     check_values(vars(args), RUN_CHECKS, option_name)
-    if args.quantize is not None and args.method == "full":
-        raise UsageError(
-            f"--quantize {args.quantize} freezes the base in {args.quantize[0]} bits, and --method full trains every "
-            f"weight: quantise with --method monteclora, lora, blob or the other adapter methods"
-        )
-    if args.quantize is not None and args.method == "laplace":
-        raise UsageError(
-            f"--quantize {args.quantize} with --method laplace: laplace-torch's Jacobians (torch.func) do not "
-            f"pass through bitsandbytes' quantised layers; fit Laplace-LoRA on an unquantised base"
-        )
-    if args.method == "blob" and getattr(args, "site_layout", None) == "stacked":
-        raise UsageError(
-            "--site-layout stacked covers the wishart-mixture prior's sites; --method blob (BLoB's Gaussian "
-            "prior) keeps --site-layout per-layer"
-        )
+    check_quantize_options(args)
     if not args.resume:  # a resumed run keeps its recorded (validated) options; changes are refused
         check_adapter_options(args)
 
@@ -286,15 +279,8 @@ def _load_network(
 
     causal = arguments.get("task_type") == "causal-lm"
     options = {"trust_remote_code": trust_remote_code, "use_safetensors": True, "output_loading_info": True}
-    if quantization is not None:
-        from dataclasses import replace as replaced
-
-        from pyro_monteclora.cli.options import _names
-        from pyro_monteclora.distributed import local_device
-
-        trained = tuple(_names(arguments.get("modules_to_save")) or ())  # the option is comma-separated
-        quantization = replaced(quantization, skip_modules=quantization.skip_modules + trained)
-        options.update(quantization.from_pretrained_kwargs(local_device(device)))
+    if quantization is not None:  # --modules-to-save stays in full precision
+        options.update(load_options(quantization, device, arguments.get("modules_to_save")))
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except Exception as error:  # see LOAD_ERRORS: a bad tokenizer.json raises a bare Exception
@@ -315,39 +301,14 @@ def _load_network(
             raise UsageError(f"--model {arguments['model'] or model_path}: {load_error(error)}") from None
 
     network, loading = load(options)
-    if quantization is not None:
-        # modules the checkpoint lacks (DeBERTa's pooler, say) are trained with the head, so they
-        # must not be quantised: load again with them kept in full precision
-        from pyro_monteclora.hf_defaults import newly_initialised_modules
-        from pyro_monteclora.quantization import quantized_layer_names
-
-        fresh = [
-            path for path in newly_initialised_modules(loading) if quantized_layer_names(network.get_submodule(path))
-        ]
-        if fresh:
-            quantization = replaced(quantization, skip_modules=quantization.skip_modules + tuple(fresh))
-            network, loading = load(dict(options, **quantization.from_pretrained_kwargs(local_device(device))))
+    fresh = unquantized_fresh_modules(network, loading) if quantization is not None else []
+    if fresh:  # modules the file lacks are trained with the head: load again with them unquantised
+        network, loading = load(
+            dict(options, **load_options(quantization, device, arguments.get("modules_to_save"), fresh))
+        )
     # weights the checkpoint lacks are newly initialised: train (and save) them with the head
     fresh_modules = prepare_base(network, tokenizer, None if causal else label_names, loading)
     return tokenizer, network, fresh_modules
-
-
-def resolve_quantization(arguments: dict, device, torch_dtype):
-    """The :class:`~pyro_monteclora.quantization.Quantization` ``--quantize`` asks for, once
-    bitsandbytes has run one such layer on ``device`` (``None`` without ``--quantize``); a missing
-    bitsandbytes or a device it cannot use is exit 2, before anything is loaded or written."""
-    from pyro_monteclora.distributed import local_device
-    from pyro_monteclora.quantization import Quantization, QuantizationError, check_quantization_device
-
-    name = arguments.get("quantize")
-    if name is None:
-        return None
-    try:
-        quantization = Quantization.from_name(name, compute_dtype=torch_dtype)
-        check_quantization_device(quantization, local_device(device))
-    except QuantizationError as error:
-        raise UsageError(f"--quantize {name}: {error}") from None
-    return quantization
 
 
 def run_train(args, parser_defaults: dict) -> int:
@@ -523,8 +484,8 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
     from pyro_monteclora.training.state import STATE_JSON, check_state_fits
 
     pyro.set_rng_seed(arguments["seed"])  # the same head and adapter initialisation for every method
-    if checkpoint is not None and job.quantization is not None:
-        _check_resumed_compute_dtype(checkpoint, job.quantization)
+    if checkpoint is not None:
+        check_resumed_compute_dtype(checkpoint, job.quantization)
     tokenizer, network, fresh_modules = _load_network(
         job.model_path,
         arguments,
@@ -554,21 +515,6 @@ def _load_job(args, arguments: dict, checkpoint: Optional[Path], job: _TrainingJ
         except ValueError as error:
             raise UsageError(f"--gradient-checkpointing: {error}") from None
     return replace(job, tokenizer=tokenizer, network=network, model=model, guide=guide)
-
-
-def _check_resumed_compute_dtype(checkpoint: Path, quantization) -> None:
-    """``--dtype`` is not a run option, but it sets a 4-bit base's compute dtype: a resume must
-    multiply as the run did (exit 2 otherwise, before the base is loaded)."""
-    from pyro_monteclora.storage.bases import recorded_quantization
-    from pyro_monteclora.storage.checkpoint import read_saved_config
-
-    recorded = recorded_quantization(read_saved_config(checkpoint))
-    if recorded is not None and recorded.compute_dtype != quantization.compute_dtype:
-        names = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-        raise UsageError(
-            f"--resume: the run's {recorded.name} base computes in {recorded.compute_dtype}; resume it with "
-            f"--dtype {names[recorded.compute_dtype]} (this command gives {quantization.compute_dtype})"
-        )
 
 
 def _check_world_size(splits: dict, arguments: dict) -> None:
