@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-__all__ = ["main"]
+__all__ = ["main", "run_in_fresh_processes"]
 
 CASES = ("fp32", "cast-after-load", "bf16-load", "bf16-no-autocast", "bf16-file")
 LABELS = {
@@ -77,6 +77,26 @@ class _PeakSampler:
         self._stop.set()
         self._thread.join()
         return max(self.peak, _rss())
+
+
+def run_in_fresh_processes(script: Path, cases, extra=()) -> list:
+    """``python script --case C *extra`` for each case, one fresh process after the other (so no
+    case sees another's allocations), each printing its result as its last JSON line; returns the
+    results. ``MALLOC_MMAP_THRESHOLD_`` makes freed memory go back to the system."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    results = []
+    for case in cases:
+        done = subprocess.run(
+            [sys.executable, str(Path(script).resolve()), "--case", case, *extra],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print({k: v for k, v in results[-1].items() if k != "losses"}, flush=True)
+    return results
 
 
 def save_bf16_copy(folder: Path) -> Path:
@@ -206,19 +226,7 @@ def main(argv=None) -> int:
 
     measured = provenance(REPO)
     save_bf16_copy(Path(args.bf16_copy))
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    cases = []
-    for case in CASES:
-        done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--case", case, "--bf16-copy", args.bf16_copy],
-            env=env,
-            cwd="/",
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(cases[-1], flush=True)
+    cases = run_in_fresh_processes(Path(__file__), CASES, ["--bf16-copy", args.bf16_copy])
     record = {"cases": cases, "provenance": measured}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from bf16_memory import MIB, _PeakSampler  # noqa: E402
+from bf16_memory import MIB, _PeakSampler, run_in_fresh_processes  # noqa: E402
 
 __all__ = ["main", "run_case"]
 
@@ -192,19 +190,7 @@ def main(argv=None) -> int:
     from pyro_monteclora.storage.atomic import atomic_write_json, atomic_write_text
 
     measured = provenance(REPO)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    cases = []
-    for case in CASES:
-        done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--case", case, "--device", args.device],
-            env=env,
-            cwd="/",
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print({k: v for k, v in cases[-1].items() if k != "losses"}, flush=True)
+    cases = run_in_fresh_processes(Path(__file__), CASES, ["--device", args.device])
     record = {"cases": cases, "device": args.device, "provenance": measured}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
