@@ -7,8 +7,11 @@ import json
 
 import pytest
 import transformers
-from conftest import capital_rows, tiny_bert_classifier, tiny_llama, word_tokenizer
-from test_cli import WORDS, sentences, snapshot, write_jsonl
+from conftest import tiny_bert_classifier, tiny_llama, word_tokenizer
+from test_cli import WORDS, data_dir, snapshot  # noqa: F401 (module fixture)
+from test_cli import train_args as classifier_args
+from test_cli_decoders import qa_dir  # noqa: F401 (module fixture)
+from test_cli_decoders import train_args as decoder_args
 
 import pyro_monteclora.quantization as quantization_module
 from pyro_monteclora.cli import main
@@ -39,74 +42,9 @@ def classifier_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("quantize-data")
-    write_jsonl(folder / "qa.jsonl", capital_rows() * 2)
-    write_jsonl(folder / "train.jsonl", sentences(32, 0))
-    write_jsonl(folder / "validation.jsonl", sentences(16, 1))
-    write_jsonl(folder / "test.jsonl", sentences(16, 2))
-    return folder
-
-
-def decoder_args(decoder_dir, data_dir, output, *extra):
-    return [
-        "train",
-        "--task-type",
-        "causal-lm",
-        "--model",
-        str(decoder_dir),
-        "--train-file",
-        str(data_dir / "qa.jsonl"),
-        "--no-validation",
-        "--rank",
-        "4",
-        "--target-modules",
-        "q_proj,v_proj",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--learning-rate",
-        "0.02",
-        "--max-length",
-        "32",
-        "--output",
-        str(output),
-        *extra,
-    ]
-
-
-def classifier_args(classifier_dir, data_dir, output, *extra):
-    return [
-        "train",
-        "--model",
-        str(classifier_dir),
-        "--train-file",
-        str(data_dir / "train.jsonl"),
-        "--validation-file",
-        str(data_dir / "validation.jsonl"),
-        "--test-file",
-        str(data_dir / "test.jsonl"),
-        "--rank",
-        "4",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--max-length",
-        "16",
-        "--learning-rate",
-        "0.01",
-        "--output",
-        str(output),
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def decoder_run(decoder_dir, data_dir, tmp_path_factory):
+def decoder_run(decoder_dir, qa_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("quantized-runs") / "decoder-4bit"
-    assert main(decoder_args(decoder_dir, data_dir, output, "--quantize", "4bit")) == 0
+    assert main(decoder_args(decoder_dir, qa_dir, output, "--quantize", "4bit", "--epochs", "2")) == 0
     return output
 
 
@@ -116,20 +54,20 @@ def recorded_quantization(run):
 
 
 def test_a_4bit_decoder_run_records_its_quantisation_and_generate_and_evaluate_rebuild_it(
-    decoder_run, data_dir, tmp_path, capsys
+    decoder_run, qa_dir, tmp_path, capsys
 ):
     assert json.loads((decoder_run / "run.json").read_text())["arguments"]["quantize"] == "4bit"
     quantization = recorded_quantization(decoder_run)
     assert (quantization.bits, quantization.quant_type, quantization.double_quant) == (4, "nf4", True)
     out = tmp_path / "generations.jsonl"
-    argv = ["generate", "--checkpoint", str(decoder_run), "--prompt-file", str(data_dir / "qa.jsonl")]
+    argv = ["generate", "--checkpoint", str(decoder_run), "--prompt-file", str(qa_dir / "test.jsonl")]
     assert main([*argv, "--num-samples", "3", "--max-new-tokens", "3", "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 16 and all(len(row["generations"]) == 3 for row in rows)
-    argv = ["evaluate", "--checkpoint", str(decoder_run), "--test-file", str(data_dir / "qa.jsonl")]
+    assert len(rows) == 8 and all(len(row["generations"]) == 3 for row in rows)
+    argv = ["evaluate", "--checkpoint", str(decoder_run), "--test-file", str(qa_dir / "test.jsonl")]
     assert main([*argv, "--num-samples", "2", "--output", str(tmp_path / "nll")]) == 0
     metrics = json.loads((tmp_path / "nll" / "metrics.json").read_text())["metrics"]
-    assert metrics["tokens"] == 32 and metrics["token_nll"] > 0
+    assert metrics["tokens"] == 16 and metrics["token_nll"] > 0
 
 
 def test_an_8bit_classifier_run_trains_its_fp32_head_and_predict_rebuilds_the_base(
@@ -145,7 +83,7 @@ def test_an_8bit_classifier_run_trains_its_fp32_head_and_predict_rebuilds_the_ba
     argv = ["predict", "--checkpoint", str(run), "--input", str(data_dir / "test.jsonl")]
     assert main([*argv, "--num-samples", "3", "--output", str(output)]) == 0
     rows = [json.loads(line) for line in output.read_text().splitlines()]
-    assert len(rows) == 16 and all(abs(sum(row["probabilities"].values()) - 1) < 1e-4 for row in rows)
+    assert len(rows) == 24 and all(abs(sum(row["probabilities"].values()) - 1) < 1e-4 for row in rows)
 
 
 def test_modules_to_save_stay_in_full_precision_and_everything_else_is_quantised(classifier_dir, data_dir, tmp_path):
@@ -167,7 +105,7 @@ def test_modules_to_save_stay_in_full_precision_and_everything_else_is_quantised
 
 
 def test_bad_quantisation_input_exits_2_with_one_line_and_writes_nothing(
-    decoder_dir, data_dir, decoder_run, tmp_path, monkeypatch, capsys
+    decoder_dir, qa_dir, decoder_run, tmp_path, monkeypatch, capsys
 ):
     def refused(argv, pattern):
         before, run_before = snapshot(tmp_path), snapshot(decoder_run)
@@ -180,30 +118,32 @@ def test_bad_quantisation_input_exits_2_with_one_line_and_writes_nothing(
 
     output = tmp_path / "run"
     refused(
-        decoder_args(decoder_dir, data_dir, output, "--quantize", "4bit", "--method", "full"),
+        decoder_args(decoder_dir, qa_dir, output, "--quantize", "4bit", "--method", "full"),
         r"--quantize 4bit freezes the base in 4 bits, and --method full trains every weight",
     )
-    refused(decoder_args(decoder_dir, data_dir, output, "--quantize", "2bit"), r"invalid choice: '2bit'")
+    refused(decoder_args(decoder_dir, qa_dir, output, "--quantize", "2bit"), r"invalid choice: '2bit'")
     refused(
-        decoder_args(decoder_dir, data_dir, output, "--quantize", "8bit", "--method", "laplace"),
+        decoder_args(decoder_dir, qa_dir, output, "--quantize", "8bit", "--method", "laplace"),
         r"--quantize 8bit with --method laplace: laplace-torch's Jacobians",
     )
     refused(
-        decoder_args(decoder_dir, data_dir, output, "--method", "blob", "--site-layout", "stacked"),
+        decoder_args(decoder_dir, qa_dir, output, "--method", "blob", "--site-layout", "stacked"),
         r"--site-layout stacked covers the wishart-mixture prior's sites; --method blob",
     )
     # --dtype is not a run option, but it sets the 4-bit compute dtype: a resume must keep it
     refused(
-        decoder_args(decoder_dir, data_dir, decoder_run, "--quantize", "4bit", "--resume", "--dtype", "bf16"),
+        decoder_args(
+            decoder_dir, qa_dir, decoder_run, "--quantize", "4bit", "--epochs", "2", "--resume", "--dtype", "bf16"
+        ),
         r"--resume: the run's 4bit base computes in float32; resume it with --dtype fp32",
     )
-    evaluate = ["evaluate", "--checkpoint", str(decoder_run), "--test-file", str(data_dir / "qa.jsonl")]
+    evaluate = ["evaluate", "--checkpoint", str(decoder_run), "--test-file", str(qa_dir / "test.jsonl")]
     evaluate += ["--output", str(tmp_path / "nll")]
     # a device bitsandbytes cannot run this quantisation on
     monkeypatch.setattr(quantization_module, "_DEVICE_CHECKS", {})
     monkeypatch.setattr(quantization_module, "_try_device", lambda *args: "NotImplementedError: no 4-bit kernel")
     refused(
-        decoder_args(decoder_dir, data_dir, output, "--quantize", "4bit"),
+        decoder_args(decoder_dir, qa_dir, output, "--quantize", "4bit"),
         r"--quantize 4bit: bitsandbytes .* cannot run a 4bit \(nf4\) base on cpu: NotImplementedError",
     )
     refused(evaluate, r"--checkpoint .*: its base is quantised: bitsandbytes .* cannot run a 4bit \(nf4\) base on cpu")
@@ -213,7 +153,7 @@ def test_bad_quantisation_input_exits_2_with_one_line_and_writes_nothing(
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name))
     refused(
-        decoder_args(decoder_dir, data_dir, output, "--quantize", "8bit"),
+        decoder_args(decoder_dir, qa_dir, output, "--quantize", "8bit"),
         r"--quantize 8bit: a quantised base needs bitsandbytes, which is not installed: "
         r'pip install "pyro-monteclora\[quantize\]"',
     )
